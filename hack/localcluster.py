@@ -1,0 +1,650 @@
+#!/usr/bin/env python3
+"""A real local Kubernetes control plane with fake GPU nodes, for tests and the demo.
+
+Why this exists: the operator must be tested against the real kube-apiserver, scheduler
+and controller-manager (admission, CRD validation, server-side apply, garbage collection
+and scheduling are theirs, and a mock gets them wrong). There is no Docker here, so the
+binaries are built from Go modules by ``hack/build-tools.sh`` and run as plain processes
+bound to 127.0.0.1; kwok plays the kubelets, so GPU nodes cost nothing.
+
+Start order matters: etcd -> kube-apiserver -> kube-controller-manager (removes the
+``not-ready`` taint, runs Deployments and garbage collection) -> kube-scheduler -> kwok
+(marks nodes Ready and scheduled pods Running/Ready). Then the GPU node inventory of
+``hack/inventory.yaml`` is created.
+
+Ports are chosen free at start, so a cluster left running by ``make cluster`` never
+collides with the one a test session starts. ``state.json`` in the state folder records
+what runs where; ``stop`` ends every process group it lists and waits until they are gone.
+
+Usage::
+
+    python hack/localcluster.py up [--state-dir .cluster]
+    python hack/localcluster.py down [--state-dir .cluster]
+    python hack/localcluster.py status [--state-dir .cluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN_DIR = ROOT / ".cache" / "bin"
+DEFAULT_STATE_DIR = ROOT / ".cluster"
+DEFAULT_INVENTORY = ROOT / "hack" / "inventory.yaml"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not start; the message carries the failing log tail."""
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (ROOT / "hack" / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key] = value
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _gomodcache() -> Path:
+    out = subprocess.run(["go", "env", "GOMODCACHE"], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+def kwok_stage_files() -> list[Path]:
+    """The stage set kwok's own 'fast' kustomization lists, read from the module cache."""
+    version = _versions()["KWOK_VERSION"]
+    base = _gomodcache() / f"sigs.k8s.io/kwok@{version}" / "kustomize" / "stage"
+    if not base.is_dir():
+        raise ClusterError(f"kwok stages not found at {base}: run hack/build-tools.sh kwok")
+    files = [base / "node" / "fast" / "node-initialize.yaml"]
+    files += sorted((base / "node" / "heartbeat-with-lease").glob("*.yaml"))
+    files += sorted(p for p in (base / "pod" / "fast").glob("pod-*.yaml"))
+    return [f for f in files if f.name != "kustomization.yaml"]
+
+
+@dataclass
+class Cluster:
+    """A running local cluster: where it listens and how to reach it."""
+
+    state_dir: Path
+    server: str
+    token: str
+    ports: dict[str, int]
+    pids: dict[str, int] = field(default_factory=dict)
+    # Handles of the processes this Python process started (none after load()); kept so
+    # they are reaped, not garbage-collected while running.
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.state_dir / "pki" / "ca.crt"
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        return _api_call(self.server, self.token, self.ca_file, method, path, body, timeout)
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        proc = subprocess.run(
+            [str(BIN_DIR / "kubectl"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def stop(self) -> None:
+        stop(self.state_dir)
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        self.procs.clear()
+
+    def save(self) -> None:
+        state = {"server": self.server, "token": self.token, "ports": self.ports, "pids": self.pids}
+        (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Cluster:
+        state = json.loads((state_dir / "state.json").read_text())
+        return cls(state_dir, state["server"], state["token"], state["ports"], state["pids"])
+
+
+def _api_call(
+    server: str, token: str, ca: Path, method: str, path: str, body: Any, timeout: float
+) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(server + path, data=data, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        ctype = "application/merge-patch+json" if method == "PATCH" else "application/json"
+        req.add_header("Content-Type", ctype)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=timeout) as resp:
+            raw = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:500]
+        exc.close()
+        raise ClusterError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+    return json.loads(raw) if "json" in ctype else raw.decode()
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _make_pki(pki: Path) -> None:
+    """A CA, the apiserver's serving certificate and the service-account signing key."""
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-keyout",
+        str(pki / "ca.key"),
+        "-out",
+        str(pki / "ca.crt"),
+        "-subj",
+        "/CN=distillery-local-ca",
+    )
+    ext = pki / "apiserver.ext"
+    ext.write_text(
+        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
+        "extendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(pki / "apiserver.key"),
+        "-out",
+        str(pki / "apiserver.csr"),
+        "-subj",
+        "/CN=kube-apiserver",
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(pki / "apiserver.csr"),
+        "-CA",
+        str(pki / "ca.crt"),
+        "-CAkey",
+        str(pki / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-out",
+        str(pki / "apiserver.crt"),
+        "-extfile",
+        str(ext),
+    )
+    _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+    _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+
+
+def _write_kubeconfig(path: Path, server: str, ca: Path, user: str, token: str) -> None:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "distillery-local",
+                "cluster": {"server": server, "certificate-authority": str(ca)},
+            }
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [
+            {"name": "distillery-local", "context": {"cluster": "distillery-local", "user": user}}
+        ],
+        "current-context": "distillery-local",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _spawn(state_dir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    binary = BIN_DIR / name
+    if not binary.exists():
+        raise ClusterError(f"{binary} is missing: run hack/build-tools.sh first")
+    # A new session per component: `make cluster` exits and leaves them running, and
+    # stop() can end each one with its whole process group.
+    with open(state_dir / "logs" / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            [str(binary), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _wait(
+    what: str, check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"{what} exited with {proc.returncode}; log tail:\n{_tail(log)}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last_error = exc
+        time.sleep(0.25)
+    raise ClusterError(
+        f"{what} not healthy after {timeout:.0f}s ({last_error}); log tail:\n{_tail(log)}"
+    )
+
+
+def _https_ok(port: int, path: str = "/healthz") -> bool:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=2) as r:
+            return bool(r.status == 200)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return False
+    except urllib.error.URLError:
+        return False
+
+
+def node_manifests(inventory: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand the inventory's pools into Node objects kwok will manage."""
+    nodes: list[dict[str, Any]] = []
+    for pool in inventory["pools"]:
+        for i in range(int(pool.get("count", 1))):
+            name = f"{pool['name']}-{i}"
+            labels = {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "distillery.dev/pool": pool["name"],
+                **pool.get("labels", {}),
+            }
+            capacity = {
+                "cpu": str(pool.get("cpu", 32)),
+                "memory": pool.get("memory", "256Gi"),
+                "pods": str(pool.get("pods", 110)),
+            }
+            taints: list[dict[str, str]] = list(pool.get("taints", []))
+            gpus = int(pool.get("gpus", 0))
+            if gpus:
+                capacity["nvidia.com/gpu"] = str(gpus)
+                labels.update(
+                    {
+                        "nvidia.com/gpu.product": pool["gpuProduct"],
+                        "nvidia.com/gpu.count": str(gpus),
+                        "nvidia.com/gpu.memory": str(pool["gpuMemoryMiB"]),
+                        "nvidia.com/gpu.present": "true",
+                    }
+                )
+                taints.append({"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"})
+            nodes.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {
+                        "name": name,
+                        "labels": labels,
+                        "annotations": {FAKE_NODE_ANNOTATION[0]: FAKE_NODE_ANNOTATION[1]},
+                    },
+                    "spec": {"taints": taints},
+                    "status": {"capacity": capacity, "allocatable": dict(capacity)},
+                }
+            )
+    return nodes
+
+
+def start(
+    state_dir: Path = DEFAULT_STATE_DIR,
+    inventory_file: Path = DEFAULT_INVENTORY,
+    quiet: bool = False,
+) -> Cluster:
+    """Start a fresh cluster in ``state_dir`` (wiped first) and return it once healthy."""
+    if (state_dir / "state.json").exists():
+        stop(state_dir)
+    if state_dir.exists():
+        subprocess.run(["rm", "-rf", str(state_dir)], check=True)
+    (state_dir / "logs").mkdir(parents=True)
+    pki = state_dir / "pki"
+    _make_pki(pki)
+    admin_token = os.urandom(16).hex()
+    cm_token, sched_token, kwok_token = (os.urandom(16).hex() for _ in range(3))
+    (pki / "tokens.csv").write_text(
+        f'{admin_token},admin,admin,"system:masters"\n'
+        f"{cm_token},system:kube-controller-manager,system:kube-controller-manager\n"
+        f"{sched_token},system:kube-scheduler,system:kube-scheduler\n"
+        f'{kwok_token},kwok,kwok,"system:masters"\n'
+    )
+    (pki / "tokens.csv").chmod(0o600)
+    ports = {
+        "etcd": free_port(),
+        "etcd-peer": free_port(),
+        "apiserver": free_port(),
+        "controller-manager": free_port(),
+        "scheduler": free_port(),
+        "kwok": free_port(),
+    }
+    server = f"https://127.0.0.1:{ports['apiserver']}"
+    cluster = Cluster(state_dir, server, admin_token, ports)
+    _write_kubeconfig(cluster.kubeconfig, server, pki / "ca.crt", "admin", admin_token)
+    for name, tok in (
+        ("controller-manager", cm_token),
+        ("scheduler", sched_token),
+        ("kwok", kwok_token),
+    ):
+        _write_kubeconfig(state_dir / f"{name}.kubeconfig", server, pki / "ca.crt", name, tok)
+    logs = state_dir / "logs"
+    say = (lambda msg: None) if quiet else (lambda msg: print(f"[cluster] {msg}", flush=True))
+    t0 = time.monotonic()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        procs["etcd"] = _spawn(
+            state_dir,
+            "etcd",
+            [
+                "--name=distillery-local",
+                f"--data-dir={state_dir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{ports['etcd']}",
+                f"--advertise-client-urls=http://127.0.0.1:{ports['etcd']}",
+                f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+                f"--initial-cluster=distillery-local=http://127.0.0.1:{ports['etcd-peer']}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
+        cluster.pids["etcd"] = procs["etcd"].pid
+        cluster.save()
+        _wait("etcd", lambda: _port_open(ports["etcd"]), procs["etcd"], logs / "etcd.log")
+        say(f"etcd up ({time.monotonic() - t0:.1f}s)")
+        procs["kube-apiserver"] = _spawn(
+            state_dir,
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={ports['apiserver']}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--authorization-mode=Node,RBAC",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--allow-privileged=true",
+                "--profiling=false",
+                f"--cert-dir={pki}",
+            ],
+        )
+        cluster.pids["kube-apiserver"] = procs["kube-apiserver"].pid
+        cluster.save()
+        _wait(
+            "kube-apiserver",
+            lambda: cluster.api("GET", "/readyz") == "ok",
+            procs["kube-apiserver"],
+            logs / "kube-apiserver.log",
+        )
+        say(f"kube-apiserver up ({time.monotonic() - t0:.1f}s)")
+        procs["kube-controller-manager"] = _spawn(
+            state_dir,
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['controller-manager']}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
+                "--node-monitor-grace-period=60s",
+                "--concurrent-gc-syncs=10",
+                "--authentication-skip-lookup=true",
+                f"--authentication-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+                f"--authorization-kubeconfig={state_dir / 'controller-manager.kubeconfig'}",
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+            ],
+        )
+        cluster.pids["kube-controller-manager"] = procs["kube-controller-manager"].pid
+        procs["kube-scheduler"] = _spawn(
+            state_dir,
+            "kube-scheduler",
+            [
+                f"--kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports['scheduler']}",
+                "--leader-elect=false",
+                f"--authentication-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+                f"--authorization-kubeconfig={state_dir / 'scheduler.kubeconfig'}",
+                "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+            ],
+        )
+        cluster.pids["kube-scheduler"] = procs["kube-scheduler"].pid
+        stage_args = [f"--config={f}" for f in kwok_stage_files()]
+        procs["kwok"] = _spawn(
+            state_dir,
+            "kwok",
+            [
+                f"--kubeconfig={state_dir / 'kwok.kubeconfig'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={'='.join(FAKE_NODE_ANNOTATION)}",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.0.0.0/16",
+                "--node-ip=10.0.0.1",
+                f"--server-address=127.0.0.1:{ports['kwok']}",
+                *stage_args,
+            ],
+        )
+        cluster.pids["kwok"] = procs["kwok"].pid
+        cluster.save()
+        _wait(
+            "kube-controller-manager",
+            lambda: _https_ok(ports["controller-manager"]),
+            procs["kube-controller-manager"],
+            logs / "kube-controller-manager.log",
+        )
+        _wait(
+            "kube-scheduler",
+            lambda: _https_ok(ports["scheduler"]),
+            procs["kube-scheduler"],
+            logs / "kube-scheduler.log",
+        )
+        say(f"controller-manager and scheduler up ({time.monotonic() - t0:.1f}s)")
+        inventory = yaml.safe_load(inventory_file.read_text())
+        nodes = node_manifests(inventory)
+        for node in nodes:
+            cluster.api("POST", "/api/v1/nodes", node)
+
+        def all_nodes_ready() -> bool:
+            items = cluster.api("GET", "/api/v1/nodes")["items"]
+            ready = [
+                n
+                for n in items
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n.get("status", {}).get("conditions", [])
+                )
+                and not any(
+                    t["key"].startswith("node.kubernetes.io/")
+                    for t in n.get("spec", {}).get("taints", []) or []
+                )
+            ]
+            return len(ready) == len(nodes)
+
+        _wait(
+            "kwok nodes Ready and untainted",
+            all_nodes_ready,
+            procs["kwok"],
+            logs / "kwok.log",
+            timeout=180,
+        )
+
+        def default_sa() -> bool:
+            cluster.api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            return True
+
+        _wait(
+            "default service account",
+            default_sa,
+            procs["kube-controller-manager"],
+            logs / "kube-controller-manager.log",
+        )
+        say(
+            f"{len(nodes)} nodes Ready; cluster up in {time.monotonic() - t0:.1f}s; "
+            f"KUBECONFIG={cluster.kubeconfig}"
+        )
+    except BaseException:
+        stop(state_dir)
+        for proc in procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        raise
+    cluster.procs = procs
+    return cluster
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone; reap it.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.lower()
+    except OSError:
+        pass
+    return ""
+
+
+def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 20.0) -> None:
+    """End every component listed in ``state_dir`` and wait until all are gone."""
+    state_file = state_dir / "state.json"
+    if not state_file.exists():
+        return
+    state = json.loads(state_file.read_text())
+    pids: dict[str, int] = state.get("pids", {})
+    # Reverse start order: kwok and the controllers first, etcd last.
+    order = [c for c in reversed(COMPONENTS) if c in pids]
+    for name in order:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pids[n]) for n in order):
+        time.sleep(0.1)
+    for name in order:
+        if _alive(pids[name]):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pids[name], signal.SIGKILL)
+    while any(_alive(pids[n]) for n in order) and time.monotonic() < deadline + 10:
+        time.sleep(0.1)
+    state_file.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    parser.add_argument("--inventory", type=Path, default=DEFAULT_INVENTORY)
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        try:
+            start(args.state_dir, args.inventory)
+        except ClusterError as exc:
+            print(f"[cluster] failed: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "down":
+        stop(args.state_dir)
+        print("[cluster] stopped")
+        return 0
+    if not (args.state_dir / "state.json").exists():
+        print("[cluster] not running")
+        return 1
+    cluster = Cluster.load(args.state_dir)
+    for name, pid in cluster.pids.items():
+        print(f"{name:24} pid {pid:<8} {'running' if _alive(pid) else 'gone'}")
+    print(f"server {cluster.server}  KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""Generate the CustomResourceDefinition from the API models.
+
+The CRD is never edited by hand: ``distillery crd`` writes it, and a test fails when the
+committed file differs from what the models generate. Pydantic emits JSON Schema
+(2020-12); the API server wants a *structural* OpenAPI v3.0 schema, so this module
+inlines ``$ref``s, turns ``Optional[X]`` into ``nullable``, rewrites exclusive bounds,
+drops titles and ``additionalProperties: false`` (unknown fields are rejected by the
+server's strict field validation instead), and fills in the defaults pydantic leaves out
+for ``default_factory`` fields so the API server defaults nested objects the same way the
+models do.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from distillery.api.types import (
+    CATEGORIES,
+    GROUP,
+    KIND,
+    PLURAL,
+    SHORT_NAMES,
+    SINGULAR,
+    VERSION,
+    DistilledModelDeploymentSpec,
+    DistilledModelDeploymentStatus,
+)
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+    {"name": "GPU", "type": "string", "jsonPath": ".status.placement.summary"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Cost/h", "type": "number", "jsonPath": ".status.cost.currentPerHour"},
+    {
+        "name": "Status",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _resolve(node: Any, defs: dict[str, Any]) -> Any:
+    """Inline $refs and translate JSON Schema 2020-12 into structural OpenAPI v3.0."""
+    if isinstance(node, list):
+        return [_resolve(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    if "$ref" in node:
+        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+        merged = {**_resolve(target, defs), **{k: v for k, v in node.items()}}
+        return _resolve(merged, defs)
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) == 1 and len(options) < len(node["anyOf"]):
+            rest = {k: v for k, v in node.items() if k != "anyOf"}
+            node = {**_resolve(options[0], defs), **rest, "nullable": True}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("title", "$defs"):
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        if key == "default" and value is None:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        if key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            out[bound] = value
+            out[key] = True
+            continue
+        if key == "properties":
+            out[key] = {k: _resolve(v, defs) for k, v in value.items()}
+            continue
+        out[key] = _resolve(value, defs)
+    if out.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out.pop("anyOf", None)
+        out.pop("nullable", None)
+    return out
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``X``, ``X | None`` or ``Annotated[X, ...]``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _wire(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    return value
+
+
+def _fill_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Add the defaults of default_factory fields, recursively, so the API server applies
+    the same nested defaults as the models (e.g. scaleDown.stabilizationSeconds: 300)."""
+    props = schema.get("properties", {})
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        prop = props.get(alias)
+        if prop is None:
+            continue
+        nested = _model_of(field.annotation)
+        if field.default_factory is not None:
+            value = field.default_factory()  # type: ignore[call-arg]
+            if isinstance(value, BaseModel) or value:  # empty list/dict defaults are noise
+                prop["default"] = _wire(value)
+        if nested is not None:
+            _fill_defaults(prop, nested)
+        if prop.get("type") == "array" and "items" in prop:
+            args = typing.get_args(field.annotation)
+            item_model = _model_of(args[0]) if args else None
+            if item_model is not None:
+                _fill_defaults(prop["items"], item_model)
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema: dict[str, Any] = _resolve(raw, raw.get("$defs", {}))
+    _fill_defaults(schema, model)
+    return schema
+
+
+def _status_schema() -> dict[str, Any]:
+    schema = openapi_schema(DistilledModelDeploymentStatus)
+    conditions = schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    return schema
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object for DistilledModelDeployment."""
+    spec_schema = openapi_schema(DistilledModelDeploymentSpec)
+    root = {
+        "type": "object",
+        "description": "A distilled reasoning model served on GPUs: sized onto the "
+        "cheapest GPUs it fits, rendered for its engine, and autoscaled from Prometheus "
+        "metrics to hold its latency SLO at the lowest cost.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": 63,
+                        "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                    }
+                },
+            },
+            "spec": spec_schema,
+            "status": _status_schema(),
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {
+                "app.kubernetes.io/name": "distillery",
+                "app.kubernetes.io/part-of": "distillery",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": root},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = (
+        "# Generated by `distillery crd` from distillery.api; DO NOT EDIT.\n"
+        "# Regenerate with `make generate`.\n"
+    )
+    return header + "---\n" + yaml.safe_dump(crd(), sort_keys=False, width=100)

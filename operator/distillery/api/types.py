@@ -1,0 +1,685 @@
+"""The DistilledModelDeployment API: spec and status as pydantic models.
+
+These models are the single source of truth. The CRD in ``crds/`` (and in the Helm chart)
+is generated from them by :mod:`distillery.api.crd`; field descriptions become
+``kubectl explain`` text; cross-field rules are declared here as CEL
+(``x-kubernetes-validations``) so the API server rejects bad input before the operator
+sees it, and are checked again by :func:`validate_spec` for manifests read from files
+(``distillery plan``/``render``), so both paths give the same message.
+
+Field names are the camelCase wire names; Python attributes are snake_case. Models
+forbid unknown fields so a typo in a manifest is an error, not a silently ignored key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "distillery.dev"
+VERSION = "v1alpha1"
+KIND = "DistilledModelDeployment"
+PLURAL = "distilledmodeldeployments"
+SINGULAR = "distilledmodeldeployment"
+SHORT_NAMES = ["dmd"]
+CATEGORIES = ["distillery"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Engine = Literal["vllm", "sglang", "tgi", "llamacpp"]
+Quantization = Literal["auto", "none", "fp8", "int8", "awq", "gptq"]
+Objective = Literal["latency", "balanced", "cost"]
+ScalingMode = Literal["operator", "external"]
+RolloutStrategy = Literal["RollingUpdate", "Canary"]
+
+# Kubernetes object names and label values: at most 63 characters for a DMD name, since
+# it becomes a label value (distillery.dev/deployment) and a Service name.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+GPU_TYPE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MODEL_URI = r"^(hf|pvc|s3|gs|oci)://[^\s]+$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+# One CEL rule: the apiserver checks it; validate_spec mirrors it in Python.
+Rule = dict[str, str]
+
+
+def _rules(*rules: Rule) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it appears in a manifest: camelCase, unset optionals omitted."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+IntOrAuto = Annotated[
+    int | Literal["auto"],
+    WithJsonSchema(
+        {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+    ),
+]
+
+
+class SecretKeyRef(_Model):
+    """A key in a Secret in the DMD's namespace. Its value is only ever passed by reference."""
+
+    name: str = Field(
+        description="Name of the Secret.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    key: str = Field(
+        default="token",
+        description="Key within the Secret.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
+
+
+class ModelArchitecture(_Model):
+    """Architecture of a model that is not in the catalog (values from its config.json)."""
+
+    params_billions: float = Field(description="Total parameters, in billions.", gt=0, le=2000)
+    layers: int = Field(description="num_hidden_layers.", ge=1, le=1000)
+    hidden_size: int = Field(description="hidden_size.", ge=64, le=65536)
+    intermediate_size: int | None = Field(
+        default=None,
+        description="intermediate_size (defaults to 4 x hiddenSize).",
+        ge=64,
+        le=262144,
+    )
+    attention_heads: int = Field(description="num_attention_heads.", ge=1, le=1024)
+    kv_heads: int = Field(description="num_key_value_heads.", ge=1, le=1024)
+    head_dim: int | None = Field(
+        default=None,
+        description="head_dim (defaults to hiddenSize / attentionHeads).",
+        ge=8,
+        le=1024,
+    )
+    vocab_size: int = Field(default=128256, description="vocab_size.", ge=1, le=10_000_000)
+    tied_embeddings: bool = Field(default=False, description="tie_word_embeddings.")
+    max_positions: int = Field(
+        default=131072, description="max_position_embeddings.", ge=128, le=10_000_000
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.kvHeads <= self.attentionHeads",
+                "message": "kvHeads must not exceed attentionHeads",
+                "fieldPath": ".kvHeads",
+            },
+        )
+    )
+
+    @model_validator(mode="after")
+    def _kv_heads(self) -> ModelArchitecture:
+        if self.kv_heads > self.attention_heads:
+            raise ValueError("kvHeads must not exceed attentionHeads")
+        return self
+
+
+class ModelSpec(_Model):
+    """Which model to serve and where its weights come from."""
+
+    name: str = Field(
+        description="Catalog key or any Hugging Face style id, e.g. "
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B. Models outside the catalog need "
+        "`architecture`.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z0-9][-._/A-Za-z0-9]*$",
+    )
+    uri: str | None = Field(
+        default=None,
+        description="Where the weights are: hf://org/name, "
+        "pvc://claim/path, s3://bucket/path, gs://bucket/path or oci://registry/repo:tag. "
+        "Defaults to hf://<name>.",
+        max_length=1024,
+        pattern=MODEL_URI,
+    )
+    revision: str = Field(
+        default="main",
+        description="Model revision (branch, tag or commit). Changing it "
+        "rolls the serving pods out.",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[-._/A-Za-z0-9]+$",
+    )
+    teacher: str | None = Field(
+        default=None,
+        description="Model this one was distilled from (informational).",
+        max_length=253,
+    )
+    architecture: ModelArchitecture | None = Field(
+        default=None,
+        description="Architecture for models not in the catalog; overrides "
+        "the catalog entry when set.",
+    )
+    quantization: Quantization = Field(
+        default="auto",
+        description="Weight quantization. auto lets the planner pick "
+        "bf16 or fp8 (online, where the GPU supports it) by cost; int8, awq and gptq "
+        "expect a checkpoint quantized that way.",
+    )
+    credentials_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret holding the token for the model source "
+        "(HF_TOKEN for hf://). Never copied: passed to the pod by secretKeyRef.",
+    )
+
+
+class EnvVarSource(_Model):
+    """Source of an environment variable's value: a key of a Secret or ConfigMap."""
+
+    secret_key_ref: SecretKeyRef | None = Field(default=None, description="A Secret key.")
+    config_map_key_ref: SecretKeyRef | None = Field(default=None, description="A ConfigMap key.")
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                "message": "valueFrom needs exactly one of secretKeyRef or configMapKeyRef",
+            },
+        )
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("valueFrom needs exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
+class EnvVar(_Model):
+    """An environment variable for the serving container."""
+
+    name: str = Field(description="Variable name.", min_length=1, max_length=128, pattern=ENV_NAME)
+    value: str | None = Field(default=None, description="Literal value.", max_length=4096)
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Value from a Secret or ConfigMap key."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "!(has(self.value) && has(self.valueFrom))",
+                "message": "set value or valueFrom, not both",
+            },
+        )
+    )
+
+    @model_validator(mode="after")
+    def _value_or_from(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("set value or valueFrom, not both")
+        return self
+
+
+class TemplateRef(_Model):
+    """A ConfigMap holding a user pod template (sandboxed Jinja2)."""
+
+    name: str = Field(
+        description="ConfigMap name.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    key: str = Field(
+        default="pod.yaml.j2",
+        description="Key in the ConfigMap.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
+
+
+class ServingSpec(_Model):
+    """How the model is served."""
+
+    engine: Engine = Field(default="vllm", description="Serving engine.")
+    image: str | None = Field(
+        default=None,
+        description="Container image; the operator's per-engine default when unset.",
+        max_length=512,
+        pattern=r"^[^\s]+$",
+    )
+    max_model_len: int = Field(
+        default=32768,
+        description="Context budget per sequence (prompt + output tokens).",
+        ge=256,
+        le=10_000_000,
+    )
+    max_concurrency: int = Field(
+        default=64,
+        description="Sequences per replica the KV cache must hold at typicalSequenceTokens.",
+        ge=1,
+        le=4096,
+    )
+    typical_sequence_tokens: int | None = Field(
+        default=None,
+        description="Typical tokens per sequence (prompt + output) used to "
+        "size the KV cache for maxConcurrency. Default: min(maxModelLen, 4096).",
+        ge=16,
+        le=10_000_000,
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        default="auto",
+        description="KV-cache dtype: auto (the model's dtype) or fp8 (half the memory per token).",
+    )
+    extra_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list,
+        description="Extra engine arguments, appended verbatim.",
+        max_length=64,
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description="Extra environment variables for the serving container.",
+        max_length=64,
+    )
+    template_ref: TemplateRef | None = Field(
+        default=None, description="ConfigMap with a user pod template override."
+    )
+
+
+class Toleration(_Model):
+    """A pod toleration (as in core/v1)."""
+
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class PlacementSpec(_Model):
+    """Where replicas may run. The planner picks the cheapest allowed option that fits."""
+
+    gpu_types: list[Annotated[str, Field(max_length=63, pattern=GPU_TYPE_NAME)]] = Field(
+        default_factory=lambda: ["auto"],
+        description="Allowed GPU types in order of "
+        "preference (catalog names such as nvidia-l40s, nvidia-h100-80gb), or [auto] for "
+        "every catalog type.",
+        min_length=1,
+        max_length=16,
+    )
+    gpus_per_replica: IntOrAuto = Field(
+        default="auto",
+        description="GPUs per replica (the tensor-parallel size), or auto "
+        "for the smallest that fits.",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.90, description="Fraction of GPU memory the engine may use.", ge=0.5, le=0.98
+    )
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, description="Extra node labels the pods require.", max_length=32
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Extra pod tolerations.", max_length=32
+    )
+    spot: bool = Field(default=False, description="Allow spot/preemptible GPU nodes.")
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "!('auto' in self.gpuTypes) || size(self.gpuTypes) == 1",
+                "message": "gpuTypes: auto cannot be combined with named GPU types",
+                "fieldPath": ".gpuTypes",
+            },
+            {
+                "rule": "type(self.gpusPerReplica) == int ? (self.gpusPerReplica >= 1 && "
+                "self.gpusPerReplica <= 64) : self.gpusPerReplica == 'auto'",
+                "message": "gpusPerReplica must be auto or an integer from 1 to 64",
+                "fieldPath": ".gpusPerReplica",
+            },
+        )
+    )
+
+    @model_validator(mode="after")
+    def _placement_rules(self) -> PlacementSpec:
+        if "auto" in self.gpu_types and len(self.gpu_types) != 1:
+            raise ValueError("gpuTypes: auto cannot be combined with named GPU types")
+        if isinstance(self.gpus_per_replica, int) and not 1 <= self.gpus_per_replica <= 64:
+            raise ValueError("gpusPerReplica must be auto or an integer from 1 to 64")
+        return self
+
+
+class SLO(_Model):
+    """The latency objective the autoscaler holds."""
+
+    ttft_seconds: float = Field(
+        default=2.0, description="Time to first token, seconds.", gt=0, le=600
+    )
+    percentile: float = Field(
+        default=95, description="Percentile of requests that must meet ttftSeconds.", ge=50, le=99.9
+    )
+
+
+class ScalingTargets(_Model):
+    """Optional per-replica targets that override the ones derived from the model and GPU."""
+
+    queue_per_replica: float | None = Field(
+        default=None, description="Waiting requests per replica.", ge=0, le=10000
+    )
+    running_per_replica: float | None = Field(
+        default=None, description="Running requests per replica.", gt=0, le=10000
+    )
+    kv_cache_utilization: float | None = Field(
+        default=None, description="KV-cache use (0-1).", gt=0, le=1
+    )
+
+
+class ScaleUpPolicy(_Model):
+    """Damping for scaling up."""
+
+    stabilization_seconds: int = Field(
+        default=0,
+        description="Window over which the recommendation must hold before acting.",
+        ge=0,
+        le=86400,
+    )
+    max_step: int | None = Field(
+        default=None,
+        description="Most replicas added per decision (unset: no limit).",
+        ge=1,
+        le=1000,
+    )
+
+
+class ScaleDownPolicy(_Model):
+    """Damping for scaling down."""
+
+    stabilization_seconds: int = Field(
+        default=300,
+        description="Window over which the lower recommendation must hold before acting.",
+        ge=0,
+        le=86400,
+    )
+    max_step: int | None = Field(
+        default=None,
+        description="Most replicas removed per decision (unset: no limit).",
+        ge=1,
+        le=1000,
+    )
+
+
+class ScalingSpec(_Model):
+    """Autoscaling bounds, objective and damping."""
+
+    min_replicas: int = Field(
+        default=1, description="Fewest replicas. 0 needs demandQuery.", ge=0, le=1000
+    )
+    max_replicas: int = Field(default=8, description="Most replicas.", ge=1, le=1000)
+    objective: Objective = Field(
+        default="balanced",
+        description="latency: headroom first; cost: fewest GPUs that hold the SLO; balanced.",
+    )
+    slo: SLO = Field(default_factory=SLO, description="Latency objective.")
+    targets: ScalingTargets = Field(
+        default_factory=ScalingTargets, description="Per-replica target overrides."
+    )
+    max_cost_per_hour: float | None = Field(
+        default=None,
+        description="Budget for all replicas, per hour, in the catalog currency.",
+        gt=0,
+        le=1e7,
+    )
+    scale_up: ScaleUpPolicy = Field(default_factory=ScaleUpPolicy, description="Scale-up damping.")
+    scale_down: ScaleDownPolicy = Field(
+        default_factory=ScaleDownPolicy, description="Scale-down damping."
+    )
+    mode: ScalingMode = Field(
+        default="operator",
+        description="operator: distillery "
+        "scales; external: leave spec.replicas to HPA/KEDA via /scale.",
+    )
+    demand_query: str | None = Field(
+        default=None,
+        description="PromQL for demand that "
+        "exists while no replica runs (a gateway metric); "
+        "required for minReplicas: 0.",
+        max_length=4096,
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.minReplicas <= self.maxReplicas",
+                "message": "minReplicas must be less than or equal to maxReplicas",
+                "fieldPath": ".minReplicas",
+            },
+            {
+                "rule": "self.minReplicas > 0 || (has(self.demandQuery) && "
+                "size(self.demandQuery) > 0)",
+                "message": "minReplicas: 0 needs scaling.demandQuery, a demand metric that exists "
+                "while no replica runs (e.g. a gateway's request rate)",
+                "fieldPath": ".minReplicas",
+            },
+        )
+    )
+
+    @model_validator(mode="after")
+    def _scaling_rules(self) -> ScalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be less than or equal to maxReplicas")
+        if self.min_replicas == 0 and not self.demand_query:
+            raise ValueError(
+                "minReplicas: 0 needs scaling.demandQuery, a demand metric that exists "
+                "while no replica runs (e.g. a gateway's request rate)"
+            )
+        return self
+
+
+class CanaryStep(_Model):
+    """One canary step: send `weight` percent of traffic, then wait."""
+
+    weight: int = Field(description="Percent of traffic to the canary.", ge=1, le=100)
+    pause_seconds: int = Field(
+        default=300, description="Time at this weight before analysis decides.", ge=0, le=86400
+    )
+
+
+class CanaryAnalysis(_Model):
+    """What a canary must show to go on."""
+
+    max_ttft_ratio: float = Field(
+        default=1.2,
+        description="Canary TTFT percentile over the stable one, at most.",
+        gt=0,
+        le=100,
+    )
+    max_error_rate: float = Field(
+        default=0.01, description="Failed request fraction, at most.", ge=0, le=1
+    )
+
+
+class CanarySpec(_Model):
+    """Canary rollout steps and analysis."""
+
+    steps: list[CanaryStep] = Field(
+        default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50)],
+        description="Steps in order; promotion follows the last.",
+        min_length=1,
+        max_length=20,
+    )
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis, description="Pass criteria.")
+
+
+class RolloutSpec(_Model):
+    """How a change of model revision, quantization, engine or image rolls out."""
+
+    strategy: RolloutStrategy = Field(default="RollingUpdate", description="Rollout strategy.")
+    canary: CanarySpec | None = Field(default=None, description="Canary settings.")
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.strategy != 'Canary' || has(self.canary)",
+                "message": "strategy Canary needs rollout.canary with its steps",
+                "fieldPath": ".canary",
+            },
+        )
+    )
+
+    @model_validator(mode="after")
+    def _canary_needs_steps(self) -> RolloutSpec:
+        if self.strategy == "Canary" and self.canary is None:
+            raise ValueError("strategy Canary needs rollout.canary with its steps")
+        return self
+
+
+class DistilledModelDeploymentSpec(_Model):
+    """Desired state of a DistilledModelDeployment."""
+
+    replicas: int | None = Field(
+        default=None,
+        description="Desired replicas, written "
+        "through /scale by the autoscaler, kubectl scale or "
+        "HPA/KEDA. Leave it out of Git.",
+        ge=0,
+        le=1000,
+    )
+    model: ModelSpec = Field(description="The model to serve.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Engine and its limits.")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="GPU placement.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout strategy.")
+
+    model_config = ConfigDict(
+        json_schema_extra=_rules(
+            {
+                "rule": "self.serving.maxModelLen <= 10000000",
+                "message": "serving.maxModelLen is too large",
+            },
+        )
+    )
+
+
+# ---- status ---------------------------------------------------------------------------
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(_Model):
+    """A standard Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(max_length=316)
+    status: ConditionStatus
+    reason: str = Field(max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    observed_generation: int | None = Field(default=None, ge=0)
+    last_transition_time: str = Field(description="RFC 3339 time.")
+
+
+class MemoryBreakdown(_Model):
+    """Per-replica memory, GiB."""
+
+    weights_gi_b: float = Field(alias="weightsGiB")
+    kv_cache_gi_b: float = Field(alias="kvCacheGiB")
+    overhead_gi_b: float = Field(alias="overheadGiB")
+    free_gi_b: float = Field(alias="freeGiB")
+    budget_gi_b: float = Field(alias="budgetGiB")
+
+
+class PlacementStatus(_Model):
+    """The placement the planner chose."""
+
+    gpu_type: str
+    gpu_product: str
+    gpu_count: int
+    tensor_parallel: int
+    quantization: str
+    summary: str = Field(description="GPU type x count, for kubectl get.")
+    memory: MemoryBreakdown
+    kv_cache_tokens: int
+    max_concurrency: int
+
+
+class CostStatus(_Model):
+    """What the deployment costs."""
+
+    currency: str
+    per_replica_hour: float
+    current_per_hour: float
+    per_million_tokens: float | None = None
+
+
+class ScalingDecision(_Model):
+    """One autoscaler decision and the numbers behind it."""
+
+    time: str
+    from_: int = Field(alias="from")
+    to: int
+    reason: str = Field(max_length=1024)
+    inputs: dict[str, float] = Field(default_factory=dict)
+
+
+class AutoscalingStatus(_Model):
+    """The autoscaler's recent decisions."""
+
+    desired_replicas: int | None = None
+    limited_by: str | None = None
+    last_decisions: list[ScalingDecision] = Field(default_factory=list, max_length=20)
+
+
+class RolloutStatus(_Model):
+    """Progress of a rollout."""
+
+    stable_revision: str | None = None
+    canary_revision: str | None = None
+    step: int | None = None
+    weight: int | None = None
+    verdict: str | None = None
+    message: str | None = None
+
+
+class DistilledModelDeploymentStatus(_Model):
+    """Observed state of a DistilledModelDeployment."""
+
+    model_config = ConfigDict(frozen=False)
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, max_length=32)
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    selector: str | None = None
+    placement: PlacementStatus | None = None
+    cost: CostStatus | None = None
+    autoscaling: AutoscalingStatus | None = None
+    rollout: RolloutStatus | None = None
+    endpoint: str | None = None
+    revision: str | None = Field(
+        default=None, description="Hash of the rendered pod template the children run."
+    )
+
+
+class DistilledModelDeployment(_Model):
+    """A distilled reasoning model served on GPUs, sized, rendered and autoscaled."""
+
+    api_version: Literal["distillery.dev/v1alpha1"] = Field(
+        default="distillery.dev/v1alpha1", alias="apiVersion"
+    )
+    kind: Literal["DistilledModelDeployment"] = "DistilledModelDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: DistilledModelDeploymentSpec
+    status: DistilledModelDeploymentStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "default")

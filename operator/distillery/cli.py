@@ -1,0 +1,189 @@
+"""The ``distillery`` command: plan, crd (and, as they land, render, run, simulate).
+
+Sub-commands read manifests from files or standard input and print to standard output;
+errors go to standard error with exit code 1 (bad input) or 2 (usage), so they compose
+in GitOps pipelines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from pydantic import ValidationError
+
+from distillery.api.crd import CRD_FILE, crd_yaml
+from distillery.api.types import KIND, DistilledModelDeployment
+from distillery.catalog import Catalog, CatalogError, load_catalog
+from distillery.sizing import Plan, PlanError, UnknownModelError, plan
+
+
+class InputError(ValueError):
+    """A manifest could not be read or is not a valid DistilledModelDeployment."""
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, naming the field path the way a manifest spells it."""
+    lines = [f"{source}: invalid DistilledModelDeployment:"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_manifests(path: str) -> list[tuple[str, DistilledModelDeployment]]:
+    """Every DistilledModelDeployment in a YAML stream; other kinds are skipped."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from exc
+    out: list[tuple[str, DistilledModelDeployment]] = []
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            continue
+        name = (doc.get("metadata") or {}).get("name", f"document {i}")
+        source = f"{path} ({name})"
+        doc = {k: v for k, v in doc.items() if k != "status"}
+        try:
+            out.append((source, DistilledModelDeployment.model_validate(doc)))
+        except ValidationError as exc:
+            raise InputError(format_validation_error(exc, source)) from exc
+    if not out:
+        raise InputError(f"{path}: no {KIND} found")
+    return out
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def render_plan_table(name: str, p: Plan) -> str:
+    c = p.chosen
+    cur = p.currency
+    per_tok = (
+        f"{c.cost_per_million_tokens:.3f} {cur}/Mtok"
+        if c.cost_per_million_tokens is not None
+        else "n/a"
+    )
+    lines = [
+        f"{name}: {p.model.name}",
+        f"  placement   {c.gpu_count}x {c.gpu.name} ({c.gpu.product}), tensor parallel "
+        f"{c.tensor_parallel}, quantization {c.quantization}",
+        f"  memory      weights {c.weights_gib:.1f} GiB + KV {c.kv_needed_gib:.1f} GiB + "
+        f"overhead {c.overhead_gib:.1f} GiB of {c.budget_gib:.1f} GiB (free "
+        f"{c.free_gib:.1f} GiB)",
+        f"  capacity    {c.kv_cache_tokens} KV tokens, {c.max_concurrency} sequences of "
+        f"{p.requirements.typical_tokens} tokens (asked {p.requirements.max_concurrency}), "
+        f"~{c.decode_tokens_per_second:.0f} output tok/s",
+        f"  cost        {c.cost_per_replica_hour:.2f} {cur}/replica-hour, ~{per_tok}",
+        "  alternatives:",
+    ]
+    rows = [["GPU", "QUANT", "FITS", "COST/H", "WHY NOT"]]
+    for alt in p.alternatives:
+        rows.append(
+            [
+                alt.summary,
+                alt.quantization,
+                "yes" if alt.feasible else "no",
+                f"{alt.cost_per_replica_hour:.2f}",
+                alt.reason,
+            ]
+        )
+    lines += ["    " + line for line in _table(rows).splitlines()]
+    return "\n".join(lines)
+
+
+def _catalog(paths: Sequence[str]) -> Catalog:
+    extra = []
+    for p in paths:
+        try:
+            extra.append((p, Path(p).read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read catalog file: {exc.strerror}") from exc
+    return load_catalog(extra)
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    catalog = _catalog(args.catalog)
+    results: list[dict[str, Any]] = []
+    texts: list[str] = []
+    failed = False
+    for path in args.files:
+        for source, dmd in load_manifests(path):
+            try:
+                p = plan(dmd.spec, catalog)
+            except (PlanError, UnknownModelError) as exc:
+                failed = True
+                print(f"{source}: {exc}", file=sys.stderr)
+                results.append({"name": dmd.name, "error": str(exc)})
+                continue
+            entry = {"name": dmd.name, **p.to_json()}
+            results.append(entry)
+            texts.append(render_plan_table(dmd.name, p))
+    if args.output == "json":
+        out.write(json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
+    elif args.output == "yaml":
+        out.write(yaml.safe_dump(results[0] if len(results) == 1 else results, sort_keys=False))
+    else:
+        out.write("\n\n".join(texts) + ("\n" if texts else ""))
+    return 1 if failed else 0
+
+
+def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
+    text = crd_yaml()
+    if args.output_dir:
+        target = Path(args.output_dir) / CRD_FILE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target}", file=sys.stderr)
+    else:
+        out.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distillery", description="Serve distilled reasoning models on Kubernetes GPUs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="size DMD manifests onto the cheapest GPUs that fit")
+    p.add_argument("files", nargs="+", help="manifest files ('-' for standard input)")
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    p.add_argument(
+        "--catalog",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra catalog YAML (models/gpus/prices), repeatable",
+    )
+    p.set_defaults(func=cmd_plan)
+    c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
+    c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
+    c.set_defaults(func=cmd_crd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, out or sys.stdout))
+    except (InputError, CatalogError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Memory and speed estimates for one replica of a model on N GPUs (pure arithmetic).
+
+Memory per replica = weights + KV cache + runtime overhead, against
+``gpuMemoryUtilization x GPU memory x GPUs`` (the share vLLM-style engines claim).
+
+- weights: the embedding and LM-head matrices stay in 16-bit (engines do not quantize
+  them), every other parameter takes the quantization's bytes per weight; 4-bit formats
+  carry a 16-bit scale and zero point per group of 128 weights.
+- KV cache per token: 2 (K and V) x layers x kv_heads x head_dim x bytes of the KV dtype.
+- overhead per GPU: CUDA context and allocator slack, CUDA graphs, NCCL buffers when
+  tensor-parallel, plus the activation peak of one batch of ``BATCHED_TOKENS`` (sharded
+  by tensor parallelism) and the fp32 logits of one decode step.
+
+Speed follows the roofline: prefill is compute-bound (2 x params FLOPs per prompt token
+over dense bf16 TFLOPS at ``MFU``), decode is memory-bound (every step reads the weights
+and the live KV cache at ``MBU`` of the bandwidth). The efficiency constants are stated
+here once; the simulator imports them, so the planner and the simulator agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distillery.catalog import GpuType, ModelEntry
+
+GIB = float(1 << 30)
+
+# Bytes per weight by quantization. 4-bit: 0.5 plus an fp16 scale and zero per 128.
+BYTES_PER_WEIGHT: dict[str, float] = {
+    "none": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "awq": 0.5 + 4.0 / 128,
+    "gptq": 0.5 + 4.0 / 128,
+}
+
+# Runtime overhead per GPU, GiB: CUDA context + allocator slack, CUDA graphs, and NCCL
+# buffers for tensor parallelism. Typical of what vLLM reports as non-torch memory and
+# graph capture memory at start-up.
+CONTEXT_GIB = 1.0
+CUDA_GRAPHS_GIB = 0.5
+NCCL_GIB = 0.5
+# Tokens in one scheduled batch (vLLM's max_num_batched_tokens with chunked prefill).
+BATCHED_TOKENS = 8192
+
+# Roofline efficiencies: model FLOPs utilization of prefill and memory-bandwidth
+# utilization of decode. Calibrated by the simulator's fidelity benchmark.
+MFU = 0.45
+MBU = 0.70
+# Fixed per-step cost of a decode iteration (scheduling, sampling, kernel launches).
+STEP_OVERHEAD_S = 0.004
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-replica memory, bytes."""
+
+    weights: float
+    overhead: float
+    kv_per_token: float
+    budget: float
+
+    @property
+    def kv_space(self) -> float:
+        """Bytes left for the KV cache once weights and overhead are in."""
+        return self.budget - self.weights - self.overhead
+
+    @property
+    def kv_tokens(self) -> int:
+        return max(0, int(self.kv_space // self.kv_per_token))
+
+
+def embedding_params(model: ModelEntry) -> float:
+    matrices = 1 if model.tied_embeddings else 2
+    return float(model.vocab_size * model.hidden_size * matrices)
+
+
+def weight_bytes(model: ModelEntry, quantization: str) -> float:
+    total = model.params_billions * 1e9
+    embed = min(embedding_params(model), total)
+    return embed * 2.0 + (total - embed) * BYTES_PER_WEIGHT[quantization]
+
+
+def kv_bytes_per_token(model: ModelEntry, kv_cache_dtype: str = "auto") -> float:
+    dtype_bytes = 1.0 if kv_cache_dtype == "fp8" else 2.0
+    return 2.0 * model.layers * model.kv_heads * model.resolved_head_dim * dtype_bytes
+
+
+def overhead_bytes(model: ModelEntry, gpus: int, max_seqs: int) -> float:
+    per_gpu = CONTEXT_GIB + CUDA_GRAPHS_GIB + (NCCL_GIB if gpus > 1 else 0.0)
+    # Activations of one batch: residual stream, attention/MLP intermediates (bf16).
+    per_token = 2.0 * (4 * model.hidden_size + 2 * model.resolved_intermediate_size)
+    activations = BATCHED_TOKENS * per_token / gpus
+    logits = 4.0 * model.vocab_size * min(max_seqs, BATCHED_TOKENS)
+    return per_gpu * gpus * GIB + (activations + logits) * gpus
+
+
+def estimate(
+    model: ModelEntry,
+    gpu: GpuType,
+    gpus: int,
+    quantization: str,
+    utilization: float,
+    max_seqs: int,
+    kv_cache_dtype: str = "auto",
+) -> MemoryEstimate:
+    return MemoryEstimate(
+        weights=weight_bytes(model, quantization),
+        overhead=overhead_bytes(model, gpus, max_seqs),
+        kv_per_token=kv_bytes_per_token(model, kv_cache_dtype),
+        budget=utilization * gpu.memory_gi_b * GIB * gpus,
+    )
+
+
+def prefill_seconds(model: ModelEntry, gpu: GpuType, gpus: int, tokens: float) -> float:
+    """Time to prefill ``tokens`` prompt tokens (compute-bound)."""
+    flops = 2.0 * model.params_billions * 1e9 * tokens
+    return flops / (gpu.bf16_tflops * 1e12 * gpus * MFU)
+
+
+def decode_step_seconds(weights: float, live_kv_bytes: float, gpu: GpuType, gpus: int) -> float:
+    """One decode iteration: read the weights and the live KV cache once."""
+    return STEP_OVERHEAD_S + (weights + live_kv_bytes) / (gpu.bandwidth_g_bs * 1e9 * gpus * MBU)
+
+
+def decode_tokens_per_second(
+    model: ModelEntry,
+    gpu: GpuType,
+    gpus: int,
+    quantization: str,
+    batch: int,
+    context_tokens: float,
+    kv_cache_dtype: str = "auto",
+) -> float:
+    """Output tokens per second of a replica decoding ``batch`` sequences of
+    ``context_tokens`` average length."""
+    if batch <= 0:
+        return 0.0
+    live = batch * context_tokens * kv_bytes_per_token(model, kv_cache_dtype)
+    step = decode_step_seconds(weight_bytes(model, quantization), live, gpu, gpus)
+    return batch / step

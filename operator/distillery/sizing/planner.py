@@ -1,0 +1,403 @@
+"""The placement search: the cheapest allowed GPUs a model fits on, and why others lost.
+
+Search space: allowed GPU types x tensor-parallel sizes x quantizations. A candidate is
+feasible when the replica holds the weights, the runtime overhead, and a KV cache of
+``max(maxModelLen, maxConcurrency x typicalSequenceTokens)`` tokens within
+``gpuMemoryUtilization`` of its GPUs' memory, and its tensor-parallel size divides both
+the attention heads and the KV heads.
+
+Ranking (DESIGN §3): within a GPU type and quantization only the smallest
+tensor-parallel size that fits is kept (a larger one costs more for nothing); among the
+rest the cheapest per replica-hour wins, then the one that keeps full precision, then
+the cheapest per million output tokens. The order is strict and depends on nothing but
+price, so more demand can only remove options and never yields a cheaper plan. Restrict
+``placement.gpuTypes`` to steer away from, say, eight small GPUs for a 32B model.
+Every candidate considered is returned with the reason it lost, so ``distillery plan``
+and the DMD status can explain the choice.
+
+When nothing allowed fits, :class:`PlanError` says what would: another GPU type, more
+GPUs, a quantization, or a lower ``maxConcurrency``, found by searching the whole
+catalog with the constraints relaxed one at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from distillery.api.types import DistilledModelDeploymentSpec
+from distillery.catalog import Catalog, GpuType, ModelEntry
+from distillery.sizing import memory
+
+TP_SIZES = (1, 2, 4, 8)
+# Engines that can quantize a bf16 checkpoint to fp8 at load time.
+ONLINE_FP8_ENGINES = frozenset({"vllm", "sglang", "tgi"})
+ENGINE_QUANTIZATIONS: dict[str, frozenset[str]] = {
+    "vllm": frozenset({"none", "fp8", "int8", "awq", "gptq"}),
+    "sglang": frozenset({"none", "fp8", "int8", "awq", "gptq"}),
+    "tgi": frozenset({"none", "fp8", "awq", "gptq"}),
+    "llamacpp": frozenset({"none", "int8"}),
+}
+# Preference among equally priced options: keep precision.
+QUANT_RANK = {"none": 0, "fp8": 1, "int8": 2, "awq": 3, "gptq": 3}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What one replica must hold, derived from a DMD spec."""
+
+    model: ModelEntry
+    engine: str
+    quantization: str
+    max_model_len: int
+    max_concurrency: int
+    typical_tokens: int
+    utilization: float
+    kv_cache_dtype: str
+    gpu_types: tuple[str, ...]  # empty = every catalog type
+    gpus_per_replica: int | None  # None = auto
+
+    @property
+    def kv_tokens_needed(self) -> int:
+        return max(self.max_model_len, self.max_concurrency * self.typical_tokens)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One candidate placement and what it would give."""
+
+    gpu: GpuType
+    gpu_count: int
+    quantization: str
+    weights_gib: float
+    overhead_gib: float
+    kv_needed_gib: float
+    budget_gib: float
+    kv_cache_tokens: int
+    max_concurrency: int
+    cost_per_replica_hour: float
+    cost_per_million_tokens: float | None
+    decode_tokens_per_second: float
+    feasible: bool
+    reason: str = ""
+
+    @property
+    def tensor_parallel(self) -> int:
+        return self.gpu_count
+
+    @property
+    def free_gib(self) -> float:
+        return self.budget_gib - self.weights_gib - self.overhead_gib - self.kv_needed_gib
+
+    @property
+    def summary(self) -> str:
+        return f"{self.gpu.name}x{self.gpu_count}"
+
+    def rank_key(self) -> tuple[float, int, float, int]:
+        per_token = self.cost_per_million_tokens
+        return (
+            round(self.cost_per_replica_hour, 6),
+            QUANT_RANK[self.quantization],
+            per_token if per_token is not None else float("inf"),
+            self.gpu_count,
+        )
+
+    def to_json(self, currency: str) -> dict[str, object]:
+        out: dict[str, object] = {
+            "placement": {
+                "gpuType": self.gpu.name,
+                "gpuProduct": self.gpu.product,
+                "gpuCount": self.gpu_count,
+                "tensorParallel": self.tensor_parallel,
+                "quantization": self.quantization,
+            },
+            "memory": {
+                "weightsGiB": round(self.weights_gib, 2),
+                "kvCacheGiB": round(self.kv_needed_gib, 2),
+                "overheadGiB": round(self.overhead_gib, 2),
+                "freeGiB": round(self.free_gib, 2),
+                "budgetGiB": round(self.budget_gib, 2),
+            },
+            "kvCacheTokens": self.kv_cache_tokens,
+            "maxConcurrency": self.max_concurrency,
+            "costPerReplicaHour": round(self.cost_per_replica_hour, 4),
+            "costPerMillionTokens": (
+                round(self.cost_per_million_tokens, 4)
+                if self.cost_per_million_tokens is not None
+                else None
+            ),
+            "decodeTokensPerSecond": round(self.decode_tokens_per_second, 1),
+            "currency": currency,
+        }
+        return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen option and every alternative with the reason it lost."""
+
+    model: ModelEntry
+    requirements: Requirements
+    chosen: Option
+    alternatives: list[Option] = field(default_factory=list)
+    currency: str = "USD"
+
+    def to_json(self) -> dict[str, object]:
+        out = self.chosen.to_json(self.currency)
+        out["model"] = self.model.name
+        out["kvTokensNeeded"] = self.requirements.kv_tokens_needed
+        alts = []
+        for alt in self.alternatives:
+            entry = alt.to_json(self.currency)
+            entry["feasible"] = alt.feasible
+            entry["reason"] = alt.reason
+            alts.append(entry)
+        out["alternatives"] = alts
+        return out
+
+
+class PlanError(ValueError):
+    """No allowed placement fits. ``alternatives`` says why each lost; the message says
+    what would fit."""
+
+    def __init__(self, message: str, alternatives: list[Option]):
+        super().__init__(message)
+        self.alternatives = alternatives
+
+
+class UnknownModelError(ValueError):
+    """The model is neither in the catalog nor described by spec.model.architecture."""
+
+
+def resolve_model(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> ModelEntry:
+    if spec.model.architecture is not None:
+        return ModelEntry.from_architecture(spec.model.name, spec.model.architecture)
+    entry = catalog.model(spec.model.name)
+    if entry is None:
+        known = ", ".join(sorted(catalog.models))
+        raise UnknownModelError(
+            f"model {spec.model.name!r} is not in the catalog: describe it with "
+            f"spec.model.architecture (paramsBillions, layers, hiddenSize, attentionHeads, "
+            f"kvHeads, ...) or use a catalog model ({known})"
+        )
+    return entry
+
+
+def requirements(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Requirements:
+    model = resolve_model(spec, catalog)
+    serving, placement = spec.serving, spec.placement
+    typical = serving.typical_sequence_tokens or min(serving.max_model_len, 4096)
+    gpu_types = () if placement.gpu_types == ["auto"] else tuple(placement.gpu_types)
+    gpus = placement.gpus_per_replica
+    return Requirements(
+        model=model,
+        engine=serving.engine,
+        quantization=spec.model.quantization,
+        max_model_len=serving.max_model_len,
+        max_concurrency=serving.max_concurrency,
+        typical_tokens=min(typical, serving.max_model_len),
+        utilization=placement.gpu_memory_utilization,
+        kv_cache_dtype=serving.kv_cache_dtype,
+        gpu_types=gpu_types,
+        gpus_per_replica=None if gpus == "auto" else int(gpus),
+    )
+
+
+def _quantizations(req: Requirements) -> list[str]:
+    if req.quantization != "auto":
+        return [req.quantization]
+    quants = ["none"]
+    if req.engine in ONLINE_FP8_ENGINES:
+        quants.append("fp8")
+    return quants
+
+
+def evaluate(req: Requirements, gpu: GpuType, gpus: int, quant: str) -> Option:
+    """One candidate: its memory, capacity, cost, and whether (and why not) it works."""
+    model = req.model
+    est = memory.estimate(
+        model, gpu, gpus, quant, req.utilization, req.max_concurrency, req.kv_cache_dtype
+    )
+    kv_tokens = est.kv_tokens
+    concurrency = kv_tokens // req.typical_tokens if req.typical_tokens else 0
+    price = gpu.price_per_gpu_hour * gpus
+    batch = max(1, min(concurrency, req.max_concurrency))
+    tps = memory.decode_tokens_per_second(
+        model, gpu, gpus, quant, batch, req.typical_tokens / 2, req.kv_cache_dtype
+    )
+    per_mtok = price / (tps * 3600) * 1e6 if tps > 0 else None
+    needed_kv = req.kv_tokens_needed * est.kv_per_token
+    option = Option(
+        gpu=gpu,
+        gpu_count=gpus,
+        quantization=quant,
+        weights_gib=est.weights / memory.GIB,
+        overhead_gib=est.overhead / memory.GIB,
+        kv_needed_gib=needed_kv / memory.GIB,
+        budget_gib=est.budget / memory.GIB,
+        kv_cache_tokens=kv_tokens,
+        max_concurrency=concurrency,
+        cost_per_replica_hour=price,
+        cost_per_million_tokens=per_mtok,
+        decode_tokens_per_second=tps,
+        feasible=True,
+    )
+    reason = _infeasible_reason(req, option)
+    return replace(option, feasible=False, reason=reason) if reason else option
+
+
+def _infeasible_reason(req: Requirements, opt: Option) -> str:
+    model, gpu, gpus, quant = req.model, opt.gpu, opt.gpu_count, opt.quantization
+    if req.max_model_len > model.max_positions:
+        return (
+            f"maxModelLen {req.max_model_len} exceeds the model's {model.max_positions} positions"
+        )
+    if model.attention_heads % gpus or model.kv_heads % gpus:
+        return (
+            f"tensor parallel {gpus} does not divide {model.attention_heads} attention "
+            f"heads and {model.kv_heads} KV heads"
+        )
+    if quant not in ENGINE_QUANTIZATIONS.get(req.engine, frozenset()):
+        return f"engine {req.engine} does not support quantization {quant}"
+    if quant != "none" and quant not in gpu.quantizations:
+        return f"{gpu.name} (compute {gpu.compute_capability}) does not support {quant}"
+    if gpus > gpu.max_per_node:
+        return f"{gpus} GPUs exceed the {gpu.max_per_node} {gpu.name} per node"
+    need = opt.weights_gib + opt.overhead_gib + opt.kv_needed_gib
+    if need > opt.budget_gib:
+        return (
+            f"does not fit: needs {need:.1f} GiB (weights {opt.weights_gib:.1f}, KV "
+            f"{opt.kv_needed_gib:.1f} for {req.kv_tokens_needed} tokens, overhead "
+            f"{opt.overhead_gib:.1f}) of {opt.budget_gib:.1f} GiB, "
+            f"short by {need - opt.budget_gib:.1f} GiB"
+        )
+    return ""
+
+
+def _candidates(req: Requirements, catalog: Catalog) -> list[Option]:
+    names = req.gpu_types or tuple(catalog.gpus)
+    sizes = (req.gpus_per_replica,) if req.gpus_per_replica else TP_SIZES
+    out: list[Option] = []
+    for name in names:
+        gpu = catalog.gpu(name)
+        if gpu is None:
+            continue
+        for quant in _quantizations(req):
+            for gpus in sizes:
+                out.append(evaluate(req, gpu, gpus, quant))
+    return out
+
+
+def _rank(options: list[Option]) -> list[Option]:
+    """Mark feasible options that a smaller TP of the same type and quantization beats,
+    then order: feasible by rank key first, infeasible after."""
+    smallest: dict[tuple[str, str], int] = {}
+    for opt in options:
+        if opt.feasible:
+            key = (opt.gpu.name, opt.quantization)
+            smallest[key] = min(smallest.get(key, opt.gpu_count), opt.gpu_count)
+    ranked: list[Option] = []
+    for opt in options:
+        key = (opt.gpu.name, opt.quantization)
+        if opt.feasible and opt.gpu_count > smallest[key]:
+            opt = replace(
+                opt,
+                feasible=False,
+                reason=(f"a smaller tensor-parallel size ({smallest[key]}) fits on {opt.gpu.name}"),
+            )
+        ranked.append(opt)
+    feasible = sorted((o for o in ranked if o.feasible), key=Option.rank_key)
+    infeasible = [o for o in ranked if not o.feasible]
+    return feasible + infeasible
+
+
+def plan(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Plan:
+    """Choose the placement for ``spec``; raise :class:`PlanError` when nothing fits."""
+    req = requirements(spec, catalog)
+    unknown = [n for n in req.gpu_types if catalog.gpu(n) is None]
+    if unknown:
+        raise PlanError(
+            f"unknown GPU type(s) {', '.join(unknown)} in placement.gpuTypes; known: "
+            f"{', '.join(sorted(catalog.gpus))} (extend the catalog to add one)",
+            [],
+        )
+    ranked = _rank(_candidates(req, catalog))
+    feasible = [o for o in ranked if o.feasible]
+    if not feasible:
+        raise PlanError(_nothing_fits_message(req, catalog, ranked), ranked)
+    best = feasible[0]
+    alternatives = []
+    for opt in ranked[1:]:
+        if opt.feasible:
+            opt = replace(opt, feasible=True, reason=_lost_reason(best, opt, catalog.currency))
+        alternatives.append(opt)
+    return Plan(req.model, req, best, alternatives, catalog.currency)
+
+
+def _lost_reason(best: Option, opt: Option, currency: str) -> str:
+    if opt.cost_per_replica_hour > best.cost_per_replica_hour + 1e-9:
+        return (
+            f"costs more: {opt.cost_per_replica_hour:.2f} vs "
+            f"{best.cost_per_replica_hour:.2f} {currency} per replica-hour"
+        )
+    if QUANT_RANK[opt.quantization] > QUANT_RANK[best.quantization]:
+        return f"same cost, lower precision ({opt.quantization})"
+    return "same cost, higher cost per token"
+
+
+def _nothing_fits_message(req: Requirements, catalog: Catalog, ranked: list[Option]) -> str:
+    model = req.model
+    if req.max_model_len > model.max_positions:
+        return (
+            f"serving.maxModelLen {req.max_model_len} exceeds {model.name}'s "
+            f"{model.max_positions} positions: lower serving.maxModelLen"
+        )
+    allowed = ", ".join(req.gpu_types) if req.gpu_types else "any catalog GPU"
+    head = (
+        f"{model.name} does not fit {allowed}"
+        + (f" with {req.gpus_per_replica} GPUs per replica" if req.gpus_per_replica else "")
+        + (f" at quantization {req.quantization}" if req.quantization != "auto" else "")
+        + f" (needs a KV cache of {req.kv_tokens_needed} tokens)."
+    )
+    hints: list[str] = []
+
+    def cheapest(r: Requirements) -> Option | None:
+        feas = [o for o in _rank(_candidates(r, catalog)) if o.feasible]
+        return feas[0] if feas else None
+
+    relaxations = [
+        ("placement.gpusPerReplica: auto", replace(req, gpus_per_replica=None)),
+        ("model.quantization: auto", replace(req, quantization="auto")),
+        ("model.quantization: fp8", replace(req, quantization="fp8", gpus_per_replica=None)),
+        ("placement.gpuTypes: [auto]", replace(req, gpu_types=(), gpus_per_replica=None)),
+        (
+            "placement.gpuTypes: [auto] with model.quantization: fp8",
+            replace(req, gpu_types=(), gpus_per_replica=None, quantization="fp8"),
+        ),
+    ]
+    seen: set[str] = set()
+    for change, relaxed in relaxations:
+        if relaxed == req:
+            continue
+        opt = cheapest(relaxed)
+        if opt is not None and f"{opt.summary}/{opt.quantization}" not in seen:
+            seen.add(f"{opt.summary}/{opt.quantization}")
+            hints.append(
+                f"{opt.gpu_count}x {opt.gpu.name} at {opt.quantization} "
+                f"({opt.cost_per_replica_hour:.2f} {catalog.currency}/h) with {change}"
+            )
+        if len(hints) >= 2:
+            break
+    # The largest concurrency the best-budget allowed option could hold at this length.
+    roomy = [o for o in ranked if o.reason.startswith("does not fit")]
+    if roomy:
+        top = max(roomy, key=lambda o: o.kv_cache_tokens)
+        if top.kv_cache_tokens >= req.max_model_len and req.typical_tokens:
+            conc = top.kv_cache_tokens // req.typical_tokens
+            if 0 < conc < req.max_concurrency:
+                hints.append(
+                    f"{top.gpu_count}x {top.gpu.name} at {top.quantization} with "
+                    f"serving.maxConcurrency: {conc}"
+                )
+    if not hints:
+        return head + " Nothing in the catalog fits it: add a larger GPU type to the catalog."
+    return head + " Would fit: " + "; or ".join(hints) + "."

@@ -1,0 +1,63 @@
+"""A real Prometheus scrapes a local endpoint and answers PromQL.
+
+The endpoint serves the classic text exposition (0.0.4) the way vLLM does. It does not
+use prometheus_client's content negotiation: with Prometheus 2.42's Accept header that
+picks OpenMetrics, and the client then renames ``vllm:x`` samples to ``vllm_x``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from localprom import Prometheus
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.prometheus
+
+
+@pytest.fixture
+def exporter() -> Iterator[tuple[int, Gauge]]:
+    registry = CollectorRegistry()
+    waiting = Gauge("vllm:num_requests_waiting", "waiting", ["model_name"], registry=registry)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], waiting
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_scrapes_and_answers(prometheus: Callable[..., Prometheus],
+                             exporter: tuple[int, Gauge]) -> None:
+    port, waiting = exporter
+    waiting.labels("m").set(7)
+    prom = prometheus(static_targets=[f"127.0.0.1:{port}"])
+    result = wait_for(lambda: prom.query('sum(vllm:num_requests_waiting{model_name="m"})'),
+                      "a scraped sample", timeout=30)
+    assert float(result[0]["value"][1]) == 7.0
+    waiting.labels("m").set(2)
+    wait_for(lambda: float(prom.query("sum(vllm:num_requests_waiting)")[0]["value"][1]) == 2,
+             "the new value", timeout=30)
+    up = prom.query("up")
+    assert [float(s["value"][1]) for s in up] == [1.0]

@@ -1,0 +1,79 @@
+"""The committed CRD is exactly what the API models generate, and it is structural."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distillery.api.crd import CRD_FILE, crd, crd_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_crd_matches_models() -> None:
+    committed = (ROOT / "crds" / CRD_FILE).read_text()
+    assert committed == crd_yaml(), "crds/ is stale: run `make generate` and commit"
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        out.append((path, node))
+        for key, value in node.get("properties", {}).items():
+            out += _walk(value, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            out += _walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            out += _walk(node["additionalProperties"], f"{path}{{}}")
+    return out
+
+
+def test_schema_is_structural() -> None:
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "$ref" not in node, path
+        assert "title" not in node, path
+        assert node.get("additionalProperties") is not False, path
+        if not node.get("x-kubernetes-int-or-string") and not node.get(
+            "x-kubernetes-preserve-unknown-fields"
+        ):
+            assert "type" in node, f"{path or '(root)'} has no type"
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            if key in node:
+                assert isinstance(node[key], bool), path
+
+
+def test_scale_subresource_and_columns() -> None:
+    version = crd()["spec"]["versions"][0]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    names = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert names == ["Model", "GPU", "Replicas", "Ready", "Cost/h", "Status", "Age"]
+    names_block = crd()["spec"]["names"]
+    assert names_block["shortNames"] == ["dmd"] and names_block["categories"] == ["distillery"]
+
+
+def test_nested_defaults_match_models() -> None:
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    scaling = spec["properties"]["scaling"]
+    assert scaling["default"]["scaleDown"]["stabilizationSeconds"] == 300
+    scale_down = scaling["properties"]["scaleDown"]["properties"]
+    assert scale_down["stabilizationSeconds"]["default"] == 300
+    assert spec["properties"]["placement"]["properties"]["gpuTypes"]["default"] == ["auto"]
+
+
+def test_cel_rules_present() -> None:
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    text = "\n".join(
+        r["rule"] for _, node in _walk(schema) for r in node.get("x-kubernetes-validations", [])
+    )
+    for rule in (
+        "self.minReplicas <= self.maxReplicas",
+        "has(self.demandQuery)",
+        "'auto' in self.gpuTypes",
+        "self.strategy != 'Canary'",
+    ):
+        assert rule in text, rule
