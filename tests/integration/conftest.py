@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
+
 from localcluster import Cluster, start
 from localprom import Prometheus
 
@@ -59,8 +60,9 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
         prom.stop()
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0,
-             interval: float = 0.25) -> Any:
+def wait_for(
+    check: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.25
+) -> Any:
     """Poll ``check`` until it returns something truthy without raising."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
-from localcluster import Cluster, _versions, node_manifests, start
 
+from localcluster import Cluster, _versions, node_manifests, start
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
-GPU_TOLERATION = client.V1Toleration(key="nvidia.com/gpu", operator="Exists",
-                                     effect="NoSchedule")
+GPU_TOLERATION = client.V1Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
 
 
 def gpu_pod(name: str, gpus: int, product: str) -> client.V1Pod:
@@ -25,9 +23,13 @@ def gpu_pod(name: str, gpus: int, product: str) -> client.V1Pod:
         spec=client.V1PodSpec(
             node_selector={"nvidia.com/gpu.product": product},
             tolerations=[GPU_TOLERATION],
-            containers=[client.V1Container(
-                name="engine", image="vllm/vllm-openai:latest",
-                resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}))],
+            containers=[
+                client.V1Container(
+                    name="engine",
+                    image="vllm/vllm-openai:latest",
+                    resources=client.V1ResourceRequirements(limits={"nvidia.com/gpu": str(gpus)}),
+                )
+            ],
         ),
     )
 
@@ -59,14 +61,20 @@ def test_gpu_inventory(cluster: Cluster, api_client: client.ApiClient) -> None:
         assert node.status.allocatable["nvidia.com/gpu"] == count
         assert int(node.metadata.labels["nvidia.com/gpu.memory"]) > 10000
         assert [(t.key, t.effect) for t in node.spec.taints] == [("nvidia.com/gpu", "NoSchedule")]
-    assert products == {"NVIDIA-H100-80GB-HBM3": 2, "NVIDIA-A100-SXM4-80GB": 2,
-                        "NVIDIA-L40S": 2, "NVIDIA-L4": 4, "Tesla-T4": 1}
+    assert products == {
+        "NVIDIA-H100-80GB-HBM3": 2,
+        "NVIDIA-A100-SXM4-80GB": 2,
+        "NVIDIA-L40S": 2,
+        "NVIDIA-L4": 4,
+        "Tesla-T4": 1,
+    }
     listing = cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product")
     assert "NVIDIA-H100-80GB-HBM3" in listing and "Tesla-T4" in listing
 
 
-def test_two_gpu_pod_lands_on_h100_and_is_ready(api_client: client.ApiClient,
-                                                 namespace: str) -> None:
+def test_two_gpu_pod_lands_on_h100_and_is_ready(
+    api_client: client.ApiClient, namespace: str
+) -> None:
     core = client.CoreV1Api(api_client)
     core.create_namespaced_pod(namespace, gpu_pod("two", 2, "NVIDIA-H100-80GB-HBM3"))
 
@@ -96,17 +104,22 @@ def test_nine_gpu_pod_stays_pending(api_client: client.ApiClient, namespace: str
     assert core.read_namespaced_pod("nine", namespace).status.phase == "Pending"
 
 
-def test_deployment_scales_and_is_garbage_collected(api_client: client.ApiClient,
-                                                    namespace: str) -> None:
+def test_deployment_scales_and_is_garbage_collected(
+    api_client: client.ApiClient, namespace: str
+) -> None:
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     labels = {"app": "engine"}
     template = gpu_pod("x", 1, "NVIDIA-L4").spec
     dep = client.V1Deployment(
         metadata=client.V1ObjectMeta(name="engine"),
         spec=client.V1DeploymentSpec(
-            replicas=1, selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels),
-                                              spec=template)))
+            replicas=1,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels), spec=template
+            ),
+        ),
+    )
     apps.create_namespaced_deployment(namespace, dep)
 
     def ready_replicas(n: int) -> bool:
@@ -120,18 +133,26 @@ def test_deployment_scales_and_is_garbage_collected(api_client: client.ApiClient
     assert len(pods) == 3
     assert {p.spec.node_name.split("-")[0] for p in pods} == {"l4"}
     apps.delete_namespaced_deployment("engine", namespace, propagation_policy="Background")
-    wait_for(lambda: not core.list_namespaced_pod(namespace, label_selector="app=engine").items,
-             "pods garbage-collected")
+    wait_for(
+        lambda: not core.list_namespaced_pod(namespace, label_selector="app=engine").items,
+        "pods garbage-collected",
+    )
 
 
 def test_stop_frees_every_port_and_process(tmp_path: Path) -> None:
     second = start(state_dir=tmp_path / "second", quiet=True)
     pids, ports = dict(second.pids), dict(second.ports)
-    assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager",
-                         "kube-scheduler", "kwok"}
+    assert set(pids) == {
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    }
     second.stop()
     for name, pid in pids.items():
-        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read(), name
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or ") Z " in stat.read_text(), f"{name} still running"
     for name, port in ports.items():
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"{name} port {port} still open"

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from localprom import Prometheus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
+from localprom import Prometheus
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.prometheus
@@ -48,16 +48,23 @@ def exporter() -> Iterator[tuple[int, Gauge]]:
         thread.join(timeout=5)
 
 
-def test_scrapes_and_answers(prometheus: Callable[..., Prometheus],
-                             exporter: tuple[int, Gauge]) -> None:
+def test_scrapes_and_answers(
+    prometheus: Callable[..., Prometheus], exporter: tuple[int, Gauge]
+) -> None:
     port, waiting = exporter
     waiting.labels("m").set(7)
     prom = prometheus(static_targets=[f"127.0.0.1:{port}"])
-    result = wait_for(lambda: prom.query('sum(vllm:num_requests_waiting{model_name="m"})'),
-                      "a scraped sample", timeout=30)
+    result = wait_for(
+        lambda: prom.query('sum(vllm:num_requests_waiting{model_name="m"})'),
+        "a scraped sample",
+        timeout=30,
+    )
     assert float(result[0]["value"][1]) == 7.0
     waiting.labels("m").set(2)
-    wait_for(lambda: float(prom.query("sum(vllm:num_requests_waiting)")[0]["value"][1]) == 2,
-             "the new value", timeout=30)
+    wait_for(
+        lambda: float(prom.query("sum(vllm:num_requests_waiting)")[0]["value"][1]) == 2,
+        "the new value",
+        timeout=30,
+    )
     up = prom.query("up")
     assert [float(s["value"][1]) for s in up] == [1.0]

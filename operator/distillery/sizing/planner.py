@@ -283,7 +283,10 @@ def _candidates(req: Requirements, catalog: Catalog) -> list[Option]:
             continue
         for quant in _quantizations(req):
             for gpus in sizes:
-                out.append(evaluate(req, gpu, gpus, quant))
+                opt = evaluate(req, gpu, gpus, quant)
+                out.append(opt)
+                if "does not support" in opt.reason:
+                    break  # the same at every size: one line says it
     return out
 
 
