@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from distillery.api.crd import CRD_FILE, crd_yaml
 from distillery.api.types import KIND, DistilledModelDeployment
 from distillery.catalog import Catalog, CatalogError, load_catalog
+from distillery.render import RenderError, RenderOptions, manifests_yaml, render
 from distillery.sizing import Plan, PlanError, UnknownModelError, plan
 
 
@@ -142,6 +143,50 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if failed else 0
 
 
+def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
+    catalog = _catalog(args.catalog)
+    options = RenderOptions(pod_monitor=args.pod_monitor)
+    templates: dict[str, str] = {}
+    for item in args.user_template:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InputError(f"--user-template {item!r}: expected CONFIGMAP=FILE")
+        try:
+            templates[name] = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    streams: list[str] = []
+    failed = False
+    for path in args.files:
+        for source, dmd in load_manifests(path):
+            if args.namespace and not dmd.metadata.get("namespace"):
+                dmd = dmd.model_copy(
+                    update={"metadata": {**dmd.metadata, "namespace": args.namespace}}
+                )
+            ref = dmd.spec.serving.template_ref
+            user_template = None
+            if ref is not None:
+                if ref.name not in templates:
+                    print(
+                        f"{source}: templateRef {ref.name} needs --user-template {ref.name}=FILE",
+                        file=sys.stderr,
+                    )
+                    failed = True
+                    continue
+                user_template = templates[ref.name]
+            try:
+                rendered = render(
+                    dmd, plan(dmd.spec, catalog), options=options, user_template=user_template
+                )
+            except (PlanError, UnknownModelError, RenderError) as exc:
+                print(f"{source}: {exc}", file=sys.stderr)
+                failed = True
+                continue
+            streams.append(manifests_yaml(rendered))
+    out.write("---\n".join(streams))
+    return 1 if failed else 0
+
+
 def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
     text = crd_yaml()
     if args.output_dir:
@@ -170,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra catalog YAML (models/gpus/prices), repeatable",
     )
     p.set_defaults(func=cmd_plan)
+    r = sub.add_parser("render", help="print the workload a DMD renders to, as YAML")
+    r.add_argument("files", nargs="+", help="manifest files ('-' for standard input)")
+    r.add_argument("-n", "--namespace", help="namespace for manifests that name none")
+    r.add_argument("--pod-monitor", action="store_true", help="also render a PodMonitor")
+    r.add_argument(
+        "--user-template",
+        action="append",
+        default=[],
+        metavar="CM=FILE",
+        help="content of a templateRef ConfigMap, repeatable",
+    )
+    r.add_argument(
+        "--catalog",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra catalog YAML (models/gpus/prices), repeatable",
+    )
+    r.set_defaults(func=cmd_render)
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
     c.set_defaults(func=cmd_crd)

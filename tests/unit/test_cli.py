@@ -36,7 +36,7 @@ def test_plan_json_is_stable(path: Path) -> None:
     assert set(doc["memory"]) == MEMORY_KEYS
     for key in ("kvCacheTokens", "maxConcurrency", "costPerReplicaHour", "alternatives"):
         assert key in doc
-    assert doc["placement"]["tensorParallel"] == doc["placement"]["gpuCount"]
+    assert doc["placement"]["tensorParallel"] == max(1, doc["placement"]["gpuCount"])
     for alt in doc["alternatives"]:
         assert set(alt["placement"]) == PLACEMENT_KEYS
         assert isinstance(alt["feasible"], bool) and alt["reason"]

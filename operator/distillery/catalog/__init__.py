@@ -69,6 +69,7 @@ class GpuType(_Entry):
     compute_capability: str
     quantizations: tuple[str, ...] = ()
     max_per_node: int = Field(default=8, ge=1)
+    cpu_only: bool = Field(default=False, description="no GPU: CPU-only nodes (llama.cpp)")
     price_per_gpu_hour: float = Field(ge=0)
     price_source: str = ""
 

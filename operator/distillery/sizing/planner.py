@@ -37,6 +37,8 @@ ENGINE_QUANTIZATIONS: dict[str, frozenset[str]] = {
     "tgi": frozenset({"none", "fp8", "awq", "gptq"}),
     "llamacpp": frozenset({"none", "int8"}),
 }
+# Engines that can serve from CPU-only nodes.
+CPU_ENGINES = frozenset({"llamacpp"})
 # Preference among equally priced options: keep precision.
 QUANT_RANK = {"none": 0, "fp8": 1, "int8": 2, "awq": 3, "gptq": 3}
 
@@ -89,8 +91,13 @@ class Option:
         return self.budget_gib - self.weights_gib - self.overhead_gib - self.kv_needed_gib
 
     @property
+    def gpus(self) -> int:
+        """GPUs a replica requests (0 on CPU-only nodes)."""
+        return 0 if self.gpu.cpu_only else self.gpu_count
+
+    @property
     def summary(self) -> str:
-        return f"{self.gpu.name}x{self.gpu_count}"
+        return self.gpu.name if self.gpu.cpu_only else f"{self.gpu.name}x{self.gpu_count}"
 
     def rank_key(self) -> tuple[float, int, float, int]:
         per_token = self.cost_per_million_tokens
@@ -106,7 +113,7 @@ class Option:
             "placement": {
                 "gpuType": self.gpu.name,
                 "gpuProduct": self.gpu.product,
-                "gpuCount": self.gpu_count,
+                "gpuCount": self.gpus,
                 "tensorParallel": self.tensor_parallel,
                 "quantization": self.quantization,
             },
@@ -251,6 +258,8 @@ def _infeasible_reason(req: Requirements, opt: Option) -> str:
         return (
             f"maxModelLen {req.max_model_len} exceeds the model's {model.max_positions} positions"
         )
+    if gpu.cpu_only and req.engine not in CPU_ENGINES:
+        return f"engine {req.engine} needs a GPU (only llamacpp serves from CPU-only nodes)"
     if model.attention_heads % gpus or model.kv_heads % gpus:
         return (
             f"tensor parallel {gpus} does not divide {model.attention_heads} attention "
@@ -274,13 +283,21 @@ def _infeasible_reason(req: Requirements, opt: Option) -> str:
 
 
 def _candidates(req: Requirements, catalog: Catalog) -> list[Option]:
-    names = req.gpu_types or tuple(catalog.gpus)
-    sizes = (req.gpus_per_replica,) if req.gpus_per_replica else TP_SIZES
+    if req.gpu_types:
+        names = req.gpu_types
+    else:  # auto: CPU-only nodes only for the engine that runs there
+        names = tuple(
+            n for n, g in catalog.gpus.items() if not g.cpu_only or req.engine in CPU_ENGINES
+        )
     out: list[Option] = []
     for name in names:
         gpu = catalog.gpu(name)
         if gpu is None:
             continue
+        if gpu.cpu_only:
+            sizes: tuple[int, ...] = (1,)
+        else:
+            sizes = (req.gpus_per_replica,) if req.gpus_per_replica else TP_SIZES
         for quant in _quantizations(req):
             for gpus in sizes:
                 opt = evaluate(req, gpu, gpus, quant)

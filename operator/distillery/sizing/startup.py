@@ -1,0 +1,33 @@
+"""How long a new replica takes to serve: load the weights, then start the engine.
+
+The autoscaler counts starting replicas as incoming capacity and scales on the trend
+because this is minutes for a large model; the renderer sizes the startup probe from it
+so a slow load is never killed as a hang. One estimate, used by both.
+"""
+
+from __future__ import annotations
+
+# Bytes per second a replica reads weights at, by where they come from. hf:// downloads
+# over the network on first start; s3:// and gs:// are fetched by an init container and
+# then read from local disk; pvc:// and oci:// (image volume) read from attached storage.
+LOAD_BYTES_PER_SECOND: dict[str, float] = {
+    "hf": 250e6,
+    "s3": 400e6,
+    "gs": 400e6,
+    "pvc": 1.0e9,
+    "oci": 1.0e9,
+}
+# Engine start after the weights are in memory: CUDA graph capture, torch.compile,
+# KV-cache profiling (vLLM, SGLang), shard warm-up (TGI); llama.cpp maps the file.
+ENGINE_START_SECONDS: dict[str, float] = {
+    "vllm": 90.0,
+    "sglang": 75.0,
+    "tgi": 60.0,
+    "llamacpp": 10.0,
+}
+
+
+def cold_start_seconds(weights_bytes: float, source_scheme: str, engine: str) -> float:
+    """Expected seconds from pod start to serving."""
+    bandwidth = LOAD_BYTES_PER_SECOND.get(source_scheme, LOAD_BYTES_PER_SECOND["hf"])
+    return weights_bytes / bandwidth + ENGINE_START_SECONDS.get(engine, 90.0)

@@ -1,0 +1,265 @@
+"""Rendering: golden files per engine and placement, invariants over wide inputs,
+and the user-template sandbox."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from distillery.api.types import DistilledModelDeployment
+from distillery.catalog import load_catalog
+from distillery.render import Rendered, RenderError, RenderOptions, manifests_yaml, render
+from distillery.render.engines import BUILDERS
+from distillery.sizing import PlanError, plan
+from tests.render_cases import CASES
+
+CATALOG = load_catalog()
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "render"
+TP_FLAG = {"vllm": "--tensor-parallel-size", "sglang": "--tp", "tgi": "--num-shard"}
+
+
+def render_case(raw: dict[str, Any], **kwargs: Any) -> tuple[DistilledModelDeployment, Rendered]:
+    dmd = DistilledModelDeployment.model_validate(raw)
+    return dmd, render(dmd, plan(dmd.spec, CATALOG), owner_uid="0000-uid", **kwargs)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    _, rendered = render_case(CASES[case], options=RenderOptions(pod_monitor=True))
+    text = manifests_yaml(rendered)
+    path = GOLDEN / f"{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.read_text() == text, f"{path} differs: review, then UPDATE_GOLDEN=1"
+
+
+def engine_container(rendered: Rendered) -> dict[str, Any]:
+    pod = rendered.deployment["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == "engine")
+
+
+def check_invariants(dmd: DistilledModelDeployment, rendered: Rendered) -> None:
+    chosen = plan(dmd.spec, CATALOG).chosen
+    pod = rendered.deployment["spec"]["template"]["spec"]
+    engine = engine_container(rendered)
+    limits = engine["resources"].get("limits", {})
+    if chosen.gpus:
+        assert limits["nvidia.com/gpu"] == str(chosen.gpus)
+        term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        expr = term["nodeSelectorTerms"][0]["matchExpressions"][0]
+        assert expr == {
+            "key": "nvidia.com/gpu.product",
+            "operator": "In",
+            "values": [chosen.gpu.product],
+        }
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]
+    else:
+        assert "nvidia.com/gpu" not in limits
+    flag = TP_FLAG.get(dmd.spec.serving.engine)
+    if flag:
+        args = engine["args"]
+        assert args[args.index(flag) + 1] == str(chosen.tensor_parallel)
+    # Secrets only by reference.
+    for item in engine["env"]:
+        if "valueFrom" in item:
+            assert set(item) == {"name", "valueFrom"}
+        if item["name"] in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+            assert "secretKeyRef" in item["valueFrom"]
+    # Selector matches the pod labels, Service and PDB select the pods.
+    labels = rendered.deployment["spec"]["template"]["metadata"]["labels"]
+    for k, v in rendered.deployment["spec"]["selector"]["matchLabels"].items():
+        assert labels[k] == v
+    for k, v in rendered.service["spec"]["selector"].items():
+        assert labels[k] == v
+    assert rendered.pdb["spec"]["selector"]["matchLabels"] == rendered.service["spec"]["selector"]
+    scaling = dmd.spec.scaling
+    assert scaling.min_replicas <= rendered.deployment["spec"]["replicas"] <= scaling.max_replicas
+    assert labels["distillery.dev/revision"] == rendered.revision
+    for obj in rendered.objects():
+        assert obj["metadata"]["ownerReferences"][0]["uid"] == "0000-uid"
+        assert len(obj["metadata"]["name"]) <= 63
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_invariants_on_cases(case: str) -> None:
+    check_invariants(*render_case(CASES[case]))
+
+
+MARKER = "sk-live-DO-NOT-LEAK-1234"
+
+specs = st.fixed_dictionaries(
+    {
+        "model": st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(sorted(CATALOG.models)),
+                "quantization": st.sampled_from(["auto", "none", "fp8"]),
+                "revision": st.sampled_from(["main", "v1.0", "a1b2c3d"]),
+                "credentialsSecretRef": st.just({"name": "hf-token", "key": "token"}),
+            }
+        ),
+        "serving": st.fixed_dictionaries(
+            {
+                "engine": st.sampled_from(["vllm", "sglang", "tgi", "llamacpp"]),
+                "maxModelLen": st.sampled_from([4096, 16384, 32768]),
+                "maxConcurrency": st.integers(1, 128),
+                "extraArgs": st.lists(
+                    st.sampled_from(
+                        ["--enable-prefix-caching", "$(rm -rf /)", "--x=`id`", "a b; c"]
+                    ),
+                    max_size=3,
+                ),
+                "env": st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "name": st.sampled_from(["A", "B_C", "LOG"]),
+                            "value": st.text(max_size=20),
+                        }
+                    ),
+                    max_size=2,
+                    unique_by=lambda e: e["name"],
+                ),
+            }
+        ),
+        "placement": st.fixed_dictionaries(
+            {
+                "gpuTypes": st.one_of(
+                    st.just(["auto"]),
+                    st.lists(
+                        st.sampled_from(sorted(CATALOG.gpus)), min_size=1, max_size=3, unique=True
+                    ),
+                ),
+                "spot": st.booleans(),
+            }
+        ),
+        "scaling": st.fixed_dictionaries(
+            {"minReplicas": st.integers(1, 3), "maxReplicas": st.integers(3, 10)}
+        ),
+        "replicas": st.one_of(st.none(), st.integers(0, 20)),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs)
+def test_any_valid_spec_renders_with_invariants(spec: dict[str, Any]) -> None:
+    raw = {
+        "apiVersion": "distillery.dev/v1alpha1",
+        "kind": "DistilledModelDeployment",
+        "metadata": {"name": "prop", "namespace": "ns"},
+        "spec": {k: v for k, v in spec.items() if v is not None},
+    }
+    dmd = DistilledModelDeployment.model_validate(raw)
+    try:
+        p = plan(dmd.spec, CATALOG)
+    except PlanError:
+        return
+    rendered = render(dmd, p, owner_uid="0000-uid")
+    check_invariants(dmd, rendered)
+    text = manifests_yaml(rendered)
+    assert list(yaml.safe_load_all(text))  # parses back
+    # argv, not a shell: user strings stay single arguments
+    engine = engine_container(rendered)
+    for arg in dmd.spec.serving.extra_args:
+        assert arg in engine["args"]
+    assert engine["command"][0] not in ("sh", "/bin/sh", "bash")
+
+
+def test_same_spec_renders_identically_and_revision_tracks_pod_template() -> None:
+    _, a = render_case(CASES["vllm-1xl4"])
+    _, b = render_case(CASES["vllm-1xl4"])
+    assert manifests_yaml(a) == manifests_yaml(b)
+    _, scaled = render_case(CASES["vllm-1xl4"], replicas=3)
+    assert scaled.revision == a.revision  # replicas are not part of the revision
+    changed = dict(CASES["vllm-1xl4"])
+    changed["spec"] = {**changed["spec"], "model": {**changed["spec"]["model"], "revision": "v2"}}
+    _, rolled = render_case(changed)
+    assert rolled.revision != a.revision
+
+
+def test_every_engine_has_a_builder() -> None:
+    assert set(BUILDERS) == {"vllm", "sglang", "tgi", "llamacpp"}
+
+
+# ---- user templates -----------------------------------------------------------------
+
+GOOD_TEMPLATE = """
+metadata:
+  annotations:
+    team: {{ dmd.name }}-owners
+spec:
+  priorityClassName: inference-high
+  containers:
+    - name: engine
+      env:
+        - name: EXTRA
+          value: "{{ placement.gpuType }}"
+    - name: sidecar
+      image: busybox:1.36
+      args: ["sleep", "infinity"]
+"""
+
+
+def test_user_template_merges() -> None:
+    _, r = render_case(CASES["vllm-1xl4"], user_template=GOOD_TEMPLATE)
+    pod = r.deployment["spec"]["template"]
+    assert pod["spec"]["priorityClassName"] == "inference-high"
+    assert pod["metadata"]["annotations"]["team"] == "qwen-1-5b-owners"
+    names = [c["name"] for c in pod["spec"]["containers"]]
+    assert names == ["engine", "sidecar"]
+    env = {e["name"]: e.get("value") for e in engine_container(r)["env"]}
+    assert env["EXTRA"] == "nvidia-l4" and env["HF_HOME"] == "/models/hf"
+    _, plain = render_case(CASES["vllm-1xl4"])
+    assert r.revision != plain.revision
+
+
+@pytest.mark.parametrize(
+    "source,message",
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "unsafe"),
+        ("{{ dmd.__class__ }}", "unsafe"),
+        ("{% include '/etc/passwd' %}", "not allowed"),
+        ("{% import 'x' as y %}", "not allowed"),
+        ("{% extends 'base' %}", "not allowed"),
+        (
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "steps",
+        ),
+        ("{{ 'x' * 1000000000 }}", "repetition too large"),
+        ("{{ 10 ** 100000 }}", "exponent too large"),
+        ("{{ range(10**9) | list }}", "Range too big"),
+        ("{% for i in range(99999) %}{{ 'y' * 9999 }}{% endfor %}", "exceeds"),
+        ("{{ missing_variable }}", "undefined"),
+        ("{% if %}", "does not compile"),
+        ("- a list", "only 'metadata' and/or 'spec'"),
+        ("kind: Pod", "only 'metadata' and/or 'spec'"),
+        (
+            "spec: {containers: [{name: engine, resources: {limits: {nvidia.com/gpu: '8'}}}]}",
+            "resources",
+        ),
+        ("spec: {containers: [{name: engine, args: ['--evil']}]}", "args"),
+        ("spec: {affinity: {nodeAffinity: null}}", "node affinity"),
+        ("metadata: {labels: {distillery.dev/deployment: someone-else}}", "labels"),
+        ("spec: {containers: null}", "removed the 'engine' container"),
+        ("spec: [unclosed", "valid YAML"),
+    ],
+)
+def test_hostile_user_templates_refused(source: str, message: str) -> None:
+    with pytest.raises(RenderError, match=message):
+        render_case(CASES["vllm-1xl4"], user_template=source)
+
+
+def test_secret_values_never_rendered() -> None:
+    # The operator never reads Secret values; a value placed in plain env by the user is
+    # theirs, but credentials from credentialsSecretRef appear only as references.
+    _, r = render_case(CASES["vllm-4xh100-tp"])
+    text = manifests_yaml(r)
+    assert MARKER not in text
+    assert "secretKeyRef" in text and "hf-token" in text
