@@ -49,6 +49,8 @@ DEFAULT_STATE_DIR = ROOT / ".cluster"
 DEFAULT_INVENTORY = ROOT / "hack" / "inventory.yaml"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+OPERATOR_USER = "distillery-operator"
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
 class ClusterError(RuntimeError):
@@ -133,6 +135,32 @@ class Cluster:
         if check and proc.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """Credentials of the operator's own user, whose requests are audited."""
+        return self.state_dir / "operator.kubeconfig"
+
+    def operator_writes(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The operator's write requests so far, from the audit log."""
+        out: list[dict[str, Any]] = []
+        log = self.state_dir / "logs" / "audit.log"
+        if not log.exists():
+            return out
+        for line in log.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("user", {}).get("username") != OPERATOR_USER:
+                continue
+            if event.get("verb") not in WRITE_VERBS:
+                continue
+            ref = event.get("objectRef", {})
+            if namespace is not None and ref.get("namespace") != namespace:
+                continue
+            out.append(event)
+        return out
 
     def stop(self) -> None:
         stop(self.state_dir)
@@ -371,12 +399,18 @@ def start(
     pki = state_dir / "pki"
     _make_pki(pki)
     admin_token = os.urandom(16).hex()
-    cm_token, sched_token, kwok_token = (os.urandom(16).hex() for _ in range(3))
+    cm_token, sched_token, kwok_token, op_token = (os.urandom(16).hex() for _ in range(4))
     (pki / "tokens.csv").write_text(
         f'{admin_token},admin,admin,"system:masters"\n'
         f"{cm_token},system:kube-controller-manager,system:kube-controller-manager\n"
         f"{sched_token},system:kube-scheduler,system:kube-scheduler\n"
         f'{kwok_token},kwok,kwok,"system:masters"\n'
+        f'{op_token},{OPERATOR_USER},{OPERATOR_USER},"system:masters"\n'
+    )
+    # Audit only the operator's requests: tests count its writes from this log.
+    (pki / "audit-policy.yaml").write_text(
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
+        f"rules:\n  - level: Metadata\n    users: [{OPERATOR_USER}]\n  - level: None\n"
     )
     (pki / "tokens.csv").chmod(0o600)
     ports = {
@@ -391,6 +425,7 @@ def start(
     cluster = Cluster(state_dir, server, admin_token, ports)
     _write_kubeconfig(cluster.kubeconfig, server, pki / "ca.crt", "admin", admin_token)
     for name, tok in (
+        ("operator", op_token),
         ("controller-manager", cm_token),
         ("scheduler", sched_token),
         ("kwok", kwok_token),
@@ -441,6 +476,9 @@ def start(
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--cert-dir={pki}",
+                f"--audit-policy-file={pki / 'audit-policy.yaml'}",
+                f"--audit-log-path={state_dir / 'logs' / 'audit.log'}",
+                "--audit-log-maxsize=200",
             ],
         )
         cluster.pids["kube-apiserver"] = procs["kube-apiserver"].pid

@@ -187,6 +187,55 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if failed else 0
 
 
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    """Start the operator (kopf) with settings from DISTILLERY_* and the flags."""
+    import logging
+    import os
+
+    from distillery.settings import PREFIX, Settings
+
+    overrides = {
+        "namespaces": args.namespace,
+        "prometheus_url": args.prometheus_url,
+        "autoscale_interval_seconds": args.autoscale_interval,
+        "catalog_files": args.catalog,
+        "metrics_port": args.metrics_port,
+        "health_port": args.health_port,
+        "peering": args.peering,
+        "kubeconfig": args.kubeconfig,
+        "log_level": args.log_level,
+    }
+    settings = Settings.from_env(**overrides)
+    # Handlers read their registration-time settings (timer intervals) from the
+    # environment: export the merged settings before importing them.
+    for name, value in settings.model_dump().items():
+        os.environ[PREFIX + name.upper()] = (
+            ",".join(value) if isinstance(value, list) else str(value)
+        )
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.kubeconfig:
+        # kopf authenticates its watches from KUBECONFIG: one identity for everything.
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    import kopf
+
+    import distillery.handlers  # noqa: F401 - registers the handlers
+
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    kopf.run(
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        standalone=not settings.peering,
+        peering_name=settings.peering or None,
+        priority=settings.priority,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0
+
+
 def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
     text = crd_yaml()
     if args.output_dir:
@@ -234,6 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra catalog YAML (models/gpus/prices), repeatable",
     )
     r.set_defaults(func=cmd_render)
+    o = sub.add_parser("run", help="run the operator")
+    o.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="namespace to watch, repeatable (default: all)",
+    )
+    o.add_argument("--prometheus-url", help="Prometheus base URL")
+    o.add_argument("--autoscale-interval", type=float, help="seconds between decisions")
+    o.add_argument(
+        "--catalog",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra catalog YAML (models/gpus/prices), repeatable",
+    )
+    o.add_argument("--metrics-port", type=int, help="operator metrics port (0: off)")
+    o.add_argument("--health-port", type=int, help="liveness port (0: off)")
+    o.add_argument("--peering", help="kopf peering name for HA (default: standalone)")
+    o.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, then ~/.kube)")
+    o.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    o.set_defaults(func=cmd_run)
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
     c.set_defaults(func=cmd_crd)

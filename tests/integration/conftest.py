@@ -75,3 +75,37 @@ def wait_for(
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def crd_installed(cluster: Cluster) -> None:
+    from distillery.api.crd import CRD_FILE
+
+    root = Path(__file__).resolve().parents[2]
+    cluster.kubectl("apply", "--server-side", "-f", str(root / "crds" / CRD_FILE))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/distilledmodeldeployments.distillery.dev",
+    )
+    wait_for(
+        lambda: (
+            "distilledmodeldeployments"
+            in cluster.kubectl("api-resources", "--api-group", "distillery.dev")
+        ),
+        "dmd in discovery",
+    )
+
+
+@pytest.fixture
+def operator(
+    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path
+) -> Iterator[Any]:
+    from tests.integration.operator_process import OperatorProcess
+
+    proc = OperatorProcess(cluster, namespace, tmp_path / "operator").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

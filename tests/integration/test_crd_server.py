@@ -12,37 +12,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from distillery.api.crd import CRD_FILE, CRD_NAME
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from tests.corpus import invalid_cases, manifest
-from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 CASES = invalid_cases()
-
-
-@pytest.fixture(scope="module")
-def crd_installed(cluster: Cluster, api_client: client.ApiClient) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / CRD_FILE))
-    ext = client.ApiextensionsV1Api(api_client)
-
-    def established() -> bool:
-        crd = ext.read_custom_resource_definition(CRD_NAME)
-        return any(
-            c.type == "Established" and c.status == "True" for c in crd.status.conditions or []
-        )
-
-    wait_for(established, "CRD Established")
-    # Discovery can trail Established by a moment; wait until kubectl resolves `dmd`.
-    wait_for(
-        lambda: (
-            cluster.kubectl("get", "dmd", "-A", check=False) is not None
-            and "error" not in cluster.kubectl("api-resources", "--api-group", GROUP)
-        ),
-        "dmd in discovery",
-    )
 
 
 def create(api_client: client.ApiClient, namespace: str, body: dict[str, Any]) -> Any:

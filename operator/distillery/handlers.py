@@ -1,0 +1,175 @@
+"""kopf registrations, and nothing else: each handler delegates to the reconciler.
+
+Level-triggered: every event of a DMD, every event of one of its children, and a slow
+resync timer call the same reconcile, which recomputes the desired state from scratch
+and writes only what differs. Children are tracked by in-memory indices fed by kopf's
+watches, so a reconcile reads nothing from the API server in the common case, and kopf
+fills the indices before any handler runs, so a restarted operator sees its children
+before deciding anything.
+
+No finalizers: children carry owner references and are garbage-collected; a DMD can be
+deleted while the operator is down. Handlers return None (kopf would store a return
+value in status, which the schema prunes).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from distillery import metrics
+from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.catalog import load_catalog
+from distillery.kube import Kube, in_thread, new_api_client
+from distillery.kube.reconciler import Reconciler
+from distillery.reconcile.children import OWNER_LABEL, ChildState, child_state
+from distillery.render import RenderOptions
+from distillery.settings import Settings
+
+DMD = (GROUP, VERSION, PLURAL)
+MANAGED = {"app.kubernetes.io/managed-by": "distillery"}
+SETTINGS = Settings.from_env()
+log = logging.getLogger("distillery")
+
+
+@kopf.on.startup()
+async def startup(**kwargs: Any) -> None:
+    settings: kopf.OperatorSettings = kwargs["settings"]
+    memo: kopf.Memo = kwargs["memo"]
+    cfg: Settings = getattr(memo, "settings", None) or SETTINGS
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Watches can stall silently behind proxies: bound them and reconnect.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 30
+    settings.watching.inactivity_timeout = 330
+    settings.networking.request_timeout = 60
+    # Our own events carry the meaningful transitions; kopf posts only its warnings.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "distillery.dev/operator"
+    settings.execution.max_workers = 8
+    settings.peering.standalone = not cfg.peering
+    if cfg.peering:
+        settings.peering.name = cfg.peering
+        settings.peering.priority = cfg.priority
+    extra = []
+    for path in cfg.catalog_files:
+        with open(path, encoding="utf-8") as f:
+            extra.append((path, f.read()))
+    catalog = load_catalog(extra)
+    kube = Kube(new_api_client(cfg.kubeconfig or None))
+    pod_monitor = cfg.pod_monitor == "true" or (
+        cfg.pod_monitor == "auto" and await in_thread(kube.podmonitor_api_present)
+    )
+    images = {**RenderOptions().images, **cfg.images()}
+    memo.reconciler = Reconciler(
+        kube=kube,
+        catalog=catalog,
+        options=RenderOptions(
+            images=images, pod_monitor=pod_monitor, model_cache_claim=cfg.model_cache_claim or None
+        ),
+    )
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr=cfg.metrics_bind, registry=metrics.REGISTRY)
+    log.info(
+        "distillery started: namespaces=%s pod_monitor=%s catalog=%d models/%d gpus",
+        cfg.namespaces or "all",
+        pod_monitor,
+        len(catalog.models),
+        len(catalog.gpus),
+    )
+
+
+# ---- indices ----------------------------------------------------------------------------
+
+CHILD_INDICES = ("child_deployments", "child_services", "child_pdbs")
+
+
+@kopf.index(*DMD)
+def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
+    return {(kwargs["namespace"], kwargs["name"]): dict(kwargs["body"])}
+
+
+def _child(body: kopf.Body) -> dict[Any, ChildState]:
+    state = child_state(body)
+    return {(state.namespace, state.owner): state} if state.owner else {}
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def child_deployments(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
+@kopf.index("v1", "services", labels=MANAGED)
+def child_services(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+def child_pdbs(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
+def _children(namespace: str, name: str, kwargs: dict[str, Any]) -> dict[str, ChildState]:
+    out: dict[str, ChildState] = {}
+    for index_name in CHILD_INDICES:
+        for state in kwargs[index_name].get((namespace, name), []):
+            if state.name == name:
+                out[state.kind] = state
+    return out
+
+
+async def _reconcile(body: Any, kwargs: dict[str, Any]) -> None:
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return
+    children = _children(str(meta.get("namespace")), str(meta.get("name")), kwargs)
+    try:
+        await kwargs["memo"].reconciler.reconcile(body, children)
+    except Exception as exc:
+        metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+        raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=10) from exc
+
+
+# ---- handlers ---------------------------------------------------------------------------
+
+
+@kopf.on.event(*DMD)
+async def dmd_event(**kwargs: Any) -> None:
+    body = kwargs["body"]
+    if kwargs["event"].get("type") == "DELETED":
+        kwargs["memo"].reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        return
+    await _reconcile(body, kwargs)
+
+
+@kopf.timer(*DMD, interval=SETTINGS.resync_interval_seconds, initial_delay=30)
+async def resync(**kwargs: Any) -> None:
+    await _reconcile(kwargs["body"], kwargs)
+
+
+async def _on_child(**kwargs: Any) -> None:
+    """A child changed: reconcile its owner (from the index, no API read)."""
+    meta = kwargs["body"].get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(OWNER_LABEL)
+    if not owner:
+        return
+    for dmd in kwargs["dmd_bodies"].get((meta.get("namespace"), owner), []):
+        await _reconcile(dmd, kwargs)
+
+
+kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)
+kopf.on.event("v1", "services", labels=MANAGED, id="service_event")(_on_child)
+kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_event")(_on_child)
+
+
+@kopf.on.probe(id="reconciler")
+def probe(**kwargs: Any) -> str:
+    return "ok" if getattr(kwargs["memo"], "reconciler", None) is not None else "starting"

@@ -1,0 +1,173 @@
+"""The Kubernetes edge: server-side apply of children, status patches, reads, events.
+
+Everything here talks to the API server through the synchronous ``kubernetes`` client,
+so every call runs in a worker thread (``asyncio.to_thread``), never on kopf's event
+loop. Writes go through one field manager, ``distillery``; the autoscaler writes
+``spec.replicas`` through ``/scale`` as ``distillery-autoscaler``. Every write is counted
+(``WRITES``) so tests and benchmarks can prove that a steady state costs none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.reconcile.children import FIELD_MANAGER
+
+AUTOSCALER_FIELD_MANAGER = "distillery-autoscaler"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+
+WRITES: Counter[str] = Counter()
+_writes_lock = threading.Lock()
+
+
+def _count(verb: str, kind: str) -> None:
+    with _writes_lock:
+        WRITES[f"{verb} {kind}"] += 1
+
+
+class Kube:
+    """A thin wrapper over the API groups distillery uses."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self.api = api_client or new_api_client()
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.policy = client.PolicyV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def apply(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply one child under the distillery field manager (force: the
+        operator owns these fields; another writer's edit is taken back)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        name, ns = meta["name"], meta["namespace"]
+        kwargs: dict[str, Any] = {
+            "field_manager": FIELD_MANAGER,
+            "force": True,
+            "_content_type": APPLY,
+        }
+        body = dict(obj)
+        if kind == "Deployment":
+            self.apps.patch_namespaced_deployment(name, ns, body, **kwargs)
+        elif kind == "Service":
+            self.core.patch_namespaced_service(name, ns, body, **kwargs)
+        elif kind == "PodDisruptionBudget":
+            self.policy.patch_namespaced_pod_disruption_budget(name, ns, body, **kwargs)
+        elif kind == "PodMonitor":
+            self.custom.patch_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", ns, "podmonitors", name, body, **kwargs
+            )
+        else:
+            raise ValueError(f"distillery does not apply {kind}")
+        _count("apply", kind)
+
+    def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE,
+        )
+        _count("patch-status", "DistilledModelDeployment")
+
+    def scale_dmd(self, namespace: str, name: str, replicas: int) -> None:
+        """Write spec.replicas through /scale as the autoscaler."""
+        self.custom.patch_namespaced_custom_object_scale(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"spec": {"replicas": replicas}},
+            field_manager=AUTOSCALER_FIELD_MANAGER,
+            _content_type=MERGE,
+        )
+        _count("scale", "DistilledModelDeployment")
+
+    def post_event(
+        self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
+    ) -> None:
+        meta = dmd["metadata"]
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind="DistilledModelDeployment",
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="distillery"),
+            reporting_component="distillery.dev/operator",
+            reporting_instance="distillery",
+        )
+        self.core.create_namespaced_event(meta["namespace"], event)
+        _count("create", "Event")
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            cm = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return (cm.data or {}).get(key)
+
+    def podmonitor_api_present(self) -> bool:
+        try:
+            groups = client.ApisApi(self.api).get_api_versions().groups or []
+        except ApiException:
+            return False
+        return any(g.name == "monitoring.coreos.com" for g in groups)
+
+
+def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    cfg = client.Configuration()
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, client_configuration=cfg
+    )
+    return client.ApiClient(cfg)
+
+
+async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+__all__ = [
+    "AUTOSCALER_FIELD_MANAGER",
+    "WRITES",
+    "ApiException",
+    "Kube",
+    "in_thread",
+    "new_api_client",
+]

@@ -1,0 +1,171 @@
+"""Carry out the pure reconciler's decision against the API server.
+
+One reconcile per DMD at a time (a lock per DMD: its own events and its children's
+events arrive on different kopf workers). What was just written is remembered, so a
+watch cache that has not caught up with our own write does not cause the same write
+again; after a restart the memory is empty and the live objects' applied-hash
+annotations and status are the reference, so a restart costs reads, not writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from distillery import metrics
+from distillery.catalog import Catalog
+from distillery.kube import WRITES, Kube, in_thread
+from distillery.reconcile import OWNED_STATUS, Desired, desired_state
+from distillery.reconcile.children import APPLIED_HASH, ChildState
+from distillery.render import RenderOptions
+
+log = logging.getLogger("distillery.reconciler")
+Key = tuple[str, str]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    catalog: Catalog
+    options: RenderOptions
+    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    _status: dict[Key, dict[str, Any]] = field(default_factory=dict)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._locks.pop((namespace, name), None)
+        self._status.pop((namespace, name), None)
+        for key in [k for k in self._applied if k[:2] == (namespace, name)]:
+            self._applied.pop(key, None)
+        metrics.forget(namespace, name)
+
+    def _effective_children(
+        self, namespace: str, name: str, children: Mapping[str, ChildState]
+    ) -> dict[str, ChildState]:
+        out = dict(children)
+        for kind, state in children.items():
+            mine = self._applied.get((namespace, name, kind))
+            if mine is not None and state.applied_hash != mine and not state.conflicts:
+                # The watch has not seen our last apply yet.
+                out[kind] = ChildState(**{**state.__dict__, "applied_hash": mine})
+        for (ns, n, kind), digest in self._applied.items():
+            if (ns, n) == (namespace, name) and kind not in out:
+                # Applied but not yet in the watch cache.
+                out[kind] = ChildState(
+                    kind=kind, name=name, namespace=ns, owner=name, applied_hash=digest
+                )
+        return out
+
+    async def reconcile(
+        self, body: Mapping[str, Any], children: Mapping[str, ChildState]
+    ) -> Desired:
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            started = time.perf_counter()
+            try:
+                return await self._reconcile(body, children, namespace, name)
+            finally:
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    async def _reconcile(
+        self,
+        body: Mapping[str, Any],
+        children: Mapping[str, ChildState],
+        namespace: str,
+        name: str,
+    ) -> Desired:
+        key = (namespace, name)
+        # Our last status write is authoritative for the fields we own until the watch
+        # catches up with it.
+        effective = dict(body)
+        if key in self._status:
+            effective["status"] = {**(body.get("status") or {}), **self._status[key]}
+        user_template, template_error = await self._user_template(body)
+        desired = desired_state(
+            effective,
+            self._effective_children(namespace, name, children),
+            self.catalog,
+            now=now_rfc3339(),
+            options=self.options,
+            user_template=user_template,
+            user_template_error=template_error,
+        )
+        for obj in desired.apply:
+            log.info(
+                "applying %s %s/%s (%s)",
+                obj["kind"],
+                namespace,
+                name,
+                desired.apply_reasons.get(obj["kind"], ""),
+            )
+            await in_thread(self.kube.apply, obj)
+            metrics.API_WRITES.labels("apply", obj["kind"]).inc()
+            self._applied[(namespace, name, obj["kind"])] = obj["metadata"]["annotations"][
+                APPLIED_HASH
+            ]
+        if desired.status_changed:
+            owned = {k: v for k, v in desired.status.items() if k in OWNED_STATUS}
+            if json.dumps(owned, sort_keys=True) != json.dumps(
+                self._status.get(key), sort_keys=True
+            ):
+                await in_thread(self.kube.patch_dmd_status, namespace, name, owned)
+                metrics.API_WRITES.labels("patch-status", "DistilledModelDeployment").inc()
+                self._status[key] = owned
+        for event in desired.events:
+            try:
+                await in_thread(
+                    self.kube.post_event,
+                    body,
+                    event.type,
+                    event.reason,
+                    event.message,
+                    now_rfc3339(),
+                )
+            except Exception as exc:  # noqa: BLE001 - an event is never worth a failure
+                log.warning("could not post event %s: %s", event.reason, exc)
+        self._record_metrics(namespace, name, desired)
+        return desired
+
+    async def _user_template(self, body: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        ref = ((body.get("spec") or {}).get("serving") or {}).get("templateRef")
+        if not ref:
+            return None, None
+        namespace = (body.get("metadata") or {}).get("namespace", "default")
+        key = ref.get("key") or "pod.yaml.j2"
+        text = await in_thread(self.kube.read_config_map_key, namespace, ref["name"], key)
+        if text is None:
+            return None, (
+                f"spec.serving.templateRef: ConfigMap {ref['name']} with key {key} "
+                f"not found in namespace {namespace}"
+            )
+        return text, None
+
+    def _record_metrics(self, namespace: str, name: str, desired: Desired) -> None:
+        status = desired.status
+        metrics.STALLED.labels(namespace, name).set(1 if desired.stalled_reason else 0)
+        if desired.stalled_reason:
+            return
+        metrics.CURRENT_REPLICAS.labels(namespace, name).set(status.get("replicas") or 0)
+        metrics.READY_REPLICAS.labels(namespace, name).set(status.get("readyReplicas") or 0)
+        cost = status.get("cost") or {}
+        metrics.COST_PER_HOUR.labels(namespace, name).set(cost.get("currentPerHour") or 0)
+        if desired.rendered is not None:
+            replicas = desired.rendered.deployment["spec"]["replicas"]
+            metrics.DESIRED_REPLICAS.labels(namespace, name).set(replicas)
+
+
+def total_writes() -> int:
+    return sum(WRITES.values())

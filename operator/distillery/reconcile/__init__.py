@@ -1,0 +1,308 @@
+"""The reconciler's decision, as a pure function of what is observed.
+
+Given a DMD object and the live state of its children, :func:`desired_state` says which
+children to apply, what the DMD's status should be, and which events are worth posting.
+It is level-triggered: it recomputes everything from scratch each time, so it does not
+matter which event woke it. The kube layer executes the result and writes only what
+differs, which makes a steady state cost no writes.
+
+Nothing is ever deleted here. A spec that stops fitting (or a template that breaks)
+leaves the running workload as it is and marks the DMD ``Stalled``: a bad commit must
+not take down a serving model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from distillery.api import conditions as cond
+from distillery.api.types import DistilledModelDeployment
+from distillery.catalog import Catalog
+from distillery.reconcile.children import APPLIED_HASH, ChildState
+from distillery.render import Rendered, RenderError, RenderOptions, desired_replicas, render
+from distillery.sizing import Plan, PlanError, UnknownModelError, plan
+
+# Status fields the reconciler owns; the autoscaler and rollouts own theirs.
+OWNED_STATUS = (
+    "observedGeneration",
+    "conditions",
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "placement",
+    "cost",
+    "endpoint",
+    "revision",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the DMD and its children should look like."""
+
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    status_changed: bool = False
+    events: list[Event] = field(default_factory=list)
+    stalled_reason: str | None = None
+    plan: Plan | None = None
+    rendered: Rendered | None = None
+    apply_reasons: dict[str, str] = field(default_factory=dict)
+
+
+def content_hash(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with the hash of its content in an annotation."""
+    digest = content_hash(obj)
+    meta = obj.setdefault("metadata", {})
+    meta.setdefault("annotations", {})[APPLIED_HASH] = digest
+    return obj
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        path = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def parse(body: Mapping[str, Any]) -> DistilledModelDeployment:
+    meta = body.get("metadata") or {}
+    return DistilledModelDeployment.model_validate(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta
+            },
+            "spec": body.get("spec") or {},
+        }
+    )
+
+
+def _stalled(
+    body: Mapping[str, Any], reason: str, message: str, now: str, sized: bool | None
+) -> Desired:
+    meta = body.get("metadata") or {}
+    gen = meta.get("generation")
+    old = (body.get("status") or {}).get("conditions") or []
+    desired = [
+        cond.condition(cond.READY, False, reason, message, gen),
+        cond.condition(cond.RECONCILING, False, reason, "waiting for a spec change", gen),
+        cond.condition(cond.STALLED, True, reason, message, gen),
+    ]
+    if sized is not None:
+        desired.append(cond.condition(cond.SIZED, sized, reason, message, gen))
+    status = dict(body.get("status") or {})
+    status["observedGeneration"] = gen
+    status["conditions"] = cond.merge_conditions(old, desired, now)
+    events = _transition_events(old, status["conditions"])
+    return Desired(
+        status=_owned(status),
+        status_changed=_owned(status) != _owned(body.get("status") or {}),
+        events=events,
+        stalled_reason=reason,
+    )
+
+
+def _owned(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: status[k] for k in OWNED_STATUS if k in status and status[k] is not None}
+
+
+def _transition_events(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> list[Event]:
+    events: list[Event] = []
+    before = {c["type"]: c for c in old}
+    for c in new:
+        prev = before.get(c["type"])
+        flipped = prev is None or prev.get("status") != c["status"]
+        changed = flipped or (prev or {}).get("reason") != c.get("reason")
+        if c["type"] == cond.STALLED and c["status"] == "True" and changed:
+            events.append(Event("Warning", c["reason"], c["message"]))
+        elif c["type"] == cond.READY and c["status"] == "True" and flipped:
+            events.append(Event("Normal", "Ready", c["message"]))
+        elif (
+            c["type"] == cond.SIZED
+            and c["status"] == "True"
+            and (flipped or (prev or {}).get("message") != c.get("message"))
+        ):
+            events.append(Event("Normal", "Planned", c["message"]))
+    return events
+
+
+def _deployment_conditions(
+    desired_count: int, dep: ChildState | None, rendered: Rendered, gen: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ready and Reconciling, from the Deployment's own status."""
+    if dep is None:
+        msg = "creating the serving Deployment"
+        return (
+            cond.condition(cond.READY, False, "Creating", msg, gen),
+            cond.condition(cond.RECONCILING, True, "Creating", msg, gen),
+        )
+    progressing = dep.condition("Progressing")
+    if progressing is not None and progressing[1] == "ProgressDeadlineExceeded":
+        msg = f"rollout stuck: {progressing[2]}"
+        return (
+            cond.condition(cond.READY, False, "ProgressDeadlineExceeded", msg, gen),
+            cond.condition(cond.RECONCILING, True, "ProgressDeadlineExceeded", msg, gen),
+        )
+    behind = dep.observed_generation < dep.generation or dep.spec_replicas != desired_count
+    counts = f"{dep.ready_replicas}/{desired_count} replicas ready"
+    if behind or dep.updated_replicas < desired_count:
+        reason = "RollingOut" if dep.updated_replicas < dep.replicas else "ScalingUp"
+        if dep.spec_replicas is not None and dep.spec_replicas > desired_count:
+            reason = "ScalingDown"
+        ready_now = dep.ready_replicas >= desired_count and not behind
+        return (
+            cond.condition(cond.READY, ready_now, reason, counts, gen),
+            cond.condition(cond.RECONCILING, True, reason, f"{reason}: {counts}", gen),
+        )
+    if dep.ready_replicas < desired_count:
+        msg = f"{counts}; new replicas load {rendered.startup_seconds:.0f}s of weights and engine"
+        return (
+            cond.condition(cond.READY, False, "WaitingForReplicas", msg, gen),
+            cond.condition(cond.RECONCILING, True, "WaitingForReplicas", msg, gen),
+        )
+    if dep.replicas > desired_count:
+        return (
+            cond.condition(cond.READY, True, "ScalingDown", counts, gen),
+            cond.condition(cond.RECONCILING, True, "ScalingDown", counts, gen),
+        )
+    reason = "ScaledToZero" if desired_count == 0 else "Ready"
+    return (
+        cond.condition(cond.READY, True, reason, counts, gen),
+        cond.condition(cond.RECONCILING, False, reason, counts, gen),
+    )
+
+
+def desired_state(
+    body: Mapping[str, Any],
+    children: Mapping[str, ChildState],
+    catalog: Catalog,
+    *,
+    now: str,
+    options: RenderOptions | None = None,
+    user_template: str | None = None,
+    user_template_error: str | None = None,
+) -> Desired:
+    """Decide the children and the status of one DMD. ``children`` maps kind to state."""
+    meta = body.get("metadata") or {}
+    gen = meta.get("generation")
+    try:
+        dmd = parse(body)
+    except ValidationError as exc:
+        return _stalled(body, "InvalidSpec", _format_validation(exc), now, None)
+    try:
+        chosen_plan = plan(dmd.spec, catalog)
+    except (PlanError, UnknownModelError) as exc:
+        return _stalled(
+            body,
+            "DoesNotFit" if isinstance(exc, PlanError) else "UnknownModel",
+            str(exc),
+            now,
+            False,
+        )
+    if user_template_error is not None:
+        return _stalled(body, "TemplateNotFound", user_template_error, now, True)
+    try:
+        rendered = render(
+            dmd,
+            chosen_plan,
+            options=options,
+            owner_uid=str(meta.get("uid") or "") or None,
+            user_template=user_template,
+        )
+    except RenderError as exc:
+        return _stalled(body, "RenderFailed", str(exc), now, True)
+
+    apply: list[dict[str, Any]] = []
+    reasons: dict[str, str] = {}
+    for obj in rendered.objects():
+        stamped = stamp(obj)
+        live = children.get(obj["kind"])
+        want = stamped["metadata"]["annotations"][APPLIED_HASH]
+        if live is None:
+            reasons[obj["kind"]] = "missing"
+        elif live.applied_hash != want:
+            reasons[obj["kind"]] = "changed"
+        elif live.conflicts:
+            reasons[obj["kind"]] = "edited by " + ", ".join(live.conflicts)
+        else:
+            continue
+        apply.append(stamped)
+
+    c = chosen_plan.chosen
+    count = desired_replicas(dmd)
+    dep = children.get("Deployment")
+    ready, reconciling = _deployment_conditions(count, dep, rendered, gen)
+    precision = "bf16" if c.quantization == "none" else c.quantization
+    where = "CPU-only nodes" if c.gpus == 0 else f"{c.gpu_count}x {c.gpu.name}"
+    sized_msg = (
+        f"{where} (tensor parallel {c.tensor_parallel}, {precision}): "
+        f"{c.max_concurrency} sequences of {chosen_plan.requirements.typical_tokens} tokens, "
+        f"{c.cost_per_replica_hour:.2f} {chosen_plan.currency}/h per replica"
+    )
+    desired_conds = [
+        ready,
+        reconciling,
+        cond.condition(cond.STALLED, False, "Reconciled", "", gen),
+        cond.condition(cond.SIZED, True, "Planned", sized_msg, gen),
+    ]
+    old_status = body.get("status") or {}
+    old_conds = old_status.get("conditions") or []
+    running = dep.replicas if dep else 0
+    placement: dict[str, Any] = c.to_json(chosen_plan.currency)
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "conditions": cond.merge_conditions(old_conds, desired_conds, now),
+        "replicas": running,
+        "readyReplicas": dep.ready_replicas if dep else 0,
+        "selector": rendered.selector,
+        "placement": {
+            **placement["placement"],
+            "summary": c.summary,
+            "memory": placement["memory"],
+            "kvCacheTokens": c.kv_cache_tokens,
+            "maxConcurrency": c.max_concurrency,
+        },
+        "cost": {
+            "currency": chosen_plan.currency,
+            "perReplicaHour": round(c.cost_per_replica_hour, 4),
+            "currentPerHour": round(c.cost_per_replica_hour * running, 4),
+        },
+        "endpoint": rendered.endpoint,
+        "revision": rendered.revision,
+    }
+    owned_old = _owned(old_status)
+    # Keep fields the reconciler does not compute this time (e.g. measured cost per token).
+    if isinstance(owned_old.get("cost"), Mapping) and "perMillionTokens" in owned_old["cost"]:
+        status["cost"]["perMillionTokens"] = owned_old["cost"]["perMillionTokens"]
+    return Desired(
+        apply=apply,
+        status=status,
+        status_changed=_owned(status) != owned_old,
+        events=_transition_events(old_conds, status["conditions"]),
+        plan=chosen_plan,
+        rendered=rendered,
+        apply_reasons=reasons,
+    )
+
+
+__all__ = ["Desired", "Event", "content_hash", "desired_state", "parse", "stamp"]

@@ -1,0 +1,225 @@
+"""The operator against the real control plane: create, roll, scale, stall, restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from distillery.api.types import GROUP, PLURAL, VERSION
+from localcluster import Cluster
+from tests.integration.conftest import wait_for
+from tests.integration.operator_process import OperatorProcess
+
+pytestmark = pytest.mark.cluster
+
+
+def manifest(name: str, spec: dict[str, Any]) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "distillery.dev/v1alpha1",
+            "kind": "DistilledModelDeployment",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+QWEN7B_H100 = {
+    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+    "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+    "scaling": {"minReplicas": 1, "maxReplicas": 3},
+}
+
+
+def get_dmd(api_client: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name
+    )
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+
+
+def test_create_children_and_ready(
+    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
+    out = cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s", check=False
+    )
+    assert "condition met" in out, operator.tail()
+    dmd = get_dmd(api_client, namespace, "qwen")
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    dep = apps.read_namespaced_deployment("qwen", namespace)
+    svc = core.read_namespaced_service("qwen", namespace)
+    pdb = client.PolicyV1Api(api_client).read_namespaced_pod_disruption_budget("qwen", namespace)
+    for obj in (dep, svc, pdb):
+        ref = obj.metadata.owner_references[0]
+        assert (ref.kind, ref.name, ref.uid, ref.controller) == (
+            "DistilledModelDeployment",
+            "qwen",
+            dmd["metadata"]["uid"],
+            True,
+        )
+    limits = dep.spec.template.spec.containers[0].resources.limits
+    assert limits["nvidia.com/gpu"] == "1"
+    status = dmd["status"]
+    assert status["observedGeneration"] == dmd["metadata"]["generation"]
+    assert status["readyReplicas"] == 1 and status["replicas"] == 1
+    assert status["placement"]["summary"] == "nvidia-h100-80gbx1"
+    assert status["endpoint"] == f"http://qwen.{namespace}.svc.cluster.local:8000/v1"
+    assert status["cost"]["currentPerHour"] == pytest.approx(6.88)
+    conds = conditions(dmd)
+    assert conds["Stalled"]["status"] == "False" and conds["Reconciling"]["status"] == "False"
+    pods = core.list_namespaced_pod(namespace, label_selector=status["selector"]).items
+    assert len(pods) == 1 and pods[0].spec.node_name.startswith("h100-")
+    row = cluster.kubectl("get", "dmd", "qwen", "-n", namespace, "--no-headers").split()
+    assert row[1:4] == ["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "nvidia-h100-80gbx1", "1"]
+    assert row[6] == "Ready"
+    reasons = [
+        e.reason
+        for e in core.list_namespaced_event(namespace).items
+        if e.involved_object.kind == "DistilledModelDeployment"
+    ]
+    assert "Planned" in reasons and "Ready" in reasons
+
+
+def test_roll_scale_and_delete(
+    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s")
+    apps = client.AppsV1Api(api_client)
+    before = get_dmd(api_client, namespace, "qwen")["status"]["revision"]
+    # A new model revision rolls the pods.
+    cluster.kubectl(
+        "patch",
+        "dmd",
+        "qwen",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"model": {"revision": "v2"}}}),
+    )
+
+    def rolled() -> bool:
+        dep = apps.read_namespaced_deployment("qwen", namespace)
+        args = dep.spec.template.spec.containers[0].args
+        return args[args.index("--revision") + 1] == "v2" and (
+            dep.status.updated_replicas == 1 and dep.status.ready_replicas == 1
+        )
+
+    wait_for(rolled, "rolled to v2", timeout=90)
+    wait_for(
+        lambda: get_dmd(api_client, namespace, "qwen")["status"]["revision"] != before,
+        "status revision updated",
+    )
+    # Raising minReplicas raises the replicas.
+    cluster.kubectl(
+        "patch",
+        "dmd",
+        "qwen",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"scaling": {"minReplicas": 2}}}),
+    )
+    wait_for(
+        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 2, "2 replicas"
+    )
+    # kubectl scale goes through /scale; above maxReplicas it is clamped.
+    cluster.kubectl("scale", "dmd/qwen", "-n", namespace, "--replicas=3")
+    wait_for(
+        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3, "3 replicas"
+    )
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s")
+    assert get_dmd(api_client, namespace, "qwen")["status"]["readyReplicas"] == 3
+    cluster.kubectl("scale", "dmd/qwen", "-n", namespace, "--replicas=9")
+    time.sleep(3)
+    assert apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3
+    # Delete: children are garbage-collected.
+    cluster.kubectl("delete", "dmd", "qwen", "-n", namespace, "--wait=true")
+    core = client.CoreV1Api(api_client)
+    wait_for(
+        lambda: (
+            not apps.list_namespaced_deployment(namespace).items
+            and not core.list_namespaced_service(namespace).items
+            and not core.list_namespaced_pod(namespace).items
+        ),
+        "children collected",
+        timeout=90,
+    )
+
+
+def test_does_not_fit_stalls_then_recovers(
+    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    spec = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "quantization": "none"},
+        "placement": {"gpuTypes": ["nvidia-t4"]},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("big", spec))
+    out = cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Stalled", "dmd/big", "--timeout=60s", check=False
+    )
+    assert "condition met" in out, operator.tail()
+    conds = conditions(get_dmd(api_client, namespace, "big"))
+    assert conds["Stalled"]["reason"] == "DoesNotFit"
+    assert "does not fit nvidia-t4" in conds["Stalled"]["message"]
+    assert "Would fit" in conds["Stalled"]["message"]
+    assert conds["Ready"]["status"] == "False"
+    assert not client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items
+    # Fix the spec: it recovers.
+    cluster.kubectl(
+        "patch",
+        "dmd",
+        "big",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"placement": {"gpuTypes": ["nvidia-h100-80gb"]}}}),
+    )
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/big", "--timeout=120s")
+    conds = conditions(get_dmd(api_client, namespace, "big"))
+    assert conds["Stalled"]["status"] == "False"
+    assert get_dmd(api_client, namespace, "big")["status"]["placement"]["gpuCount"] == 4
+
+
+def test_restart_and_idle_cost_no_writes(
+    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s")
+    time.sleep(5)  # let the last status write land
+
+    def versions() -> dict[str, str]:
+        apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+        return {
+            "dmd": get_dmd(api_client, namespace, "qwen")["metadata"]["resourceVersion"],
+            "deployment": apps.read_namespaced_deployment(
+                "qwen", namespace
+            ).metadata.resource_version,
+            "service": core.read_namespaced_service("qwen", namespace).metadata.resource_version,
+        }
+
+    before = versions()
+    writes_before = len(cluster.operator_writes(namespace))
+    assert writes_before > 0  # the audit log does see the operator's writes
+    operator.kill()
+    operator.start()
+    time.sleep(60)  # restart, then a minute idle (three resync periods)
+    writes = cluster.operator_writes(namespace)[writes_before:]
+    assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
+    assert versions() == before
+    apps = client.AppsV1Api(api_client)
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["qwen"]
+    assert len(client.CoreV1Api(api_client).list_namespaced_pod(namespace).items) == 1

@@ -1,0 +1,179 @@
+"""The reconciler's decision as a pure function: what to apply, what status to write."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from distillery.api.types import DistilledModelDeploymentStatus
+from distillery.catalog import load_catalog
+from distillery.reconcile import desired_state
+from distillery.reconcile.children import APPLIED_HASH, ChildState, child_state, foreign_conflicts
+
+CATALOG = load_catalog()
+NOW = "2026-11-27T12:00:00Z"
+LATER = "2026-11-27T12:05:00Z"
+
+
+def dmd(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "distillery.dev/v1alpha1",
+        "kind": "DistilledModelDeployment",
+        "metadata": {"name": "m", "namespace": "ns", "uid": "u-1", "generation": 2},
+        "spec": spec
+        or {
+            "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
+            "placement": {"gpuTypes": ["nvidia-l4"]},
+            "scaling": {"minReplicas": 2, "maxReplicas": 4},
+        },
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def live(objects: list[dict[str, Any]], ready: int) -> dict[str, ChildState]:
+    """Children as the API server would return them after an apply, with a Deployment
+    status of ``ready`` ready replicas."""
+    out = {}
+    for obj in objects:
+        body = copy.deepcopy(obj)
+        if body["kind"] == "Deployment":
+            want = body["spec"]["replicas"]
+            body["metadata"]["generation"] = 1
+            body["status"] = {
+                "observedGeneration": 1,
+                "replicas": want,
+                "readyReplicas": ready,
+                "updatedReplicas": want,
+                "availableReplicas": ready,
+            }
+        out[body["kind"]] = child_state(body)
+    return out
+
+
+def roundtrip(status: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(status))
+
+
+def test_first_reconcile_creates_children_and_says_so() -> None:
+    d = desired_state(dmd(), {}, CATALOG, now=NOW)
+    assert [o["kind"] for o in d.apply] == ["Deployment", "Service", "PodDisruptionBudget"]
+    assert all(o["metadata"]["annotations"][APPLIED_HASH] for o in d.apply)
+    conds = {c["type"]: c for c in d.status["conditions"]}
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == "Creating"
+    assert conds["Reconciling"]["status"] == "True"
+    assert conds["Sized"]["status"] == "True" and "1x nvidia-l4" in conds["Sized"]["message"]
+    assert d.status["selector"] == "distillery.dev/deployment=m"
+    assert d.status["placement"]["summary"] == "nvidia-l4x1"
+    assert d.status_changed
+    assert [e.reason for e in d.events] == ["Planned"]
+    # The status fits the CRD's status schema (nothing would be pruned).
+    DistilledModelDeploymentStatus.model_validate(roundtrip(d.status))
+
+
+def test_steady_state_writes_nothing() -> None:
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    children = live(first.apply, ready=2)
+    second = desired_state(dmd(status=roundtrip(first.status)), children, CATALOG, now=LATER)
+    assert second.apply == []
+    conds = {c["type"]: c for c in second.status["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["Ready"]["reason"] == "Ready"
+    assert conds["Ready"]["lastTransitionTime"] == LATER
+    assert conds["Sized"]["lastTransitionTime"] == NOW  # unchanged status keeps its time
+    assert [e.reason for e in second.events] == ["Ready"]
+    third = desired_state(dmd(status=roundtrip(second.status)), children, CATALOG, now=LATER)
+    assert third.apply == [] and not third.status_changed and third.events == []
+    assert third.status["cost"]["currentPerHour"] == 2 * 0.80
+
+
+def test_spec_change_reapplies_only_what_changed() -> None:
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    children = live(first.apply, ready=2)
+    spec = dmd()["spec"]
+    spec["model"]["revision"] = "v2"
+    changed = desired_state(
+        dmd(spec=spec, status=roundtrip(first.status)), children, CATALOG, now=LATER
+    )
+    assert [o["kind"] for o in changed.apply] == ["Deployment"]
+    assert changed.apply_reasons == {"Deployment": "changed"}
+
+
+def test_does_not_fit_stalls_and_touches_nothing() -> None:
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    children = live(first.apply, ready=2)
+    spec = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "quantization": "none"},
+        "placement": {"gpuTypes": ["nvidia-t4"]},
+    }
+    d = desired_state(dmd(spec=spec, status=roundtrip(first.status)), children, CATALOG, now=LATER)
+    assert d.apply == [] and d.stalled_reason == "DoesNotFit"
+    conds = {c["type"]: c for c in d.status["conditions"]}
+    assert conds["Stalled"]["status"] == "True"
+    assert "does not fit nvidia-t4" in conds["Stalled"]["message"]
+    assert "Would fit" in conds["Ready"]["message"]
+    assert conds["Sized"]["status"] == "False"
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "DoesNotFit")]
+    # The fields of the last good placement stay, so users still see what runs.
+    assert d.status["placement"]["summary"] == "nvidia-l4x1"
+
+
+def test_invalid_spec_is_stalled_not_crashed() -> None:
+    d = desired_state(
+        dmd(spec={"model": {"name": "x"}, "scaling": {"minReplicas": 9, "maxReplicas": 1}}),
+        {},
+        CATALOG,
+        now=NOW,
+    )
+    assert d.stalled_reason == "InvalidSpec" and d.apply == []
+    assert "minReplicas" in d.status["conditions"][0]["message"]
+
+
+def test_missing_template_is_stalled() -> None:
+    d = desired_state(dmd(), {}, CATALOG, now=NOW, user_template_error="ConfigMap t not found")
+    assert d.stalled_reason == "TemplateNotFound" and d.apply == []
+
+
+def test_foreign_edit_is_taken_back() -> None:
+    ours = {
+        "f:spec": {
+            "f:template": {
+                "f:spec": {"f:containers": {'k:{"name":"engine"}': {"f:args": {}, "f:image": {}}}}
+            }
+        }
+    }
+    theirs = {
+        "f:spec": {
+            "f:template": {"f:spec": {"f:containers": {'k:{"name":"engine"}': {"f:args": {}}}}}
+        }
+    }
+    unrelated = {"f:metadata": {"f:annotations": {"f:team": {}}}}
+    entries = [
+        {"manager": "distillery", "operation": "Apply", "fieldsV1": ours},
+        {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": theirs},
+        {"manager": "someone", "operation": "Update", "fieldsV1": unrelated},
+        {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": ours},
+    ]
+    assert foreign_conflicts(entries) == ["kubectl-edit"]
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    children = live(first.apply, ready=2)
+    dep = children["Deployment"]
+    children["Deployment"] = ChildState(**{**dep.__dict__, "conflicts": ("kubectl-edit",)})
+    d = desired_state(dmd(status=roundtrip(first.status)), children, CATALOG, now=LATER)
+    assert [o["kind"] for o in d.apply] == ["Deployment"]
+    assert d.apply_reasons["Deployment"] == "edited by kubectl-edit"
+
+
+def test_replicas_clamped_and_scaling_reported() -> None:
+    spec = dmd()["spec"]
+    spec["replicas"] = 10
+    d = desired_state(dmd(spec=spec), {}, CATALOG, now=NOW)
+    assert d.apply[0]["spec"]["replicas"] == 4
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    children = live(first.apply, ready=2)
+    spec["replicas"] = 3
+    up = desired_state(dmd(spec=spec, status=roundtrip(first.status)), children, CATALOG, now=LATER)
+    conds = {c["type"]: c for c in up.status["conditions"]}
+    assert conds["Reconciling"]["reason"] == "ScalingUp"
+    assert up.apply[0]["spec"]["replicas"] == 3
