@@ -14,6 +14,7 @@ value in status, which the schema prunes).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -76,6 +77,7 @@ async def startup(**kwargs: Any) -> None:
             images=images, pod_monitor=pod_monitor, model_cache_claim=cfg.model_cache_claim or None
         ),
     )
+    memo.resync_task = asyncio.create_task(_resync_loop(memo, cfg.resync_interval_seconds))
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_bind, registry=metrics.REGISTRY)
     log.info(
@@ -94,7 +96,22 @@ CHILD_INDICES = ("child_deployments", "child_services", "child_pdbs")
 
 @kopf.index(*DMD)
 def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
-    return {(kwargs["namespace"], kwargs["name"]): dict(kwargs["body"])}
+    # Only what reconciling reads: managedFields and the rest would cost memory per DMD.
+    body = kwargs["body"]
+    meta = body.get("metadata") or {}
+    kept = {
+        k: meta[k]
+        for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")
+        if k in meta
+    }
+    slim = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": kept,
+        "spec": body.get("spec"),
+        "status": body.get("status"),
+    }
+    return {(kwargs["namespace"], kwargs["name"]): slim}
 
 
 def _child(body: kopf.Body) -> dict[Any, ChildState]:
@@ -141,8 +158,17 @@ async def _reconcile(body: Any, kwargs: dict[str, Any]) -> None:
 # ---- handlers ---------------------------------------------------------------------------
 
 
+def _remember_indices(kwargs: dict[str, Any]) -> None:
+    memo = kwargs["memo"]
+    if getattr(memo, "indices", None) is None:
+        # kopf hands the same live Index objects to every handler: keep them for the
+        # operator-level loops.
+        memo.indices = {n: kwargs[n] for n in ("dmd_bodies", *CHILD_INDICES)}
+
+
 @kopf.on.event(*DMD)
 async def dmd_event(**kwargs: Any) -> None:
+    _remember_indices(kwargs)
     body = kwargs["body"]
     if kwargs["event"].get("type") == "DELETED":
         kwargs["memo"].reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
@@ -150,13 +176,29 @@ async def dmd_event(**kwargs: Any) -> None:
     await _reconcile(body, kwargs)
 
 
-@kopf.timer(*DMD, interval=SETTINGS.resync_interval_seconds, initial_delay=30)
-async def resync(**kwargs: Any) -> None:
-    await _reconcile(kwargs["body"], kwargs)
+async def _resync_loop(memo: kopf.Memo, interval: float) -> None:
+    """Reconcile every DMD now and then: retries what failed and repairs drift that no
+    event reported. An operator-level task over the index, not a kopf timer: kopf puts
+    a finalizer on objects with timers, and a finalizer would block deletes while the
+    operator is down."""
+    while True:
+        await asyncio.sleep(interval)
+        indices = getattr(memo, "indices", None)
+        if indices is None:
+            continue
+        for store in list(indices["dmd_bodies"].values()):
+            for body in list(store):
+                try:
+                    await _reconcile(body, {**indices, "memo": memo})
+                except kopf.TemporaryError as exc:
+                    log.warning(
+                        "resync of %s failed: %s", body.get("metadata", {}).get("name"), exc
+                    )
 
 
 async def _on_child(**kwargs: Any) -> None:
     """A child changed: reconcile its owner (from the index, no API read)."""
+    _remember_indices(kwargs)
     meta = kwargs["body"].get("metadata") or {}
     owner = (meta.get("labels") or {}).get(OWNER_LABEL)
     if not owner:
@@ -168,6 +210,13 @@ async def _on_child(**kwargs: Any) -> None:
 kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)
 kopf.on.event("v1", "services", labels=MANAGED, id="service_event")(_on_child)
 kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_event")(_on_child)
+
+
+@kopf.on.cleanup()
+async def cleanup(**kwargs: Any) -> None:
+    task = getattr(kwargs["memo"], "resync_task", None)
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.probe(id="reconciler")

@@ -69,6 +69,7 @@ def test_create_children_and_ready(
         )
     limits = dep.spec.template.spec.containers[0].resources.limits
     assert limits["nvidia.com/gpu"] == "1"
+    assert not dmd["metadata"].get("finalizers"), "a finalizer would block deletes"
     status = dmd["status"]
     assert status["observedGeneration"] == dmd["metadata"]["generation"]
     assert status["readyReplicas"] == 1 and status["replicas"] == 1

@@ -1,0 +1,212 @@
+"""Operator benchmark on the local cluster: reconcile latency, bursts, idle writes, memory.
+
+Prints a table and writes ``reports/bench-operator.json``. Each figure is compared with
+a baseline measured in the same run:
+
+- apply -> children / Ready latency of one DMD, against the API server's own latency to
+  create one DMD object (the floor any operator sits on);
+- time for N DMDs applied at once to all have children and a written status, against
+  the time it takes just to create those N objects;
+- operator writes during 60 s idle (target 0), from the API server's audit log;
+- operator RSS with N DMDs, against its RSS with none.
+
+Burst DMDs use ``minReplicas: 0`` with a demand query, so they render Deployments of
+zero replicas: the run measures the operator, not the scheduler placing 500 pods on a
+2-core machine.
+
+Run: ``make bench`` (all benchmarks) or ``.venv/bin/python benchmarks/operator_bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT))
+
+from kubernetes import client, config  # noqa: E402
+from localcluster import Cluster, start  # noqa: E402
+
+from distillery.api.types import GROUP, PLURAL, VERSION  # noqa: E402
+from tests.integration.operator_process import OperatorProcess  # noqa: E402
+
+SPEC_ONE = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+            "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+            "scaling": {"minReplicas": 1, "maxReplicas": 2}}
+SPEC_ZERO = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
+             "placement": {"gpuTypes": ["nvidia-l4"]},
+             "scaling": {"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"}}
+
+
+def body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DistilledModelDeployment",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+class Bench:
+    def __init__(self, cluster: Cluster, workdir: Path):
+        self.cluster = cluster
+        self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        self.custom = client.CustomObjectsApi(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.workdir = workdir
+
+    def namespace(self, name: str) -> str:
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        return name
+
+    def wait(self, check: Any, timeout: float = 300) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if check():
+                return time.monotonic() - t0
+            time.sleep(0.02)
+        raise TimeoutError("benchmark condition not reached")
+
+    def single_latency(self, runs: int) -> dict[str, Any]:
+        ns = self.namespace("bench-single")
+        op = OperatorProcess(self.cluster, ns, self.workdir / "op-single").start()
+        try:
+            create_s, children_s, ready_s = [], [], []
+            for i in range(runs):
+                name = f"one-{i}"
+                t0 = time.monotonic()
+                self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                                            body(name, SPEC_ONE))
+                create_s.append(time.monotonic() - t0)
+
+                def has_children(n: str = name) -> bool:
+                    try:
+                        self.apps.read_namespaced_deployment(n, ns)
+                        self.core.read_namespaced_service(n, ns)
+                        return True
+                    except client.exceptions.ApiException:
+                        return False
+
+                def ready(n: str = name) -> bool:
+                    obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, n)
+                    return any(c["type"] == "Ready" and c["status"] == "True"
+                               for c in (obj.get("status") or {}).get("conditions", []))
+
+                self.wait(has_children, 60)
+                children_s.append(time.monotonic() - t0)
+                self.wait(ready, 120)
+                ready_s.append(time.monotonic() - t0)
+                self.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            return {
+                "runs": runs,
+                "baselineCreateP50S": round(statistics.median(create_s), 4),
+                "applyToChildrenP50S": round(statistics.median(children_s), 4),
+                "applyToChildrenP99S": round(pct(children_s, 99), 4),
+                "applyToReadyP50S": round(statistics.median(ready_s), 4),
+                "applyToReadyP99S": round(pct(ready_s, 99), 4),
+                "target": {"applyToChildrenP99S": 1.0},
+            }
+        finally:
+            op.stop()
+
+    def burst(self, count: int, idle_seconds: float) -> dict[str, Any]:
+        ns = self.namespace(f"bench-burst-{count}")
+        op = OperatorProcess(self.cluster, ns, self.workdir / f"op-burst-{count}").start()
+        try:
+            assert op.proc is not None
+            rss_idle = rss_mib(op.proc.pid)
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(lambda i: self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, body(f"dmd-{i:04d}", SPEC_ZERO)), range(count)))
+            created = time.monotonic() - t0
+
+            def all_reconciled() -> bool:
+                deps = self.apps.list_namespaced_deployment(ns).items
+                if len(deps) < count:
+                    return False
+                objs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns,
+                                                                 PLURAL)["items"]
+                return sum(1 for o in objs if (o.get("status") or {}).get(
+                    "observedGeneration") == o["metadata"]["generation"]) >= count
+
+            self.wait(all_reconciled, 600)
+            reconciled = time.monotonic() - t0
+            time.sleep(5)
+            writes_before = len(self.cluster.operator_writes(ns))
+            time.sleep(idle_seconds)
+            idle_writes = len(self.cluster.operator_writes(ns)) - writes_before
+            return {
+                "dmds": count,
+                "baselineCreateAllS": round(created, 3),
+                "allReconciledS": round(reconciled, 3),
+                "ratioToCreate": round(reconciled / created, 2),
+                "operatorWritesDuringBurst": writes_before,
+                "idleSeconds": idle_seconds,
+                "idleWrites": idle_writes,
+                "rssIdleMiB": round(rss_idle, 1),
+                "rssWithDmdsMiB": round(rss_mib(op.proc.pid), 1),
+                "target": {"allReconciledS": 60 if count >= 500 else None, "idleWrites": 0,
+                           "rssWithDmdsMiB": 150},
+            }
+        finally:
+            op.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--bursts", type=int, nargs="*", default=[200, 500])
+    parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("-o", "--output", default=str(ROOT / "reports" / "bench-operator.json"))
+    args = parser.parse_args()
+    workdir = ROOT / ".cache" / "bench"
+    cluster = start(state_dir=workdir / "cluster", quiet=True)
+    try:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                        "crd/distilledmodeldeployments.distillery.dev")
+        time.sleep(2)
+        bench = Bench(cluster, workdir)
+        report: dict[str, Any] = {"machine": {"cores": __import__("os").cpu_count()}}
+        report["single"] = bench.single_latency(args.runs)
+        print(f"single DMD: apply->children p50 {report['single']['applyToChildrenP50S']}s "
+              f"p99 {report['single']['applyToChildrenP99S']}s; apply->Ready p50 "
+              f"{report['single']['applyToReadyP50S']}s (API create p50 "
+              f"{report['single']['baselineCreateP50S']}s)", flush=True)
+        report["bursts"] = []
+        for count in args.bursts:
+            r = bench.burst(count, args.idle)
+            report["bursts"].append(r)
+            print(f"{count} DMDs at once: all reconciled in {r['allReconciledS']}s "
+                  f"(creating them took {r['baselineCreateAllS']}s, x{r['ratioToCreate']}); "
+                  f"idle {args.idle:.0f}s writes {r['idleWrites']}; RSS {r['rssIdleMiB']} -> "
+                  f"{r['rssWithDmdsMiB']} MiB", flush=True)
+    finally:
+        cluster.stop()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
