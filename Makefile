@@ -25,8 +25,8 @@ generate: venv                    ## regenerate the CRD from the API models
 	.venv/bin/distillery crd --output-dir crds
 
 lint: venv
-	.venv/bin/ruff check operator tests hack
-	.venv/bin/ruff format --check operator tests hack
+	.venv/bin/ruff check operator tests hack benchmarks
+	.venv/bin/ruff format --check operator tests hack benchmarks
 
 typecheck: venv
 	.venv/bin/mypy

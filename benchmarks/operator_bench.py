@@ -33,22 +33,30 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT))
 
 from kubernetes import client, config  # noqa: E402
-from localcluster import Cluster, start  # noqa: E402
 
 from distillery.api.types import GROUP, PLURAL, VERSION  # noqa: E402
+from localcluster import Cluster, start  # noqa: E402
 from tests.integration.operator_process import OperatorProcess  # noqa: E402
 
-SPEC_ONE = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-            "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
-            "scaling": {"minReplicas": 1, "maxReplicas": 2}}
-SPEC_ZERO = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
-             "placement": {"gpuTypes": ["nvidia-l4"]},
-             "scaling": {"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"}}
+SPEC_ONE = {
+    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+    "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+    "scaling": {"minReplicas": 1, "maxReplicas": 2},
+}
+SPEC_ZERO = {
+    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
+    "placement": {"gpuTypes": ["nvidia-l4"]},
+    "scaling": {"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"},
+}
 
 
 def body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DistilledModelDeployment",
-            "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DistilledModelDeployment",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def rss_mib(pid: int) -> float:
@@ -60,7 +68,7 @@ def rss_mib(pid: int) -> float:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class Bench:
@@ -92,8 +100,9 @@ class Bench:
             for i in range(runs):
                 name = f"one-{i}"
                 t0 = time.monotonic()
-                self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                                            body(name, SPEC_ONE))
+                self.custom.create_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, body(name, SPEC_ONE)
+                )
                 create_s.append(time.monotonic() - t0)
 
                 def has_children(n: str = name) -> bool:
@@ -106,8 +115,10 @@ class Bench:
 
                 def ready(n: str = name) -> bool:
                     obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, n)
-                    return any(c["type"] == "Ready" and c["status"] == "True"
-                               for c in (obj.get("status") or {}).get("conditions", []))
+                    return any(
+                        c["type"] == "Ready" and c["status"] == "True"
+                        for c in (obj.get("status") or {}).get("conditions", [])
+                    )
 
                 self.wait(has_children, 60)
                 children_s.append(time.monotonic() - t0)
@@ -134,21 +145,54 @@ class Bench:
             rss_idle = rss_mib(op.proc.pid)
             t0 = time.monotonic()
             with ThreadPoolExecutor(max_workers=16) as pool:
-                list(pool.map(lambda i: self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, ns, PLURAL, body(f"dmd-{i:04d}", SPEC_ZERO)), range(count)))
+                list(
+                    pool.map(
+                        lambda i: self.custom.create_namespaced_custom_object(
+                            GROUP, VERSION, ns, PLURAL, body(f"dmd-{i:04d}", SPEC_ZERO)
+                        ),
+                        range(count),
+                    )
+                )
             created = time.monotonic() - t0
 
             def all_reconciled() -> bool:
                 deps = self.apps.list_namespaced_deployment(ns).items
                 if len(deps) < count:
                     return False
-                objs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns,
-                                                                 PLURAL)["items"]
-                return sum(1 for o in objs if (o.get("status") or {}).get(
-                    "observedGeneration") == o["metadata"]["generation"]) >= count
+                objs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)[
+                    "items"
+                ]
+                return (
+                    sum(
+                        1
+                        for o in objs
+                        if (o.get("status") or {}).get("observedGeneration")
+                        == o["metadata"]["generation"]
+                    )
+                    >= count
+                )
 
             self.wait(all_reconciled, 600)
             reconciled = time.monotonic() - t0
+
+            def all_ready() -> bool:
+                objs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)[
+                    "items"
+                ]
+                return (
+                    sum(
+                        1
+                        for o in objs
+                        if any(
+                            c["type"] == "Ready" and c["status"] == "True"
+                            for c in (o.get("status") or {}).get("conditions", [])
+                        )
+                    )
+                    >= count
+                )
+
+            self.wait(all_ready, 600)
+            ready = time.monotonic() - t0
             time.sleep(5)
             writes_before = len(self.cluster.operator_writes(ns))
             time.sleep(idle_seconds)
@@ -157,14 +201,18 @@ class Bench:
                 "dmds": count,
                 "baselineCreateAllS": round(created, 3),
                 "allReconciledS": round(reconciled, 3),
+                "allReadyS": round(ready, 3),
                 "ratioToCreate": round(reconciled / created, 2),
                 "operatorWritesDuringBurst": writes_before,
                 "idleSeconds": idle_seconds,
                 "idleWrites": idle_writes,
                 "rssIdleMiB": round(rss_idle, 1),
                 "rssWithDmdsMiB": round(rss_mib(op.proc.pid), 1),
-                "target": {"allReconciledS": 60 if count >= 500 else None, "idleWrites": 0,
-                           "rssWithDmdsMiB": 150},
+                "target": {
+                    "allReconciledS": 60 if count >= 500 else None,
+                    "idleWrites": 0,
+                    "rssWithDmdsMiB": 150,
+                },
             }
         finally:
             op.stop()
@@ -181,24 +229,35 @@ def main() -> int:
     cluster = start(state_dir=workdir / "cluster", quiet=True)
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/distilledmodeldeployments.distillery.dev")
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/distilledmodeldeployments.distillery.dev",
+        )
         time.sleep(2)
         bench = Bench(cluster, workdir)
         report: dict[str, Any] = {"machine": {"cores": __import__("os").cpu_count()}}
         report["single"] = bench.single_latency(args.runs)
-        print(f"single DMD: apply->children p50 {report['single']['applyToChildrenP50S']}s "
-              f"p99 {report['single']['applyToChildrenP99S']}s; apply->Ready p50 "
-              f"{report['single']['applyToReadyP50S']}s (API create p50 "
-              f"{report['single']['baselineCreateP50S']}s)", flush=True)
+        print(
+            f"single DMD: apply->children p50 {report['single']['applyToChildrenP50S']}s "
+            f"p99 {report['single']['applyToChildrenP99S']}s; apply->Ready p50 "
+            f"{report['single']['applyToReadyP50S']}s (API create p50 "
+            f"{report['single']['baselineCreateP50S']}s)",
+            flush=True,
+        )
         report["bursts"] = []
         for count in args.bursts:
             r = bench.burst(count, args.idle)
             report["bursts"].append(r)
-            print(f"{count} DMDs at once: all reconciled in {r['allReconciledS']}s "
-                  f"(creating them took {r['baselineCreateAllS']}s, x{r['ratioToCreate']}); "
-                  f"idle {args.idle:.0f}s writes {r['idleWrites']}; RSS {r['rssIdleMiB']} -> "
-                  f"{r['rssWithDmdsMiB']} MiB", flush=True)
+            print(
+                f"{count} DMDs at once: all reconciled in {r['allReconciledS']}s, Ready in "
+                f"{r['allReadyS']}s "
+                f"(creating them took {r['baselineCreateAllS']}s, x{r['ratioToCreate']}); "
+                f"idle {args.idle:.0f}s writes {r['idleWrites']}; RSS {r['rssIdleMiB']} -> "
+                f"{r['rssWithDmdsMiB']} MiB",
+                flush=True,
+            )
     finally:
         cluster.stop()
     out = Path(args.output)

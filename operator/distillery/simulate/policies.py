@@ -1,0 +1,281 @@
+"""Scaling policies for the simulator: ours (imported, not copied), the anchors of
+DESIGN §5 with their published defaults, static peak, and the oracle lower bound.
+
+Every policy sees a :class:`~distillery.simulate.fleet.Snapshot` (what Prometheus would
+have scraped) at its own polling interval and returns the replica count it wants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from distillery.autoscale.policy import (
+    Capacity,
+    Cluster,
+    History,
+    Limits,
+    LoadSample,
+    decide,
+)
+from distillery.simulate.fleet import Snapshot
+
+
+class Policy:
+    name = "policy"
+    interval = 15.0
+
+    def initial(self) -> int:
+        return 1
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        raise NotImplementedError
+
+
+@dataclass
+class Distillery(Policy):
+    """distillery's own policy (:func:`distillery.autoscale.policy.decide`), fed what the
+    operator's Prometheus source would give it."""
+
+    capacity: Capacity
+    limits: Limits
+    slo_percentile: float = 95.0
+    interval: float = 15.0
+    name: str = "distillery"
+    history: History = field(default_factory=History)
+    last_reason: str = ""
+
+    def initial(self) -> int:
+        return self.limits.min_replicas
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        ttft = _percentile(ttft_window, self.slo_percentile) if ttft_window else None
+        sample = LoadSample(
+            time=snap.time,
+            running=float(sum(snap.running)),
+            waiting=float(sum(snap.waiting) + snap.pending),
+            kv_usage=(sum(snap.kv_usage) / len(snap.kv_usage)) if snap.kv_usage else None,
+            ttft_percentile=ttft,
+            prompt_tokens_per_second=prompt_tps,
+            replicas_reporting=snap.ready,
+        )
+        decision = decide(
+            sample,
+            self.history,
+            self.capacity,
+            self.limits,
+            Cluster(current=current, ready=snap.ready),
+            snap.time,
+        )
+        self.history = decision.history
+        self.last_reason = decision.reason
+        return decision.desired
+
+
+@dataclass
+class KedaProductionStack(Policy):
+    """KEDA Prometheus scaler as shipped by vLLM production-stack: desired =
+    ceil(sum(vllm:num_requests_waiting) / 5), polled every 15 s, through the HPA
+    (AverageValue target 5; 10% tolerance; scale-up at most max(+100%, +4 pods) per 15 s;
+    scale-down stabilization 300 s). KEDA's cooldownPeriod (360 s) only gates scaling to
+    zero, which this setup (minReplicaCount 1) never does.
+    Sources: vllm-project/production-stack helm chart (keda ScaledObject), KEDA and
+    Kubernetes HPA documentation."""
+
+    name: str = "keda"
+    interval: float = 15.0
+    target: float = 5.0
+    stabilization: float = 300.0
+    max_replicas: int = 1000
+    recs: deque[tuple[float, int]] = field(default_factory=deque)
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        waiting = sum(snap.waiting) + snap.pending
+        ratio = waiting / (self.target * max(current, 1))
+        want = current if abs(ratio - 1.0) <= 0.1 else math.ceil(waiting / self.target)
+        want = max(1, min(self.max_replicas, want))
+        self.recs.append((snap.time, want))
+        while self.recs and self.recs[0][0] < snap.time - self.stabilization:
+            self.recs.popleft()
+        if want < current:
+            want = min(current, max(v for _, v in self.recs))
+        if want > current:
+            want = min(want, max(current * 2, current + 4))
+        return want
+
+
+@dataclass
+class KubeAI(Policy):
+    """KubeAI's autoscaler: desired = ceil(moving average of in-flight requests over
+    10 min, sampled every 10 s / targetRequests 100); scale down only after 30 s of
+    consecutive lower readings. Source: kubeai.org docs (autoscaling), defaults
+    autoscalingInterval 10s, averageWindow 10m, targetRequests 100, scaleDownDelay 30s."""
+
+    name: str = "kubeai"
+    interval: float = 10.0
+    target_requests: float = 100.0
+    window: float = 600.0
+    scale_down_delay: float = 30.0
+    max_replicas: int = 1000
+    samples: deque[tuple[float, float]] = field(default_factory=deque)
+    low_since: float | None = None
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        inflight = sum(snap.running) + sum(snap.waiting) + snap.pending
+        self.samples.append((snap.time, float(inflight)))
+        while self.samples and self.samples[0][0] < snap.time - self.window:
+            self.samples.popleft()
+        avg = sum(v for _, v in self.samples) / len(self.samples)
+        want = max(1, min(self.max_replicas, math.ceil(avg / self.target_requests)))
+        if want < current:
+            if self.low_since is None:
+                self.low_since = snap.time
+            if snap.time - self.low_since < self.scale_down_delay:
+                return current
+        else:
+            self.low_since = None
+        return want
+
+
+@dataclass
+class AIBrixAPA(Policy):
+    """AIBrix Pod Autoscaler, APA mode on vllm:kv_cache_usage_perc with target 0.5: act
+    only when the windowed metric leaves 1 ± 0.1 of the target; per step at most x2 up
+    and x1/2 down; metric window 180 s; no scale-down within 300 s of the last scaling.
+    Source: vllm-project/aibrix docs (autoscaling, APA defaults)."""
+
+    name: str = "aibrix-apa"
+    interval: float = 15.0
+    target: float = 0.5
+    tolerance: float = 0.1
+    window: float = 180.0
+    down_cooldown: float = 300.0
+    max_replicas: int = 1000
+    samples: deque[tuple[float, float]] = field(default_factory=deque)
+    last_scale: float = -1e18
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        kv = sum(snap.kv_usage) / len(snap.kv_usage) if snap.kv_usage else 0.0
+        self.samples.append((snap.time, kv))
+        while self.samples and self.samples[0][0] < snap.time - self.window:
+            self.samples.popleft()
+        avg = sum(v for _, v in self.samples) / len(self.samples)
+        ratio = avg / self.target
+        if 1 - self.tolerance <= ratio <= 1 + self.tolerance:
+            return current
+        want = math.ceil(current * ratio)
+        want = max(math.ceil(current / 2), min(current * 2, want))
+        if want < current and snap.time - self.last_scale < self.down_cooldown:
+            return current
+        want = max(1, min(self.max_replicas, want))
+        if want != current:
+            self.last_scale = snap.time
+        return want
+
+
+@dataclass
+class LlmdSaturation(Policy):
+    """llm-d workload-variant-autoscaler, saturation rule: a replica is saturated at
+    KV >= 0.80 or queue >= 5 (max over 1 min); add one replica when the average spare
+    KV (0.80 - kv) < 0.10 or the average spare queue (5 - queue) < 3 across replicas;
+    remove one only if the load spread over one replica fewer stays below both
+    thresholds with the same spare margins. Source: llm-d-incubation
+    workload-variant-autoscaler docs (saturation-based scaling)."""
+
+    name: str = "llmd-saturation"
+    interval: float = 15.0
+    kv_sat: float = 0.80
+    queue_sat: float = 5.0
+    kv_spare: float = 0.10
+    queue_spare: float = 3.0
+    window: float = 60.0
+    max_replicas: int = 1000
+    samples: deque[tuple[float, float, float]] = field(default_factory=deque)
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        n = max(1, snap.ready)
+        kv = sum(snap.kv_usage) / n if snap.kv_usage else 0.0
+        queue = (sum(snap.waiting) + snap.pending) / n
+        self.samples.append((snap.time, kv, queue))
+        while self.samples and self.samples[0][0] < snap.time - self.window:
+            self.samples.popleft()
+        kv_max = max(s[1] for s in self.samples)
+        q_max = max(s[2] for s in self.samples)
+        if snap.ready < current:  # replicas still starting: wait for them
+            return current
+        if self.kv_sat - kv_max < self.kv_spare or self.queue_sat - q_max < self.queue_spare:
+            return min(self.max_replicas, current + 1)
+        if current > 1:
+            kv_after = kv_max * n / (n - 1)
+            q_after = q_max * n / (n - 1)
+            if (
+                self.kv_sat - kv_after >= self.kv_spare
+                and self.queue_sat - q_after >= self.queue_spare
+            ):
+                return current - 1
+        return current
+
+
+@dataclass
+class Static(Policy):
+    """A fixed replica count for the whole run (static provisioning at the trace's peak,
+    computed by the oracle's capacity rule)."""
+
+    replicas: int
+    name: str = "static-peak"
+    interval: float = 3600.0
+
+    def initial(self) -> int:
+        return self.replicas
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        return self.replicas
+
+
+@dataclass
+class Scheduled(Policy):
+    """Replays a precomputed schedule (the oracle's), with no start-up delay."""
+
+    schedule: list[tuple[float, int]]
+    name: str = "oracle"
+    interval: float = 60.0
+
+    def initial(self) -> int:
+        return self.schedule[0][1] if self.schedule else 1
+
+    def desired(
+        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
+    ) -> int:
+        value = self.schedule[0][1]
+        for t, n in self.schedule:
+            if t <= snap.time + 1e-9:
+                value = n
+            else:
+                break
+        return value
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    k = (len(ordered) - 1) * q / 100.0
+    lo = math.floor(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
