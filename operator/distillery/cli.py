@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from distillery.api.crd import CRD_FILE, crd_yaml
-from distillery.api.types import KIND, DistilledModelDeployment
+from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
 from distillery.render import RenderError, RenderOptions, manifests_yaml, render
 from distillery.sizing import Plan, PlanError, UnknownModelError, plan
@@ -236,6 +236,97 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
+    """Replay a trace against a fleet under each policy; report and plot."""
+    import time
+
+    from distillery.simulate.engine import POLICY_NAMES, Scenario, simulate
+    from distillery.simulate.report import plot, table
+    from distillery.simulate.workload import WorkloadError, load
+
+    catalog = _catalog(args.catalog)
+    model = catalog.model(args.model)
+    if model is None:
+        raise InputError(f"--model {args.model!r} is not in the catalog")
+    gpu = catalog.gpu(args.gpu)
+    if gpu is None:
+        raise InputError(f"--gpu {args.gpu!r}: one of {', '.join(sorted(catalog.gpus))}")
+    spec = DistilledModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": model.name, "quantization": args.quantization},
+            "serving": {"maxModelLen": args.max_model_len, "maxConcurrency": args.max_concurrency},
+            "placement": {
+                "gpuTypes": [gpu.name],
+                **({"gpusPerReplica": args.gpus} if args.gpus else {}),
+            },
+        }
+    )
+    try:
+        chosen = plan(spec, catalog)
+    except PlanError as exc:
+        raise InputError(str(exc)) from exc
+    try:
+        requests = load(Path(args.trace), args.format, args.rate_scale, args.time_scale, args.seed)
+    except (OSError, WorkloadError) as exc:
+        raise InputError(f"{args.trace}: {exc}") from exc
+    if not requests:
+        raise InputError(f"{args.trace}: no requests")
+    policies = POLICY_NAMES if args.policy == "all" else tuple(args.policy.split(","))
+    scenario = Scenario(
+        model=model,
+        option=chosen.chosen,
+        max_concurrency=args.max_concurrency,
+        typical_tokens=chosen.requirements.typical_tokens,
+        slo_ttft=args.slo_ttft,
+        slo_percentile=args.slo_percentile,
+        objective=args.objective,
+        max_replicas=args.max_replicas,
+        dt=args.dt,
+    )
+    started = time.perf_counter()
+    horizon = requests[-1].arrival
+
+    def progress(name: str, t: float) -> None:
+        if args.progress:
+            done = min(1.0, t / horizon) if horizon else 1.0
+            bar = "#" * int(done * 30)
+            print(f"\r{name:16} [{bar:30}] {100 * done:5.1f}%", end="", file=sys.stderr, flush=True)
+
+    results = simulate(requests, scenario, policies, progress=progress)
+    if args.progress:
+        print(file=sys.stderr)
+    report = {
+        "trace": {
+            "path": str(args.trace),
+            "format": args.format,
+            "requests": len(requests),
+            "durationSeconds": round(horizon, 1),
+            "rateScale": args.rate_scale,
+            "timeScale": args.time_scale,
+            "seed": args.seed,
+        },
+        "model": model.name,
+        "gpu": chosen.chosen.summary,
+        "quantization": chosen.chosen.quantization,
+        "slo": {"ttftSeconds": args.slo_ttft, "percentile": args.slo_percentile},
+        "currency": catalog.currency,
+        "wallSeconds": round(time.perf_counter() - started, 2),
+        "policies": results,
+    }
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    if args.plot:
+        plot(report, [r.arrival for r in requests], Path(args.plot), args.slo_ttft)
+    out.write(
+        f"{model.name} on {chosen.chosen.summary} ({chosen.chosen.quantization}), "
+        f"{len(requests)} requests over {horizon / 3600:.2f} h, TTFT SLO "
+        f"{args.slo_ttft:g}s\n"
+    )
+    out.write(table(results, catalog.currency) + "\n")
+    return 0
+
+
 def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
     text = crd_yaml()
     if args.output_dir:
@@ -306,6 +397,29 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, then ~/.kube)")
     o.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     o.set_defaults(func=cmd_run)
+    m = sub.add_parser("simulate", help="replay a trace under each scaling policy")
+    m.add_argument("--trace", required=True, help="trace file (or ServeGen folder)")
+    m.add_argument("--format", required=True, choices=["azure", "servegen", "jsonl", "csv"])
+    m.add_argument("--model", required=True, help="catalog model name")
+    m.add_argument("--gpu", required=True, help="catalog GPU type")
+    m.add_argument("--gpus", type=int, help="GPUs per replica (default: smallest that fits)")
+    m.add_argument("--quantization", default="auto")
+    m.add_argument("--max-model-len", type=int, default=32768)
+    m.add_argument("--max-concurrency", type=int, default=64)
+    m.add_argument("--slo-ttft", type=float, default=2.0)
+    m.add_argument("--slo-percentile", type=float, default=95.0)
+    m.add_argument("--objective", choices=["latency", "balanced", "cost"], default="balanced")
+    m.add_argument("--max-replicas", type=int, default=200)
+    m.add_argument("--rate-scale", type=float, default=1.0)
+    m.add_argument("--time-scale", type=float, default=1.0)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--dt", type=float, default=1.0, help="tick, seconds")
+    m.add_argument("--policy", default="all", help="all, or names separated by commas")
+    m.add_argument("-o", "--output", help="write the JSON report here")
+    m.add_argument("--plot", help="write a PNG plot here")
+    m.add_argument("--catalog", action="append", default=[], metavar="FILE")
+    m.add_argument("--no-progress", dest="progress", action="store_false")
+    m.set_defaults(func=cmd_simulate)
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
     c.set_defaults(func=cmd_crd)

@@ -40,9 +40,14 @@ OBJECTIVE_UTILIZATION = {"latency": 0.60, "balanced": 0.75, "cost": 0.90}
 # Fraction of prefill compute to plan for: prefill shares the GPU with decode steps.
 PREFILL_UTILIZATION = {"latency": 0.35, "balanced": 0.45, "cost": 0.55}
 KV_TARGET = {"latency": 0.70, "balanced": 0.80, "cost": 0.90}
+# Hysteresis: scale up on load only above this much over the current capacity, scale
+# down only when the lower count would run at most (1 - DOWN_TOLERANCE) of its target.
+UP_TOLERANCE = 0.05
+DOWN_TOLERANCE = 0.10
 # How far back the trend is fitted, as a multiple of the decision interval, bounded.
 TREND_MIN_SECONDS = 30.0
 TREND_MAX_SECONDS = 180.0
+TREND_MIN_T = 4.0
 
 
 @dataclass(frozen=True)
@@ -163,8 +168,9 @@ def capacity_for(
 
 
 def _slope(samples: Sequence[LoadSample]) -> float:
-    """Least-squares slope of outstanding load per second."""
-    if len(samples) < 3:
+    """Least-squares slope of outstanding load per second, or 0 when the fit does not
+    tell a trend from noise (t-statistic below ``TREND_MIN_T``)."""
+    if len(samples) < 4:
         return 0.0
     ts = [s.time for s in samples]
     ys = [s.outstanding for s in samples]
@@ -172,7 +178,12 @@ def _slope(samples: Sequence[LoadSample]) -> float:
     var = sum((t - mt) ** 2 for t in ts)
     if var <= 0:
         return 0.0
-    return sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var
+    slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var
+    residual = sum((y - my - slope * (t - mt)) ** 2 for t, y in zip(ts, ys, strict=True))
+    stderr = math.sqrt(residual / (len(ts) - 2) / var)
+    if stderr > 0 and slope / stderr < TREND_MIN_T:
+        return 0.0
+    return slope
 
 
 def _ceil(x: float) -> int:
@@ -187,11 +198,25 @@ def recommend(
     window = min(TREND_MAX_SECONDS, max(TREND_MIN_SECONDS, cap.startup_seconds))
     recent = [s for s in history if s.time >= sample.time - window]
     slope = max(0.0, _slope(recent))
+    # Noise is not a trend: the fitted rise over the window must exceed the larger of two
+    # sequences and a tenth of the current level.
+    if recent and slope * window < max(2.0, 0.1 * sample.outstanding):
+        slope = 0.0
     lead = cap.startup_seconds
     # Don't extrapolate further than the window we fitted supports.
     forecast = sample.outstanding + slope * min(lead, 2 * window)
-    level = _ceil(sample.outstanding / cap.target_running)
-    trend = _ceil(forecast / cap.target_running)
+    current = max(cluster.current, 0)
+
+    def count(load: float) -> int:
+        n = _ceil(load / cap.target_running)
+        if n > current and load <= current * cap.target_running * (1 + UP_TOLERANCE):
+            return current
+        if n < current:
+            return min(current, max(n, _ceil(load / (cap.target_running * (1 - DOWN_TOLERANCE)))))
+        return n
+
+    level = count(sample.outstanding)
+    trend = count(forecast)
     inputs = {
         "running": round(sample.running, 3),
         "waiting": round(sample.waiting, 3),
@@ -252,6 +277,10 @@ def decide(
     down_window = [
         v for t, v in history.recommendations if t >= now - limits.scale_down_stabilization
     ]
+    oldest = min((t for t, _ in history.recommendations), default=now)
+    if oldest > now - limits.scale_down_stabilization:
+        # History shorter than the window (a restart): what runs now is the evidence.
+        down_window.append(current)
     if raw > current:
         target = min(up_window) if limits.scale_up_stabilization > 0 else raw
         target = max(target, current)
