@@ -15,16 +15,35 @@ from distillery.autoscale.policy import (
     decide,
 )
 
-CAP = Capacity(target_running=48, prefill_tokens_per_second=20000, kv_target=0.8,
-               startup_seconds=120, slo_ttft_seconds=2.0, price_per_replica_hour=6.88)
+CAP = Capacity(
+    target_running=48,
+    prefill_tokens_per_second=20000,
+    kv_target=0.8,
+    startup_seconds=120,
+    slo_ttft_seconds=2.0,
+    price_per_replica_hour=6.88,
+)
 LIMITS = Limits(min_replicas=1, max_replicas=20)
 
 
-def sample(t: float, running: float, waiting: float = 0.0, kv: float | None = None,
-           ttft: float | None = None, prompt: float | None = None, ready: int = 1) -> LoadSample:
-    return LoadSample(time=t, running=running, waiting=waiting, kv_usage=kv,
-                      ttft_percentile=ttft, prompt_tokens_per_second=prompt,
-                      replicas_reporting=ready)
+def sample(
+    t: float,
+    running: float,
+    waiting: float = 0.0,
+    kv: float | None = None,
+    ttft: float | None = None,
+    prompt: float | None = None,
+    ready: int = 1,
+) -> LoadSample:
+    return LoadSample(
+        time=t,
+        running=running,
+        waiting=waiting,
+        kv_usage=kv,
+        ttft_percentile=ttft,
+        prompt_tokens_per_second=prompt,
+        replicas_reporting=ready,
+    )
 
 
 def test_level_rule() -> None:
@@ -43,14 +62,21 @@ def test_trend_looks_ahead_by_the_cold_start() -> None:
 
 
 def test_ttft_breach_adds_capacity() -> None:
-    d = decide(sample(0, running=40, waiting=3, ttft=3.0), History(), CAP, LIMITS,
-               Cluster(current=2, ready=2), 0)
+    d = decide(
+        sample(0, running=40, waiting=3, ttft=3.0),
+        History(),
+        CAP,
+        LIMITS,
+        Cluster(current=2, ready=2),
+        0,
+    )
     assert d.desired == 3 and d.reason == "ttft-slo"
 
 
 def test_prefill_floor() -> None:
-    d = decide(sample(0, running=5, prompt=90000), History(), CAP, LIMITS,
-               Cluster(current=1, ready=1), 0)
+    d = decide(
+        sample(0, running=5, prompt=90000), History(), CAP, LIMITS, Cluster(current=1, ready=1), 0
+    )
     assert d.desired == 5 and d.reason == "prefill"
 
 
@@ -67,8 +93,9 @@ def test_scale_down_waits_for_the_window() -> None:
 
 
 def test_max_step_down() -> None:
-    limits = Limits(min_replicas=1, max_replicas=20, scale_down_stabilization=0,
-                    scale_down_max_step=2)
+    limits = Limits(
+        min_replicas=1, max_replicas=20, scale_down_stabilization=0, scale_down_max_step=2
+    )
     d = decide(sample(0, running=1), History(), CAP, limits, Cluster(current=8, ready=8), 0)
     assert d.desired == 6
 
@@ -76,8 +103,9 @@ def test_max_step_down() -> None:
 def test_missing_data_holds_and_says_so() -> None:
     d = decide(None, History(), CAP, LIMITS, Cluster(current=7, ready=7), 0)
     assert d.desired == 7 and not d.metrics_available
-    d = decide(sample(0, running=0), History(), CAP, LIMITS, Cluster(current=7, ready=7), 0,
-               stale=True)
+    d = decide(
+        sample(0, running=0), History(), CAP, LIMITS, Cluster(current=7, ready=7), 0, stale=True
+    )
     assert d.desired == 7 and not d.metrics_available
 
 
@@ -88,15 +116,24 @@ def test_budget_limits_and_says_so() -> None:
 
 
 def test_unschedulable_holds_scale_up() -> None:
-    cluster = Cluster(current=3, ready=2, unschedulable=1,
-                      unschedulable_reason="0/13 nodes: Insufficient nvidia.com/gpu")
+    cluster = Cluster(
+        current=3,
+        ready=2,
+        unschedulable=1,
+        unschedulable_reason="0/13 nodes: Insufficient nvidia.com/gpu",
+    )
     d = decide(sample(0, running=1000), History(), CAP, LIMITS, cluster, 0)
     assert d.desired == 3 and "Insufficient nvidia.com/gpu" in (d.limited_by or "")
 
 
 def test_capacity_from_placement_and_objective() -> None:
-    base = dict(max_concurrency=64, kv_concurrency=97, prefill_tokens_per_second=10000,
-                startup_seconds=100, slo_ttft_seconds=2)
+    base = dict(
+        max_concurrency=64,
+        kv_concurrency=97,
+        prefill_tokens_per_second=10000,
+        startup_seconds=100,
+        slo_ttft_seconds=2,
+    )
     assert capacity_for(**base, objective="cost").target_running == 64 * 0.9
     assert capacity_for(**base, objective="latency").target_running == 64 * 0.6
     assert capacity_for(**base, running_per_replica=20, queue_per_replica=2).target_running == 22
@@ -108,13 +145,26 @@ loads = st.floats(0, 5000, allow_nan=False)
 
 
 @settings(max_examples=300, deadline=None)
-@given(loads, st.floats(0, 500), st.integers(0, 50), st.integers(1, 10), st.integers(1, 60),
-       st.one_of(st.none(), st.floats(1, 500)))
-def test_bounds_and_budget_always_hold(running: float, waiting: float, current: int,
-                                       lo: int, span: int, budget: float | None) -> None:
+@given(
+    loads,
+    st.floats(0, 500),
+    st.integers(0, 50),
+    st.integers(1, 10),
+    st.integers(1, 60),
+    st.one_of(st.none(), st.floats(1, 500)),
+)
+def test_bounds_and_budget_always_hold(
+    running: float, waiting: float, current: int, lo: int, span: int, budget: float | None
+) -> None:
     limits = Limits(min_replicas=lo, max_replicas=lo + span, max_cost_per_hour=budget)
-    d = decide(sample(0, running, waiting), History(), CAP, limits,
-               Cluster(current=current, ready=current), 0)
+    d = decide(
+        sample(0, running, waiting),
+        History(),
+        CAP,
+        limits,
+        Cluster(current=current, ready=current),
+        0,
+    )
     assert lo <= d.desired <= lo + span
     if budget is not None and d.desired > lo:
         assert d.desired * CAP.price_per_replica_hour <= budget + 1e-9
@@ -148,8 +198,9 @@ def test_no_flapping_on_constant_load(level: float, seed: int) -> None:
     changes = []
     for t in range(0, 3600, 15):
         noisy = level * (1 + rng.uniform(-0.05, 0.05))
-        d = decide(sample(t, noisy), history, CAP, LIMITS,
-                   Cluster(current=current, ready=current), t)
+        d = decide(
+            sample(t, noisy), history, CAP, LIMITS, Cluster(current=current, ready=current), t
+        )
         history = d.history
         if d.desired != current:
             changes.append((t, current, d.desired))
