@@ -34,6 +34,7 @@ class Prometheus:
     scrape_interval: str = "1s"
     static_targets: list[str] = field(default_factory=list)
     file_sd: Path | None = None
+    honor_labels: bool = False
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -42,7 +43,11 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> dict[str, Any]:
-        job: dict[str, Any] = {"job_name": "engines", "metrics_path": "/metrics"}
+        job: dict[str, Any] = {
+            "job_name": "engines",
+            "metrics_path": "/metrics",
+            "honor_labels": self.honor_labels,
+        }
         if self.static_targets:
             job["static_configs"] = [{"targets": self.static_targets}]
         if self.file_sd is not None:

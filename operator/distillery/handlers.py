@@ -23,8 +23,11 @@ from prometheus_client import start_http_server
 
 from distillery import metrics
 from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.autoscale.inputs import PodInfo
+from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
 from distillery.kube import Kube, in_thread, new_api_client
+from distillery.kube.autoscaler import Autoscaler
 from distillery.kube.reconciler import Reconciler
 from distillery.reconcile.children import OWNER_LABEL, ChildState, child_state
 from distillery.render import RenderOptions
@@ -77,7 +80,23 @@ async def startup(**kwargs: Any) -> None:
             images=images, pod_monitor=pod_monitor, model_cache_claim=cfg.model_cache_claim or None
         ),
     )
+    # kopf gives each object a shallow copy of the memo: a dict set here is shared by all
+    # of them, so handlers can hand the live indices to the operator-level loops.
+    memo.shared = {"indices": None}
     memo.resync_task = asyncio.create_task(_resync_loop(memo, cfg.resync_interval_seconds))
+    source = None
+    if cfg.prometheus_url:
+        source = PrometheusSource(
+            PrometheusOptions(
+                url=cfg.prometheus_url,
+                bearer_token_file=cfg.prometheus_bearer_token_file,
+                ca_file=cfg.prometheus_ca_file,
+                insecure_skip_verify=cfg.prometheus_insecure_skip_verify,
+                stale_after_seconds=max(60.0, 4 * cfg.autoscale_interval_seconds),
+            )
+        )
+    memo.autoscaler = Autoscaler(kube=kube, catalog=catalog, source=source)
+    memo.autoscale_task = asyncio.create_task(_autoscale_loop(memo, cfg.autoscale_interval_seconds))
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_bind, registry=metrics.REGISTRY)
     log.info(
@@ -92,6 +111,7 @@ async def startup(**kwargs: Any) -> None:
 # ---- indices ----------------------------------------------------------------------------
 
 CHILD_INDICES = ("child_deployments", "child_services", "child_pdbs")
+INDICES = ("dmd_bodies", "dmd_pods", *CHILD_INDICES)
 
 
 @kopf.index(*DMD)
@@ -112,6 +132,26 @@ def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
         "status": body.get("status"),
     }
     return {(kwargs["namespace"], kwargs["name"]): slim}
+
+
+@kopf.index("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
+def dmd_pods(**kwargs: Any) -> dict[Any, PodInfo]:
+    body = kwargs["body"]
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conds.get("PodScheduled") or {}
+    unschedulable = (
+        str(scheduled.get("message") or "Unschedulable")
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+        else None
+    )
+    info = PodInfo(
+        name=str(meta.get("name")),
+        ready=(conds.get("Ready") or {}).get("status") == "True"
+        and not meta.get("deletionTimestamp"),
+        unschedulable=unschedulable,
+    )
+    return {(meta.get("namespace"), (meta.get("labels") or {}).get(OWNER_LABEL)): info}
 
 
 def _child(body: kopf.Body) -> dict[Any, ChildState]:
@@ -159,11 +199,11 @@ async def _reconcile(body: Any, kwargs: dict[str, Any]) -> None:
 
 
 def _remember_indices(kwargs: dict[str, Any]) -> None:
-    memo = kwargs["memo"]
-    if getattr(memo, "indices", None) is None:
+    shared = kwargs["memo"].shared
+    if shared["indices"] is None:
         # kopf hands the same live Index objects to every handler: keep them for the
         # operator-level loops.
-        memo.indices = {n: kwargs[n] for n in ("dmd_bodies", *CHILD_INDICES)}
+        shared["indices"] = {n: kwargs[n] for n in INDICES}
 
 
 @kopf.on.event(*DMD)
@@ -172,8 +212,24 @@ async def dmd_event(**kwargs: Any) -> None:
     body = kwargs["body"]
     if kwargs["event"].get("type") == "DELETED":
         kwargs["memo"].reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        kwargs["memo"].autoscaler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     await _reconcile(body, kwargs)
+
+
+async def _autoscale_loop(memo: kopf.Memo, interval: float) -> None:
+    """Every interval, one autoscaler pass over all DMDs (one query per metric)."""
+    while True:
+        await asyncio.sleep(interval)
+        indices = memo.shared["indices"]
+        if indices is None:
+            continue
+        bodies = [b for store in list(indices["dmd_bodies"].values()) for b in store]
+        pods = {key: list(store) for key, store in list(indices["dmd_pods"].items())}
+        try:
+            await memo.autoscaler.run_pass(bodies, pods)
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+            log.warning("autoscaler pass failed: %s", exc)
 
 
 async def _resync_loop(memo: kopf.Memo, interval: float) -> None:
@@ -183,7 +239,7 @@ async def _resync_loop(memo: kopf.Memo, interval: float) -> None:
     operator is down."""
     while True:
         await asyncio.sleep(interval)
-        indices = getattr(memo, "indices", None)
+        indices = memo.shared["indices"]
         if indices is None:
             continue
         for store in list(indices["dmd_bodies"].values()):
@@ -214,9 +270,10 @@ kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_ev
 
 @kopf.on.cleanup()
 async def cleanup(**kwargs: Any) -> None:
-    task = getattr(kwargs["memo"], "resync_task", None)
-    if task is not None:
-        task.cancel()
+    for name in ("resync_task", "autoscale_task"):
+        task = getattr(kwargs["memo"], name, None)
+        if task is not None:
+            task.cancel()
 
 
 @kopf.on.probe(id="reconciler")

@@ -31,6 +31,8 @@ class OperatorProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
         env["DISTILLERY_RESYNC_INTERVAL_SECONDS"] = "20"
+        # As the operator image sets it: fewer malloc arenas, far less RSS with threads.
+        env["MALLOC_ARENA_MAX"] = "2"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
                 [

@@ -627,10 +627,12 @@ class ScalingDecision(_Model):
 
 
 class AutoscalingStatus(_Model):
-    """The autoscaler's recent decisions."""
+    """The autoscaler's view: whether it can see metrics, what bounds it, what it did."""
 
     desired_replicas: int | None = None
-    limited_by: str | None = None
+    metrics_available: bool | None = None
+    metrics_message: str | None = Field(default=None, max_length=1024)
+    limited_by: str | None = Field(default=None, max_length=1024)
     last_decisions: list[ScalingDecision] = Field(default_factory=list, max_length=20)
 
 

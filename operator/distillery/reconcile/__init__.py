@@ -146,6 +146,54 @@ def _transition_events(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]
     return events
 
 
+def _autoscaling_conditions(
+    dmd: DistilledModelDeployment, auto: Mapping[str, Any], gen: int | None
+) -> list[dict[str, Any]]:
+    """MetricsAvailable and ScalingLimited, from what the autoscaler recorded."""
+    if dmd.spec.scaling.mode == "external":
+        msg = "spec.replicas is left to an external scaler (HPA/KEDA) through /scale"
+        return [
+            cond.condition(cond.METRICS_AVAILABLE, None, "ExternalScaler", msg, gen),
+            cond.condition(cond.SCALING_LIMITED, False, "ExternalScaler", msg, gen),
+        ]
+    available = auto.get("metricsAvailable")
+    message = str(auto.get("metricsMessage") or "")
+    if available is None:
+        metrics_cond = cond.condition(
+            cond.METRICS_AVAILABLE,
+            None,
+            "NotEvaluated",
+            "the autoscaler has not evaluated this DMD yet",
+            gen,
+        )
+    elif available:
+        metrics_cond = cond.condition(cond.METRICS_AVAILABLE, True, "MetricsFresh", message, gen)
+    else:
+        metrics_cond = cond.condition(
+            cond.METRICS_AVAILABLE,
+            False,
+            "MetricsMissing",
+            message or "no fresh metrics: holding replicas",
+            gen,
+        )
+    limited = auto.get("limitedBy")
+    if limited:
+        text = str(limited)
+        reason = (
+            "BudgetLimited"
+            if text.startswith("budget")
+            else "MaxReplicas"
+            if text.startswith("maxReplicas")
+            else "Unschedulable"
+            if "unschedulable" in text
+            else "Limited"
+        )
+        limit_cond = cond.condition(cond.SCALING_LIMITED, True, reason, text, gen)
+    else:
+        limit_cond = cond.condition(cond.SCALING_LIMITED, False, "WithinLimits", "", gen)
+    return [metrics_cond, limit_cond]
+
+
 def _deployment_conditions(
     desired_count: int, dep: ChildState | None, rendered: Rendered, gen: int | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -259,13 +307,14 @@ def desired_state(
         f"{c.max_concurrency} sequences of {chosen_plan.requirements.typical_tokens} tokens, "
         f"{c.cost_per_replica_hour:.2f} {chosen_plan.currency}/h per replica"
     )
+    old_status = body.get("status") or {}
     desired_conds = [
         ready,
         reconciling,
         cond.condition(cond.STALLED, False, "Reconciled", "", gen),
         cond.condition(cond.SIZED, True, "Planned", sized_msg, gen),
+        *_autoscaling_conditions(dmd, old_status.get("autoscaling") or {}, gen),
     ]
-    old_status = body.get("status") or {}
     old_conds = old_status.get("conditions") or []
     running = dep.replicas if dep else 0
     placement: dict[str, Any] = c.to_json(chosen_plan.currency)

@@ -1,0 +1,156 @@
+"""From a DMD, its pods and the scraped metrics to the policy's inputs (pure).
+
+Kept apart from the Prometheus client so the aggregation rules are tested without a
+server: which pods count, when data is stale or partial, how TTFT percentiles combine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from distillery.api.types import DistilledModelDeploymentSpec
+from distillery.autoscale.policy import Capacity, Cluster, Limits, LoadSample, capacity_for
+from distillery.sizing import Plan
+from distillery.sizing.memory import MFU
+
+PodKey = tuple[str, str]  # (namespace, pod)
+
+
+@dataclass
+class PodMetrics:
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float | None = None
+    prompt_tokens_rate: float | None = None
+    ttft_buckets: dict[float, float] = field(default_factory=dict)
+    last_sample: float = 0.0
+
+
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
+    """Prometheus' histogram_quantile over cumulative bucket rates {le: rate}."""
+    if not buckets:
+        return None
+    items = sorted(buckets.items())
+    total = items[-1][1]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_le, prev_count = 0.0, 0.0
+    for le, count in items:
+        if count >= rank:
+            if math.isinf(le):
+                return prev_le
+            if count == prev_count:
+                return le
+            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
+        prev_le, prev_count = le, count
+    return items[-1][0]
+
+
+def merge_buckets(pods: Iterable[PodMetrics]) -> dict[float, float]:
+    out: dict[float, float] = defaultdict(float)
+    for p in pods:
+        for le, v in p.ttft_buckets.items():
+            out[le] += v
+    return dict(out)
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    name: str
+    ready: bool
+    unschedulable: str | None = None  # the scheduler's message when Unschedulable
+
+
+@dataclass(frozen=True)
+class Observation:
+    sample: LoadSample | None
+    stale: bool
+    partial: bool
+    message: str
+
+
+def observe(
+    namespace: str,
+    pods: Sequence[PodInfo],
+    metrics: Mapping[PodKey, PodMetrics],
+    now: float,
+    is_fresh: Callable[[PodMetrics], bool],
+    percentile: float,
+) -> Observation:
+    """Sum a DMD's ready pods' metrics into one sample; say when it cannot be trusted."""
+    ready = [p for p in pods if p.ready]
+    if not ready:
+        return Observation(None, True, False, "no ready replica reports metrics yet")
+    reporting = [
+        metrics[(namespace, p.name)]
+        for p in ready
+        if (namespace, p.name) in metrics and is_fresh(metrics[(namespace, p.name)])
+    ]
+    if not reporting:
+        return Observation(
+            None, True, False, f"no fresh metrics for any of {len(ready)} ready pod(s)"
+        )
+    kv = [m.kv_usage for m in reporting if m.kv_usage is not None]
+    prompt = [m.prompt_tokens_rate for m in reporting if m.prompt_tokens_rate is not None]
+    ttft = histogram_quantile(percentile / 100.0, merge_buckets(reporting))
+    sample = LoadSample(
+        time=now,
+        running=sum(m.running for m in reporting),
+        waiting=sum(m.waiting for m in reporting),
+        kv_usage=sum(kv) / len(kv) if kv else None,
+        ttft_percentile=ttft,
+        prompt_tokens_per_second=sum(prompt) if prompt else None,
+        replicas_reporting=len(reporting),
+    )
+    partial = len(reporting) < len(ready)
+    message = (
+        f"{len(reporting)}/{len(ready)} ready pods report metrics"
+        if partial
+        else f"{len(reporting)} ready pod(s) report metrics"
+    )
+    return Observation(sample, False, partial, message)
+
+
+def cluster_view(current: int, pods: Sequence[PodInfo]) -> Cluster:
+    stuck = [p.unschedulable for p in pods if p.unschedulable]
+    return Cluster(
+        current=current,
+        ready=sum(1 for p in pods if p.ready),
+        unschedulable=len(stuck),
+        unschedulable_reason=stuck[0] if stuck else "",
+    )
+
+
+def capacity(spec: DistilledModelDeploymentSpec, plan: Plan, startup_seconds: float) -> Capacity:
+    c, t = plan.chosen, spec.scaling.targets
+    gpus = max(1, c.gpu_count)
+    prefill = c.gpu.bf16_tflops * 1e12 * gpus * MFU / (2.0 * plan.model.params_billions * 1e9)
+    return capacity_for(
+        max_concurrency=spec.serving.max_concurrency,
+        kv_concurrency=c.max_concurrency,
+        prefill_tokens_per_second=prefill,
+        startup_seconds=startup_seconds,
+        slo_ttft_seconds=spec.scaling.slo.ttft_seconds,
+        objective=spec.scaling.objective,
+        price_per_replica_hour=c.cost_per_replica_hour,
+        queue_per_replica=t.queue_per_replica,
+        running_per_replica=t.running_per_replica,
+        kv_cache_utilization=t.kv_cache_utilization,
+    )
+
+
+def limits(spec: DistilledModelDeploymentSpec) -> Limits:
+    s = spec.scaling
+    return Limits(
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        scale_up_stabilization=float(s.scale_up.stabilization_seconds),
+        scale_down_stabilization=float(s.scale_down.stabilization_seconds),
+        scale_up_max_step=s.scale_up.max_step,
+        scale_down_max_step=s.scale_down.max_step,
+        max_cost_per_hour=s.max_cost_per_hour,
+    )

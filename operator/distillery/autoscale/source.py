@@ -1,0 +1,165 @@
+"""Engine metrics from Prometheus, for every DMD at once (I/O).
+
+Each engine's PromQL lives in :data:`ENGINE_QUERIES`, one entry per engine. A pass runs
+one query per metric for all pods of all DMDs (``sum by (namespace, pod)``), so 1,000
+DMDs cost the same handful of queries as one. Pods map to DMDs through the ``namespace``
+and ``pod`` labels that Kubernetes service discovery and PodMonitors attach.
+
+TTFT percentiles are computed here from the summed bucket rates of a DMD's pods, since
+a percentile cannot be averaged across pods. Staleness: a pod whose newest sample is
+older than ``stale_after`` seconds counts as not reporting.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_api_client import PrometheusConnect
+
+from distillery.autoscale.inputs import PodKey, PodMetrics
+
+
+@dataclass(frozen=True)
+class EngineQueries:
+    running: str
+    waiting: str
+    kv_usage: str | None
+    prompt_tokens_rate: str | None
+    ttft_buckets: str | None
+    freshness: str
+
+
+def _q(metric: str, agg: str = "sum") -> str:
+    return f"{agg} by (namespace, pod) ({metric})"
+
+
+ENGINE_QUERIES: dict[str, EngineQueries] = {
+    "vllm": EngineQueries(
+        running=_q("vllm:num_requests_running"),
+        waiting=_q("vllm:num_requests_waiting"),
+        # Older vLLM releases export gpu_cache_usage_perc instead.
+        kv_usage=_q('{__name__=~"vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc"}', "avg"),
+        prompt_tokens_rate=_q("rate(vllm:prompt_tokens_total[1m])"),
+        ttft_buckets="sum by (namespace, pod, le) "
+        "(rate(vllm:time_to_first_token_seconds_bucket[1m]))",
+        freshness=_q("timestamp(vllm:num_requests_running)", "max"),
+    ),
+    "sglang": EngineQueries(
+        running=_q("sglang:num_running_reqs"),
+        waiting=_q("sglang:num_queue_reqs"),
+        kv_usage=_q("sglang:token_usage", "avg"),
+        prompt_tokens_rate=_q("rate(sglang:prompt_tokens_total[1m])"),
+        ttft_buckets="sum by (namespace, pod, le) "
+        "(rate(sglang:time_to_first_token_seconds_bucket[1m]))",
+        freshness=_q("timestamp(sglang:num_running_reqs)", "max"),
+    ),
+    "tgi": EngineQueries(
+        running=_q("tgi_batch_current_size"),
+        waiting=_q("tgi_queue_size"),
+        kv_usage=None,
+        prompt_tokens_rate=_q("rate(tgi_request_input_length_sum[1m])"),
+        ttft_buckets=None,  # TGI exports no time to first token
+        freshness=_q("timestamp(tgi_queue_size)", "max"),
+    ),
+    "llamacpp": EngineQueries(
+        running=_q("llamacpp:requests_processing"),
+        waiting=_q("llamacpp:requests_deferred"),
+        kv_usage=_q("llamacpp:kv_cache_usage_ratio", "avg"),
+        prompt_tokens_rate=_q("rate(llamacpp:prompt_tokens_total[1m])"),
+        ttft_buckets=None,
+        freshness=_q("timestamp(llamacpp:requests_processing)", "max"),
+    ),
+}
+
+
+class MetricsUnavailableError(RuntimeError):
+    """Prometheus could not be queried; the message says why."""
+
+
+@dataclass(frozen=True)
+class PrometheusOptions:
+    url: str
+    bearer_token_file: str = ""
+    ca_file: str = ""
+    insecure_skip_verify: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_seconds: float = 10.0
+    stale_after_seconds: float = 60.0
+
+
+class PrometheusSource:
+    def __init__(self, options: PrometheusOptions):
+        self.options = options
+        headers = dict(options.headers)
+        if options.bearer_token_file:
+            with open(options.bearer_token_file, encoding="utf-8") as f:
+                headers["Authorization"] = f"Bearer {f.read().strip()}"
+        self.client = PrometheusConnect(
+            url=options.url, headers=headers or None, disable_ssl=options.insecure_skip_verify
+        )
+        if options.ca_file:
+            self.client._session.verify = options.ca_file
+        self.queries = 0
+
+    def _query(self, promql: str) -> list[dict[str, Any]]:
+        self.queries += 1
+        try:
+            result = self.client.custom_query(
+                promql, params={"timeout": f"{self.options.timeout_seconds:g}s"}
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure means "no metrics"
+            # Never echo headers (they may carry a token): the URL and the error class do.
+            raise MetricsUnavailableError(
+                f"Prometheus at {self.options.url} did not answer: {type(exc).__name__}"
+            ) from None
+        return list(result)
+
+    def collect(self, engines: Iterable[str]) -> dict[PodKey, PodMetrics]:
+        """One query per metric per engine in use, for every pod at once."""
+        pods: dict[PodKey, PodMetrics] = defaultdict(PodMetrics)
+        for engine in sorted(set(engines)):
+            q = ENGINE_QUERIES.get(engine)
+            if q is None:
+                continue
+            for attr, promql in (
+                ("running", q.running),
+                ("waiting", q.waiting),
+                ("kv_usage", q.kv_usage),
+                ("prompt_tokens_rate", q.prompt_tokens_rate),
+                ("last_sample", q.freshness),
+            ):
+                if promql is None:
+                    continue
+                for item in self._query(promql):
+                    key = _key(item)
+                    if key is None:
+                        continue
+                    value = float(item["value"][1])
+                    if math.isnan(value):
+                        continue
+                    setattr(pods[key], attr, value)
+            if q.ttft_buckets:
+                for item in self._query(q.ttft_buckets):
+                    key = _key(item)
+                    le = item.get("metric", {}).get("le")
+                    if key is None or le is None:
+                        continue
+                    value = float(item["value"][1])
+                    if not math.isnan(value):
+                        pods[key].ttft_buckets[float(le)] = value
+        return dict(pods)
+
+    def fresh(self, metrics: PodMetrics, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return now - metrics.last_sample <= self.options.stale_after_seconds
+
+
+def _key(item: Mapping[str, Any]) -> PodKey | None:
+    labels = item.get("metric", {})
+    ns, pod = labels.get("namespace"), labels.get("pod")
+    return (str(ns), str(pod)) if ns and pod else None

@@ -1,0 +1,180 @@
+"""The autoscaler's pass over every DMD: observe, decide, act (I/O around the policy).
+
+One pass per interval for all DMDs: one Prometheus query per metric (grouped by pod),
+then per DMD the pure :func:`distillery.autoscale.policy.decide`. A change of replicas
+is written to ``spec.replicas`` through ``/scale`` as ``distillery-autoscaler`` (the way
+HPA writes a Deployment); ``status.autoscaling`` is written only when what it says
+changes (a decision, metrics appearing or vanishing, a new limit), so a steady state
+costs no writes. The reconciler turns ``status.autoscaling`` into the
+``MetricsAvailable`` and ``ScalingLimited`` conditions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from distillery import metrics
+from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
+from distillery.autoscale.policy import Capacity, History, decide
+from distillery.autoscale.source import MetricsUnavailableError, PrometheusSource
+from distillery.catalog import Catalog
+from distillery.kube import Kube, in_thread
+from distillery.kube.reconciler import now_rfc3339
+from distillery.reconcile import parse
+from distillery.render import desired_replicas
+from distillery.render.source import ModelSource
+from distillery.sizing import PlanError, UnknownModelError, plan
+from distillery.sizing.memory import GIB
+from distillery.sizing.startup import cold_start_seconds
+
+log = logging.getLogger("distillery.autoscaler")
+Key = tuple[str, str]
+MAX_DECISIONS = 10
+
+
+@dataclass
+class Autoscaler:
+    kube: Kube
+    catalog: Catalog
+    source: PrometheusSource | None
+    histories: dict[Key, History] = field(default_factory=dict)
+    _capacity: dict[tuple[str, str, Any], tuple[Capacity, Any]] = field(default_factory=dict)
+    _written: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    passes: int = 0
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.histories.pop((namespace, name), None)
+        self._written.pop((namespace, name), None)
+
+    def _capacity_for(self, body: Mapping[str, Any]) -> tuple[Capacity, Any] | None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""), meta.get("generation"))
+        if key in self._capacity:
+            return self._capacity[key]
+        try:
+            dmd = parse(body)
+            p = plan(dmd.spec, self.catalog)
+        except (ValidationError, PlanError, UnknownModelError):
+            return None
+        source = ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name)
+        startup = cold_start_seconds(
+            p.chosen.weights_gib * GIB, source.scheme, dmd.spec.serving.engine
+        )
+        self._capacity = {k: v for k, v in self._capacity.items() if k[:2] != key[:2]}
+        self._capacity[key] = (capacity(dmd.spec, p, startup), dmd)
+        return self._capacity[key]
+
+    async def run_pass(
+        self, bodies: Iterable[Mapping[str, Any]], pods: Mapping[Key, list[PodInfo]]
+    ) -> None:
+        self.passes += 1
+        managed = [
+            b
+            for b in bodies
+            if ((b.get("spec") or {}).get("scaling") or {}).get("mode", "operator") == "operator"
+            and not (b.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        if not managed:
+            return
+        engines = {
+            ((b.get("spec") or {}).get("serving") or {}).get("engine", "vllm") for b in managed
+        }
+        scraped: dict[Any, Any] = {}
+        error: str | None = None
+        if self.source is None:
+            error = "no Prometheus configured (--prometheus-url): holding replicas"
+        else:
+            try:
+                scraped = await in_thread(self.source.collect, engines)
+            except MetricsUnavailableError as exc:
+                error = f"{exc}: holding replicas"
+        now = time.time()
+        for body in managed:
+            try:
+                await self._one(body, pods, scraped, error, now)
+            except Exception as exc:  # noqa: BLE001 - one DMD must not stop the others
+                metrics.RECONCILE_ERRORS.labels(f"autoscale:{type(exc).__name__}").inc()
+                log.warning(
+                    "autoscaling %s failed: %s", (body.get("metadata") or {}).get("name"), exc
+                )
+
+    async def _one(
+        self,
+        body: Mapping[str, Any],
+        pods: Mapping[Key, list[PodInfo]],
+        scraped: Mapping[Any, Any],
+        error: str | None,
+        now: float,
+    ) -> None:
+        meta = body.get("metadata") or {}
+        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        found = self._capacity_for(body)
+        if found is None:
+            return  # Stalled spec: the reconciler says why
+        cap, dmd = found
+        current = desired_replicas(dmd)
+        dmd_pods = pods.get((ns, name), [])
+        history = self.histories.get((ns, name), History())
+        if error is not None or self.source is None:
+            obs_sample, stale, partial, message = None, True, False, error or ""
+        else:
+            obs = observe(
+                ns, dmd_pods, scraped, now, self.source.fresh, dmd.spec.scaling.slo.percentile
+            )
+            obs_sample, stale, partial, message = obs.sample, obs.stale, obs.partial, obs.message
+        decision = decide(
+            obs_sample,
+            history,
+            cap,
+            limits(dmd.spec),
+            cluster_view(current, dmd_pods),
+            now,
+            stale=stale,
+        )
+        desired = decision.desired
+        if partial and desired < current:
+            desired = current  # never scale down on a partial view
+        self.histories[(ns, name)] = decision.history
+        metrics.DESIRED_REPLICAS.labels(ns, name).set(desired)
+        old = (body.get("status") or {}).get("autoscaling") or {}
+        status: dict[str, Any] = {
+            "desiredReplicas": desired,
+            "metricsAvailable": decision.metrics_available,
+            "metricsMessage": message,
+            "limitedBy": decision.limited_by,
+            "lastDecisions": list(old.get("lastDecisions") or []),
+        }
+        if desired != current:
+            direction = "up" if desired > current else "down"
+            entry = {
+                "time": now_rfc3339(),
+                "from": current,
+                "to": desired,
+                "reason": decision.reason,
+                "inputs": {k: float(v) for k, v in decision.inputs.items()},
+            }
+            status["lastDecisions"] = (status["lastDecisions"] + [entry])[-MAX_DECISIONS:]
+            log.info("scaling %s/%s %d -> %d: %s", ns, name, current, desired, decision.reason)
+            await in_thread(self.kube.scale_dmd, ns, name, desired)
+            metrics.SCALING_DECISIONS.labels(direction, decision.reason.split(" ")[0]).inc()
+            try:
+                await in_thread(
+                    self.kube.post_event,
+                    body,
+                    "Normal",
+                    f"Scaled{direction.title()}",
+                    f"{current} -> {desired} replicas: {decision.reason}",
+                    now_rfc3339(),
+                )
+            except Exception as exc:  # noqa: BLE001 - an event is never worth a failure
+                log.warning("could not post event: %s", exc)
+        before = self._written.get((ns, name)) or {k: old.get(k) for k in status}
+        if status != before:
+            await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": status})
+            self._written[(ns, name)] = status
