@@ -47,15 +47,22 @@ SLO_TTFT = 2.0
 
 def scenario(model: str, gpu: str, quant: str) -> Scenario:
     catalog = load_catalog()
-    spec = DistilledModelDeploymentSpec.model_validate({
-        "model": {"name": model, "quantization": quant},
-        "serving": {"maxModelLen": 32768, "maxConcurrency": 64},
-        "placement": {"gpuTypes": [gpu]},
-    })
+    spec = DistilledModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": model, "quantization": quant},
+            "serving": {"maxModelLen": 32768, "maxConcurrency": 64},
+            "placement": {"gpuTypes": [gpu]},
+        }
+    )
     p = plan(spec, catalog)
-    return Scenario(model=p.model, option=p.chosen, max_concurrency=64,
-                    typical_tokens=p.requirements.typical_tokens, slo_ttft=SLO_TTFT,
-                    max_replicas=500)
+    return Scenario(
+        model=p.model,
+        option=p.chosen,
+        max_concurrency=64,
+        typical_tokens=p.requirements.typical_tokens,
+        slo_ttft=SLO_TTFT,
+        max_replicas=500,
+    )
 
 
 def scaled(path: Path, fmt: str, s: Scenario, quick: bool) -> tuple[list[Request], float]:
@@ -92,35 +99,63 @@ def main() -> int:
                 speed[f"azure57min:{model.split('/')[-1]}"] = round(wall, 2)
             elif not args.quick:
                 speed[f"servegenDay:{model.split('/')[-1]}"] = round(wall, 2)
-            report = {"trace": {"path": str(path), "format": fmt, "rateScale": round(rate, 3),
-                                "requests": len(reqs)},
-                      "model": model, "gpu": s.option.summary, "quantization": quant,
-                      "slo": {"ttftSeconds": SLO_TTFT, "percentile": 95}, "wallSeconds": wall,
-                      "policies": results}
+            report = {
+                "trace": {
+                    "path": str(path),
+                    "format": fmt,
+                    "rateScale": round(rate, 3),
+                    "requests": len(reqs),
+                },
+                "model": model,
+                "gpu": s.option.summary,
+                "quantization": quant,
+                "slo": {"ttftSeconds": SLO_TTFT, "percentile": 95},
+                "wallSeconds": wall,
+                "policies": results,
+            }
             png = out_dir / f"bench-autoscaling-{trace_name}-{model.split('/')[-1]}.png"
             try:
                 plot(report, [r.arrival for r in reqs], png, SLO_TTFT)
             except ImportError:
-                png = Path("")
+                png = Path()
             ours, oracle = results["distillery"], results["oracle"]
-            dominated = [n for n, r in results.items() if n not in ("distillery", "oracle")
-                         and r["cost"] <= ours["cost"] and r["sloAttainment"] >= ours["sloAttainment"]]
-            cells.append({
-                "cell": key, "rateScale": round(rate, 3), "requests": len(reqs),
-                "gpu": s.option.summary, "wallSeconds": round(wall, 2),
-                "distilleryCostVsOracle": round(ours["cost"] / oracle["cost"], 3),
-                "distilleryAttainment": ours["sloAttainment"],
-                "anchorsNotBeaten": dominated,
-                "plot": str(png),
-                "policies": {n: {k: v for k, v in r.items() if k != "replicas"}
-                             for n, r in results.items()},
-            })
-            print(f"\n== {key}: {len(reqs)} requests, rate x{rate:.2f}, {s.option.summary} "
-                  f"({quant}), {wall:.1f}s", flush=True)
+            dominated = [
+                n
+                for n, r in results.items()
+                if n not in ("distillery", "oracle")
+                and r["cost"] <= ours["cost"]
+                and r["sloAttainment"] >= ours["sloAttainment"]
+            ]
+            cells.append(
+                {
+                    "cell": key,
+                    "rateScale": round(rate, 3),
+                    "requests": len(reqs),
+                    "gpu": s.option.summary,
+                    "wallSeconds": round(wall, 2),
+                    "distilleryCostVsOracle": round(ours["cost"] / oracle["cost"], 3),
+                    "distilleryAttainment": ours["sloAttainment"],
+                    "anchorsNotBeaten": dominated,
+                    "plot": str(png),
+                    "policies": {
+                        n: {k: v for k, v in r.items() if k != "replicas"}
+                        for n, r in results.items()
+                    },
+                }
+            )
+            print(
+                f"\n== {key}: {len(reqs)} requests, rate x{rate:.2f}, {s.option.summary} "
+                f"({quant}), {wall:.1f}s",
+                flush=True,
+            )
             print(table(results), flush=True)
-    doc = {"sloTtftSeconds": SLO_TTFT, "minPeakReplicas": MIN_PEAK_REPLICAS,
-           "speedSeconds": speed, "speedTargets": {"azure57min": 30, "servegenDay": 300},
-           "cells": cells}
+    doc = {
+        "sloTtftSeconds": SLO_TTFT,
+        "minPeakReplicas": MIN_PEAK_REPLICAS,
+        "speedSeconds": speed,
+        "speedTargets": {"azure57min": 30, "servegenDay": 300},
+        "cells": cells,
+    }
     Path(args.output).write_text(json.dumps(doc, indent=1))
     print(f"\nspeed: {speed}\nwrote {args.output}")
     return 0

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["operator_bench.py"]
+BENCHMARKS = ["autoscaling.py", "operator_bench.py"]
 
 
 def main() -> int:
