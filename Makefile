@@ -22,7 +22,7 @@ tools:
 	hack/build-tools.sh
 
 generate: venv                    ## regenerate the CRD from the API models
-	.venv/bin/distillery crd --output-dir crds
+	.venv/bin/distillery crd --output-dir crds --chart-dir charts/distillery/templates
 
 lint: venv
 	.venv/bin/ruff check operator tests hack benchmarks

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from distillery.api.crd import CRD_FILE, crd_yaml
+from distillery.api.crd import CHART_CRD_FILE, CRD_FILE, crd_chart_template, crd_yaml
 from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
 from distillery.render import RenderError, RenderOptions, manifests_yaml, render
@@ -329,6 +329,10 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
     text = crd_yaml()
+    if args.chart_dir:
+        target = Path(args.chart_dir) / CHART_CRD_FILE
+        target.write_text(crd_chart_template(), encoding="utf-8")
+        print(f"wrote {target}", file=sys.stderr)
     if args.output_dir:
         target = Path(args.output_dir) / CRD_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -422,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_simulate)
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
+    c.add_argument("--chart-dir", help=f"also write the Helm template {CHART_CRD_FILE} here")
     c.set_defaults(func=cmd_crd)
     return parser
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distillery.api.crd import CRD_FILE, crd, crd_yaml
+from distillery.api.crd import CHART_CRD_FILE, CRD_FILE, crd, crd_chart_template, crd_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_committed_crd_matches_models() -> None:
     committed = (ROOT / "crds" / CRD_FILE).read_text()
     assert committed == crd_yaml(), "crds/ is stale: run `make generate` and commit"
+    chart = (ROOT / "charts" / "distillery" / "templates" / CHART_CRD_FILE).read_text()
+    assert chart == crd_chart_template(), "the chart's CRD is stale: run `make generate`"
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:

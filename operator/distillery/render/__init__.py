@@ -33,7 +33,7 @@ from distillery.render.source import ModelSource, SourceError
 from distillery.render.user_template import UserTemplateError, merge, render_user_template
 from distillery.sizing import Plan
 from distillery.sizing.memory import GIB
-from distillery.sizing.startup import cold_start_seconds
+from distillery.sizing.startup import cold_start_seconds, drain_seconds
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -389,7 +389,13 @@ def render(
         "pod_labels": {**labels, **selector},
         "pod_annotations": pod_annotations,
         "deployment_annotations": {},
-        "termination_grace_seconds": 60,
+        "termination_grace_seconds": math.ceil(
+            drain_seconds(
+                spec.serving.max_model_len,
+                c.decode_tokens_per_second
+                / max(1, min(spec.serving.max_concurrency, c.max_concurrency)),
+            )
+        ),
         "pod_security_context": pod_security,
         "affinity": affinity,
         "node_selector": node_selector,

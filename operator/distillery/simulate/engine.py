@@ -36,7 +36,7 @@ from distillery.simulate.policies import (
 from distillery.simulate.workload import Request
 from distillery.sizing import Option
 from distillery.sizing import memory as mem
-from distillery.sizing.startup import cold_start_seconds
+from distillery.sizing.startup import cold_start_seconds, drain_seconds
 
 POLICY_NAMES = (
     "distillery",
@@ -68,6 +68,7 @@ class Scenario:
     engine: str = "vllm"
     dt: float = 1.0
     max_cost_per_hour: float | None = None
+    max_model_len: int = 32768
 
 
 def replica_model(s: Scenario, startup: float | None = None) -> ReplicaModel:
@@ -85,6 +86,11 @@ def replica_model(s: Scenario, startup: float | None = None) -> ReplicaModel:
         price_per_hour=o.cost_per_replica_hour,
         startup_seconds=(
             cold_start_seconds(weights, s.source_scheme, s.engine) if startup is None else startup
+        ),
+        # The same grace the rendered pods get (terminationGracePeriodSeconds).
+        drain_seconds=drain_seconds(
+            s.max_model_len,
+            o.decode_tokens_per_second / max(1, min(s.max_concurrency, o.max_concurrency)),
         ),
     )
 

@@ -31,3 +31,22 @@ def cold_start_seconds(weights_bytes: float, source_scheme: str, engine: str) ->
     """Expected seconds from pod start to serving."""
     bandwidth = LOAD_BYTES_PER_SECOND.get(source_scheme, LOAD_BYTES_PER_SECOND["hf"])
     return weights_bytes / bandwidth + ENGINE_START_SECONDS.get(engine, 90.0)
+
+
+MIN_DRAIN_SECONDS = 60.0
+MAX_DRAIN_SECONDS = 3600.0
+
+
+def drain_seconds(max_model_len: int, tokens_per_second_per_sequence: float) -> float:
+    """How long a replica that is being removed may take to finish what it serves.
+
+    Reasoning models write thousands of tokens per answer: a 60 s grace period (the
+    Kubernetes default is 30 s) cuts long answers off at every scale-down. The grace is
+    the time to generate a whole context at the replica's per-sequence decode speed,
+    within [1 min, 1 h]; an engine exits as soon as it is drained, so short answers do
+    not wait for it.
+    """
+    if tokens_per_second_per_sequence <= 0:
+        return MAX_DRAIN_SECONDS
+    seconds = max_model_len / tokens_per_second_per_sequence
+    return float(min(MAX_DRAIN_SECONDS, max(MIN_DRAIN_SECONDS, seconds)))

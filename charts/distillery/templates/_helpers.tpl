@@ -1,0 +1,49 @@
+{{- define "distillery.name" -}}distillery{{- end -}}
+{{- define "distillery.fullname" -}}
+{{- if contains "distillery" .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-distillery" .Release.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+{{- define "distillery.labels" -}}
+app.kubernetes.io/name: distillery
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+{{- define "distillery.selector" -}}
+app.kubernetes.io/name: distillery
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+{{- define "distillery.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{/* The rules the operator needs, shared by the ClusterRole and the per-namespace Roles. */}}
+{{- define "distillery.rules" -}}
+- apiGroups: [distillery.dev]
+  resources: [distilledmodeldeployments]
+  verbs: [get, list, watch]
+- apiGroups: [distillery.dev]
+  resources: [distilledmodeldeployments/status, distilledmodeldeployments/scale]
+  verbs: [get, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
