@@ -1,0 +1,252 @@
+"""The Helm chart on a real control plane: lint, server-side dry run, install, upgrade
+with a CRD change, uninstall, and least-privilege RBAC (kubectl auth can-i).
+
+Runs on a cluster of its own: the chart owns the CRD here, while the rest of the suite
+installs it with kubectl."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from localcluster import BIN_DIR, Cluster, _versions, start
+from tests.integration.conftest import wait_for
+
+pytestmark = pytest.mark.cluster
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "distillery"
+NS = "distillery-system"
+SA = f"system:serviceaccount:{NS}:distillery"
+
+
+@pytest.fixture(scope="module")
+def helm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = start(state_dir=tmp_path_factory.mktemp("helm-cluster"), quiet=True)
+    # The prometheus-operator API, so RBAC checks on PodMonitors resolve the resource.
+    c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "podmonitor-crd.yaml"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(BIN_DIR / "helm"), *args],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def can_i(cluster: Cluster, verb: str, resource: str, namespace: str | None = None) -> bool:
+    resource, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, f"--as={SA}"]
+    if sub:
+        args.append(f"--subresource={sub}")
+    args += ["-n", namespace] if namespace else ["--all-namespaces"]
+    out = cluster.kubectl(*args, check=False).strip()
+    return out == "yes"
+
+
+def test_lint_strict() -> None:
+    proc = subprocess.run(
+        [str(BIN_DIR / "helm"), "lint", "--strict", str(CHART), "--kube-version", "1.36.3"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_template_passes_server_dry_run(helm_cluster: Cluster) -> None:
+    helm_cluster.kubectl("create", "namespace", "dryrun")
+    for values in (
+        [],
+        ["--set", "watchNamespaces={team-a}", "--set", "metrics.serviceMonitor.enabled=false"],
+    ):
+        rendered = helm(
+            helm_cluster,
+            "template",
+            "distillery",
+            str(CHART),
+            "-n",
+            "dryrun",
+            "--kube-version",
+            _versions()["KUBERNETES_VERSION"],
+            *values,
+        ).stdout
+        out = helm_cluster.kubectl(
+            "apply", "--dry-run=server", "-f", "-", input=rendered, check=False
+        )
+        # Namespaced mode renders Roles into team-a, which does not exist here.
+        if values:
+            assert "team-a" in rendered
+            continue
+        assert "(server dry run)" in out and "error" not in out.lower(), out
+
+
+def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Path) -> None:
+    c = helm_cluster
+    helm(
+        c,
+        "install",
+        "distillery",
+        str(CHART),
+        "-n",
+        NS,
+        "--create-namespace",
+        "--set",
+        "prometheus.url=http://prometheus.monitoring:9090",
+        "--set-json",
+        'gpuPrices={"nvidia-l40s": 1.25}',
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    dep = yaml.safe_load(c.kubectl("get", "deployment", "distillery", "-n", NS, "-o", "yaml"))
+    assert dep["status"].get("readyReplicas") == 1
+    pod = dep["spec"]["template"]["spec"]
+    ctr = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+    assert ctr["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
+    assert env["DISTILLERY_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
+    catalog = yaml.safe_load(
+        c.kubectl(
+            "get",
+            "configmap",
+            "distillery-catalog",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.data.catalog\\.yaml}",
+        )
+    )
+    assert {"name": "nvidia-l40s", "pricePerGpuHour": 1.25} in catalog["gpus"]
+    # The CRD came with the chart and serves DMDs.
+    c.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/distilledmodeldeployments.distillery.dev",
+    )
+
+    # Least privilege: exactly what the operator uses.
+    allowed = [
+        ("watch", "distilledmodeldeployments.distillery.dev"),
+        ("patch", "distilledmodeldeployments.distillery.dev/status"),
+        ("patch", "distilledmodeldeployments.distillery.dev/scale"),
+        ("patch", "deployments.apps"),
+        ("create", "deployments.apps"),
+        ("patch", "services"),
+        ("patch", "poddisruptionbudgets.policy"),
+        ("patch", "podmonitors.monitoring.coreos.com"),
+        ("list", "pods"),
+        ("get", "configmaps"),
+        ("create", "events"),
+    ]
+    denied = [
+        ("get", "secrets"),
+        ("list", "secrets"),
+        ("create", "pods/exec"),
+        ("delete", "deployments.apps"),
+        ("patch", "distilledmodeldeployments.distillery.dev"),
+        ("delete", "distilledmodeldeployments.distillery.dev"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("list", "nodes"),
+        ("create", "pods"),
+        ("patch", "configmaps"),
+        ("delete", "services"),
+    ]
+    for verb, res in allowed:
+        assert can_i(c, verb, res, "default"), f"should allow {verb} {res}"
+    for verb, res in denied:
+        assert not can_i(c, verb, res, "default"), f"should deny {verb} {res}"
+
+    # Upgrade with a CRD change (a new printer column): the CRD on the server follows.
+    chart = tmp_path / "distillery"
+    shutil.copytree(CHART, chart)
+    crd_file = chart / "templates" / "crd.yaml"
+    text = crd_file.read_text()
+    text = text.replace(
+        "    additionalPrinterColumns:\n",
+        "    additionalPrinterColumns:\n    - name: Engine\n      type: string\n"
+        "      jsonPath: .spec.serving.engine\n",
+        1,
+    )
+    crd_file.write_text(text)
+    helm(c, "upgrade", "distillery", str(chart), "-n", NS, "--wait", "--timeout", "120s")
+    cols = yaml.safe_load(
+        c.kubectl("get", "crd", "distilledmodeldeployments.distillery.dev", "-o", "yaml")
+    )["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert cols[0]["name"] == "Engine"
+
+    # Uninstall removes the operator, keeps the CRD (and with it every DMD).
+    helm(c, "uninstall", "distillery", "-n", NS, "--wait")
+    wait_for(
+        lambda: (
+            "NotFound"
+            in c.kubectl("get", "deployment", "distillery", "-n", NS, check=False) + _stderr(c, NS)
+        ),
+        "operator gone",
+    )
+    assert "distilledmodeldeployments" in c.kubectl("get", "crd")
+    assert not can_i(c, "watch", "distilledmodeldeployments.distillery.dev", "default")
+
+
+def _stderr(c: Cluster, ns: str) -> str:
+    proc = subprocess.run(
+        [str(BIN_DIR / "kubectl"), "get", "deployment", "distillery", "-n", ns],
+        env=c.env(),
+        capture_output=True,
+        text=True,
+    )
+    return proc.stderr
+
+
+def test_namespaced_mode_rbac(helm_cluster: Cluster) -> None:
+    c = helm_cluster
+    for ns in ("team-a", "team-b"):
+        c.kubectl("create", "namespace", ns, check=False)
+    helm(
+        c,
+        "install",
+        "scoped",
+        str(CHART),
+        "-n",
+        NS,
+        "--create-namespace",
+        "--set",
+        "crds.enabled=false",
+        "--set",
+        "watchNamespaces={team-a}",
+        "--wait",
+        "--timeout",
+        "120s",
+    )
+    sa = f"system:serviceaccount:{NS}:scoped-distillery"
+
+    def allowed(verb: str, res: str, ns: str) -> bool:
+        return (
+            c.kubectl("auth", "can-i", verb, res, f"--as={sa}", "-n", ns, check=False).strip()
+            == "yes"
+        )
+
+    assert allowed("patch", "deployments.apps", "team-a")
+    assert not allowed("patch", "deployments.apps", "team-b")
+    assert not allowed("get", "secrets", "team-a")
+    env = yaml.safe_load(
+        c.kubectl("get", "deployment", "scoped-distillery", "-n", NS, "-o", "yaml")
+    )["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "DISTILLERY_NAMESPACES", "value": "team-a"} in env
+    helm(c, "uninstall", "scoped", "-n", NS, "--wait")
