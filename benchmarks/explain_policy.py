@@ -1,0 +1,86 @@
+"""Print what distillery's autoscaling policy did on a trace, decision by decision.
+
+The worked example in docs/autoscaling.md is this script's output:
+``.venv/bin/python benchmarks/explain_policy.py`` (2 h of the ServeGen DeepSeek-R1 day,
+7B on one L40S, rate x0.05, TTFT SLO 2 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from distillery.api.types import DistilledModelDeploymentSpec
+from distillery.catalog import load_catalog
+from distillery.simulate.engine import Scenario, distillery_policy, run_policy
+from distillery.simulate.fleet import Snapshot
+from distillery.simulate.policies import Distillery
+from distillery.simulate.workload import load
+from distillery.sizing import plan
+
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+
+
+class Explained(Distillery):
+    log: list[str]
+
+    def desired(self, snap: Snapshot, current: int, ttft_window: object, prompt_tps: float) -> int:
+        want = super().desired(snap, current, ttft_window, prompt_tps)  # type: ignore[arg-type]
+        if want != current:
+            h = self.history.samples[-1]
+            self.log.append(
+                f"t={snap.time / 60:6.1f} min  {current:2d} -> {want:2d}  {self.last_reason:<34} "
+                f"running={h.running:5.0f} waiting={h.waiting:4.0f} "
+                f"prompt={h.prompt_tokens_per_second or 0:6.0f} tok/s "
+                f"ttft_p95={h.ttft_percentile or 0:5.2f}s ready={snap.ready}"
+            )
+        return want
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hours", type=float, default=2.0)
+    parser.add_argument("--start-hour", type=float, default=8.0)
+    args = parser.parse_args()
+    catalog = load_catalog()
+    spec = DistilledModelDeploymentSpec.model_validate(
+        {
+            "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "quantization": "none"},
+            "placement": {"gpuTypes": ["nvidia-l40s"]},
+        }
+    )
+    p = plan(spec, catalog)
+    s = Scenario(
+        model=p.model,
+        option=p.chosen,
+        max_concurrency=64,
+        typical_tokens=p.requirements.typical_tokens,
+        slo_ttft=2.0,
+        max_replicas=50,
+    )
+    reqs = load(TRACES / "servegen-deepseek-r1", "servegen", rate_scale=0.05, seed=42)
+    lo, hi = args.start_hour * 3600, (args.start_hour + args.hours) * 3600
+    window = [r for r in reqs if lo <= r.arrival < hi]
+    window = [type(r)(r.arrival - lo, r.prompt_tokens, r.output_tokens) for r in window]
+    base = distillery_policy(s)
+    policy = Explained(capacity=base.capacity, limits=base.limits)
+    policy.log = []
+    result = run_policy(window, s, policy)
+    cap = base.capacity
+    print(
+        f"{len(window)} requests, {p.chosen.summary}; capacity per replica: "
+        f"target {cap.target_running:.0f} running sequences (64 slots x 0.75 balanced), "
+        f"prefill {cap.prefill_tokens_per_second:.0f} tok/s planned, cold start "
+        f"{cap.startup_seconds:.0f}s"
+    )
+    for line in policy.log:
+        print(line)
+    print(
+        f"GPU-hours {result['gpuHours']}, SLO attainment {100 * result['sloAttainment']:.2f}%,"
+        f" TTFT p95 {result['ttftP95']}s, scale events {result['scaleEvents']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
