@@ -200,7 +200,18 @@ def test_restart_and_idle_cost_no_writes(
 ) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s")
-    time.sleep(5)  # let the last status write land
+    # Let the autoscaler's first pass (15 s interval) and the status it causes land.
+    wait_for(
+        lambda: (
+            conditions(get_dmd(api_client, namespace, "qwen"))
+            .get("MetricsAvailable", {})
+            .get("reason")
+            == "MetricsMissing"
+        ),
+        "the autoscaler's first pass",
+        timeout=60,
+    )
+    time.sleep(5)
 
     def versions() -> dict[str, str]:
         apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)

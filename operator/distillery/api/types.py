@@ -440,6 +440,14 @@ class ScalingSpec(_Model):
     scale_down: ScaleDownPolicy = Field(
         default_factory=ScaleDownPolicy, description="Scale-down damping."
     )
+    startup_seconds: int | None = Field(
+        default=None,
+        description="Expected seconds from a new replica's start to serving "
+        "(weights load + engine start). Default: estimated from the weights' size and the "
+        "model source. The autoscaler looks this far ahead when load rises.",
+        ge=1,
+        le=7200,
+    )
     mode: ScalingMode = Field(
         default="operator",
         description="operator: distillery "

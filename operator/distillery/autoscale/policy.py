@@ -42,7 +42,7 @@ PREFILL_UTILIZATION = {"latency": 0.35, "balanced": 0.45, "cost": 0.55}
 KV_TARGET = {"latency": 0.70, "balanced": 0.80, "cost": 0.90}
 # Hysteresis: scale up on load only above this much over the current capacity, scale
 # down only when the lower count would run at most (1 - DOWN_TOLERANCE) of its target.
-UP_TOLERANCE = 0.05
+UP_TOLERANCE = 0.10
 DOWN_TOLERANCE = 0.10
 # How far back the trend is fitted, as a multiple of the decision interval, bounded.
 TREND_MIN_SECONDS = 30.0

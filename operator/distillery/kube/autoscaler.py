@@ -63,8 +63,11 @@ class Autoscaler:
         except (ValidationError, PlanError, UnknownModelError):
             return None
         source = ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name)
-        startup = cold_start_seconds(
-            p.chosen.weights_gib * GIB, source.scheme, dmd.spec.serving.engine
+        startup = float(
+            dmd.spec.scaling.startup_seconds
+            or cold_start_seconds(
+                p.chosen.weights_gib * GIB, source.scheme, dmd.spec.serving.engine
+            )
         )
         self._capacity = {k: v for k, v in self._capacity.items() if k[:2] != key[:2]}
         self._capacity[key] = (capacity(dmd.spec, p, startup), dmd)

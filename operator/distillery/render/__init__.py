@@ -331,7 +331,10 @@ def render(
     )
     if not image:
         raise RenderError(f"no image for engine {engine}: set spec.serving.image")
-    startup = cold_start_seconds(c.weights_gib * GIB, source.scheme, engine)
+    startup = float(
+        spec.scaling.startup_seconds
+        or cold_start_seconds(c.weights_gib * GIB, source.scheme, engine)
+    )
     selector = {LABEL_DEPLOYMENT: name, LABEL_TRACK: "stable"}
     service_selector = {LABEL_DEPLOYMENT: name}
     labels = {

@@ -107,6 +107,8 @@ class Replica:
     admitted_clock_sum: float = 0.0
     prefill_debt: float = 0.0
     prompt_tokens_done: float = 0.0
+    generated_tokens: float = 0.0
+    finished: int = 0
 
     def ready(self, now: float) -> bool:
         return self.draining_since is None and now >= self.ready_at
@@ -167,10 +169,12 @@ class Replica:
         tokens = left / step
         start_clock = self.clock
         self.clock += tokens
+        self.generated_tokens += tokens * len(self.active)
         while self.active and self.active[0][0] <= self.clock:
             entry = heapq.heappop(self.active)
             self._remove(entry)
             entry[2].outcome.finish = t + cursor + (entry[0] - start_clock) * step
+            self.finished += 1
         # A cache that overflows preempts the newest sequences (recomputed later).
         while self.active and self.kv_used > m.kv_capacity_tokens:
             newest = max(self.active, key=lambda e: e[2].admitted_clock)

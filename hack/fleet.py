@@ -1,0 +1,380 @@
+"""An emulated vLLM fleet for the local cluster, where pods never really run.
+
+kwok marks pods Ready, but nothing serves. This process watches the Ready pods of every
+DistilledModelDeployment and gives each a replica of the simulator's fleet model
+(:mod:`distillery.simulate.fleet`), stepped in real time, with:
+
+- a vLLM-named ``/metrics`` endpoint per pod on its own 127.0.0.1 port, listed in a
+  Prometheus file-SD file with the ``namespace`` and ``pod`` labels Kubernetes
+  discovery would attach;
+- one OpenAI-compatible front door (``/v1/completions``, ``/v1/chat/completions``,
+  streaming) that balances across the serving replicas of the DMD named by the request's
+  ``model`` (a DMD name, or the served model name when it is unique).
+
+A new pod serves only after its cold start (the DMD's ``scaling.startupSeconds``, else
+the sizing estimate); a deleted pod drops what it held, as a killed engine would.
+
+Time can be compressed by ``--time-scale C``: the fleet's physics run C times faster
+than wall time. Counters and the TTFT histogram are exported in simulated units (token
+counts divided by C, latencies multiplied by C) so rates and percentiles read as they
+would at real speed; gauges need no scaling. Use DMDs whose time settings
+(``startupSeconds``, stabilization windows) are divided by C as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "hack"))
+
+from kubernetes import client, config  # noqa: E402
+
+from distillery.catalog import load_catalog  # noqa: E402
+from distillery.reconcile import parse  # noqa: E402
+from distillery.render.source import ModelSource  # noqa: E402
+from distillery.simulate.fleet import Outcome, Replica, ReplicaModel, _Seq  # noqa: E402
+from distillery.simulate.workload import Request  # noqa: E402
+from distillery.sizing import memory as mem  # noqa: E402
+from distillery.sizing import plan  # noqa: E402
+from distillery.sizing.startup import cold_start_seconds, drain_seconds  # noqa: E402
+
+log = logging.getLogger("fleet")
+TTFT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, 80.0, float("inf"))
+LABEL = "distillery.dev/deployment"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PodReplica:
+    namespace: str
+    pod: str
+    dmd: str
+    served_name: str
+    replica: Replica
+    port: int
+    runner: web.AppRunner | None = None
+    ttfts: list[tuple[float, float]] = field(default_factory=list)
+    ttft_counts: list[int] = field(default_factory=lambda: [0] * len(TTFT_BUCKETS))
+    ttft_sum: float = 0.0
+
+
+class Fleet:
+    def __init__(
+        self, api: client.ApiClient, namespaces: list[str], sd_file: Path, time_scale: float
+    ):
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.namespaces = namespaces
+        self.sd_file = sd_file
+        self.c = time_scale
+        self.t0 = time.monotonic()
+        self.catalog = load_catalog()
+        self.pods: dict[tuple[str, str], PodReplica] = {}
+        self.models: dict[tuple[str, str], tuple[ReplicaModel, str]] = {}
+        self.pending: dict[int, tuple[Outcome, asyncio.Event, asyncio.Event]] = {}
+        self.dropped = 0
+
+    def now(self) -> float:
+        """Simulated seconds since start."""
+        return (time.monotonic() - self.t0) * self.c
+
+    # ---- pods ---------------------------------------------------------------------------
+
+    def _model_for(self, ns: str, dmd_name: str) -> tuple[ReplicaModel, str] | None:
+        key = (ns, dmd_name)
+        if key in self.models:
+            return self.models[key]
+        try:
+            body = self.custom.get_namespaced_custom_object(
+                "distillery.dev", "v1alpha1", ns, "distilledmodeldeployments", dmd_name
+            )
+            dmd = parse(body)
+            p = plan(dmd.spec, self.catalog)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cannot model %s/%s: %s", ns, dmd_name, exc)
+            return None
+        o, m = p.chosen, p.model
+        weights = mem.weight_bytes(m, o.quantization)
+        source = ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name)
+        startup = float(
+            dmd.spec.scaling.startup_seconds
+            or cold_start_seconds(weights, source.scheme, dmd.spec.serving.engine) / self.c
+        )
+        slots = max(1, min(dmd.spec.serving.max_concurrency, o.max_concurrency))
+        rm = ReplicaModel(
+            weights_bytes=weights,
+            kv_bytes_per_token=mem.kv_bytes_per_token(m),
+            kv_capacity_tokens=o.kv_cache_tokens,
+            max_seqs=dmd.spec.serving.max_concurrency,
+            params=m.params_billions * 1e9,
+            tflops=o.gpu.bf16_tflops * 1e12 * max(1, o.gpu_count),
+            bandwidth=o.gpu.bandwidth_g_bs * 1e9 * max(1, o.gpu_count),
+            gpus=max(1, o.gpus),
+            price_per_hour=o.cost_per_replica_hour,
+            # startupSeconds is wall time in a compressed DMD: in simulated seconds, x C.
+            startup_seconds=startup * self.c,
+            drain_seconds=drain_seconds(
+                dmd.spec.serving.max_model_len, o.decode_tokens_per_second / slots
+            ),
+        )
+        self.models[key] = (rm, dmd.spec.model.name)
+        return self.models[key]
+
+    async def sync_pods(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for ns in self.namespaces:
+            pods = await asyncio.to_thread(self.core.list_namespaced_pod, ns, label_selector=LABEL)
+            for pod in pods.items:
+                ready = any(
+                    c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+                )
+                if not ready or pod.metadata.deletion_timestamp:
+                    continue
+                key = (ns, pod.metadata.name)
+                seen.add(key)
+                if key in self.pods:
+                    continue
+                found = self._model_for(ns, pod.metadata.labels[LABEL])
+                if found is None:
+                    continue
+                rm, served = found
+                now = self.now()
+                pr = PodReplica(
+                    ns,
+                    pod.metadata.name,
+                    pod.metadata.labels[LABEL],
+                    served,
+                    Replica(rm, now, now + rm.startup_seconds),
+                    free_port(),
+                )
+                await self._serve_metrics(pr)
+                self.pods[key] = pr
+                log.info("pod %s/%s: serving in %.0f s", ns, pr.pod, rm.startup_seconds / self.c)
+        for key in [k for k in self.pods if k not in seen]:
+            pr = self.pods.pop(key)
+            self.dropped += len(pr.replica.drop_all())
+            if pr.runner is not None:
+                await pr.runner.cleanup()
+            log.info("pod %s/%s gone", *key)
+        self._write_sd()
+
+    def _write_sd(self) -> None:
+        targets = [
+            {"targets": [f"127.0.0.1:{p.port}"], "labels": {"namespace": p.namespace, "pod": p.pod}}
+            for p in self.pods.values()
+        ]
+        tmp = self.sd_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(targets))
+        tmp.replace(self.sd_file)
+
+    async def _serve_metrics(self, pr: PodReplica) -> None:
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(
+                text=self.exposition(pr), content_type="text/plain", charset="utf-8"
+            )
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        pr.runner = web.AppRunner(app, access_log=None)
+        await pr.runner.setup()
+        await web.TCPSite(pr.runner, "127.0.0.1", pr.port).start()
+
+    def exposition(self, pr: PodReplica) -> str:
+        r, c = pr.replica, self.c
+        serving = r.ready(self.now())
+        name = f'model_name="{pr.served_name}"'
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{{{name}}} {r.running if serving else 0}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{{{name}}} {len(r.queue) if serving else 0}",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{{{name}}} {r.kv_usage:.6f}",
+            "# TYPE vllm:prompt_tokens_total counter",
+            f"vllm:prompt_tokens_total{{{name}}} {r.prompt_tokens_done / c:.3f}",
+            "# TYPE vllm:generation_tokens_total counter",
+            f"vllm:generation_tokens_total{{{name}}} {r.generated_tokens / c:.3f}",
+            "# TYPE vllm:request_success_total counter",
+            f"vllm:request_success_total{{{name}}} {r.finished / c:.3f}",
+            "# TYPE vllm:time_to_first_token_seconds histogram",
+        ]
+        acc = 0
+        for le, n in zip(TTFT_BUCKETS, pr.ttft_counts, strict=True):
+            acc += n
+            le_s = "+Inf" if le == float("inf") else f"{le}"
+            lines.append(
+                f'vllm:time_to_first_token_seconds_bucket{{{name},le="{le_s}"}} {acc / c:.3f}'
+            )
+        lines.append(f"vllm:time_to_first_token_seconds_sum{{{name}}} {pr.ttft_sum / c:.3f}")
+        lines.append(f"vllm:time_to_first_token_seconds_count{{{name}}} {acc / c:.3f}")
+        return "\n".join(lines) + "\n"
+
+    # ---- time ---------------------------------------------------------------------------
+
+    async def run(self, tick_wall: float = 0.1) -> None:
+        last = self.now()
+        while True:
+            await asyncio.sleep(tick_wall)
+            now = self.now()
+            dt = now - last
+            last = now
+            for pr in list(self.pods.values()):
+                if now >= pr.replica.ready_at:
+                    pr.replica.step(now - dt, dt, pr.ttfts)
+                for _, ttft in pr.ttfts:
+                    for i, le in enumerate(TTFT_BUCKETS):
+                        if ttft <= le:
+                            pr.ttft_counts[i] += 1
+                            break
+                    pr.ttft_sum += ttft
+                pr.ttfts.clear()
+            for rid, (outcome, first, done) in list(self.pending.items()):
+                if outcome.first_token is not None and outcome.first_token <= now:
+                    first.set()
+                if outcome.dropped or (outcome.finish is not None and outcome.finish <= now):
+                    first.set()
+                    done.set()
+                    del self.pending[rid]
+
+    async def sync_forever(self, every: float = 1.0) -> None:
+        while True:
+            try:
+                await self.sync_pods()
+            except Exception as exc:  # noqa: BLE001 - keep emulating through API hiccups
+                log.warning("pod sync failed: %s", exc)
+            await asyncio.sleep(every)
+
+    # ---- the front door -----------------------------------------------------------------
+
+    def route(self, model: str, prompt: int, output: int) -> tuple[Outcome, Any] | None:
+        now = self.now()
+        serving = [
+            p
+            for p in self.pods.values()
+            if p.replica.ready(now) and model in (p.dmd, p.served_name)
+        ]
+        if not serving:
+            return None
+        target = min(serving, key=lambda p: (p.replica.outstanding, p.replica.id))
+        outcome = Outcome(Request(now, prompt, output))
+        target.replica.queue.append(_Seq(outcome, prompt, float(output)))
+        return outcome, target
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        model = str(body.get("model", ""))
+        if "messages" in body:
+            text = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
+        else:
+            text = str(body.get("prompt", ""))
+        prompt = int(body.get("prompt_tokens") or max(1, len(text.split())))
+        output = int(body.get("max_tokens") or 16)
+        routed = self.route(model, prompt, output)
+        if routed is None:
+            return web.json_response(
+                {"error": f"no serving replica for model {model!r}"}, status=503
+            )
+        outcome, pod = routed
+        first, done = asyncio.Event(), asyncio.Event()
+        self.pending[id(outcome)] = (outcome, first, done)
+        stream = bool(body.get("stream"))
+        kind = "chat.completion" if "messages" in body else "text_completion"
+        headers = {"x-distillery-pod": pod.pod}
+        if not stream:
+            await done.wait()
+            if outcome.dropped:
+                return web.json_response({"error": "replica went away"}, status=502)
+            return web.json_response(
+                {
+                    "id": f"cmpl-{id(outcome)}",
+                    "object": kind,
+                    "model": model,
+                    "choices": [{"index": 0, "text": "x " * output, "finish_reason": "length"}],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": output},
+                },
+                headers=headers,
+            )
+        resp = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await first.wait()
+        if not outcome.dropped:
+            await resp.write(b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n')
+            await done.wait()
+        if not outcome.dropped:
+            await resp.write(
+                b'data: {"choices": [{"index": 0, "text": " ...", "finish_reason": "length"}]}\n\n'
+            )
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+
+async def serve(fleet: Fleet, port: int) -> web.AppRunner:
+    app = web.Application()
+    app.router.add_post("/v1/completions", fleet.handle)
+    app.router.add_post("/v1/chat/completions", fleet.handle)
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "pods": len(fleet.pods),
+                "pending": len(fleet.pending),
+                "simSeconds": round(fleet.now(), 1),
+            }
+        )
+
+    app.router.add_get("/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--namespace", action="append", required=True)
+    parser.add_argument("--sd-file", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True, help="front door port")
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s fleet: %(message)s")
+    api = config.new_client_from_config(config_file=args.kubeconfig)
+    fleet = Fleet(api, args.namespace, args.sd_file, args.time_scale)
+    args.sd_file.write_text("[]")
+
+    async def go() -> None:
+        await serve(fleet, args.port)
+        log.info("front door on 127.0.0.1:%d, time x%g", args.port, args.time_scale)
+        await asyncio.gather(fleet.run(), fleet.sync_forever())
+
+    asyncio.run(go())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__: Mapping[str, Any] | list[str] = ["Fleet", "serve"]
