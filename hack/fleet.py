@@ -229,7 +229,7 @@ class Fleet:
 
     # ---- time ---------------------------------------------------------------------------
 
-    async def run(self, tick_wall: float = 0.1) -> None:
+    async def run(self, tick_wall: float = 0.02) -> None:
         last = self.now()
         while True:
             await asyncio.sleep(tick_wall)
@@ -312,6 +312,8 @@ class Fleet:
                     "model": model,
                     "choices": [{"index": 0, "text": "x " * output, "finish_reason": "length"}],
                     "usage": {"prompt_tokens": prompt, "completion_tokens": output},
+                    "ttft": outcome.ttft,
+                    "latency": (outcome.finish or self.now()) - outcome.request.arrival,
                 },
                 headers=headers,
             )
@@ -319,12 +321,18 @@ class Fleet:
         await resp.prepare(request)
         await first.wait()
         if not outcome.dropped:
-            await resp.write(b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n')
+            # The engine's own measurement, in trace seconds: at a compressed time scale the
+            # wall-clock HTTP overhead would otherwise be magnified by the scale.
+            chunk: dict[str, Any] = {"choices": [{"index": 0, "text": "x"}], "ttft": outcome.ttft}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             await done.wait()
         if not outcome.dropped:
-            await resp.write(
-                b'data: {"choices": [{"index": 0, "text": " ...", "finish_reason": "length"}]}\n\n'
-            )
+            latency = (outcome.finish or self.now()) - outcome.request.arrival
+            chunk = {
+                "choices": [{"index": 0, "text": " ...", "finish_reason": "length"}],
+                "latency": latency,
+            }
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -9,6 +9,7 @@ the trace's requests and stops.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,10 +51,24 @@ async def _one(
                 await resp.read()
                 results.append(Result(req.arrival, None, None, resp.status))
                 return
+            latency: float | None = None
             async for line in resp.content:
-                if line.startswith(b"data:") and ttft is None:
+                if not line.startswith(b"data:") or line.startswith(b"data: [DONE]"):
+                    continue
+                if ttft is None:
                     ttft = (time.monotonic() - t0) * scale
-            latency = (time.monotonic() - t0) * scale
+                try:
+                    chunk = json.loads(line[5:])
+                except ValueError:
+                    continue
+                # Prefer what the engine measured: wall-clock HTTP overhead times the
+                # time scale would otherwise dominate at high compression.
+                if chunk.get("ttft") is not None:
+                    ttft = float(chunk["ttft"])
+                if chunk.get("latency") is not None:
+                    latency = float(chunk["latency"])
+            if latency is None:
+                latency = (time.monotonic() - t0) * scale
             results.append(
                 Result(req.arrival, ttft, latency, 200, resp.headers.get("x-distillery-pod", ""))
             )

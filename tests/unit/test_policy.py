@@ -210,3 +210,20 @@ def test_no_flapping_on_constant_load(level: float, seed: int) -> None:
     late = [c for c in changes if c[0] > 600]
     directions = {c[2] > c[1] for c in late}
     assert len(late) <= 1 and len(directions) <= 1, late
+
+
+def test_ttft_guard_does_not_compound() -> None:
+    """The TTFT window keeps showing the breach after a scale-up: act once, then wait."""
+    history, current, seen = History(), 2, []
+    for t in range(0, 60, 5):
+        d = decide(
+            sample(t, running=40, waiting=3, ttft=3.5),
+            history,
+            CAP,
+            LIMITS,
+            Cluster(current=current, ready=current),
+            t,
+        )
+        history, current = d.history, d.desired
+        seen.append(current)
+    assert seen[0] == 4 and max(seen) == 4, seen

@@ -48,6 +48,10 @@ DOWN_TOLERANCE = 0.10
 TREND_MIN_SECONDS = 30.0
 TREND_MAX_SECONDS = 180.0
 TREND_MIN_T = 4.0
+# A TTFT percentile is measured over a window (Prometheus rate over 1 min): after a
+# scale-up it keeps reporting the breach that caused it. The guard waits this long
+# before it acts again, so one breach never compounds into x2 per decision.
+TTFT_GUARD_COOLDOWN = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class History:
 
     samples: tuple[LoadSample, ...] = ()
     recommendations: tuple[tuple[float, int], ...] = ()
+    last_scale_up: float = -math.inf
 
     def add(self, sample: LoadSample | None, now: float, keep_seconds: float) -> History:
         samples = self.samples + ((sample,) if sample is not None else ())
@@ -115,6 +120,7 @@ class History:
         return History(
             tuple(s for s in samples if s.time >= cutoff),
             tuple(r for r in self.recommendations if r[0] >= cutoff),
+            self.last_scale_up,
         )
 
     def recommend(self, now: float, value: int) -> History:
@@ -192,7 +198,11 @@ def _ceil(x: float) -> int:
 
 
 def recommend(
-    sample: LoadSample, history: Sequence[LoadSample], cap: Capacity, cluster: Cluster
+    sample: LoadSample,
+    history: Sequence[LoadSample],
+    cap: Capacity,
+    cluster: Cluster,
+    ttft_guard: bool = True,
 ) -> tuple[int, str, dict[str, float]]:
     """Replicas the load asks for, before damping and limits, and why."""
     window = min(TREND_MAX_SECONDS, max(TREND_MIN_SECONDS, cap.startup_seconds))
@@ -235,7 +245,7 @@ def recommend(
         candidates.append((_ceil(cluster.ready * sample.kv_usage / cap.kv_target), "kv-cache"))
     if sample.ttft_percentile is not None:
         inputs["ttftPercentile"] = round(sample.ttft_percentile, 4)
-        if sample.ttft_percentile > cap.slo_ttft_seconds and sample.waiting > 0:
+        if ttft_guard and sample.ttft_percentile > cap.slo_ttft_seconds and sample.waiting > 0:
             breach = min(2.0, sample.ttft_percentile / cap.slo_ttft_seconds)
             candidates.append((_ceil(max(cluster.ready, 1) * breach), "ttft-slo"))
     value, reason = max(candidates, key=lambda c: c[0])
@@ -268,7 +278,8 @@ def decide(
             history=history.add(None, now, keep),
         )
     history = history.add(sample, now, keep)
-    raw, reason, inputs = recommend(sample, history.samples, cap, cluster)
+    guard = now - history.last_scale_up >= TTFT_GUARD_COOLDOWN
+    raw, reason, inputs = recommend(sample, history.samples, cap, cluster, guard)
     history = history.recommend(now, raw)
 
     # Damping: up at once (or the max over its window), down only when the highest
@@ -315,6 +326,8 @@ def decide(
         bounded = current
         limited_by = f"{cluster.unschedulable} pod(s) unschedulable: {cluster.unschedulable_reason}"
     inputs["recommendation"] = raw
+    if bounded > current:
+        history = replace(history, last_scale_up=now)
     return Decision(
         desired=bounded,
         reason=reason,
