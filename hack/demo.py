@@ -56,7 +56,8 @@ def dmd_manifest(startup_wall: float) -> dict[str, Any]:
         "metadata": {"name": DMD, "namespace": NAMESPACE},
         "spec": {
             "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "quantization": "none"},
-            "serving": {"maxModelLen": 32768, "maxConcurrency": 64},
+            # A latency-first deployment: few sequences per replica, so load spreads wide.
+            "serving": {"maxModelLen": 32768, "maxConcurrency": 8},
             "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
             "scaling": {
                 "minReplicas": 1,

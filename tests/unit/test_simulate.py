@@ -30,6 +30,8 @@ from distillery.simulate.policies import (
 )
 from distillery.simulate.workload import Request, load, load_servegen
 from distillery.sizing import plan
+from distillery.sizing.memory import MBU, MFU
+from distillery.sizing.memory import STEP_OVERHEAD_S as STEP
 
 CATALOG = load_catalog()
 TRACES = Path(__file__).resolve().parents[3] / "shared" / "traces"
@@ -52,13 +54,13 @@ def scenario(model: str, gpu: str, **kw: object) -> Scenario:
 
 def test_roofline_by_hand_7b_h100() -> None:
     rm = replica_model(scenario("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "nvidia-h100-80gb"))
-    # prefill: 2 x 7.62e9 FLOPs/token over 989 TFLOPS x 0.45 MFU
-    assert rm.prefill_seconds(1000) == pytest.approx(2 * 7.62e9 * 1000 / (989e12 * 0.45))
+    # prefill: 2 x 7.62e9 FLOPs/token over 989 TFLOPS x MFU
+    assert rm.prefill_seconds(1000) == pytest.approx(2 * 7.62e9 * 1000 / (989e12 * MFU))
     # decode step: weights (15.24 GB) + 64 x 2048 tokens x 57344 B/token over 3.35 TB/s
-    # x 0.70 MBU, plus the 4 ms step overhead
+    # x MBU, plus the fixed step overhead
     kv = 2 * 28 * 4 * 128 * 2
     assert rm.kv_bytes_per_token == kv
-    expect = 0.004 + (7.62e9 * 2 + 64 * 2048 * kv) / (3350e9 * 0.70)
+    expect = STEP + (7.62e9 * 2 + 64 * 2048 * kv) / (3350e9 * MBU)
     assert rm.step_seconds(64 * 2048) == pytest.approx(expect)
     assert rm.decode_tokens_per_second(64, 2048) == pytest.approx(64 / expect)
 
@@ -67,9 +69,9 @@ def test_roofline_by_hand_70b_4xh100() -> None:
     rm = replica_model(scenario("deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "nvidia-h100-80gb"))
     assert rm.gpus == 4 and rm.bandwidth == 4 * 3350e9
     kv = 2 * 80 * 8 * 128 * 2
-    expect = 0.004 + (70.55e9 * 2 + 32 * 4096 * kv) / (4 * 3350e9 * 0.70)
+    expect = STEP + (70.55e9 * 2 + 32 * 4096 * kv) / (4 * 3350e9 * MBU)
     assert rm.step_seconds(32 * 4096) == pytest.approx(expect)
-    assert rm.prefill_seconds(2048) == pytest.approx(2 * 70.55e9 * 2048 / (4 * 989e12 * 0.45))
+    assert rm.prefill_seconds(2048) == pytest.approx(2 * 70.55e9 * 2048 / (4 * 989e12 * MFU))
 
 
 def synthetic(n: int = 3000, rate: float = 3.0, seed: int = 1) -> list[Request]:

@@ -1,0 +1,200 @@
+"""End to end: real control plane, real Prometheus, the emulated vLLM fleet serving the
+pods the scheduler placed, a scripted load over HTTP, and the operator scaling.
+
+Step up -> scale up within a bounded number of autoscaler intervals and the new pods go
+Ready; Prometheus stopped -> replicas hold and MetricsAvailable=False; Prometheus back ->
+metrics return and, the load being gone, it scales down after its window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.simulate.workload import Request
+from localcluster import Cluster, free_port
+from localprom import Prometheus
+from tests.integration.conftest import wait_for
+from tests.integration.operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
+ROOT = Path(__file__).resolve().parents[2]
+SCALE = 10.0  # the fleet runs 10x faster than wall time
+sys.path.insert(0, str(ROOT / "hack"))
+
+from replay import Result, replay  # noqa: E402
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+        "serving": {"maxConcurrency": 8},  # 6 running sequences per replica (balanced)
+        "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+        "scaling": {
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "startupSeconds": 3,
+            "scaleDown": {"stabilizationSeconds": 10},
+        },
+    }
+
+
+def dmd(api_client: client.ApiClient, ns: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, "qwen"
+    )
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(
+        (c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {}
+    )
+
+
+def steady(rate_per_trace_second: float, seconds: float) -> list[Request]:
+    n = int(rate_per_trace_second * seconds)
+    return [Request(i / rate_per_trace_second, 500, 2000) for i in range(n)]
+
+
+def test_closed_loop(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    crd_installed: None,
+    tmp_path: Path,
+    prometheus: Callable[..., Prometheus],
+) -> None:
+    sd = tmp_path / "targets.json"
+    sd.write_text("[]")
+    prom = prometheus(file_sd=sd)
+    door = free_port()
+    fleet_log = open(tmp_path / "fleet.log", "wb")  # noqa: SIM115 - closed below
+    fleet = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "hack" / "fleet.py"),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--namespace",
+            namespace,
+            "--sd-file",
+            str(sd),
+            "--port",
+            str(door),
+            "--time-scale",
+            str(SCALE),
+        ],
+        stdout=fleet_log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    op = OperatorProcess(
+        cluster,
+        namespace,
+        tmp_path / "op",
+        "--prometheus-url",
+        prom.url,
+        "--autoscale-interval",
+        "1",
+    ).start()
+    results: list[Result] = []
+    try:
+        cluster.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "distillery.dev/v1alpha1",
+                    "kind": "DistilledModelDeployment",
+                    "metadata": {"name": "qwen"},
+                    "spec": spec(),
+                }
+            ),
+        )
+        cluster.kubectl(
+            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
+        )
+        wait_for(
+            lambda: (
+                condition(dmd(api_client, namespace), "MetricsAvailable").get("status") == "True"
+            ),
+            "metrics from the fleet",
+            timeout=60,
+        )
+
+        # Step up: ~0.5 requests/s of 2,000-token answers, ~25 outstanding: 4 replicas.
+        load = threading.Thread(
+            target=lambda: results.extend(
+                asyncio.run(replay(steady(0.5, 500), f"http://127.0.0.1:{door}", "qwen", SCALE))
+            ),
+            daemon=True,
+        )
+        t0 = time.monotonic()
+        load.start()
+        wait_for(
+            lambda: (dmd(api_client, namespace)["spec"].get("replicas") or 1) >= 3,
+            "scale-up",
+            timeout=60,
+        )
+        took = time.monotonic() - t0
+        cluster.kubectl(
+            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
+        )
+        up_to = dmd(api_client, namespace)["spec"]["replicas"]
+        assert took < 45, f"scale-up took {took:.0f}s (autoscaler interval 1 s)"
+        load.join(timeout=120)
+        served = [r for r in results if r.status == 200]
+        assert len(served) >= 0.95 * len(results) > 0
+        pods = {r.pod for r in served}
+        assert len(pods) >= 2, "the front door spread the load over the new replicas"
+
+        # Prometheus gone: hold, and say so, well past the scale-down window.
+        prom.stop()
+        wait_for(
+            lambda: (
+                condition(dmd(api_client, namespace), "MetricsAvailable").get("status") == "False"
+            ),
+            "MetricsAvailable=False",
+            timeout=60,
+        )
+        time.sleep(20)
+        assert dmd(api_client, namespace)["spec"]["replicas"] == up_to
+
+        # Prometheus back: metrics return; the load is gone, so it scales down.
+        prom.start()
+        wait_for(
+            lambda: (
+                condition(dmd(api_client, namespace), "MetricsAvailable").get("status") == "True"
+            ),
+            "metrics again",
+            timeout=90,
+        )
+        wait_for(
+            lambda: dmd(api_client, namespace)["spec"]["replicas"] == 1,
+            "scale-down after the window",
+            timeout=120,
+        )
+        decisions = dmd(api_client, namespace)["status"]["autoscaling"]["lastDecisions"]
+        assert any(d["to"] > d["from"] for d in decisions)
+        assert any(d["to"] < d["from"] for d in decisions)
+    finally:
+        op.stop()
+        fleet.terminate()
+        try:
+            fleet.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            fleet.kill()
+        fleet_log.close()
