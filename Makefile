@@ -22,7 +22,8 @@ tools:
 	hack/build-tools.sh
 
 generate: venv                    ## regenerate the CRD from the API models
-	.venv/bin/distillery crd --output-dir crds --chart-dir charts/distillery/templates
+	.venv/bin/distillery crd --output-dir crds --chart-dir charts/distillery/templates \
+	  --reference docs/crd-reference.md
 
 lint: venv
 	.venv/bin/ruff check operator tests hack benchmarks

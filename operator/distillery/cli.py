@@ -17,7 +17,13 @@ from typing import Any, TextIO
 import yaml
 from pydantic import ValidationError
 
-from distillery.api.crd import CHART_CRD_FILE, CRD_FILE, crd_chart_template, crd_yaml
+from distillery.api.crd import (
+    CHART_CRD_FILE,
+    CRD_FILE,
+    crd_chart_template,
+    crd_yaml,
+    reference_markdown,
+)
 from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
 from distillery.render import RenderError, RenderOptions, manifests_yaml, render
@@ -329,6 +335,9 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
     text = crd_yaml()
+    if args.reference:
+        Path(args.reference).write_text(reference_markdown() + "\n", encoding="utf-8")
+        print(f"wrote {args.reference}", file=sys.stderr)
     if args.chart_dir:
         target = Path(args.chart_dir) / CHART_CRD_FILE
         target.write_text(crd_chart_template(), encoding="utf-8")
@@ -426,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_simulate)
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
+    c.add_argument("--reference", help="also write the field reference (Markdown) here")
     c.add_argument("--chart-dir", help=f"also write the Helm template {CHART_CRD_FILE} here")
     c.set_defaults(func=cmd_crd)
     return parser

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from distillery.api.crd import CHART_CRD_FILE, CRD_FILE, crd, crd_chart_template, crd_yaml
+from distillery.api.crd import (
+    CHART_CRD_FILE,
+    CRD_FILE,
+    crd,
+    crd_chart_template,
+    crd_yaml,
+    reference_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,6 +22,8 @@ def test_committed_crd_matches_models() -> None:
     assert committed == crd_yaml(), "crds/ is stale: run `make generate` and commit"
     chart = (ROOT / "charts" / "distillery" / "templates" / CHART_CRD_FILE).read_text()
     assert chart == crd_chart_template(), "the chart's CRD is stale: run `make generate`"
+    reference = (ROOT / "docs" / "crd-reference.md").read_text()
+    assert reference == reference_markdown() + "\n", "docs/crd-reference.md is stale"
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
