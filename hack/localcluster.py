@@ -162,6 +162,29 @@ class Cluster:
             out.append(event)
         return out
 
+    def kill_component(self, name: str) -> None:
+        """SIGKILL one component (a crash, not a shutdown) and wait until it is gone."""
+        pid = self.pids[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        proc = self.procs.get(name)
+        if proc is not None:
+            proc.wait(timeout=20)
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def start_component(self, name: str, timeout: float = 120.0) -> None:
+        """Start a killed component again with the same arguments; wait until healthy."""
+        args = json.loads((self.state_dir / "logs" / f"{name}.args.json").read_text())
+        proc = _spawn(self.state_dir, name, args)
+        self.procs[name] = proc
+        self.pids[name] = proc.pid
+        self.save()
+        log = self.state_dir / "logs" / f"{name}.log"
+        if name == "kube-apiserver":
+            _wait(name, lambda: self.api("GET", "/readyz") == "ok", proc, log, timeout)
+
     def stop(self) -> None:
         stop(self.state_dir)
         for proc in self.procs.values():
@@ -292,9 +315,11 @@ def _spawn(state_dir: Path, name: str, args: list[str]) -> subprocess.Popen[byte
     binary = BIN_DIR / name
     if not binary.exists():
         raise ClusterError(f"{binary} is missing: run hack/build-tools.sh first")
+    # Remembered so a fault test can restart the component as it was.
+    (state_dir / "logs" / f"{name}.args.json").write_text(json.dumps(args))
     # A new session per component: `make cluster` exits and leaves them running, and
     # stop() can end each one with its whole process group.
-    with open(state_dir / "logs" / f"{name}.log", "wb") as log:
+    with open(state_dir / "logs" / f"{name}.log", "ab") as log:
         return subprocess.Popen(
             [str(binary), *args],
             stdout=log,

@@ -187,9 +187,11 @@ async def _reconcile(body: Any, kwargs: dict[str, Any]) -> None:
     meta = body.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return
-    children = _children(str(meta.get("namespace")), str(meta.get("name")), kwargs)
+    ns, name = str(meta.get("namespace")), str(meta.get("name"))
+    children = _children(ns, name, kwargs)
+    stuck = [p.unschedulable for p in kwargs["dmd_pods"].get((ns, name), []) if p.unschedulable]
     try:
-        await kwargs["memo"].reconciler.reconcile(body, children)
+        await kwargs["memo"].reconciler.reconcile(body, children, stuck[0] if stuck else None)
     except Exception as exc:
         metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
         raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=10) from exc
@@ -266,6 +268,9 @@ async def _on_child(**kwargs: Any) -> None:
 kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)
 kopf.on.event("v1", "services", labels=MANAGED, id="service_event")(_on_child)
 kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_event")(_on_child)
+# Pods matter only for why replicas are missing (Unschedulable): the owner is reconciled
+# and its status written only if that changes.
+kopf.on.event("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT}, id="pod_event")(_on_child)
 
 
 @kopf.on.cleanup()

@@ -177,3 +177,23 @@ def test_replicas_clamped_and_scaling_reported() -> None:
     conds = {c["type"]: c for c in up.status["conditions"]}
     assert conds["Reconciling"]["reason"] == "ScalingUp"
     assert up.apply[0]["spec"]["replicas"] == 3
+
+
+def test_an_update_that_took_ownership_is_still_seen() -> None:
+    """After `kubectl patch`, the API server moves the edited field to the patcher: what
+    distillery owns no longer shows it; what distillery wants does."""
+    from distillery.reconcile.children import edited_by, foreign_fields
+
+    entries = [
+        {"manager": "kubectl-patch", "operation": "Update", "fieldsV1": {"f:spec": {
+            "f:template": {"f:spec": {"f:containers": {
+                'k:{"name":"engine"}': {"f:args": {}}}}}}}},
+        {"manager": "kubectl-annotate", "operation": "Update",
+         "fieldsV1": {"f:metadata": {"f:annotations": {"f:team": {}}}}},
+        {"manager": "kube-controller-manager", "operation": "Update",
+         "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+    ]
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    deployment = first.apply[0]
+    assert edited_by(foreign_fields(entries), deployment) == ["kubectl-patch"]
+    assert edited_by(foreign_fields(entries[1:]), deployment) == []

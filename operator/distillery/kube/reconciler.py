@@ -55,7 +55,12 @@ class Reconciler:
         out = dict(children)
         for kind, state in children.items():
             mine = self._applied.get((namespace, name, kind))
-            if mine is not None and state.applied_hash != mine and not state.conflicts:
+            if (
+                mine is not None
+                and state.applied_hash != mine
+                and not state.conflicts
+                and not state.foreign
+            ):
                 # The watch has not seen our last apply yet.
                 out[kind] = ChildState(**{**state.__dict__, "applied_hash": mine})
         for (ns, n, kind), digest in self._applied.items():
@@ -67,7 +72,10 @@ class Reconciler:
         return out
 
     async def reconcile(
-        self, body: Mapping[str, Any], children: Mapping[str, ChildState]
+        self,
+        body: Mapping[str, Any],
+        children: Mapping[str, ChildState],
+        unschedulable: str | None = None,
     ) -> Desired:
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
@@ -76,7 +84,7 @@ class Reconciler:
         async with lock:
             started = time.perf_counter()
             try:
-                return await self._reconcile(body, children, namespace, name)
+                return await self._reconcile(body, children, namespace, name, unschedulable)
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
@@ -86,6 +94,7 @@ class Reconciler:
         children: Mapping[str, ChildState],
         namespace: str,
         name: str,
+        unschedulable: str | None = None,
     ) -> Desired:
         key = (namespace, name)
         # Our last status write is authoritative for the fields we own until the watch
@@ -102,6 +111,7 @@ class Reconciler:
             options=self.options,
             user_template=user_template,
             user_template_error=template_error,
+            unschedulable=unschedulable,
         )
         for obj in desired.apply:
             log.info(

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from distillery.api import conditions as cond
 from distillery.api.types import DistilledModelDeployment
 from distillery.catalog import Catalog
-from distillery.reconcile.children import APPLIED_HASH, ChildState
+from distillery.reconcile.children import APPLIED_HASH, ChildState, edited_by
 from distillery.render import Rendered, RenderError, RenderOptions, desired_replicas, render
 from distillery.sizing import Plan, PlanError, UnknownModelError, plan
 
@@ -195,7 +195,11 @@ def _autoscaling_conditions(
 
 
 def _deployment_conditions(
-    desired_count: int, dep: ChildState | None, rendered: Rendered, gen: int | None
+    desired_count: int,
+    dep: ChildState | None,
+    rendered: Rendered,
+    gen: int | None,
+    unschedulable: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Ready and Reconciling, from the Deployment's own status."""
     if dep is None:
@@ -221,6 +225,12 @@ def _deployment_conditions(
         return (
             cond.condition(cond.READY, ready_now, reason, counts, gen),
             cond.condition(cond.RECONCILING, True, reason, f"{reason}: {counts}", gen),
+        )
+    if dep.ready_replicas < desired_count and unschedulable:
+        msg = f"{counts}; pods cannot be scheduled: {unschedulable}"
+        return (
+            cond.condition(cond.READY, False, "Unschedulable", msg, gen),
+            cond.condition(cond.RECONCILING, True, "Unschedulable", msg, gen),
         )
     if dep.ready_replicas < desired_count:
         msg = f"{counts}; new replicas load {rendered.startup_seconds:.0f}s of weights and engine"
@@ -249,8 +259,10 @@ def desired_state(
     options: RenderOptions | None = None,
     user_template: str | None = None,
     user_template_error: str | None = None,
+    unschedulable: str | None = None,
 ) -> Desired:
-    """Decide the children and the status of one DMD. ``children`` maps kind to state."""
+    """Decide the children and the status of one DMD. ``children`` maps kind to state;
+    ``unschedulable`` is the scheduler's message when some of its pods cannot be placed."""
     meta = body.get("metadata") or {}
     gen = meta.get("generation")
     try:
@@ -290,8 +302,9 @@ def desired_state(
             reasons[obj["kind"]] = "missing"
         elif live.applied_hash != want:
             reasons[obj["kind"]] = "changed"
-        elif live.conflicts:
-            reasons[obj["kind"]] = "edited by " + ", ".join(live.conflicts)
+        elif live.conflicts or edited_by(live.foreign, stamped):
+            editors = sorted(set(live.conflicts) | set(edited_by(live.foreign, stamped)))
+            reasons[obj["kind"]] = "edited by " + ", ".join(editors)
         else:
             continue
         apply.append(stamped)
@@ -299,7 +312,7 @@ def desired_state(
     c = chosen_plan.chosen
     count = desired_replicas(dmd)
     dep = children.get("Deployment")
-    ready, reconciling = _deployment_conditions(count, dep, rendered, gen)
+    ready, reconciling = _deployment_conditions(count, dep, rendered, gen, unschedulable)
     precision = "bf16" if c.quantization == "none" else c.quantization
     where = "CPU-only nodes" if c.gpus == 0 else f"{c.gpu_count}x {c.gpu.name}"
     sized_msg = (

@@ -10,6 +10,7 @@ never set alone.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +61,59 @@ def foreign_conflicts(managed_fields: list[Mapping[str, Any]] | None) -> list[st
     return sorted(set(others))
 
 
+def foreign_fields(
+    managed_fields: list[Mapping[str, Any]] | None,
+) -> tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]:
+    """Every field path owned by a manager other than distillery and the system.
+
+    An Update by another writer takes ownership of the fields it changed away from
+    distillery, so what distillery *owns* cannot tell an edit apart; what it *wants*
+    can: :func:`edited_by` checks these paths against the desired object."""
+    out = []
+    for e in managed_fields or []:
+        manager = str(e.get("manager", ""))
+        if manager == FIELD_MANAGER or manager in SYSTEM_MANAGERS:
+            continue
+        if e.get("subresource") == "status":
+            continue
+        out.append((manager, tuple(sorted(_paths(e.get("fieldsV1") or {})))))
+    return tuple(out)
+
+
+def _exists(obj: Any, path: tuple[str, ...]) -> bool:
+    node = obj
+    for part in path:
+        if part.startswith("f:"):
+            if not isinstance(node, Mapping) or part[2:] not in node:
+                return False
+            node = node[part[2:]]
+        elif part.startswith("k:"):
+            if not isinstance(node, list):
+                return False
+            try:
+                key = json.loads(part[2:])
+            except ValueError:
+                return False
+            match = [
+                i
+                for i in node
+                if isinstance(i, Mapping) and all(i.get(k) == v for k, v in key.items())
+            ]
+            if not match:
+                return False
+            node = match[0]
+        else:  # v: (set values), i: (indices): the list itself is ours
+            return isinstance(node, list)
+    return True
+
+
+def edited_by(
+    foreign: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...], desired: Mapping[str, Any]
+) -> list[str]:
+    """Managers that own a field distillery sets in ``desired``: their edit is reverted."""
+    return sorted({m for m, paths in foreign if any(_exists(desired, p) for p in paths)})
+
+
 @dataclass(frozen=True)
 class ChildState:
     """One live child, reduced to what reconciling and status need."""
@@ -70,6 +124,7 @@ class ChildState:
     owner: str
     applied_hash: str | None
     conflicts: tuple[str, ...] = ()
+    foreign: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = ()
     generation: int = 0
     observed_generation: int = 0
     replicas: int = 0
@@ -97,6 +152,7 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
         owner=str((meta.get("labels") or {}).get(OWNER_LABEL, "")),
         applied_hash=(meta.get("annotations") or {}).get(APPLIED_HASH),
         conflicts=tuple(foreign_conflicts(meta.get("managedFields"))),
+        foreign=foreign_fields(meta.get("managedFields")),
         generation=int(meta.get("generation") or 0),
         observed_generation=int(status.get("observedGeneration") or 0),
         replicas=int(status.get("replicas") or 0),
