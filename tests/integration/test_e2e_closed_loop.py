@@ -138,7 +138,7 @@ def test_closed_loop(
         # Step up: ~0.5 requests/s of 2,000-token answers, ~25 outstanding: 4 replicas.
         load = threading.Thread(
             target=lambda: results.extend(
-                asyncio.run(replay(steady(0.5, 500), f"http://127.0.0.1:{door}", "qwen", SCALE))
+                asyncio.run(replay(steady(0.5, 900), f"http://127.0.0.1:{door}", "qwen", SCALE))
             ),
             daemon=True,
         )
@@ -147,13 +147,13 @@ def test_closed_loop(
         wait_for(
             lambda: (dmd(api_client, namespace)["spec"].get("replicas") or 1) >= 3,
             "scale-up",
-            timeout=60,
+            timeout=120,
         )
         took = time.monotonic() - t0
         cluster.kubectl(
             "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
         )
-        assert took < 45, f"scale-up took {took:.0f}s (autoscaler interval 1 s)"
+        assert took < 90, f"scale-up took {took:.0f}s (autoscaler interval 1 s)"
 
         # Prometheus gone while the load runs: hold, and say so; the load then ends and
         # the scale-down window passes, still no scale-down without metrics.

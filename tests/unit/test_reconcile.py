@@ -185,13 +185,27 @@ def test_an_update_that_took_ownership_is_still_seen() -> None:
     from distillery.reconcile.children import edited_by, foreign_fields
 
     entries = [
-        {"manager": "kubectl-patch", "operation": "Update", "fieldsV1": {"f:spec": {
-            "f:template": {"f:spec": {"f:containers": {
-                'k:{"name":"engine"}': {"f:args": {}}}}}}}},
-        {"manager": "kubectl-annotate", "operation": "Update",
-         "fieldsV1": {"f:metadata": {"f:annotations": {"f:team": {}}}}},
-        {"manager": "kube-controller-manager", "operation": "Update",
-         "fieldsV1": {"f:spec": {"f:replicas": {}}}},
+        {
+            "manager": "kubectl-patch",
+            "operation": "Update",
+            "fieldsV1": {
+                "f:spec": {
+                    "f:template": {
+                        "f:spec": {"f:containers": {'k:{"name":"engine"}': {"f:args": {}}}}
+                    }
+                }
+            },
+        },
+        {
+            "manager": "kubectl-annotate",
+            "operation": "Update",
+            "fieldsV1": {"f:metadata": {"f:annotations": {"f:team": {}}}},
+        },
+        {
+            "manager": "kube-controller-manager",
+            "operation": "Update",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}},
+        },
     ]
     first = desired_state(dmd(), {}, CATALOG, now=NOW)
     deployment = first.apply[0]
