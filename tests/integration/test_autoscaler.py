@@ -169,3 +169,75 @@ def test_scales_with_load_and_holds_without_metrics(
         load.stop.set()
         load.thread.join(timeout=5)
         op.stop()
+
+
+def test_gpu_capacity_exhausted_stops_adding_and_says_why(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    crd_installed: None,
+    tmp_path: Path,
+    exporter: tuple[FakeEngines, int],
+    prometheus: Callable[..., Prometheus],
+) -> None:
+    """Four L4 nodes of one GPU each: the load asks for more than fit. The autoscaler
+    stops at what it asked once the scheduler says no, and ScalingLimited carries the
+    scheduler's reason."""
+    engines, port = exporter
+    prom = prometheus(static_targets=[f"127.0.0.1:{port}"], honor_labels=True)
+    op = OperatorProcess(
+        cluster,
+        namespace,
+        tmp_path / "op",
+        "--prometheus-url",
+        prom.url,
+        "--autoscale-interval",
+        "2",
+    ).start()
+    load = Load(engines, client.CoreV1Api(api_client), namespace)
+    load.thread.start()
+    spec = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
+        "serving": {"maxConcurrency": 16},
+        "placement": {"gpuTypes": ["nvidia-l4"]},
+        "scaling": {"minReplicas": 1, "maxReplicas": 8, "scaleUp": {"maxStep": 2}},
+    }
+    try:
+        cluster.kubectl(
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            input=yaml.safe_dump(
+                {
+                    "apiVersion": "distillery.dev/v1alpha1",
+                    "kind": "DistilledModelDeployment",
+                    "metadata": {"name": "qwen"},
+                    "spec": spec,
+                }
+            ),
+        )
+        cluster.kubectl(
+            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
+        )
+        load.total = 200  # wants 8 replicas of 12; only 4 L4 GPUs exist
+        limited = wait_for(
+            lambda: (
+                (c := condition(api_client, namespace, "ScalingLimited")).get("status") == "True"
+                and c
+            ),
+            "ScalingLimited",
+            timeout=120,
+        )
+        assert limited["reason"] == "Unschedulable", limited
+        assert "Insufficient nvidia.com/gpu" in limited["message"], limited
+        held = replicas(api_client, namespace)
+        assert held < 8, "it stopped adding replicas that cannot be scheduled"
+        load.total = 400
+        time.sleep(15)
+        assert replicas(api_client, namespace) == held
+    finally:
+        load.stop.set()
+        load.thread.join(timeout=5)
+        op.stop()
