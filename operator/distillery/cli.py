@@ -333,6 +333,125 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _pairs(items: Sequence[str], what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise InputError(f"{what} {item!r}: expected NAME=NUMBER")
+    return out
+
+
+def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
+    """Rank (model, quantization, GPUs) for the requirements; emit the winner's DMD."""
+    from distillery.recommend import (
+        Requirements,
+        floors_for,
+        load_quality,
+        manifest,
+        recommend,
+        tiered,
+    )
+
+    catalog = _catalog(args.catalog)
+    extra = []
+    for path in args.quality:
+        try:
+            extra.append(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if args.quant_penalty:
+        extra.append(
+            yaml.safe_dump({"quantizationPenalty": _pairs(args.quant_penalty, "--quant-penalty")})
+        )
+    quality = load_quality(extra)
+    try:
+        floors = floors_for(args.domain, _pairs(args.floor, "--floor"), quality, args.domain_floor)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    if not floors:
+        raise InputError(
+            "give at least one quality floor: --floor BENCH=SCORE or --domain with --domain-floor"
+        )
+    req = Requirements(
+        floors=floors,
+        peak_rps=args.peak_rps,
+        mean_rps=args.mean_rps or args.peak_rps / 2,
+        input_tokens=args.input_tokens,
+        output_tokens=args.output_tokens,
+        slo_ttft=args.slo_ttft,
+        gpu_types=tuple(args.gpu_type),
+        max_cost_per_hour=args.budget,
+        max_model_len=args.max_model_len,
+        max_concurrency=args.max_concurrency,
+    )
+    if args.tiers is not None:
+        try:
+            doc = tiered(req, args.tiers, _pairs(args.hard_floor, "--hard-floor"), catalog, quality)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        out.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    ranked = recommend(req, catalog, quality, simulate_top=args.simulate_top)
+    winners = [c for c in ranked if not c.excluded]
+    if args.output == "yaml":
+        if not winners:
+            raise InputError("nothing meets the requirements: see -o table for why")
+        out.write(yaml.safe_dump(manifest(winners[0], req, args.name), sort_keys=False))
+        return 0
+    if args.output == "json":
+        out.write(
+            json.dumps(
+                {
+                    "floors": floors,
+                    "source": quality.source,
+                    "candidates": [c.to_json() for c in ranked],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return 0 if winners else 1
+    rows = [
+        [
+            "#",
+            "MODEL",
+            "QUANT",
+            "GPU",
+            "REPL PEAK/MEAN",
+            "COST/H MEAN",
+            "COST/H PEAK",
+            "$/MTOK",
+            "SLO EST",
+            "SCORES",
+        ]
+    ]
+    for i, c in enumerate(winners, 1):
+        rows.append(
+            [
+                str(i),
+                c.model.split("/")[-1],
+                c.quantization,
+                f"{c.gpus}x {c.gpu}",
+                f"{c.replicas_peak}/{c.replicas_mean}",
+                f"{c.cost_mean:.2f}",
+                f"{c.cost_peak:.2f}",
+                f"{c.cost_per_mtok:.2f}" if c.cost_per_mtok is not None else "-",
+                f"{100 * c.attainment:.1f}%" if c.attainment is not None else "-",
+                ", ".join(f"{k} {v:.1f}" for k, v in c.scores.items()),
+            ]
+        )
+    out.write(_table(rows) + "\n\nexcluded:\n")
+    for c in ranked:
+        if c.excluded:
+            out.write(f"  {c.model.split('/')[-1]} {c.quantization}: {c.excluded}\n")
+    return 0 if winners else 1
+
+
 def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
     text = crd_yaml()
     if args.reference:
@@ -433,6 +552,45 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--catalog", action="append", default=[], metavar="FILE")
     m.add_argument("--no-progress", dest="progress", action="store_false")
     m.set_defaults(func=cmd_simulate)
+    rc = sub.add_parser("recommend", help="choose model, quantization and GPUs from needs")
+    rc.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        metavar="BENCH=SCORE",
+        help="quality floor, e.g. aime2024=50 (repeatable)",
+    )
+    rc.add_argument("--domain", choices=["math", "code", "science", "general"])
+    rc.add_argument("--domain-floor", type=float, help="floor for each benchmark of --domain")
+    rc.add_argument("--peak-rps", type=float, required=True)
+    rc.add_argument("--mean-rps", type=float, help="default: half the peak")
+    rc.add_argument("--input-tokens", type=int, default=500)
+    rc.add_argument("--output-tokens", type=int, default=2000)
+    rc.add_argument("--slo-ttft", type=float, default=2.0)
+    rc.add_argument("--gpu-type", action="append", default=[], help="allowed GPU type")
+    rc.add_argument("--budget", type=float, help="max cost per hour at peak")
+    rc.add_argument("--max-model-len", type=int, default=32768)
+    rc.add_argument("--max-concurrency", type=int, default=64)
+    rc.add_argument(
+        "--quality",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="your own scores (same shape as catalog/data/quality.yaml)",
+    )
+    rc.add_argument("--quant-penalty", action="append", default=[], metavar="QUANT=FRACTION")
+    rc.add_argument(
+        "--tiers",
+        type=float,
+        metavar="HARD_SHARE",
+        help="tiered plan: this share of traffic goes to a stronger model",
+    )
+    rc.add_argument("--hard-floor", action="append", default=[], metavar="BENCH=SCORE")
+    rc.add_argument("--simulate-top", type=int, default=3)
+    rc.add_argument("--name", default="recommended")
+    rc.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    rc.add_argument("--catalog", action="append", default=[], metavar="FILE")
+    rc.set_defaults(func=cmd_recommend)
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
     c.add_argument("--reference", help="also write the field reference (Markdown) here")
