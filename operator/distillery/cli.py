@@ -229,7 +229,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
     import distillery.handlers  # noqa: F401 - registers the handlers
 
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    liveness = (
+        f"http://{settings.metrics_bind}:{settings.health_port}/healthz"
+        if settings.health_port
+        else None
+    )
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,

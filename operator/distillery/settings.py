@@ -36,7 +36,9 @@ class Settings(BaseModel):
     image_tgi: str = ""
     image_llamacpp: str = ""
     metrics_port: int = Field(default=8080, ge=0, le=65535)
-    metrics_bind: str = "0.0.0.0"
+    metrics_bind: str = Field(
+        default="0.0.0.0", description="address the metrics and liveness endpoints bind"
+    )
     health_port: int = Field(default=8081, ge=0, le=65535)
     peering: str = Field(
         default="", description="kopf peering name; empty: standalone (one replica, Recreate)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +236,44 @@ def test_restart_and_idle_cost_no_writes(
     apps = client.AppsV1Api(api_client)
     assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["qwen"]
     assert len(client.CoreV1Api(api_client).list_namespaced_pod(namespace).items) == 1
+
+
+def test_metrics_and_liveness_endpoints(
+    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path
+) -> None:
+    import urllib.request
+
+    from localcluster import free_port
+
+    metrics_port, health_port = free_port(), free_port()
+    op = OperatorProcess(
+        cluster,
+        namespace,
+        tmp_path / "op",
+        "--metrics-port",
+        str(metrics_port),
+        "--health-port",
+        str(health_port),
+    ).start()
+    try:
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
+        cluster.kubectl(
+            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
+        )
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+
+        def ready_series() -> str | None:
+            text = scrape()
+            return text if "distillery_ready_replicas{" in text else None
+
+        text = wait_for(ready_series, "operator metrics")
+        assert "distillery_reconcile_duration_seconds_count" in text
+        assert f'distillery_cost_per_hour{{name="qwen",namespace="{namespace}"}} 6.88' in text
+        assert 'distillery_api_writes_total{kind="Deployment",verb="apply"}' in text
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as r:
+            assert r.status == 200
+    finally:
+        op.stop()
