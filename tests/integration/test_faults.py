@@ -232,11 +232,12 @@ def test_gpu_nodes_removed(fault_cluster: Cluster, api: client.ApiClient, tmp_pa
         first = wait_for(pod_node, "scheduled")
         assert first.startswith("h100-")
         c.kubectl("delete", "node", first)
-        second = wait_for(
-            lambda: (pod_node() or first) if pod_node() != first else None,
-            "rescheduled",
-            timeout=150,
-        )
+
+        def moved() -> str | None:
+            node = pod_node()
+            return node if node and node != first else None
+
+        second = wait_for(moved, "rescheduled", timeout=150)
         assert second.startswith("h100-") and second != first, second
         # No allowed GPU left: Pending, and the DMD says why.
         c.kubectl("delete", "node", second)
