@@ -265,13 +265,15 @@ def test_metrics_and_liveness_endpoints(
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
                 return str(r.read().decode())
 
-        def ready_series() -> str | None:
-            text = scrape()
-            return text if "distillery_ready_replicas{" in text else None
+        series = f'{{name="qwen",namespace="{namespace}"}}'
 
-        text = wait_for(ready_series, "operator metrics")
+        def costed() -> str | None:
+            text = scrape()
+            return text if f"distillery_cost_per_hour{series} 6.88" in text else None
+
+        text = wait_for(costed, "the DMD's cost in the operator's metrics")
         assert "distillery_reconcile_duration_seconds_count" in text
-        assert f'distillery_cost_per_hour{{name="qwen",namespace="{namespace}"}} 6.88' in text
+        assert f"distillery_ready_replicas{series}" in text
         assert 'distillery_api_writes_total{kind="Deployment",verb="apply"}' in text
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as r:
             assert r.status == 200
