@@ -5,7 +5,7 @@ with ``honor_labels``). Classic text exposition (0.0.4), as vLLM serves it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -36,10 +36,12 @@ class FakeEngines:
 
 
 @contextmanager
-def serve(engines: FakeEngines) -> Iterator[int]:
+def serve(exposition: Callable[[], bytes]) -> Iterator[int]:
+    """Serve ``exposition()`` as text format 0.0.4 on a free loopback port."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = engines.exposition()
+            body = exposition()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))

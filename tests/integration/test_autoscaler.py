@@ -76,7 +76,7 @@ def condition(api_client: client.ApiClient, ns: str, type_: str) -> dict[str, An
 @pytest.fixture
 def exporter() -> Iterator[tuple[FakeEngines, int]]:
     engines = FakeEngines()
-    with serve(engines) as port:
+    with serve(engines.exposition) as port:
         yield engines, port
 
 

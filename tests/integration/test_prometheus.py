@@ -7,15 +7,14 @@ picks OpenMetrics, and the client then renames ``vllm:x`` samples to ``vllm_x``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from localprom import Prometheus
 from tests.integration.conftest import wait_for
+from tests.integration.fake_engine import serve
 
 pytestmark = pytest.mark.prometheus
 
@@ -24,28 +23,8 @@ pytestmark = pytest.mark.prometheus
 def exporter() -> Iterator[tuple[int, Gauge]]:
     registry = CollectorRegistry()
     waiting = Gauge("vllm:num_requests_waiting", "waiting", ["model_name"], registry=registry)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = generate_latest(registry)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], waiting
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve(lambda: generate_latest(registry)) as port:
+        yield port, waiting
 
 
 def test_scrapes_and_answers(
