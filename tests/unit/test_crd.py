@@ -62,7 +62,10 @@ def test_scale_subresource_and_columns() -> None:
         "labelSelectorPath": ".status.selector",
     }
     names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert names == ["Model", "GPU", "Replicas", "Ready", "Cost/h", "Status", "Age"]
+    assert names[:7] == ["Model", "GPU", "Replicas", "Ready", "Cost/h", "Status", "Age"]
+    # Rollout columns only under -o wide.
+    wide = {c["name"]: c.get("priority", 0) for c in version["additionalPrinterColumns"]}
+    assert wide["Rollout"] == wide["Canary%"] == 1
     names_block = crd()["spec"]["names"]
     assert names_block["shortNames"] == ["dmd"] and names_block["categories"] == ["distillery"]
 

@@ -47,6 +47,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get -o wide`: where a rollout stands.
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase", "priority": 1},
+    {"name": "Canary%", "type": "integer", "jsonPath": ".status.rollout.weight", "priority": 1},
+    {"name": "Revision", "type": "string", "jsonPath": ".status.revision", "priority": 1},
 ]
 
 

@@ -511,6 +511,13 @@ class CanaryAnalysis(_Model):
     max_error_rate: float = Field(
         default=0.01, description="Failed request fraction, at most.", ge=0, le=1
     )
+    min_requests: int = Field(
+        default=20,
+        description="Requests the canary must finish in a step before analysis can pass "
+        "or fail it; fewer holds the step (annotate distillery.dev/rollout=promote to go on).",
+        ge=0,
+        le=1_000_000,
+    )
 
 
 class CanarySpec(_Model):
@@ -529,6 +536,16 @@ class RolloutSpec(_Model):
     """How a change of model revision, quantization, engine or image rolls out."""
 
     strategy: RolloutStrategy = Field(default="RollingUpdate", description="Rollout strategy.")
+    max_surge_gpus: int | None = Field(
+        default=None,
+        alias="maxSurgeGPUs",
+        description="GPUs a rollout may use above the running replicas' (whole replicas: "
+        "8 with 2 GPUs per replica surges 4 replicas). Default: one replica's GPUs. Fewer "
+        "than one replica needs replaces one replica at a time, as the operator also does "
+        "when a surge pod cannot be scheduled.",
+        ge=0,
+        le=4096,
+    )
     canary: CanarySpec | None = Field(default=None, description="Canary settings.")
 
     model_config = ConfigDict(
@@ -644,15 +661,42 @@ class AutoscalingStatus(_Model):
     last_decisions: list[ScalingDecision] = Field(default_factory=list, max_length=20)
 
 
-class RolloutStatus(_Model):
-    """Progress of a rollout."""
+class CanaryAnalysisStatus(_Model):
+    """The numbers behind the last canary analysis."""
 
+    time: str
+    step: int
+    result: Literal["Pass", "Fail", "Inconclusive"]
+    message: str = Field(default="", max_length=1024)
+    window_seconds: float | None = None
+    canary_requests: float | None = None
+    stable_requests: float | None = None
+    canary_ttft_seconds: float | None = Field(default=None, alias="canaryTTFTSeconds")
+    stable_ttft_seconds: float | None = Field(default=None, alias="stableTTFTSeconds")
+    canary_error_rate: float | None = None
+    stable_error_rate: float | None = None
+
+
+class RolloutStatus(_Model):
+    """Progress of a rollout: enough to resume at the same step after a restart."""
+
+    strategy: RolloutStrategy | None = None
+    phase: Literal["Stable", "Progressing", "Promoting", "RolledBack"] | None = None
     stable_revision: str | None = None
     canary_revision: str | None = None
-    step: int | None = None
-    weight: int | None = None
-    verdict: str | None = None
-    message: str | None = None
+    step: int | None = Field(default=None, description="Current canary step, from 1.")
+    steps: int | None = None
+    weight: int | None = Field(
+        default=None, description="Percent of replicas (so of traffic) on the canary."
+    )
+    stable_replicas: int | None = None
+    canary_replicas: int | None = None
+    step_started_at: str | None = Field(
+        default=None, description="When the canary of this step became ready (RFC 3339)."
+    )
+    verdict: str | None = Field(default=None, description="Result of the last analysis.")
+    message: str | None = Field(default=None, max_length=1024)
+    last_analysis: CanaryAnalysisStatus | None = None
 
 
 class DistilledModelDeploymentStatus(_Model):

@@ -63,6 +63,8 @@ class PodInfo:
     name: str
     ready: bool
     unschedulable: str | None = None  # the scheduler's message when Unschedulable
+    revision: str | None = None  # distillery.dev/revision: the pod template it runs
+    track: str | None = None  # distillery.dev/track: stable or canary
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,18 @@ It is level-triggered: it recomputes everything from scratch each time, so it do
 matter which event woke it. The kube layer executes the result and writes only what
 differs, which makes a steady state cost no writes.
 
-Nothing is ever deleted here. A spec that stops fitting (or a template that breaks)
-leaves the running workload as it is and marks the DMD ``Stalled``: a bad commit must
-not take down a serving model.
+Nothing that serves is ever deleted here. A spec that stops fitting (or a template that
+breaks) leaves the running workload as it is and marks the DMD ``Stalled``: a bad commit
+must not take down a serving model. The one deletion is a canary Deployment that
+:mod:`distillery.rollout` retired (scaled to zero, its traffic back on the stable track).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +25,38 @@ from pydantic import ValidationError
 
 from distillery.api import conditions as cond
 from distillery.api.types import DistilledModelDeployment
+from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
-from distillery.reconcile.children import APPLIED_HASH, ChildState, edited_by
-from distillery.render import Rendered, RenderError, RenderOptions, desired_replicas, render
+from distillery.reconcile.children import (
+    APPLIED_HASH,
+    CANARY,
+    TRACK_LABEL,
+    ChildState,
+    child_key,
+    edited_by,
+)
+from distillery.render import (
+    ONE_AT_A_TIME,
+    Rendered,
+    RenderError,
+    RenderOptions,
+    canary_deployment,
+    desired_replicas,
+    render,
+)
+from distillery.rollout import (
+    COMMAND_ANNOTATION,
+    COMMANDS,
+    PROGRESSING,
+    PROMOTING,
+    ROLLED_BACK,
+    Criteria,
+    Measurement,
+    RolloutDecision,
+    RolloutInput,
+    TrackState,
+    decide,
+)
 from distillery.sizing import Plan, PlanError, UnknownModelError, plan
 
 # Status fields the reconciler owns; the autoscaler and rollouts own theirs.
@@ -39,6 +70,7 @@ OWNED_STATUS = (
     "cost",
     "endpoint",
     "revision",
+    "rollout",
 )
 
 
@@ -61,6 +93,12 @@ class Desired:
     plan: Plan | None = None
     rendered: Rendered | None = None
     apply_reasons: dict[str, str] = field(default_factory=dict)
+    # Deployments whose replicas change without a new template (the stable track while a
+    # canary runs): name -> replicas, through the scale subresource.
+    scale: dict[str, int] = field(default_factory=dict)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    clear_command: bool = False  # remove the distillery.dev/rollout annotation
+    rollout: RolloutDecision | None = None
 
 
 def content_hash(obj: Mapping[str, Any]) -> str:
@@ -260,9 +298,15 @@ def desired_state(
     user_template: str | None = None,
     user_template_error: str | None = None,
     unschedulable: str | None = None,
+    pods: Sequence[PodInfo] | None = None,
+    measurement: Measurement | None = None,
+    analysis_configured: bool = False,
 ) -> Desired:
-    """Decide the children and the status of one DMD. ``children`` maps kind to state;
-    ``unschedulable`` is the scheduler's message when some of its pods cannot be placed."""
+    """Decide the children and the status of one DMD. ``children`` maps
+    :func:`~distillery.reconcile.children.child_key` to state; ``unschedulable`` is the
+    scheduler's message when some of its pods cannot be placed; ``pods`` tell the
+    revisions apart during a rollout; ``measurement`` is the latest canary analysis
+    window (``analysis_configured``: whether one can come at all)."""
     meta = body.get("metadata") or {}
     gen = meta.get("generation")
     try:
@@ -292,27 +336,93 @@ def desired_state(
     except RenderError as exc:
         return _stalled(body, "RenderFailed", str(exc), now, True)
 
+    old_status = body.get("status") or {}
+    count = desired_replicas(dmd)
+    raw_command = ((meta.get("annotations") or {}).get(COMMAND_ANNOTATION) or "").strip()
+    command = raw_command if raw_command in COMMANDS else None
+    stable_child = children.get("Deployment")
+    canary_child = children.get(child_key("Deployment", CANARY))
+    decision = decide(
+        RolloutInput(
+            spec=dmd.spec.rollout,
+            desired_revision=rendered.revision,
+            total=count,
+            stable=_track(stable_child, pods, "stable", rendered.revision),
+            canary=_track(canary_child, pods, CANARY, rendered.revision),
+            status=old_status.get("rollout") or {},
+            now=now,
+            criteria=_criteria(dmd),
+            measurement=measurement,
+            analysis_configured=analysis_configured,
+            command=command,
+        )
+    )
+    deployment = rendered.deployment
+    deployment["spec"]["replicas"] = decision.stable_replicas
+    if decision.one_at_a_time:
+        deployment["spec"]["strategy"] = copy.deepcopy(ONE_AT_A_TIME)
+    objects = rendered.objects()
+    scale: dict[str, int] = {}
+    if not decision.stable_takes_desired:
+        # The stable track keeps the template it runs; only its size follows the split.
+        objects = [o for o in objects if o is not deployment]
+        if stable_child is not None and stable_child.spec_replicas != decision.stable_replicas:
+            scale[stable_child.name] = decision.stable_replicas
+    delete: list[tuple[str, str]] = []
+    if decision.canary_replicas > 0:
+        objects.append(canary_deployment(rendered, decision.canary_replicas))
+    elif canary_child is not None:
+        delete.append(("Deployment", canary_child.name))
+
     apply: list[dict[str, Any]] = []
     reasons: dict[str, str] = {}
-    for obj in rendered.objects():
+    for obj in objects:
         stamped = stamp(obj)
-        live = children.get(obj["kind"])
+        key = child_key(obj["kind"], (obj["metadata"].get("labels") or {}).get(TRACK_LABEL, ""))
+        live = children.get(key)
         want = stamped["metadata"]["annotations"][APPLIED_HASH]
         if live is None:
-            reasons[obj["kind"]] = "missing"
+            reasons[key] = "missing"
         elif live.applied_hash != want:
-            reasons[obj["kind"]] = "changed"
+            reasons[key] = "changed"
+        elif obj["kind"] == "Deployment" and live.spec_replicas not in (
+            None,
+            obj["spec"]["replicas"],
+        ):
+            # Resized through /scale (by a canary split, or by hand): the hash is stale.
+            reasons[key] = "replicas"
         elif live.conflicts or edited_by(live.foreign, stamped):
             editors = sorted(set(live.conflicts) | set(edited_by(live.foreign, stamped)))
-            reasons[obj["kind"]] = "edited by " + ", ".join(editors)
+            reasons[key] = "edited by " + ", ".join(editors)
         else:
             continue
         apply.append(stamped)
 
     c = chosen_plan.chosen
-    count = desired_replicas(dmd)
-    dep = children.get("Deployment")
-    ready, reconciling = _deployment_conditions(count, dep, rendered, gen, unschedulable)
+    phase = decision.status.get("phase")
+    canary_live = canary_child.replicas if canary_child else 0
+    canary_ready = canary_child.ready_replicas if canary_child else 0
+    running = (stable_child.replicas if stable_child else 0) + canary_live
+    ready_count = (stable_child.ready_replicas if stable_child else 0) + canary_ready
+    if phase == ROLLED_BACK:
+        why = decision.degraded or "the canary was rolled back"
+        ready = cond.condition(cond.READY, False, "RolledBack", why, gen)
+        reconciling = cond.condition(
+            cond.RECONCILING, False, "RolledBack", "waiting for a new revision", gen
+        )
+        stalled = cond.condition(cond.STALLED, True, "RolledBack", why, gen)
+    elif phase in (PROGRESSING, PROMOTING) and decision.status.get("strategy") == "Canary":
+        counts = f"{ready_count}/{count} replicas ready across the stable and canary tracks"
+        ready = cond.condition(cond.READY, ready_count >= count, "RolloutInProgress", counts, gen)
+        reconciling = cond.condition(
+            cond.RECONCILING, True, "RolloutInProgress", decision.progressing[2], gen
+        )
+        stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
+    else:
+        ready, reconciling = _deployment_conditions(
+            decision.stable_replicas, stable_child, rendered, gen, unschedulable
+        )
+        stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
     precision = "bf16" if c.quantization == "none" else c.quantization
     where = "CPU-only nodes" if c.gpus == 0 else f"{c.gpu_count}x {c.gpu.name}"
     sized_msg = (
@@ -320,22 +430,24 @@ def desired_state(
         f"{c.max_concurrency} sequences of {chosen_plan.requirements.typical_tokens} tokens, "
         f"{c.cost_per_replica_hour:.2f} {chosen_plan.currency}/h per replica"
     )
-    old_status = body.get("status") or {}
+    progressing_status, progressing_reason, progressing_msg = decision.progressing
     desired_conds = [
         ready,
         reconciling,
-        cond.condition(cond.STALLED, False, "Reconciled", "", gen),
+        stalled,
         cond.condition(cond.SIZED, True, "Planned", sized_msg, gen),
         *_autoscaling_conditions(dmd, old_status.get("autoscaling") or {}, gen),
+        cond.condition(
+            cond.ROLLOUT_PROGRESSING, progressing_status, progressing_reason, progressing_msg, gen
+        ),
     ]
     old_conds = old_status.get("conditions") or []
-    running = dep.replicas if dep else 0
     placement: dict[str, Any] = c.to_json(chosen_plan.currency)
     status: dict[str, Any] = {
         "observedGeneration": gen,
         "conditions": cond.merge_conditions(old_conds, desired_conds, now),
         "replicas": running,
-        "readyReplicas": dep.ready_replicas if dep else 0,
+        "readyReplicas": ready_count,
         "selector": rendered.selector,
         "placement": {
             **placement["placement"],
@@ -351,19 +463,80 @@ def desired_state(
         },
         "endpoint": rendered.endpoint,
         "revision": rendered.revision,
+        "rollout": decision.status,
     }
     owned_old = _owned(old_status)
     # Keep fields the reconciler does not compute this time (e.g. measured cost per token).
     if isinstance(owned_old.get("cost"), Mapping) and "perMillionTokens" in owned_old["cost"]:
         status["cost"]["perMillionTokens"] = owned_old["cost"]["perMillionTokens"]
+    events = _transition_events(old_conds, status["conditions"])
+    events += [Event(t, r, m) for t, r, m in decision.events]
+    if raw_command and command is None:
+        events.append(
+            Event(
+                "Warning",
+                "RolloutCommandIgnored",
+                f"{COMMAND_ANNOTATION}={raw_command[:64]!r} is not one of {', '.join(COMMANDS)}",
+            )
+        )
     return Desired(
         apply=apply,
         status=status,
         status_changed=_owned(status) != owned_old,
-        events=_transition_events(old_conds, status["conditions"]),
+        events=events,
         plan=chosen_plan,
         rendered=rendered,
         apply_reasons=reasons,
+        scale=scale,
+        delete=delete,
+        clear_command=bool(raw_command),
+        rollout=decision,
+    )
+
+
+def _track(
+    child: ChildState | None, pods: Sequence[PodInfo] | None, track: str, revision: str
+) -> TrackState | None:
+    """A Deployment and the pods of the desired revision on its track."""
+    if child is None:
+        return None
+    progressing = child.condition("Progressing")
+    if pods is None:
+        # Without a pod view, trust the Deployment's counts for its own revision.
+        mine_ready = min(child.ready_replicas, child.updated_replicas)
+        new_ready = mine_ready if child.revision == revision else 0
+        stuck: list[str] = []
+    else:
+        mine = [p for p in pods if (p.track or "stable") == track and p.revision == revision]
+        new_ready = sum(1 for p in mine if p.ready)
+        stuck = [p.unschedulable for p in mine if p.unschedulable]
+    return TrackState(
+        revision=child.revision,
+        spec_replicas=child.spec_replicas,
+        replicas=child.replicas,
+        ready=child.ready_replicas,
+        updated=child.updated_replicas,
+        generation=child.generation,
+        observed_generation=child.observed_generation,
+        deadline_exceeded=progressing is not None and progressing[1] == "ProgressDeadlineExceeded",
+        one_at_a_time=child.one_at_a_time,
+        new_ready=new_ready,
+        new_unschedulable=len(stuck),
+        unschedulable_message=stuck[0] if stuck else "",
+    )
+
+
+def _criteria(dmd: DistilledModelDeployment) -> Criteria | None:
+    canary = dmd.spec.rollout.canary
+    if canary is None:
+        return None
+    slo = dmd.spec.scaling.slo
+    return Criteria(
+        max_ttft_ratio=canary.analysis.max_ttft_ratio,
+        max_error_rate=canary.analysis.max_error_rate,
+        min_requests=canary.analysis.min_requests,
+        percentile=slo.percentile,
+        slo_ttft_seconds=slo.ttft_seconds,
     )
 
 

@@ -133,6 +133,14 @@ class ChildState:
     available_replicas: int = 0
     spec_replicas: int | None = None
     conditions: tuple[tuple[str, str, str, str], ...] = field(default=())
+    revision: str | None = None  # Deployments: the pod template revision last applied
+    one_at_a_time: bool = False  # Deployments: strategy replaces without a surge
+    track: str = "stable"
+
+    @property
+    def key(self) -> str:
+        """How the reconciler names this child: its kind, and the canary Deployment apart."""
+        return child_key(self.kind, self.track)
 
     def condition(self, type_: str) -> tuple[str, str, str] | None:
         for t, status, reason, message in self.conditions:
@@ -141,11 +149,24 @@ class ChildState:
         return None
 
 
+CANARY = "canary"
+REVISION_ANNOTATION = "distillery.dev/revision"
+TRACK_LABEL = "distillery.dev/track"
+
+
+def child_key(kind: str, track: str = "stable") -> str:
+    return f"{kind}/{CANARY}" if track == CANARY else kind
+
+
 def child_state(body: Mapping[str, Any]) -> ChildState:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     status = body.get("status") or {}
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
     return ChildState(
+        revision=(meta.get("annotations") or {}).get(REVISION_ANNOTATION),
+        one_at_a_time=rolling.get("maxSurge") in (0, "0", "0%"),
+        track=str((meta.get("labels") or {}).get(TRACK_LABEL) or "stable"),
         kind=str(body.get("kind", "")),
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),

@@ -62,6 +62,13 @@ SPOT_TOLERATIONS: list[dict[str, str]] = [
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# Replace pods without a surge: for clusters with no spare GPU.
+ONE_AT_A_TIME: dict[str, Any] = {
+    "type": "RollingUpdate",
+    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+}
+
+
 class RenderError(ValueError):
     """The DMD cannot be rendered; the message is for its Stalled condition."""
 
@@ -282,6 +289,38 @@ def _placement(dmd: DistilledModelDeployment, plan: Plan) -> tuple[Any, Any, lis
     return affinity, node_selector, tolerations
 
 
+def _strategy(dmd: DistilledModelDeployment, plan: Plan, one_at_a_time: bool) -> dict[str, Any]:
+    """Surge counted in GPUs (default: one replica), never below the desired count; with
+    no surge (or no spare GPU for one), replace one replica at a time."""
+    rollout = dmd.spec.rollout
+    surge = (
+        1 if rollout.max_surge_gpus is None else rollout.max_surge_gpus // max(1, plan.chosen.gpus)
+    )
+    if one_at_a_time or surge == 0:
+        return copy.deepcopy(ONE_AT_A_TIME)
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": 0}}
+
+
+def canary_deployment(rendered: Rendered, replicas: int) -> dict[str, Any]:
+    """The canary track of a rendered Deployment: the same pod template (so the same
+    revision) as a second Deployment, ``<name>-canary``, whose pods carry
+    ``distillery.dev/track: canary``. The Service selects both tracks."""
+    dep = copy.deepcopy(rendered.deployment)
+    meta = dep["metadata"]
+    meta["name"] = f"{meta['name']}-canary"
+    meta["labels"] = {**meta["labels"], LABEL_TRACK: "canary"}
+    spec = dep["spec"]
+    spec["replicas"] = replicas
+    spec["selector"]["matchLabels"][LABEL_TRACK] = "canary"
+    pod = spec["template"]
+    pod["metadata"]["labels"][LABEL_TRACK] = "canary"
+    for constraint in pod["spec"].get("topologySpreadConstraints") or []:
+        match = (constraint.get("labelSelector") or {}).get("matchLabels")
+        if isinstance(match, dict) and LABEL_TRACK in match:
+            match[LABEL_TRACK] = "canary"
+    return dep
+
+
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -294,8 +333,12 @@ def render(
     replicas: int | None = None,
     owner_uid: str | None = None,
     user_template: str | None = None,
+    one_at_a_time: bool = False,
 ) -> Rendered:
-    """Render the children of ``dmd`` for ``plan``. Raises :class:`RenderError`."""
+    """Render the children of ``dmd`` for ``plan``. Raises :class:`RenderError`.
+
+    ``one_at_a_time`` renders the Deployment to replace pods without a surge: a rollout
+    switches to it when no spare GPU can take a surge pod."""
     options = options or RenderOptions()
     spec, c = dmd.spec, plan.chosen
     name, namespace = dmd.name, dmd.namespace
@@ -384,11 +427,7 @@ def render(
         "progress_deadline_seconds": max(600, math.ceil(startup * 3)),
         "selector": selector,
         "service_selector": service_selector,
-        # GPUs are scarce: surge one replica at a time, never drop below the desired count.
-        "strategy": {
-            "type": "RollingUpdate",
-            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-        },
+        "strategy": _strategy(dmd, plan, one_at_a_time),
         "pod_labels": {**labels, **selector},
         "pod_annotations": pod_annotations,
         "deployment_annotations": {},
@@ -496,9 +535,12 @@ __all__ = [
     "DEFAULT_IMAGES",
     "LABEL_DEPLOYMENT",
     "LABEL_REVISION",
+    "LABEL_TRACK",
+    "ONE_AT_A_TIME",
     "RenderError",
     "RenderOptions",
     "Rendered",
+    "canary_deployment",
     "desired_replicas",
     "label_value",
     "manifests_yaml",

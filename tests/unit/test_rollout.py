@@ -1,0 +1,425 @@
+"""Rollouts as pure functions: the canary state machine driven through the reconciler's
+decision against a simulated cluster, the analysis rules, and the replica split."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from distillery.api.types import DistilledModelDeploymentStatus
+from distillery.autoscale.inputs import PodInfo
+from distillery.catalog import load_catalog
+from distillery.reconcile import Desired, desired_state
+from distillery.reconcile.children import ChildState, child_key, child_state
+from distillery.rollout import canary_split
+from distillery.rollout.analysis import Criteria, Measurement, TrackSample, judge
+
+CATALOG = load_catalog()
+T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+VLLM_LE = (0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, float("inf"))
+
+
+def at(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+
+
+def spec(revision: str = "v1", strategy: str = "Canary", **rollout: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "revision": revision},
+        "placement": {"gpuTypes": ["nvidia-l4"]},
+        "scaling": {"minReplicas": 4, "maxReplicas": 8},
+        "rollout": {"strategy": strategy, **rollout},
+    }
+    if strategy == "Canary":
+        out["rollout"].setdefault(
+            "canary",
+            {
+                "steps": [{"weight": 25, "pauseSeconds": 60}, {"weight": 50, "pauseSeconds": 60}],
+                "analysis": {"minRequests": 10},
+            },
+        )
+    return out
+
+
+def buckets(ttft: float, count: float) -> dict[float, float]:
+    return {le: (count if ttft <= le else 0.0) for le in VLLM_LE}
+
+
+def sample(ttft: float, requests: float = 100, failures: float = 0) -> TrackSample:
+    return TrackSample(
+        pods=1, requests=requests, failures=failures, ttft_buckets=buckets(ttft, requests)
+    )
+
+
+@dataclass
+class World:
+    """A cluster that does what it is told at once: applied Deployments run their
+    replicas ready (unless ``unschedulable`` says the new revision cannot be placed)."""
+
+    spec: dict[str, Any]
+    status: dict[str, Any] = field(default_factory=dict)
+    children: dict[str, ChildState] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    generation: int = 1
+    unschedulable_new: int = 0
+    log: list[Desired] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "distillery.dev/v1alpha1",
+            "kind": "DistilledModelDeployment",
+            "metadata": {
+                "name": "m",
+                "namespace": "ns",
+                "uid": "u-1",
+                "generation": self.generation,
+                "annotations": dict(self.annotations),
+            },
+            "spec": copy.deepcopy(self.spec),
+            "status": json.loads(json.dumps(self.status)),
+        }
+
+    def pods(self) -> list[PodInfo]:
+        out = []
+        for key, child in self.children.items():
+            if child.kind != "Deployment":
+                continue
+            for i in range(child.spec_replicas or 0):
+                out.append(
+                    PodInfo(
+                        name=f"{key}-{i}", ready=True, revision=child.revision, track=child.track
+                    )
+                )
+        return out
+
+    def step(self, now: float, measurement: Measurement | None = None) -> Desired:
+        d = desired_state(
+            self.body(),
+            self.children,
+            CATALOG,
+            now=at(now),
+            pods=self.pods(),
+            measurement=measurement,
+            analysis_configured=True,
+        )
+        for obj in d.apply:
+            body = copy.deepcopy(obj)
+            key = child_key(
+                body["kind"], body["metadata"]["labels"].get("distillery.dev/track", "")
+            )
+            if body["kind"] == "Deployment":
+                n = body["spec"]["replicas"]
+                body["metadata"]["generation"] = 1
+                body["status"] = {
+                    "observedGeneration": 1,
+                    "replicas": n,
+                    "readyReplicas": n,
+                    "updatedReplicas": n,
+                }
+            self.children[key] = child_state(body)
+        for name, n in d.scale.items():
+            key = child_key("Deployment", "canary" if name.endswith("-canary") else "")
+            c = self.children[key]
+            self.children[key] = replace(
+                c, spec_replicas=n, replicas=n, ready_replicas=n, updated_replicas=n
+            )
+        for _kind, name in d.delete:
+            self.children.pop(child_key("Deployment", "canary" if name.endswith("-canary") else ""))
+        if d.clear_command:
+            self.annotations.pop("distillery.dev/rollout", None)
+        self.status = json.loads(json.dumps({**self.status, **d.status}))
+        DistilledModelDeploymentStatus.model_validate(self.status)
+        self.log.append(d)
+        return d
+
+    def commit(self, new_spec: dict[str, Any]) -> None:
+        self.spec, self.generation = new_spec, self.generation + 1
+
+    def rollout(self) -> dict[str, Any]:
+        return dict(self.status["rollout"])
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status["conditions"] if c["type"] == type_)
+
+    def replicas(self) -> tuple[int | None, int | None]:
+        stable = self.children.get("Deployment")
+        canary = self.children.get("Deployment/canary")
+        return (stable.spec_replicas if stable else None, canary.spec_replicas if canary else None)
+
+    def revision_of(self, key: str) -> str | None:
+        child = self.children.get(key)
+        return child.revision if child else None
+
+
+def measured(world: World, start: float, end: float, canary_ttft: float, step: int) -> Measurement:
+    return Measurement(
+        revision=world.status["revision"],
+        step=step,
+        start=(T0 + timedelta(seconds=start)).timestamp(),
+        end=(T0 + timedelta(seconds=end)).timestamp(),
+        canary=sample(canary_ttft),
+        stable=sample(0.3),
+    )
+
+
+def events(world: World) -> list[str]:
+    return [e.reason for d in world.log for e in d.events]
+
+
+def deployed(strategy: str = "Canary", **rollout: Any) -> World:
+    world = World(spec(strategy=strategy, **rollout))
+    world.step(0)
+    world.step(1)
+    assert world.rollout()["phase"] == "Stable"
+    return world
+
+
+def test_healthy_canary_goes_through_every_step_and_is_promoted() -> None:
+    world = deployed()
+    v1 = world.revision_of("Deployment")
+    world.commit(spec("v2"))
+    d = world.step(10)
+    v2 = d.status["revision"]
+    assert v2 != v1
+    # Step 1: a canary Deployment at 25% of 4 replicas; the stable one keeps v1.
+    assert world.revision_of("Deployment") == v1
+    assert world.revision_of("Deployment/canary") == v2
+    world.step(11)  # the canary is ready: the step's clock starts, the stable track shrinks
+    ro = world.rollout()
+    assert (ro["phase"], ro["step"], ro["stepStartedAt"]) == ("Progressing", 1, at(11))
+    assert world.replicas() == (3, 1) and ro["weight"] == 25
+    assert world.condition("Reconciling")["reason"] == "RolloutInProgress"
+    assert world.condition("RolloutProgressing")["status"] == "True"
+    # A passing analysis before the pause is over does not advance.
+    world.step(40, measured(world, 11, 40, 0.3, step=1))
+    assert world.rollout()["step"] == 1 and "pausing" in world.rollout()["message"]
+    # After the pause, a passing analysis of the whole pause advances to step 2.
+    world.step(72, measured(world, 11, 72, 0.3, step=1))
+    assert world.rollout()["step"] == 2
+    assert world.rollout()["lastAnalysis"]["result"] == "Pass"
+    world.step(73)
+    assert world.replicas() == (2, 2) and world.rollout()["stepStartedAt"] == at(73)
+    world.step(134, measured(world, 73, 134, 0.3, step=2))
+    # Promoting: the stable Deployment takes v2; the canary retires as it is replaced.
+    assert world.revision_of("Deployment") == v2
+    for t in range(135, 140):
+        world.step(t)
+    ro = world.rollout()
+    assert ro["phase"] == "Stable" and ro["stableRevision"] == v2
+    assert "Deployment/canary" not in world.children
+    assert world.replicas() == (4, None)
+    assert world.condition("Ready")["status"] == "True"
+    assert world.condition("RolloutProgressing")["status"] == "False"
+    assert events(world).count("CanaryStepPassed") == 2
+    ev = events(world)
+    assert ev.index("RolloutStarted") < ev.index("Promoting") < ev.index("Promoted")
+    # Steady afterwards: nothing to write.
+    d = world.step(200)
+    assert d.apply == [] and not d.scale and not d.delete and not d.status_changed
+
+
+def test_canary_with_bad_latency_is_rolled_back_at_once() -> None:
+    world = deployed()
+    v1 = world.revision_of("Deployment")
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    # Failing analysis mid-pause: no need to wait for the end of the pause.
+    world.step(30, measured(world, 11, 30, canary_ttft=2.0, step=1))
+    ro = world.rollout()
+    assert ro["phase"] == "RolledBack" and ro["verdict"] == "Fail"
+    assert "maxTTFTRatio" in ro["message"] and ro["lastAnalysis"]["canaryTTFTSeconds"] > 1
+    assert "Deployment/canary" not in world.children
+    assert world.revision_of("Deployment") == v1 and world.replicas() == (4, None)
+    stalled = world.condition("Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "RolledBack"
+    assert world.condition("RolloutProgressing")["reason"] == "RolledBack"
+    assert "RolledBack" in events(world)
+    # It stays rolled back (no retry loop) until a new revision or a command.
+    d = world.step(400)
+    assert d.apply == [] and not d.scale and world.rollout()["phase"] == "RolledBack"
+    world.commit(spec("v3"))
+    world.step(410)
+    assert world.rollout()["phase"] == "Progressing" and world.rollout()["step"] == 1
+
+
+def test_restart_resumes_at_the_same_step() -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    world.step(72, measured(world, 11, 72, 0.3, step=1))
+    world.step(73)
+    before = world.rollout()
+    # A new operator: no memory, no measurement yet, a later clock.
+    fresh = World(world.spec, world.status, dict(world.children), generation=world.generation)
+    d = fresh.step(90)
+    after = fresh.rollout()
+    assert (after["step"], after["stepStartedAt"]) == (before["step"], before["stepStartedAt"])
+    assert d.apply == [] and not d.scale and not d.delete
+    # And goes on from there when the analysis of step 2 comes in.
+    fresh.step(140, measured(fresh, 73, 140, 0.3, step=2))
+    assert fresh.rollout()["phase"] in ("Promoting", "Stable")
+
+
+def test_inconclusive_analysis_holds_the_step() -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    thin = replace(measured(world, 11, 80, 0.3, step=1), canary=sample(0.3, requests=3))
+    world.step(80, thin)
+    ro = world.rollout()
+    assert ro["phase"] == "Progressing" and ro["step"] == 1
+    assert ro["verdict"] == "Inconclusive" and "minRequests" in ro["message"]
+
+
+def test_missing_analysis_never_advances() -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    world.step(500)  # pause long over, Prometheus silent
+    assert world.rollout()["step"] == 1
+    assert "waiting for the analysis" in world.rollout()["message"]
+
+
+@pytest.mark.parametrize("command,phase", [("abort", "RolledBack"), ("promote", "Promoting")])
+def test_commands_by_annotation(command: str, phase: str) -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    world.annotations["distillery.dev/rollout"] = command
+    d = world.step(12)
+    assert world.rollout()["phase"] == phase
+    assert d.clear_command and "distillery.dev/rollout" not in world.annotations
+
+
+def test_unknown_command_is_reported_and_cleared() -> None:
+    world = deployed()
+    world.annotations["distillery.dev/rollout"] = "yolo"
+    d = world.step(5)
+    assert d.clear_command
+    assert any(e.reason == "RolloutCommandIgnored" and "yolo" in e.message for e in d.events)
+
+
+def test_retry_after_rollback_starts_again() -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    world.step(30, measured(world, 11, 30, canary_ttft=2.0, step=1))
+    assert world.rollout()["phase"] == "RolledBack"
+    world.annotations["distillery.dev/rollout"] = "retry"
+    world.step(40)
+    assert world.rollout()["phase"] == "Progressing" and "lastAnalysis" not in world.rollout()
+
+
+def test_reverting_the_commit_cancels_the_canary() -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    world.commit(spec("v1"))
+    world.step(20)
+    world.step(21)
+    assert world.rollout()["phase"] == "Stable"
+    assert "Deployment/canary" not in world.children and world.replicas()[0] == 4
+    assert "RolloutCancelled" in events(world)
+
+
+def test_rolling_update_falls_back_to_one_at_a_time_without_spare_gpus() -> None:
+    world = deployed(strategy="RollingUpdate")
+    dep = world.children["Deployment"]
+    assert dep.one_at_a_time is False
+    world.commit(spec("v2", strategy="RollingUpdate"))
+    world.step(10)
+    # The controller started a surge pod that cannot be scheduled.
+    dep = world.children["Deployment"]
+    world.children["Deployment"] = replace(dep, replicas=5, updated_replicas=1, ready_replicas=4)
+    surge = PodInfo("surge", False, "0/2 nodes have free nvidia.com/gpu", dep.revision, "stable")
+    stuck = [*world.pods()[:4], surge]
+    d = desired_state(world.body(), world.children, CATALOG, now=at(11), pods=stuck)
+    [applied] = [o for o in d.apply if o["kind"] == "Deployment"]
+    assert applied["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert any(e.reason == "SurgeUnschedulable" for e in d.events)
+    assert d.status["rollout"]["phase"] == "Progressing"
+    # Sticky while the rollout runs (no flapping back to a surge that cannot schedule).
+    world.children["Deployment"] = replace(
+        world.children["Deployment"],
+        one_at_a_time=True,
+        applied_hash=applied["metadata"]["annotations"]["distillery.dev/applied-hash"],
+    )
+    d2 = desired_state(world.body(), world.children, CATALOG, now=at(12), pods=world.pods()[:4])
+    assert not [o for o in d2.apply if o["kind"] == "Deployment"]
+
+
+def test_max_surge_in_gpus() -> None:
+    world = World(spec(strategy="RollingUpdate", maxSurgeGPUs=3))
+    d = world.step(0)
+    dep = next(o for o in d.apply if o["kind"] == "Deployment")
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 3, "maxUnavailable": 0}
+    world = World(spec(strategy="RollingUpdate", maxSurgeGPUs=0))
+    dep = next(o for o in world.step(0).apply if o["kind"] == "Deployment")
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_canary_pods_are_a_second_deployment_behind_the_same_service() -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    d = world.step(10)
+    canary = next(o for o in d.apply if o["metadata"]["name"] == "m-canary")
+    service = next(o for o in world.log[0].apply if o["kind"] == "Service")
+    pod_labels = canary["spec"]["template"]["metadata"]["labels"]
+    assert canary["spec"]["selector"]["matchLabels"]["distillery.dev/track"] == "canary"
+    assert pod_labels["distillery.dev/track"] == "canary"
+    assert all(pod_labels[k] == v for k, v in service["spec"]["selector"].items())
+    assert pod_labels["distillery.dev/revision"] == d.status["revision"]
+
+
+# ---- analysis ---------------------------------------------------------------------------
+
+CRITERIA = Criteria(
+    max_ttft_ratio=1.2, max_error_rate=0.01, min_requests=20, percentile=95, slo_ttft_seconds=2
+)
+
+
+def m(canary: TrackSample, stable: TrackSample | None) -> Measurement:
+    return Measurement("r", 1, 0.0, 60.0, canary, stable)
+
+
+def test_judge_rules() -> None:
+    assert judge(m(sample(0.3), sample(0.3)), CRITERIA).result == "Pass"
+    assert judge(m(sample(0.9), sample(0.3)), CRITERIA).result == "Fail"
+    # Within the noise floor: 20 ms vs 40 ms is not a regression.
+    assert judge(m(sample(0.04), sample(0.02)), CRITERIA).result == "Pass"
+    assert judge(m(sample(0.3, failures=5), sample(0.3)), CRITERIA).result == "Fail"
+    assert judge(m(sample(0.3, requests=5), sample(0.3)), CRITERIA).result == "Inconclusive"
+    # The SLO: failing it while the stable meets it fails, even without a stable ratio.
+    assert judge(m(sample(2.5), None), CRITERIA).result == "Fail"
+    # Both miss the SLO at the same latency: the load, not the revision.
+    assert judge(m(sample(5.0), sample(5.0)), CRITERIA).result == "Pass"
+    # An engine with no signals at all passes on readiness and pauses.
+    silent = judge(m(TrackSample(pods=1), None), CRITERIA)
+    assert silent.result == "Pass" and "no request" in silent.message
+    verdict = judge(m(sample(0.9), sample(0.3)), CRITERIA)
+    assert verdict.numbers["canaryTTFTSeconds"] > verdict.numbers["stableTTFTSeconds"]
+
+
+@given(st.integers(1, 1000), st.integers(1, 100))
+def test_split_keeps_the_total_and_both_tracks(total: int, weight: int) -> None:
+    stable, canary = canary_split(total, weight)
+    assert canary >= 1
+    if weight < 100:
+        assert stable >= 1
+        assert stable + canary == max(total, 2)
+    else:
+        assert stable == 0 and canary == total
