@@ -204,6 +204,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         "namespaces": args.namespace,
         "prometheus_url": args.prometheus_url,
         "autoscale_interval_seconds": args.autoscale_interval,
+        "rollout_interval_seconds": args.rollout_interval,
         "catalog_files": args.catalog,
         "metrics_port": args.metrics_port,
         "health_port": args.health_port,
@@ -520,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.add_argument("--prometheus-url", help="Prometheus base URL")
     o.add_argument("--autoscale-interval", type=float, help="seconds between decisions")
+    o.add_argument("--rollout-interval", type=float, help="seconds between canary analyses")
     o.add_argument(
         "--catalog",
         action="append",

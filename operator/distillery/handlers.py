@@ -29,8 +29,17 @@ from distillery.catalog import load_catalog
 from distillery.kube import Kube, in_thread, new_api_client
 from distillery.kube.autoscaler import Autoscaler
 from distillery.kube.reconciler import Reconciler
-from distillery.reconcile.children import OWNER_LABEL, ChildState, child_state
+from distillery.kube.rollout import CanaryAnalyzer, rollout_under_way
+from distillery.reconcile.children import (
+    CANARY,
+    OWNER_LABEL,
+    REVISION_ANNOTATION,
+    TRACK_LABEL,
+    ChildState,
+    child_state,
+)
 from distillery.render import RenderOptions
+from distillery.rollout import COMMAND_ANNOTATION
 from distillery.settings import Settings
 
 DMD = (GROUP, VERSION, PLURAL)
@@ -97,6 +106,8 @@ async def startup(**kwargs: Any) -> None:
         )
     memo.autoscaler = Autoscaler(kube=kube, catalog=catalog, source=source)
     memo.autoscale_task = asyncio.create_task(_autoscale_loop(memo, cfg.autoscale_interval_seconds))
+    memo.analyzer = CanaryAnalyzer(source)
+    memo.rollout_task = asyncio.create_task(_rollout_loop(memo, cfg.rollout_interval_seconds))
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_bind, registry=metrics.REGISTRY)
     log.info(
@@ -124,6 +135,9 @@ def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
         for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")
         if k in meta
     }
+    command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
+    if command is not None:
+        kept["annotations"] = {COMMAND_ANNOTATION: command}
     slim = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
@@ -145,13 +159,16 @@ def dmd_pods(**kwargs: Any) -> dict[Any, PodInfo]:
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
         else None
     )
+    labels = meta.get("labels") or {}
     info = PodInfo(
         name=str(meta.get("name")),
         ready=(conds.get("Ready") or {}).get("status") == "True"
         and not meta.get("deletionTimestamp"),
         unschedulable=unschedulable,
+        revision=labels.get(REVISION_ANNOTATION),
+        track=labels.get(TRACK_LABEL),
     )
-    return {(meta.get("namespace"), (meta.get("labels") or {}).get(OWNER_LABEL)): info}
+    return {(meta.get("namespace"), labels.get(OWNER_LABEL)): info}
 
 
 def _child(body: kopf.Body) -> dict[Any, ChildState]:
@@ -178,8 +195,8 @@ def _children(namespace: str, name: str, kwargs: dict[str, Any]) -> dict[str, Ch
     out: dict[str, ChildState] = {}
     for index_name in CHILD_INDICES:
         for state in kwargs[index_name].get((namespace, name), []):
-            if state.name == name:
-                out[state.kind] = state
+            if state.name == name or (state.track == CANARY and state.name == f"{name}-{CANARY}"):
+                out[state.key] = state
     return out
 
 
@@ -189,9 +206,19 @@ async def _reconcile(body: Any, kwargs: dict[str, Any]) -> None:
         return
     ns, name = str(meta.get("namespace")), str(meta.get("name"))
     children = _children(ns, name, kwargs)
-    stuck = [p.unschedulable for p in kwargs["dmd_pods"].get((ns, name), []) if p.unschedulable]
+    pods = list(kwargs["dmd_pods"].get((ns, name), []))
+    stuck = [p.unschedulable for p in pods if p.unschedulable]
+    memo = kwargs["memo"]
+    analyzer: CanaryAnalyzer | None = getattr(memo, "analyzer", None)
     try:
-        await kwargs["memo"].reconciler.reconcile(body, children, stuck[0] if stuck else None)
+        await memo.reconciler.reconcile(
+            body,
+            children,
+            stuck[0] if stuck else None,
+            pods=pods,
+            measurement=analyzer.latest.get((ns, name)) if analyzer else None,
+            analysis_configured=analyzer is not None and analyzer.configured,
+        )
     except Exception as exc:
         metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
         raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=10) from exc
@@ -215,6 +242,7 @@ async def dmd_event(**kwargs: Any) -> None:
     if kwargs["event"].get("type") == "DELETED":
         kwargs["memo"].reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         kwargs["memo"].autoscaler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        kwargs["memo"].analyzer.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     await _reconcile(body, kwargs)
 
@@ -232,6 +260,30 @@ async def _autoscale_loop(memo: kopf.Memo, interval: float) -> None:
             await memo.autoscaler.run_pass(bodies, pods)
         except Exception as exc:  # noqa: BLE001 - the loop must survive anything
             log.warning("autoscaler pass failed: %s", exc)
+
+
+async def _rollout_loop(memo: kopf.Memo, interval: float) -> None:
+    """Every interval, measure the canaries that are in a step, then reconcile every DMD
+    with a rollout under way: pauses end and analyses land without any watch event."""
+    while True:
+        await asyncio.sleep(interval)
+        indices = memo.shared["indices"]
+        if indices is None:
+            continue
+        bodies = [b for store in list(indices["dmd_bodies"].values()) for b in store]
+        active = [b for b in bodies if rollout_under_way(b)]
+        if not active:
+            continue
+        pods = {key: list(store) for key, store in list(indices["dmd_pods"].items())}
+        try:
+            await memo.analyzer.run_pass(active, pods)
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+            log.warning("canary analysis pass failed: %s", exc)
+        for body in active:
+            try:
+                await _reconcile(body, {**indices, "memo": memo})
+            except kopf.TemporaryError as exc:
+                log.warning("rollout step of %s failed: %s", body["metadata"].get("name"), exc)
 
 
 async def _resync_loop(memo: kopf.Memo, interval: float) -> None:
@@ -275,7 +327,7 @@ kopf.on.event("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT}, id="pod_event")(
 
 @kopf.on.cleanup()
 async def cleanup(**kwargs: Any) -> None:
-    for name in ("resync_task", "autoscale_task"):
+    for name in ("resync_task", "autoscale_task", "rollout_task"):
         task = getattr(kwargs["memo"], name, None)
         if task is not None:
             task.cancel()

@@ -28,6 +28,9 @@ class Settings(BaseModel):
     prometheus_insecure_skip_verify: bool = False
     autoscale_interval_seconds: float = Field(default=15.0, gt=0)
     resync_interval_seconds: float = Field(default=300.0, gt=0)
+    rollout_interval_seconds: float = Field(
+        default=10.0, gt=0, description="seconds between canary analyses and pause checks"
+    )
     catalog_files: list[str] = Field(default_factory=list)
     pod_monitor: Literal["auto", "true", "false"] = "auto"
     model_cache_claim: str = ""

@@ -21,13 +21,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "distillery.rules" -}}
 - apiGroups: [distillery.dev]
   resources: [distilledmodeldeployments]
-  verbs: [get, list, watch]
+  # patch: to consume the one-shot distillery.dev/rollout command annotation.
+  verbs: [get, list, watch, patch]
 - apiGroups: [distillery.dev]
   resources: [distilledmodeldeployments/status, distilledmodeldeployments/scale]
   verbs: [get, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch]
+  # delete: a retired canary Deployment.
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments/scale]
+  verbs: [get, patch]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]

@@ -29,6 +29,15 @@ class PodMetrics:
     last_sample: float = 0.0
 
 
+@dataclass
+class PodCounts:
+    """What one pod did over an analysis window: increases of its counters."""
+
+    requests: float | None = None
+    failures: float | None = None
+    ttft_buckets: dict[float, float] = field(default_factory=dict)
+
+
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     """Prometheus' histogram_quantile over cumulative bucket rates {le: rate}."""
     if not buckets:

@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_api_client import PrometheusConnect
 
-from distillery.autoscale.inputs import PodKey, PodMetrics
+from distillery.autoscale.inputs import PodCounts, PodKey, PodMetrics
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,37 @@ ENGINE_QUERIES: dict[str, EngineQueries] = {
         ttft_buckets=None,
         freshness=_q("timestamp(llamacpp:requests_processing)", "max"),
     ),
+}
+
+
+@dataclass(frozen=True)
+class AnalysisQueries:
+    """Counters a canary analysis compares between tracks: (metric, extra matchers)."""
+
+    requests: tuple[str, str] | None
+    failures: tuple[str, str] | None
+    ttft_buckets: tuple[str, str] | None
+
+
+ANALYSIS_QUERIES: dict[str, AnalysisQueries] = {
+    # vLLM counts every finished request by finished_reason; aborted ones (engine errors,
+    # timeouts, dropped connections) are the failures it exports.
+    "vllm": AnalysisQueries(
+        requests=("vllm:request_success_total", ""),
+        failures=("vllm:request_success_total", 'finished_reason=~"abort|error"'),
+        ttft_buckets=("vllm:time_to_first_token_seconds_bucket", ""),
+    ),
+    "sglang": AnalysisQueries(
+        requests=("sglang:num_requests_total", ""),
+        failures=None,
+        ttft_buckets=("sglang:time_to_first_token_seconds_bucket", ""),
+    ),
+    "tgi": AnalysisQueries(
+        requests=("tgi_request_count", ""),
+        failures=("tgi_request_failure", ""),
+        ttft_buckets=None,
+    ),
+    "llamacpp": AnalysisQueries(requests=None, failures=None, ttft_buckets=None),
 }
 
 
@@ -152,6 +183,45 @@ class PrometheusSource:
                     value = float(item["value"][1])
                     if not math.isnan(value):
                         pods[key].ttft_buckets[float(le)] = value
+        return dict(pods)
+
+    def window_counts(
+        self, engine: str, namespace: str, window_seconds: int
+    ) -> dict[str, PodCounts]:
+        """Per pod of ``namespace``: counter increases over the last ``window_seconds``
+        (one query per counter, whatever the number of pods)."""
+        q = ANALYSIS_QUERIES.get(engine)
+        pods: dict[str, PodCounts] = defaultdict(PodCounts)
+        if q is None:
+            return {}
+        ns = namespace.replace("\\", "").replace('"', "")
+        window = f"{max(1, window_seconds)}s"
+
+        def increase(metric: tuple[str, str], by: str) -> list[dict[str, Any]]:
+            name, extra = metric
+            matchers = f'namespace="{ns}"' + (f",{extra}" if extra else "")
+            return self._query(f"sum by ({by}) (increase({name}{{{matchers}}}[{window}]))")
+
+        for attr, metric in (("requests", q.requests), ("failures", q.failures)):
+            if metric is None:
+                continue
+            for item in increase(metric, "namespace, pod"):
+                key = _key(item)
+                value = float(item["value"][1])
+                if key is not None and not math.isnan(value):
+                    setattr(pods[key[1]], attr, value)
+        if q.ttft_buckets is not None:
+            for item in increase(q.ttft_buckets, "namespace, pod, le"):
+                key = _key(item)
+                le = item.get("metric", {}).get("le")
+                value = float(item["value"][1])
+                if key is not None and le is not None and not math.isnan(value):
+                    pods[key[1]].ttft_buckets[float(le)] = value
+        # A pod that exports the counters but had no failure yet has zero failures.
+        if q.failures is not None:
+            for counts in pods.values():
+                if counts.failures is None and counts.requests is not None:
+                    counts.failures = 0.0
         return dict(pods)
 
     def fresh(self, metrics: PodMetrics, now: float | None = None) -> bool:

@@ -97,6 +97,40 @@ class Kube:
         )
         _count("scale", "DistilledModelDeployment")
 
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Resize a Deployment without touching its template (the stable track while a
+        canary runs)."""
+        self.apps.patch_namespaced_deployment_scale(
+            name,
+            namespace,
+            {"spec": {"replicas": replicas}},
+            field_manager=FIELD_MANAGER,
+            _content_type=MERGE,
+        )
+        _count("scale", "Deployment")
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        """Delete a retired canary Deployment (already gone is fine)."""
+        try:
+            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        _count("delete", "Deployment")
+
+    def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None:
+        """Consume a one-shot command annotation (``distillery.dev/rollout``)."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"annotations": {key: None}}},
+            _content_type=MERGE,
+        )
+        _count("patch", "DistilledModelDeployment")
+
     def post_event(
         self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
     ) -> None:

@@ -13,17 +13,26 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from distillery import metrics
+from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
 from distillery.kube import WRITES, Kube, in_thread
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
-from distillery.reconcile.children import APPLIED_HASH, ChildState
+from distillery.reconcile.children import (
+    APPLIED_HASH,
+    CANARY,
+    TRACK_LABEL,
+    ChildState,
+    child_key,
+)
 from distillery.render import RenderOptions
+from distillery.rollout import COMMAND_ANNOTATION
+from distillery.rollout.analysis import Measurement
 
 log = logging.getLogger("distillery.reconciler")
 Key = tuple[str, str]
@@ -41,20 +50,25 @@ class Reconciler:
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _status: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    _scaled: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    _consumed: dict[Key, str] = field(default_factory=dict)
+    _deleted: set[tuple[str, str, str]] = field(default_factory=set)
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
         self._status.pop((namespace, name), None)
-        for key in [k for k in self._applied if k[:2] == (namespace, name)]:
-            self._applied.pop(key, None)
+        self._consumed.pop((namespace, name), None)
+        for table in (self._applied, self._scaled):
+            for key in [k for k in table if k[:2] == (namespace, name)]:
+                table.pop(key, None)
         metrics.forget(namespace, name)
 
     def _effective_children(
         self, namespace: str, name: str, children: Mapping[str, ChildState]
     ) -> dict[str, ChildState]:
         out = dict(children)
-        for kind, state in children.items():
-            mine = self._applied.get((namespace, name, kind))
+        for key, state in children.items():
+            mine = self._applied.get((namespace, name, key))
             if (
                 mine is not None
                 and state.applied_hash != mine
@@ -62,12 +76,18 @@ class Reconciler:
                 and not state.foreign
             ):
                 # The watch has not seen our last apply yet.
-                out[kind] = ChildState(**{**state.__dict__, "applied_hash": mine})
-        for (ns, n, kind), digest in self._applied.items():
-            if (ns, n) == (namespace, name) and kind not in out:
+                out[key] = ChildState(**{**state.__dict__, "applied_hash": mine})
+        for (ns, n, key), digest in self._applied.items():
+            if (ns, n) == (namespace, name) and key not in out:
                 # Applied but not yet in the watch cache.
-                out[kind] = ChildState(
-                    kind=kind, name=name, namespace=ns, owner=name, applied_hash=digest
+                kind, _, track = key.partition("/")
+                out[key] = ChildState(
+                    kind=kind,
+                    name=f"{name}-{track}" if track else name,
+                    namespace=ns,
+                    owner=name,
+                    applied_hash=digest,
+                    track=track or "stable",
                 )
         return out
 
@@ -76,6 +96,10 @@ class Reconciler:
         body: Mapping[str, Any],
         children: Mapping[str, ChildState],
         unschedulable: str | None = None,
+        *,
+        pods: Sequence[PodInfo] | None = None,
+        measurement: Measurement | None = None,
+        analysis_configured: bool = False,
     ) -> Desired:
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
@@ -84,7 +108,16 @@ class Reconciler:
         async with lock:
             started = time.perf_counter()
             try:
-                return await self._reconcile(body, children, namespace, name, unschedulable)
+                return await self._reconcile(
+                    body,
+                    children,
+                    namespace,
+                    name,
+                    unschedulable,
+                    pods,
+                    measurement,
+                    analysis_configured,
+                )
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
@@ -94,7 +127,10 @@ class Reconciler:
         children: Mapping[str, ChildState],
         namespace: str,
         name: str,
-        unschedulable: str | None = None,
+        unschedulable: str | None,
+        pods: Sequence[PodInfo] | None,
+        measurement: Measurement | None,
+        analysis_configured: bool,
     ) -> Desired:
         key = (namespace, name)
         # Our last status write is authoritative for the fields we own until the watch
@@ -102,6 +138,7 @@ class Reconciler:
         effective = dict(body)
         if key in self._status:
             effective["status"] = {**(body.get("status") or {}), **self._status[key]}
+        effective["metadata"] = self._unconsumed(key, body.get("metadata") or {})
         user_template, template_error = await self._user_template(body)
         desired = desired_state(
             effective,
@@ -112,20 +149,30 @@ class Reconciler:
             user_template=user_template,
             user_template_error=template_error,
             unschedulable=unschedulable,
+            pods=pods,
+            measurement=measurement,
+            analysis_configured=analysis_configured,
         )
         for obj in desired.apply:
+            child = child_key(obj["kind"], obj["metadata"]["labels"].get(TRACK_LABEL, ""))
             log.info(
                 "applying %s %s/%s (%s)",
                 obj["kind"],
                 namespace,
-                name,
-                desired.apply_reasons.get(obj["kind"], ""),
+                obj["metadata"]["name"],
+                desired.apply_reasons.get(child, ""),
             )
             await in_thread(self.kube.apply, obj)
             metrics.API_WRITES.labels("apply", obj["kind"]).inc()
-            self._applied[(namespace, name, obj["kind"])] = obj["metadata"]["annotations"][
-                APPLIED_HASH
-            ]
+            self._applied[(namespace, name, child)] = obj["metadata"]["annotations"][APPLIED_HASH]
+        await self._resize_and_retire(namespace, name, desired)
+        if desired.clear_command:
+            command = str(
+                (body.get("metadata") or {}).get("annotations", {}).get(COMMAND_ANNOTATION)
+            )
+            await in_thread(self.kube.remove_dmd_annotation, namespace, name, COMMAND_ANNOTATION)
+            metrics.API_WRITES.labels("patch", "DistilledModelDeployment").inc()
+            self._consumed[key] = command
         if desired.status_changed:
             owned = {k: v for k, v in desired.status.items() if k in OWNED_STATUS}
             if json.dumps(owned, sort_keys=True) != json.dumps(
@@ -148,6 +195,45 @@ class Reconciler:
                 log.warning("could not post event %s: %s", event.reason, exc)
         self._record_metrics(namespace, name, desired)
         return desired
+
+    def _unconsumed(self, key: Key, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """Metadata without a rollout command we already acted on (the watch may not have
+        seen its removal yet): a command acts once."""
+        annotations = dict(meta.get("annotations") or {})
+        value = annotations.get(COMMAND_ANNOTATION)
+        if value is None:
+            self._consumed.pop(key, None)
+        elif self._consumed.get(key) == value:
+            annotations.pop(COMMAND_ANNOTATION)
+        return {**meta, "annotations": annotations}
+
+    async def _resize_and_retire(
+        self,
+        namespace: str,
+        name: str,
+        desired: Desired,
+    ) -> None:
+        """The stable track's size while a canary runs, and a retired canary's delete."""
+        for dep, replicas in desired.scale.items():
+            if self._scaled.get((namespace, name, dep)) == replicas:
+                continue  # written; the watch has not caught up
+            log.info("scaling Deployment %s/%s to %d (rollout split)", namespace, dep, replicas)
+            await in_thread(self.kube.scale_deployment, namespace, dep, replicas)
+            metrics.API_WRITES.labels("scale", "Deployment").inc()
+            self._scaled[(namespace, name, dep)] = replicas
+        for k in [k for k in self._scaled if k[:2] == (namespace, name)]:
+            if k[2] not in desired.scale:
+                self._scaled.pop(k, None)
+        for kind, dep in desired.delete:
+            self._applied.pop((namespace, name, child_key(kind, CANARY)), None)
+            if (namespace, name, dep) in self._deleted:
+                continue  # deleted; the watch has not caught up
+            log.info("deleting retired canary %s %s/%s", kind, namespace, dep)
+            await in_thread(self.kube.delete_deployment, namespace, dep)
+            metrics.API_WRITES.labels("delete", kind).inc()
+            self._deleted.add((namespace, name, dep))
+        gone = {dep for _, dep in desired.delete}
+        self._deleted = {k for k in self._deleted if k[:2] != (namespace, name) or k[2] in gone}
 
     async def _user_template(self, body: Mapping[str, Any]) -> tuple[str | None, str | None]:
         ref = ((body.get("spec") or {}).get("serving") or {}).get("templateRef")

@@ -19,11 +19,12 @@ alone, and the verdict says so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distillery.autoscale.inputs import histogram_quantile
+from distillery.autoscale.inputs import PodCounts, PodInfo, histogram_quantile
 
 Result = Literal["Pass", "Fail", "Inconclusive"]
 # Below this, a TTFT difference is within one histogram bucket of vLLM's defaults.
@@ -58,6 +59,47 @@ class Measurement:
     end: float
     canary: TrackSample
     stable: TrackSample | None
+
+
+def measure(
+    revision: str,
+    step: int,
+    start: float,
+    end: float,
+    pods: Sequence[PodInfo],
+    counts: Mapping[str, PodCounts],
+    *,
+    counts_requests: bool = True,
+) -> Measurement:
+    """Sum per-pod counter increases into the two tracks: canary pods of ``revision``,
+    and the stable track's pods. ``counts_requests``: the engine exports a request
+    counter, so a track without samples served nothing we can see (not "no signal")."""
+
+    def track(members: list[PodInfo]) -> TrackSample:
+        got = [counts[p.name] for p in members if p.name in counts]
+        requests = [c.requests for c in got if c.requests is not None]
+        failures = [c.failures for c in got if c.failures is not None]
+        merged: dict[float, float] = defaultdict(float)
+        for c in got:
+            for le, v in c.ttft_buckets.items():
+                merged[le] += v
+        return TrackSample(
+            pods=len(members),
+            requests=sum(requests) if requests else (0.0 if counts_requests else None),
+            failures=sum(failures) if failures else None,
+            ttft_buckets=dict(merged),
+        )
+
+    canary = [p for p in pods if p.track == "canary" and p.revision == revision]
+    stable = [p for p in pods if (p.track or "stable") == "stable"]
+    return Measurement(
+        revision=revision,
+        step=step,
+        start=start,
+        end=end,
+        canary=track(canary),
+        stable=track(stable) if stable else None,
+    )
 
 
 @dataclass(frozen=True)
