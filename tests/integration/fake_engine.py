@@ -5,9 +5,11 @@ with ``honor_labels``). Classic text exposition (0.0.4), as vLLM serves it."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 
 class FakeEngines:
@@ -32,6 +34,86 @@ class FakeEngines:
             lines.append(f"# TYPE {name} gauge")
             for (ns, pod), values in items:
                 lines.append(f'{name}{{namespace="{ns}",pod="{pod}",model_name="m"}} {values[idx]}')
+        return ("\n".join(lines) + "\n").encode()
+
+
+TTFT_BUCKETS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class RequestTraffic:
+    """Finished-request counters and a TTFT histogram per ready pod, as vLLM exports
+    them, growing with time: every ready pod serves ``rate`` requests per second with
+    the TTFT its track is given (``ttft["canary"] = 3.0`` makes a slow canary). Pods are
+    listed from the API server, so new replicas start reporting when they are ready."""
+
+    def __init__(self, core: Any, namespace: str, rate: float = 5.0) -> None:
+        self.core, self.namespace, self.rate = core, namespace, rate
+        self.ttft: dict[str, float] = {"stable": 0.2, "canary": 0.2}
+        self.lock = threading.Lock()
+        self.counts: dict[str, dict[str, Any]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RequestTraffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self.stop.wait(0.5):
+            now = time.monotonic()
+            dt, last = now - last, now
+            try:
+                pods = self.core.list_namespaced_pod(self.namespace).items
+            except Exception:  # noqa: BLE001 - the API server may restart in a test
+                continue
+            with self.lock:
+                for pod in pods:
+                    ready = any(
+                        c.type == "Ready" and c.status == "True"
+                        for c in (pod.status.conditions or [])
+                    )
+                    if not ready or pod.metadata.deletion_timestamp:
+                        continue
+                    track = (pod.metadata.labels or {}).get("distillery.dev/track", "stable")
+                    ttft = self.ttft.get(track, 0.2)
+                    c = self.counts.setdefault(
+                        pod.metadata.name,
+                        {"n": 0.0, "sum": 0.0, "le": dict.fromkeys(TTFT_BUCKETS, 0.0)},
+                    )
+                    n = self.rate * dt
+                    c["n"] += n
+                    c["sum"] += n * ttft
+                    for le in TTFT_BUCKETS:
+                        if ttft <= le:
+                            c["le"][le] += n
+
+    def exposition(self) -> bytes:
+        ns = self.namespace
+        lines = [
+            "# TYPE vllm:request_success_total counter",
+            "# TYPE vllm:time_to_first_token_seconds histogram",
+        ]
+        with self.lock:
+            items = sorted(self.counts.items())
+            for pod, c in items:
+                labels = f'namespace="{ns}",pod="{pod}",model_name="m"'
+                lines.append(
+                    f'vllm:request_success_total{{{labels},finished_reason="stop"}} {c["n"]}'
+                )
+                for le, v in c["le"].items():
+                    lines.append(
+                        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{le}"}} {v}'
+                    )
+                lines.append(
+                    f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} {c["n"]}'
+                )
+                lines.append(f"vllm:time_to_first_token_seconds_count{{{labels}}} {c['n']}")
+                lines.append(f"vllm:time_to_first_token_seconds_sum{{{labels}}} {c['sum']}")
         return ("\n".join(lines) + "\n").encode()
 
 

@@ -504,6 +504,7 @@ class CanaryAnalysis(_Model):
 
     max_ttft_ratio: float = Field(
         default=1.2,
+        alias="maxTTFTRatio",
         description="Canary TTFT percentile over the stable one, at most.",
         gt=0,
         le=100,

@@ -53,12 +53,13 @@ class Reconciler:
     _scaled: dict[tuple[str, str, str], int] = field(default_factory=dict)
     _consumed: dict[Key, str] = field(default_factory=dict)
     _deleted: set[tuple[str, str, str]] = field(default_factory=set)
+    _applied_replicas: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
         self._status.pop((namespace, name), None)
         self._consumed.pop((namespace, name), None)
-        for table in (self._applied, self._scaled):
+        for table in (self._applied, self._scaled, self._applied_replicas):
             for key in [k for k in table if k[:2] == (namespace, name)]:
                 table.pop(key, None)
         metrics.forget(namespace, name)
@@ -75,8 +76,11 @@ class Reconciler:
                 and not state.conflicts
                 and not state.foreign
             ):
-                # The watch has not seen our last apply yet.
-                out[key] = ChildState(**{**state.__dict__, "applied_hash": mine})
+                # The watch has not seen our last apply yet (nor the replicas it set).
+                replicas = self._applied_replicas.get((namespace, name, key), state.spec_replicas)
+                out[key] = ChildState(
+                    **{**state.__dict__, "applied_hash": mine, "spec_replicas": replicas}
+                )
         for (ns, n, key), digest in self._applied.items():
             if (ns, n) == (namespace, name) and key not in out:
                 # Applied but not yet in the watch cache.
@@ -165,6 +169,8 @@ class Reconciler:
             await in_thread(self.kube.apply, obj)
             metrics.API_WRITES.labels("apply", obj["kind"]).inc()
             self._applied[(namespace, name, child)] = obj["metadata"]["annotations"][APPLIED_HASH]
+            if obj["kind"] == "Deployment":
+                self._applied_replicas[(namespace, name, child)] = obj["spec"]["replicas"]
         await self._resize_and_retire(namespace, name, desired)
         if desired.clear_command:
             command = str(

@@ -1,0 +1,344 @@
+"""Rollouts on the real control plane, analysed from real Prometheus scraping a test
+exporter that serves vLLM's request counters and TTFT histogram per pod.
+
+- a healthy canary goes through every step and is promoted;
+- a canary with bad latency is rolled back on its own;
+- an operator SIGKILLed mid-step resumes at the same step;
+- a rolling update on GPUs that are all taken still completes (one at a time).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from distillery.api.types import GROUP, PLURAL, VERSION
+from localcluster import Cluster
+from localprom import Prometheus
+from tests.integration.conftest import wait_for
+from tests.integration.fake_engine import RequestTraffic, serve
+from tests.integration.operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+NAME = "r1"
+
+
+def dmd_spec(revision: str, steps: list[dict[str, int]], replicas: int = 4) -> dict[str, Any]:
+    return {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "revision": revision},
+        "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+        # Replicas fixed for the test: the split, not the autoscaler, is under test here.
+        "scaling": {"mode": "external", "minReplicas": replicas, "maxReplicas": replicas},
+        "rollout": {
+            "strategy": "Canary",
+            "canary": {
+                "steps": steps,
+                "analysis": {"maxTTFTRatio": 1.5, "minRequests": 5},
+            },
+        },
+    }
+
+
+def apply(cluster: Cluster, ns: str, spec: dict[str, Any]) -> None:
+    manifest = {
+        "apiVersion": "distillery.dev/v1alpha1",
+        "kind": "DistilledModelDeployment",
+        "metadata": {"name": NAME},
+        "spec": spec,
+    }
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+
+
+def get(api: client.ApiClient, ns: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, NAME
+    )
+    return obj
+
+
+def rollout(api: client.ApiClient, ns: str) -> dict[str, Any]:
+    return dict((get(api, ns).get("status") or {}).get("rollout") or {})
+
+
+def condition(api: client.ApiClient, ns: str, type_: str) -> dict[str, Any]:
+    conds = (get(api, ns).get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == type_), {})
+
+
+def deployment(api: client.ApiClient, ns: str, name: str) -> client.V1Deployment | None:
+    try:
+        return client.AppsV1Api(api).read_namespaced_deployment(name, ns)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def revision_of(dep: client.V1Deployment | None) -> str | None:
+    return None if dep is None else (dep.metadata.annotations or {}).get("distillery.dev/revision")
+
+
+def event_reasons(api: client.ApiClient, ns: str) -> list[str]:
+    items = client.CoreV1Api(api).list_namespaced_event(ns).items
+    items = [e for e in items if e.involved_object.kind == "DistilledModelDeployment"]
+    items.sort(key=lambda e: e.last_timestamp or e.metadata.creation_timestamp)
+    return [e.reason for e in items]
+
+
+@pytest.fixture
+def traffic(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    crd_installed: None,
+    prometheus: Callable[..., Prometheus],
+    tmp_path: Path,
+) -> Iterator[tuple[RequestTraffic, OperatorProcess]]:
+    with (
+        RequestTraffic(client.CoreV1Api(api_client), namespace) as load,
+        serve(load.exposition) as port,
+    ):
+        prom = prometheus(static_targets=[f"127.0.0.1:{port}"], honor_labels=True)
+        op = OperatorProcess(
+            cluster,
+            namespace,
+            tmp_path / "op",
+            "--prometheus-url",
+            prom.url,
+            "--rollout-interval",
+            "1",
+        ).start()
+        try:
+            yield load, op
+        finally:
+            op.stop()
+
+
+def deploy_v1(cluster: Cluster, api: client.ApiClient, ns: str, spec: dict[str, Any]) -> str:
+    apply(cluster, ns, spec)
+    cluster.kubectl("wait", "-n", ns, "--for=condition=Ready", f"dmd/{NAME}", "--timeout=120s")
+    wait_for(lambda: rollout(api, ns).get("phase") == "Stable", "rollout Stable")
+    v1 = rollout(api, ns)["stableRevision"]
+    assert revision_of(deployment(api, ns, NAME)) == v1
+    return str(v1)
+
+
+def test_healthy_canary_is_promoted_through_every_step(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    traffic: tuple[RequestTraffic, OperatorProcess],
+) -> None:
+    steps = [{"weight": 25, "pauseSeconds": 6}, {"weight": 50, "pauseSeconds": 6}]
+    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps))
+    apply(cluster, namespace, dmd_spec("v2", steps))
+
+    # Step 1: a second Deployment runs the new revision, the stable one keeps v1.
+    ro = wait_for(
+        lambda: (r := rollout(api_client, namespace)).get("stepStartedAt") and r, "step 1"
+    )
+    v2 = ro["canaryRevision"]
+    assert v2 != v1 and ro["step"] == 1 and ro["stableRevision"] == v1
+    stable = deployment(api_client, namespace, NAME)
+    canary = deployment(api_client, namespace, f"{NAME}-canary")
+    assert revision_of(stable) == v1 and revision_of(canary) == v2
+    assert (stable.spec.replicas, canary.spec.replicas) == (3, 1)
+    assert condition(api_client, namespace, "RolloutProgressing")["status"] == "True"
+    service = client.CoreV1Api(api_client).read_namespaced_service(NAME, namespace)
+    canary_labels = canary.spec.template.metadata.labels
+    assert all(canary_labels[k] == v for k, v in service.spec.selector.items())
+    wide = cluster.kubectl("get", "-n", namespace, f"dmd/{NAME}", "-o", "wide")
+    assert "Progressing" in wide
+
+    # Step 2 after a passing analysis of step 1.
+    ro = wait_for(
+        lambda: (r := rollout(api_client, namespace)).get("step") == 2 and r, "step 2", timeout=60
+    )
+    first = ro["lastAnalysis"]
+    assert first["step"] == 1 and first["result"] == "Pass", first
+    assert first["canaryRequests"] >= 5 and first["canaryTTFTSeconds"] < 0.5
+    wait_for(
+        lambda: deployment(api_client, namespace, f"{NAME}-canary").spec.replicas == 2,
+        "canary at 2 of 4",
+    )
+
+    # Promoted: the stable Deployment runs v2 and the canary is gone.
+    wait_for(
+        lambda: (
+            rollout(api_client, namespace).get("phase") == "Stable"
+            and rollout(api_client, namespace).get("stableRevision") == v2
+        ),
+        "promotion",
+        timeout=90,
+    )
+    wait_for(lambda: deployment(api_client, namespace, f"{NAME}-canary") is None, "canary gone")
+    stable = deployment(api_client, namespace, NAME)
+    assert revision_of(stable) == v2 and stable.spec.replicas == 4
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", f"dmd/{NAME}", "--timeout=60s"
+    )
+    reasons = event_reasons(api_client, namespace)
+    assert reasons.count("CanaryStepPassed") == 2, reasons
+    assert reasons.index("RolloutStarted") < reasons.index("Promoting") < reasons.index("Promoted")
+
+
+def test_canary_with_bad_latency_is_rolled_back(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    traffic: tuple[RequestTraffic, OperatorProcess],
+) -> None:
+    load, _ = traffic
+    steps = [{"weight": 25, "pauseSeconds": 30}, {"weight": 50, "pauseSeconds": 30}]
+    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps))
+    load.ttft["canary"] = 3.0  # fifteen times the stable track's 0.2 s
+    apply(cluster, namespace, dmd_spec("v2-slow", steps))
+
+    ro = wait_for(
+        lambda: (r := rollout(api_client, namespace)).get("phase") == "RolledBack" and r,
+        "automatic rollback",
+        timeout=60,
+    )
+    analysis = ro["lastAnalysis"]
+    assert analysis["result"] == "Fail" and analysis["canaryTTFTSeconds"] > 1.0
+    assert analysis["stableTTFTSeconds"] < 0.5
+    # Within the first pause: the analysis failed it early.
+    assert ro["stableRevision"] == v1 and "maxTTFTRatio" in ro["message"]
+    wait_for(lambda: deployment(api_client, namespace, f"{NAME}-canary") is None, "canary gone")
+    stable = deployment(api_client, namespace, NAME)
+    assert revision_of(stable) == v1
+    wait_for(lambda: deployment(api_client, namespace, NAME).spec.replicas == 4, "stable back to 4")
+    stalled = condition(api_client, namespace, "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "RolledBack"
+    assert condition(api_client, namespace, "RolloutProgressing")["reason"] == "RolledBack"
+    assert "RolledBack" in event_reasons(api_client, namespace)
+    # And it stays so: no retry loop, the stable Deployment is left alone.
+    time.sleep(5)
+    assert rollout(api_client, namespace)["phase"] == "RolledBack"
+    assert revision_of(deployment(api_client, namespace, NAME)) == v1
+    assert deployment(api_client, namespace, f"{NAME}-canary") is None
+
+    # A person retries after fixing the cause: the canary starts again at step 1.
+    load.ttft["canary"] = 0.2
+    cluster.kubectl(
+        "annotate", "-n", namespace, f"dmd/{NAME}", "distillery.dev/rollout=retry", "--overwrite"
+    )
+    wait_for(
+        lambda: rollout(api_client, namespace).get("phase") == "Progressing", "retry", timeout=30
+    )
+    wait_for(
+        lambda: (
+            "distillery.dev/rollout"
+            not in (get(api_client, namespace)["metadata"].get("annotations") or {})
+        ),
+        "the command annotation consumed",
+    )
+
+
+def test_operator_killed_mid_rollout_resumes_at_the_same_step(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    traffic: tuple[RequestTraffic, OperatorProcess],
+) -> None:
+    _, op = traffic
+    steps = [{"weight": 25, "pauseSeconds": 6}, {"weight": 50, "pauseSeconds": 25}]
+    deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps))
+    apply(cluster, namespace, dmd_spec("v2", steps))
+    ro = wait_for(
+        lambda: (
+            (r := rollout(api_client, namespace)).get("step") == 2 and r.get("stepStartedAt") and r
+        ),
+        "step 2 started",
+        timeout=60,
+    )
+    canary_uid = deployment(api_client, namespace, f"{NAME}-canary").metadata.uid
+    op.kill()
+    time.sleep(3)
+    op.start()
+    time.sleep(5)
+    after = rollout(api_client, namespace)
+    assert after["phase"] == "Progressing"
+    assert (after["step"], after["stepStartedAt"]) == (ro["step"], ro["stepStartedAt"])
+    assert deployment(api_client, namespace, f"{NAME}-canary").metadata.uid == canary_uid
+    wait_for(
+        lambda: rollout(api_client, namespace).get("phase") == "Stable",
+        "promotion after the restart",
+        timeout=90,
+    )
+    # Step 1 passed once: the restart did not run it again.
+    assert event_reasons(api_client, namespace).count("CanaryStepPassed") == 2
+
+
+def free_l4_gpus(api: client.ApiClient) -> int:
+    core = client.CoreV1Api(api)
+    nodes = core.list_node(label_selector="nvidia.com/gpu.product=NVIDIA-L4").items
+    free = 0
+    for node in nodes:
+        total = int(node.status.allocatable.get("nvidia.com/gpu", "0"))
+        pods = core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node.metadata.name}"
+        ).items
+        used = sum(
+            int((c.resources.limits or {}).get("nvidia.com/gpu", "0"))
+            for p in pods
+            if p.status.phase not in ("Succeeded", "Failed")
+            for c in p.spec.containers
+        )
+        free += max(0, total - used)
+    return free
+
+
+def test_rolling_update_without_spare_gpus_completes(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    traffic: tuple[RequestTraffic, OperatorProcess],
+) -> None:
+    replicas = free_l4_gpus(api_client)
+    assert replicas >= 2, "the local cluster should have at least two free L4 GPUs"
+    spec = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "revision": "v1"},
+        "placement": {"gpuTypes": ["nvidia-l4"], "gpusPerReplica": 1},
+        "scaling": {"mode": "external", "minReplicas": replicas, "maxReplicas": replicas},
+    }
+    apply(cluster, namespace, spec)
+    cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", f"dmd/{NAME}", "--timeout=120s"
+    )
+    assert free_l4_gpus(api_client) == 0  # every L4 GPU is taken: no room for a surge pod
+    apply(cluster, namespace, {**spec, "model": {**spec["model"], "revision": "v2"}})
+    v2 = wait_for(
+        lambda: (
+            (r := rollout(api_client, namespace)).get("phase") == "Progressing"
+            and r["canaryRevision"]
+        ),
+        "rolling update started",
+    )
+    wait_for(
+        lambda: (
+            rollout(api_client, namespace).get("phase") == "Stable"
+            and rollout(api_client, namespace).get("stableRevision") == v2
+        ),
+        "rolling update complete",
+        timeout=120,
+    )
+    dep = deployment(api_client, namespace, NAME)
+    assert dep.status.updated_replicas == replicas and dep.status.ready_replicas == replicas
+    pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace).items
+    live = [p for p in pods if not p.metadata.deletion_timestamp]
+    assert {p.metadata.labels["distillery.dev/revision"] for p in live} == {v2}
+    reasons = event_reasons(api_client, namespace)
+    assert "SurgeUnschedulable" in reasons and "RolloutComplete" in reasons
+    # Back to a surge once done, for the next rollout on a cluster with room.
+    wait_for(
+        lambda: deployment(api_client, namespace, NAME).spec.strategy.rolling_update.max_surge == 1,
+        "surge restored",
+    )
