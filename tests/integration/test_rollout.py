@@ -21,6 +21,7 @@ from kubernetes import client
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from localprom import Prometheus
+from tests.argocd import health
 from tests.integration.conftest import wait_for
 from tests.integration.fake_engine import RequestTraffic, serve
 from tests.integration.operator_process import OperatorProcess
@@ -156,6 +157,8 @@ def test_healthy_canary_is_promoted_through_every_step(
     assert all(canary_labels[k] == v for k, v in service.spec.selector.items())
     wide = cluster.kubectl("get", "-n", namespace, f"dmd/{NAME}", "-o", "wide")
     assert "Progressing" in wide
+    # What Argo CD shows for the live object while the canary runs.
+    assert health(get(api_client, namespace))["status"] == "Progressing"
 
     # Step 2 after a passing analysis of step 1.
     ro = wait_for(
@@ -184,6 +187,7 @@ def test_healthy_canary_is_promoted_through_every_step(
     cluster.kubectl(
         "wait", "-n", namespace, "--for=condition=Ready", f"dmd/{NAME}", "--timeout=60s"
     )
+    assert health(get(api_client, namespace))["status"] == "Healthy"
     reasons = event_reasons(api_client, namespace)
     assert reasons.count("CanaryStepPassed") == 2, reasons
     assert reasons.index("RolloutStarted") < reasons.index("Promoting") < reasons.index("Promoted")
@@ -219,6 +223,7 @@ def test_canary_with_bad_latency_is_rolled_back(
     assert stalled["status"] == "True" and stalled["reason"] == "RolledBack"
     assert condition(api_client, namespace, "RolloutProgressing")["reason"] == "RolledBack"
     assert "RolledBack" in event_reasons(api_client, namespace)
+    assert health(get(api_client, namespace))["status"] == "Degraded"
     # And it stays so: no retry loop, the stable Deployment is left alone.
     time.sleep(5)
     assert rollout(api_client, namespace)["phase"] == "RolledBack"

@@ -1,7 +1,8 @@
 -- Argo CD health check for distillery.dev/DistilledModelDeployment.
 -- Install in argocd-cm as resource.customizations.health.distillery.dev_DistilledModelDeployment.
 -- Healthy: Ready=True for the current generation. Degraded: Stalled=True, or a rollout
--- rolled back. Suspended: scaled to zero on purpose. Progressing: everything else.
+-- rolled back. Suspended: scaled to zero on purpose. Progressing: a rollout under way
+-- (RolloutProgressing=True), and everything else.
 local hs = {status = "Progressing", message = "waiting for the operator"}
 if obj.status == nil or obj.status.conditions == nil then
   return hs
@@ -26,6 +27,11 @@ end
 if rollout ~= nil and rollout.status == "False" and rollout.reason == "RolledBack" then
   hs.status = "Degraded"
   hs.message = "rolled back: " .. (rollout.message or "")
+  return hs
+end
+-- A canary or rolling update under way is Progressing even while every replica serves.
+if rollout ~= nil and rollout.status == "True" then
+  hs.message = (rollout.reason or "Rollout") .. ": " .. (rollout.message or "")
   return hs
 end
 if ready ~= nil and ready.status == "True" then
