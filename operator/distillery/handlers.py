@@ -31,7 +31,6 @@ from distillery.kube.autoscaler import Autoscaler
 from distillery.kube.reconciler import Reconciler
 from distillery.kube.rollout import CanaryAnalyzer, rollout_under_way
 from distillery.reconcile.children import (
-    CANARY,
     OWNER_LABEL,
     REVISION_ANNOTATION,
     TRACK_LABEL,
@@ -81,12 +80,16 @@ async def startup(**kwargs: Any) -> None:
     pod_monitor = cfg.pod_monitor == "true" or (
         cfg.pod_monitor == "auto" and await in_thread(kube.podmonitor_api_present)
     )
+    http_route = await in_thread(kube.httproute_api_present)
     images = {**RenderOptions().images, **cfg.images()}
     memo.reconciler = Reconciler(
         kube=kube,
         catalog=catalog,
         options=RenderOptions(
-            images=images, pod_monitor=pod_monitor, model_cache_claim=cfg.model_cache_claim or None
+            images=images,
+            pod_monitor=pod_monitor,
+            http_route=http_route,
+            model_cache_claim=cfg.model_cache_claim or None,
         ),
     )
     # kopf gives each object a shallow copy of the memo: a dict set here is shared by all
@@ -111,9 +114,10 @@ async def startup(**kwargs: Any) -> None:
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_bind, registry=metrics.REGISTRY)
     log.info(
-        "distillery started: namespaces=%s pod_monitor=%s catalog=%d models/%d gpus",
+        "distillery started: namespaces=%s pod_monitor=%s http_route=%s catalog=%d models/%d gpus",
         cfg.namespaces or "all",
         pod_monitor,
+        http_route,
         len(catalog.models),
         len(catalog.gpus),
     )
@@ -121,7 +125,7 @@ async def startup(**kwargs: Any) -> None:
 
 # ---- indices ----------------------------------------------------------------------------
 
-CHILD_INDICES = ("child_deployments", "child_services", "child_pdbs")
+CHILD_INDICES = ("child_deployments", "child_services", "child_pdbs", "child_routes")
 INDICES = ("dmd_bodies", "dmd_pods", *CHILD_INDICES)
 
 
@@ -191,11 +195,17 @@ def child_pdbs(**kwargs: Any) -> dict[Any, ChildState]:
     return _child(kwargs["body"])
 
 
+# Served only where the Gateway API is installed; kopf skips it elsewhere.
+@kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
+def child_routes(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
 def _children(namespace: str, name: str, kwargs: dict[str, Any]) -> dict[str, ChildState]:
     out: dict[str, ChildState] = {}
     for index_name in CHILD_INDICES:
         for state in kwargs[index_name].get((namespace, name), []):
-            if state.name == name or (state.track == CANARY and state.name == f"{name}-{CANARY}"):
+            if state.name == name or state.name.startswith(name + "-"):
                 out[state.key] = state
     return out
 
@@ -320,6 +330,9 @@ async def _on_child(**kwargs: Any) -> None:
 kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)
 kopf.on.event("v1", "services", labels=MANAGED, id="service_event")(_on_child)
 kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_event")(_on_child)
+kopf.on.event(
+    "gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED, id="httproute_event"
+)(_on_child)
 # Pods matter only for why replicas are missing (Unschedulable): the owner is reconciled
 # and its status written only if that changes.
 kopf.on.event("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT}, id="pod_event")(_on_child)

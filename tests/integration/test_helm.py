@@ -27,9 +27,11 @@ SA = f"system:serviceaccount:{NS}:distillery"
 @pytest.fixture(scope="module")
 def helm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = start(state_dir=tmp_path_factory.mktemp("helm-cluster"), quiet=True)
-    # The prometheus-operator API, so RBAC checks on PodMonitors resolve the resource.
-    c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "podmonitor-crd.yaml"))
     try:
+        # The prometheus-operator API, so RBAC checks on PodMonitors resolve the resource,
+        # and the Gateway API's HTTPRoute, for canary routes.
+        c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "podmonitor-crd.yaml"))
+        c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "gateway-api-crds.yaml"))
         yield c
     finally:
         c.stop()
@@ -151,6 +153,11 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("patch", "services"),
         ("patch", "poddisruptionbudgets.policy"),
         ("patch", "podmonitors.monitoring.coreos.com"),
+        ("patch", "httproutes.gateway.networking.k8s.io"),
+        # Rollouts: resize the stable track, retire a canary, consume a command.
+        ("patch", "deployments.apps/scale"),
+        ("delete", "deployments.apps"),
+        ("patch", "distilledmodeldeployments.distillery.dev"),
         ("list", "pods"),
         ("get", "configmaps"),
         ("create", "events"),
@@ -159,8 +166,6 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("get", "secrets"),
         ("list", "secrets"),
         ("create", "pods/exec"),
-        ("delete", "deployments.apps"),
-        ("patch", "distilledmodeldeployments.distillery.dev"),
         ("delete", "distilledmodeldeployments.distillery.dev"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
         ("list", "nodes"),

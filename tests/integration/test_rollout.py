@@ -29,6 +29,7 @@ from tests.integration.operator_process import OperatorProcess
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
 NAME = "r1"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def dmd_spec(revision: str, steps: list[dict[str, int]], replicas: int = 4) -> dict[str, Any]:
@@ -91,6 +92,25 @@ def event_reasons(api: client.ApiClient, ns: str) -> list[str]:
     items = [e for e in items if e.involved_object.kind == "DistilledModelDeployment"]
     items.sort(key=lambda e: e.last_timestamp or e.metadata.creation_timestamp)
     return [e.reason for e in items]
+
+
+@pytest.fixture(scope="session")
+def gateway_api(cluster: Cluster) -> None:
+    """The HTTPRoute API, installed before the operators of the tests that need it start."""
+    cluster.kubectl("apply", "--server-side", "-f", str(DATA / "gateway-api-crds.yaml"))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/httproutes.gateway.networking.k8s.io",
+    )
+    wait_for(
+        lambda: (
+            "httproutes"
+            in cluster.kubectl("api-resources", "--api-group", "gateway.networking.k8s.io")
+        ),
+        "httproutes in discovery",
+    )
 
 
 @pytest.fixture
@@ -347,3 +367,51 @@ def test_rolling_update_without_spare_gpus_completes(
         lambda: deployment(api_client, namespace, NAME).spec.strategy.rolling_update.max_surge == 1,
         "surge restored",
     )
+
+
+def route_weights(api: client.ApiClient, ns: str) -> tuple[int, int]:
+    route = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "gateway.networking.k8s.io", "v1", ns, "httproutes", NAME
+    )
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [r["name"] for r in refs] == [f"{NAME}-stable", f"{NAME}-canary"]
+    return int(refs[0]["weight"]), int(refs[1]["weight"])
+
+
+def test_httproute_weights_follow_the_steps(
+    gateway_api: None,
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    traffic: tuple[RequestTraffic, OperatorProcess],
+) -> None:
+    _, op = traffic
+    assert "http_route=True" in op.log.read_text()
+    steps = [{"weight": 20, "pauseSeconds": 6}, {"weight": 60, "pauseSeconds": 6}]
+    spec = dmd_spec("v1", steps)
+    spec["rollout"]["canary"]["httpRoute"] = {
+        "parentRefs": [{"name": "inference-gateway"}],
+        "hostnames": ["r1.example.com"],
+    }
+    deploy_v1(cluster, api_client, namespace, spec)
+    assert route_weights(api_client, namespace) == (100, 0)
+    assert rollout(api_client, namespace)["traffic"] == f"HTTPRoute {NAME}"
+    core = client.CoreV1Api(api_client)
+    assert core.read_namespaced_service(f"{NAME}-canary", namespace).spec.selector == {
+        "distillery.dev/deployment": NAME,
+        "distillery.dev/track": "canary",
+    }
+    spec["model"]["revision"] = "v2"
+    apply(cluster, namespace, spec)
+    # Exact weights, whatever the replica split (1 of 4 replicas is 25%, not 20%).
+    wait_for(lambda: route_weights(api_client, namespace) == (80, 20), "20% by weight")
+    ro = rollout(api_client, namespace)
+    assert ro["step"] == 1
+    v2 = ro["canaryRevision"]
+    wait_for(lambda: route_weights(api_client, namespace) == (40, 60), "60% by weight")
+    wait_for(
+        lambda: rollout(api_client, namespace).get("stableRevision") == v2,
+        "promoted",
+        timeout=90,
+    )
+    wait_for(lambda: route_weights(api_client, namespace) == (100, 0), "all traffic to stable")

@@ -18,6 +18,7 @@ from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import load_catalog
 from distillery.reconcile import Desired, desired_state
 from distillery.reconcile.children import ChildState, child_key, child_state
+from distillery.render import RenderOptions
 from distillery.rollout import canary_split
 from distillery.rollout.analysis import Criteria, Measurement, TrackSample, judge
 
@@ -70,6 +71,7 @@ class World:
     generation: int = 1
     unschedulable_new: int = 0
     log: list[Desired] = field(default_factory=list)
+    options: RenderOptions | None = None
 
     def body(self) -> dict[str, Any]:
         return {
@@ -108,12 +110,11 @@ class World:
             pods=self.pods(),
             measurement=measurement,
             analysis_configured=True,
+            options=self.options,
         )
         for obj in d.apply:
             body = copy.deepcopy(obj)
-            key = child_key(
-                body["kind"], body["metadata"]["labels"].get("distillery.dev/track", "")
-            )
+            key = child_key(body["kind"], body["metadata"]["name"], "m")
             if body["kind"] == "Deployment":
                 n = body["spec"]["replicas"]
                 body["metadata"]["generation"] = 1
@@ -125,13 +126,13 @@ class World:
                 }
             self.children[key] = child_state(body)
         for name, n in d.scale.items():
-            key = child_key("Deployment", "canary" if name.endswith("-canary") else "")
+            key = child_key("Deployment", name, "m")
             c = self.children[key]
             self.children[key] = replace(
                 c, spec_replicas=n, replicas=n, ready_replicas=n, updated_replicas=n
             )
         for _kind, name in d.delete:
-            self.children.pop(child_key("Deployment", "canary" if name.endswith("-canary") else ""))
+            self.children.pop(child_key("Deployment", name, "m"))
         if d.clear_command:
             self.annotations.pop("distillery.dev/rollout", None)
         self.status = json.loads(json.dumps({**self.status, **d.status}))
@@ -423,3 +424,53 @@ def test_split_keeps_the_total_and_both_tracks(total: int, weight: int) -> None:
         assert stable + canary == max(total, 2)
     else:
         assert stable == 0 and canary == total
+
+
+def route_weights_of(world: World) -> tuple[int, int]:
+    route = next(o for d in reversed(world.log) for o in d.apply if o["kind"] == "HTTPRoute")
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    return refs[0]["weight"], refs[1]["weight"]
+
+
+def test_httproute_takes_each_steps_exact_weight() -> None:
+    s = spec()
+    s["rollout"]["canary"]["httpRoute"] = {
+        "parentRefs": [{"name": "inference-gateway", "namespace": "gateways"}],
+        "hostnames": ["r1.example.com"],
+    }
+    world = World(s, options=RenderOptions(http_route=True))
+    first = world.step(0)
+    world.step(1)
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in first.apply)
+    assert ("HTTPRoute", "m") in kinds and ("Service", "m-canary") in kinds
+    services = {o["metadata"]["name"]: o for o in first.apply if o["kind"] == "Service"}
+    assert services["m-canary"]["spec"]["selector"]["distillery.dev/track"] == "canary"
+    assert services["m-stable"]["spec"]["selector"]["distillery.dev/track"] == "stable"
+    route = next(o for o in first.apply if o["kind"] == "HTTPRoute")
+    assert route["spec"]["parentRefs"] == [{"name": "inference-gateway", "namespace": "gateways"}]
+    assert route_weights_of(world) == (100, 0)
+    s2 = copy.deepcopy(s)
+    s2["model"]["revision"] = "v2"
+    world.commit(s2)
+    world.step(10)  # the canary is not ready yet: no traffic to it
+    assert route_weights_of(world) == (100, 0)
+    world.step(11)
+    assert route_weights_of(world) == (75, 25)
+    assert world.rollout()["traffic"] == "HTTPRoute m"
+    world.step(72, measured(world, 11, 72, 0.3, step=1))
+    world.step(73)
+    assert route_weights_of(world) == (50, 50)
+    world.step(134, measured(world, 73, 134, 0.3, step=2))
+    for t in range(135, 140):
+        world.step(t)
+    assert world.rollout()["phase"] == "Stable"
+    assert route_weights_of(world) == (100, 0)
+
+
+def test_without_the_gateway_api_traffic_follows_replicas() -> None:
+    s = spec()
+    s["rollout"]["canary"]["httpRoute"] = {"parentRefs": [{"name": "gw"}]}
+    world = World(s)  # the operator found no HTTPRoute API
+    d = world.step(0)
+    assert not [o for o in d.apply if o["kind"] == "HTTPRoute"]
+    assert world.rollout().get("traffic", "").startswith("replica ratio")

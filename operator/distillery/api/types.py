@@ -521,6 +521,29 @@ class CanaryAnalysis(_Model):
     )
 
 
+class ParentRef(_Model):
+    """A Gateway (or listener of one) the route attaches to."""
+
+    name: str = Field(min_length=1, max_length=253, description="Gateway name.")
+    namespace: str | None = Field(
+        default=None, max_length=63, description="Gateway namespace (default: the DMD's)."
+    )
+    section_name: str | None = Field(
+        default=None, max_length=253, description="Listener name on the Gateway."
+    )
+
+
+class HTTPRouteSpec(_Model):
+    """Exact canary weights through a Gateway API HTTPRoute that distillery owns."""
+
+    parent_refs: list[ParentRef] = Field(
+        min_length=1, max_length=32, description="Gateways the route attaches to."
+    )
+    hostnames: list[str] = Field(
+        default_factory=list, max_length=16, description="Hostnames the route serves."
+    )
+
+
 class CanarySpec(_Model):
     """Canary rollout steps and analysis."""
 
@@ -531,6 +554,13 @@ class CanarySpec(_Model):
         max_length=20,
     )
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis, description="Pass criteria.")
+    http_route: HTTPRouteSpec | None = Field(
+        default=None,
+        alias="httpRoute",
+        description="When the Gateway API is installed: an HTTPRoute named like the DMD "
+        "that sends each step's exact weight to the canary. Without it (or without the "
+        "API) traffic follows the replica ratio behind the DMD's Service.",
+    )
 
 
 class RolloutSpec(_Model):
@@ -694,6 +724,9 @@ class RolloutStatus(_Model):
     canary_replicas: int | None = None
     step_started_at: str | None = Field(
         default=None, description="When the canary of this step became ready (RFC 3339)."
+    )
+    traffic: str | None = Field(
+        default=None, description="How traffic is split: replica ratio or HTTPRoute weights."
     )
     verdict: str | None = Field(default=None, description="Result of the last analysis.")
     message: str | None = Field(default=None, max_length=1024)

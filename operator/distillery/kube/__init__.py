@@ -63,6 +63,10 @@ class Kube:
             self.core.patch_namespaced_service(name, ns, body, **kwargs)
         elif kind == "PodDisruptionBudget":
             self.policy.patch_namespaced_pod_disruption_budget(name, ns, body, **kwargs)
+        elif kind == "HTTPRoute":
+            self.custom.patch_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", ns, "httproutes", name, body, **kwargs
+            )
         elif kind == "PodMonitor":
             self.custom.patch_namespaced_custom_object(
                 "monitoring.coreos.com", "v1", ns, "podmonitors", name, body, **kwargs
@@ -171,11 +175,24 @@ class Kube:
         return (cm.data or {}).get(key)
 
     def podmonitor_api_present(self) -> bool:
+        return self._group_present("monitoring.coreos.com")
+
+    def httproute_api_present(self) -> bool:
+        """The Gateway API's HTTPRoute is served (gateway.networking.k8s.io/v1)."""
+        if not self._group_present("gateway.networking.k8s.io"):
+            return False
+        try:
+            found = self.custom.get_api_resources("gateway.networking.k8s.io", "v1")
+        except ApiException:
+            return False
+        return any(r.name == "httproutes" for r in (found.resources or []))
+
+    def _group_present(self, group: str) -> bool:
         try:
             groups = client.ApisApi(self.api).get_api_versions().groups or []
         except ApiException:
             return False
-        return any(g.name == "monitoring.coreos.com" for g in groups)
+        return any(g.name == group for g in groups)
 
 
 def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:

@@ -25,8 +25,6 @@ from distillery.kube import WRITES, Kube, in_thread
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
 from distillery.reconcile.children import (
     APPLIED_HASH,
-    CANARY,
-    TRACK_LABEL,
     ChildState,
     child_key,
 )
@@ -84,14 +82,14 @@ class Reconciler:
         for (ns, n, key), digest in self._applied.items():
             if (ns, n) == (namespace, name) and key not in out:
                 # Applied but not yet in the watch cache.
-                kind, _, track = key.partition("/")
+                kind, _, suffix = key.partition("/")
                 out[key] = ChildState(
                     kind=kind,
-                    name=f"{name}-{track}" if track else name,
+                    name=f"{name}-{suffix}" if suffix else name,
                     namespace=ns,
                     owner=name,
                     applied_hash=digest,
-                    track=track or "stable",
+                    track=suffix if suffix == "canary" else "stable",
                 )
         return out
 
@@ -158,7 +156,7 @@ class Reconciler:
             analysis_configured=analysis_configured,
         )
         for obj in desired.apply:
-            child = child_key(obj["kind"], obj["metadata"]["labels"].get(TRACK_LABEL, ""))
+            child = child_key(obj["kind"], obj["metadata"]["name"], name)
             log.info(
                 "applying %s %s/%s (%s)",
                 obj["kind"],
@@ -231,7 +229,8 @@ class Reconciler:
             if k[2] not in desired.scale:
                 self._scaled.pop(k, None)
         for kind, dep in desired.delete:
-            self._applied.pop((namespace, name, child_key(kind, CANARY)), None)
+            self._applied.pop((namespace, name, child_key(kind, dep, name)), None)
+            self._applied_replicas.pop((namespace, name, child_key(kind, dep, name)), None)
             if (namespace, name, dep) in self._deleted:
                 continue  # deleted; the watch has not caught up
             log.info("deleting retired canary %s %s/%s", kind, namespace, dep)

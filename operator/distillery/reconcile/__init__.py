@@ -30,7 +30,6 @@ from distillery.catalog import Catalog
 from distillery.reconcile.children import (
     APPLIED_HASH,
     CANARY,
-    TRACK_LABEL,
     ChildState,
     child_key,
     edited_by,
@@ -43,6 +42,7 @@ from distillery.render import (
     canary_deployment,
     desired_replicas,
     render,
+    set_route_weights,
 )
 from distillery.rollout import (
     COMMAND_ANNOTATION,
@@ -56,6 +56,7 @@ from distillery.rollout import (
     RolloutInput,
     TrackState,
     decide,
+    route_weights,
 )
 from distillery.sizing import Plan, PlanError, UnknownModelError, plan
 
@@ -341,7 +342,8 @@ def desired_state(
     raw_command = ((meta.get("annotations") or {}).get(COMMAND_ANNOTATION) or "").strip()
     command = raw_command if raw_command in COMMANDS else None
     stable_child = children.get("Deployment")
-    canary_child = children.get(child_key("Deployment", CANARY))
+    name = dmd.name
+    canary_child = children.get(child_key("Deployment", f"{name}-{CANARY}", name))
     decision = decide(
         RolloutInput(
             spec=dmd.spec.rollout,
@@ -361,6 +363,13 @@ def desired_state(
     deployment["spec"]["replicas"] = decision.stable_replicas
     if decision.one_at_a_time:
         deployment["spec"]["strategy"] = copy.deepcopy(ONE_AT_A_TIME)
+    if rendered.http_route is not None:
+        set_route_weights(rendered.http_route, *route_weights(dmd.spec.rollout, decision))
+        decision.status["traffic"] = f"HTTPRoute {rendered.http_route['metadata']['name']}"
+    elif dmd.spec.rollout.strategy == "Canary":
+        decision.status["traffic"] = "replica ratio behind Service " + str(
+            rendered.service["metadata"]["name"]
+        )
     objects = rendered.objects()
     scale: dict[str, int] = {}
     if not decision.stable_takes_desired:
@@ -378,7 +387,7 @@ def desired_state(
     reasons: dict[str, str] = {}
     for obj in objects:
         stamped = stamp(obj)
-        key = child_key(obj["kind"], (obj["metadata"].get("labels") or {}).get(TRACK_LABEL, ""))
+        key = child_key(obj["kind"], obj["metadata"]["name"], name)
         live = children.get(key)
         want = stamped["metadata"]["annotations"][APPLIED_HASH]
         if live is None:

@@ -139,8 +139,8 @@ class ChildState:
 
     @property
     def key(self) -> str:
-        """How the reconciler names this child: its kind, and the canary Deployment apart."""
-        return child_key(self.kind, self.track)
+        """How the reconciler names this child (see :func:`child_key`)."""
+        return child_key(self.kind, self.name, self.owner)
 
     def condition(self, type_: str) -> tuple[str, str, str] | None:
         for t, status, reason, message in self.conditions:
@@ -154,8 +154,14 @@ REVISION_ANNOTATION = "distillery.dev/revision"
 TRACK_LABEL = "distillery.dev/track"
 
 
-def child_key(kind: str, track: str = "stable") -> str:
-    return f"{kind}/{CANARY}" if track == CANARY else kind
+def child_key(kind: str, name: str, owner: str) -> str:
+    """A DMD's children by kind, and by name suffix where a kind has several:
+    ``Deployment`` (``<dmd>``), ``Deployment/canary`` (``<dmd>-canary``),
+    ``Service/stable`` (``<dmd>-stable``)."""
+    if name == owner:
+        return kind
+    suffix = name[len(owner) + 1 :] if name.startswith(owner + "-") else name
+    return f"{kind}/{suffix}"
 
 
 def child_state(body: Mapping[str, Any]) -> ChildState:

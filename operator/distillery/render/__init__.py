@@ -80,6 +80,7 @@ class RenderOptions:
     images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_IMAGES))
     cpu_images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CPU_IMAGES))
     pod_monitor: bool = False
+    http_route: bool = False  # the Gateway API (HTTPRoute) is installed
     model_cache_claim: str | None = None  # shared RWX PVC for hf:// downloads
     s3_image: str = "amazon/aws-cli:2.31.13"
     gs_image: str = "gcr.io/google.com/cloudsdktool/google-cloud-cli:542.0.0-slim"
@@ -97,10 +98,16 @@ class Rendered:
     startup_seconds: float
     endpoint: str
     selector: str
+    # With spec.rollout.canary.httpRoute and the Gateway API: a Service per track and
+    # the HTTPRoute that weighs them.
+    track_services: tuple[dict[str, Any], ...] = ()
+    http_route: dict[str, Any] | None = None
 
     def objects(self) -> list[dict[str, Any]]:
         out = [self.deployment, self.service, self.pdb]
-        return out + ([self.pod_monitor] if self.pod_monitor else [])
+        out += [self.pod_monitor] if self.pod_monitor else []
+        out += list(self.track_services)
+        return out + ([self.http_route] if self.http_route else [])
 
 
 _ENV = Environment(
@@ -301,6 +308,12 @@ def _strategy(dmd: DistilledModelDeployment, plan: Plan, one_at_a_time: bool) ->
     return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": 0}}
 
 
+def set_route_weights(route: dict[str, Any], stable: int, canary: int) -> None:
+    """Weights of the stable and canary backends of a rendered HTTPRoute."""
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    refs[0]["weight"], refs[1]["weight"] = stable, canary
+
+
 def canary_deployment(rendered: Rendered, replicas: int) -> dict[str, Any]:
     """The canary track of a rendered Deployment: the same pod template (so the same
     revision) as a second Deployment, ``<name>-canary``, whose pods carry
@@ -474,7 +487,32 @@ def render(
     template["metadata"]["labels"][LABEL_REVISION] = revision
     deployment["metadata"]["annotations"][LABEL_REVISION] = revision
     endpoint = f"http://{name}.{namespace}.svc.cluster.local:{launch_.port}/v1"
+    route_spec = spec.rollout.canary.http_route if spec.rollout.canary else None
+    track_services: tuple[dict[str, Any], ...] = ()
+    http_route = None
+    if options.http_route and route_spec is not None:
+        track_services = tuple(
+            _load(
+                "service.yaml.j2",
+                {
+                    **context,
+                    "name": f"{name}-{track}",
+                    "service_selector": {LABEL_DEPLOYMENT: name, LABEL_TRACK: track},
+                },
+            )
+            for track in ("stable", "canary")
+        )
+        route = {
+            "parent_refs": [
+                {k: v for k, v in ref.to_wire().items() if v is not None}
+                for ref in route_spec.parent_refs
+            ],
+            "hostnames": list(route_spec.hostnames),
+        }
+        http_route = _load("httproute.yaml.j2", {**context, "route": route})
     return Rendered(
+        track_services=track_services,
+        http_route=http_route,
         deployment=deployment,
         service=_load("service.yaml.j2", context),
         pdb=_load("pdb.yaml.j2", context),
@@ -545,4 +583,5 @@ __all__ = [
     "label_value",
     "manifests_yaml",
     "render",
+    "set_route_weights",
 ]

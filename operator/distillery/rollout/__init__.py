@@ -144,6 +144,30 @@ def decide(inp: RolloutInput) -> RolloutDecision:
     return _rolling(inp)
 
 
+def route_weights(spec: RolloutSpec, decision: RolloutDecision) -> tuple[int, int]:
+    """(stable, canary) HTTPRoute weights. A step's exact weight once its canary is
+    ready (before that, the previous step's: a backend without ready pods would fail
+    its share); during promotion, by replicas, as both tracks run the new revision."""
+    status = decision.status
+    phase = status.get("phase")
+    if phase == PROMOTING:
+        total = decision.stable_replicas + decision.canary_replicas
+        return (
+            (100, 0)
+            if total == 0
+            else (
+                round(100 * decision.stable_replicas / total),
+                round(100 * decision.canary_replicas / total),
+            )
+        )
+    if phase != PROGRESSING or spec.canary is None or not isinstance(status.get("step"), int):
+        return 100, 0
+    step = int(status["step"])
+    index = step - 1 if status.get("stepStartedAt") else step - 2
+    weight = spec.canary.steps[index].weight if index >= 0 else 0
+    return 100 - weight, weight
+
+
 # ---- RollingUpdate -----------------------------------------------------------------------
 
 
@@ -640,5 +664,6 @@ __all__ = [
     "TrackState",
     "canary_split",
     "decide",
+    "route_weights",
     "surge_replicas",
 ]
