@@ -198,6 +198,10 @@ def test_healthy_canary_goes_through_every_step_and_is_promoted() -> None:
     assert world.replicas() == (3, 1) and ro["weight"] == 25
     assert world.condition("Reconciling")["reason"] == "RolloutInProgress"
     assert world.condition("RolloutProgressing")["status"] == "True"
+    # Pausing costs no writes: the same status on every pass.
+    world.step(20)
+    quiet = world.step(30)
+    assert not quiet.status_changed and not quiet.apply and not quiet.scale
     # A passing analysis before the pause is over does not advance.
     world.step(40, measured(world, 11, 40, 0.3, step=1))
     assert world.rollout()["step"] == 1 and "pausing" in world.rollout()["message"]

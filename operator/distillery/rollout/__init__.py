@@ -388,7 +388,10 @@ def _progress(
             return _roll_back(inp, status, events, "AnalysisFailed", verdict.message)
     covers = usable and m is not None and m.end >= parse_time(started_at) + pause - 1
     if elapsed < pause:
-        message = f"step {step}/{len(steps)} at {weight}%: pausing, {pause - elapsed:.0f}s left"
+        # The end of the pause, not the time left: the same text every pass, so a pause
+        # costs no status writes.
+        until = _rfc3339(parse_time(started_at) + pause)
+        message = f"step {step}/{len(steps)} at {weight}%: pausing until {until}"
     elif not inp.analysis_configured:
         return _advance(inp, status, events, step, "no Prometheus configured: pause elapsed")
     elif verdict is not None and verdict.result == "Pass" and covers:
@@ -636,12 +639,15 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
     )
 
 
+def _rfc3339(epoch: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    )
+
+
 def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "time": datetime.fromtimestamp(m.end, UTC)
-        .replace(microsecond=0)
-        .isoformat()
-        .replace("+00:00", "Z"),
+        "time": _rfc3339(m.end),
         "step": step,
         "result": verdict.result,
         "message": verdict.message[:1024],
