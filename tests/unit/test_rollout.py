@@ -478,3 +478,18 @@ def test_without_the_gateway_api_traffic_follows_replicas() -> None:
     d = world.step(0)
     assert not [o for o in d.apply if o["kind"] == "HTTPRoute"]
     assert world.rollout().get("traffic", "").startswith("replica ratio")
+
+
+def test_the_autoscalers_total_is_split_across_both_tracks() -> None:
+    world = deployed()
+    world.commit(spec("v2"))
+    world.step(10)
+    world.step(11)
+    assert world.replicas() == (3, 1)
+    # The autoscaler writes spec.replicas (through /scale) from the load on both tracks.
+    world.spec = {**world.spec, "replicas": 8}
+    world.step(20)
+    world.step(21)
+    assert world.replicas() == (6, 2)
+    assert world.status["replicas"] == 8 and world.rollout()["weight"] == 25
+    assert world.rollout()["step"] == 1 and world.rollout()["stepStartedAt"] == at(11)
