@@ -421,6 +421,7 @@ def test_judge_rules() -> None:
 
 @given(st.integers(1, 1000), st.integers(1, 100))
 def test_split_keeps_the_total_and_both_tracks(total: int, weight: int) -> None:
+    assert canary_split(0, weight) == (0, 0)
     stable, canary = canary_split(total, weight)
     assert canary >= 1
     if weight < 100:
@@ -493,3 +494,19 @@ def test_the_autoscalers_total_is_split_across_both_tracks() -> None:
     assert world.replicas() == (6, 2)
     assert world.status["replicas"] == 8 and world.rollout()["weight"] == 25
     assert world.rollout()["step"] == 1 and world.rollout()["stepStartedAt"] == at(11)
+
+
+def test_a_dmd_scaled_to_zero_takes_a_new_revision_without_a_canary() -> None:
+    s = spec()
+    s["scaling"] = {"minReplicas": 0, "maxReplicas": 4, "demandQuery": "vector(0)"}
+    world = World(s)
+    world.step(0)
+    world.step(1)
+    s2 = copy.deepcopy(s)
+    s2["model"]["revision"] = "v2"
+    world.commit(s2)
+    world.step(10)
+    world.step(11)
+    assert "Deployment/canary" not in world.children
+    assert world.revision_of("Deployment") == world.status["revision"]
+    assert world.rollout()["phase"] == "Stable" and world.replicas() == (0, None)

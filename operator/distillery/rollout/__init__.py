@@ -121,7 +121,9 @@ def parse_time(text: str) -> float:
 def canary_split(total: int, weight: int) -> tuple[int, int]:
     """(stable, canary) replicas for a step's weight: the canary gets its share rounded
     up, at least one; the stable keeps at least one until the weight is 100."""
-    canary = min(max(1, math.ceil(total * weight / 100)), max(1, total))
+    if total <= 0:
+        return 0, 0
+    canary = min(max(1, math.ceil(total * weight / 100)), total)
     if weight >= 100:
         return 0, canary
     if total >= 2:
@@ -269,6 +271,21 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
         )
     if stable.revision == rev and not (phase == PROMOTING and same):
         return _canary_settled(inp)
+    if inp.total == 0:
+        # Scaled to zero: no traffic to compare, nothing to protect. The new revision is
+        # taken as is, and the next scale-up starts on it.
+        status = {"strategy": "Canary", "phase": STABLE, "stableRevision": rev}
+        message = f"scaled to zero: revision {rev} taken without a canary"
+        return RolloutDecision(
+            0,
+            0,
+            True,
+            False,
+            {**status, "message": message},
+            (False, "RolloutComplete", message),
+            (("Normal", "RolloutComplete", message),) if old.get("stableRevision") != rev else (),
+            inp.command is not None,
+        )
     if phase == PROMOTING and same:
         return _promoting(inp)
     if phase == ROLLED_BACK and same:
