@@ -188,9 +188,17 @@ def test_closed_loop(
             "scale-down after the window",
             timeout=120,
         )
-        decisions = dmd(api_client, namespace)["status"]["autoscaling"]["lastDecisions"]
+        # /scale is written before the decision lands in status: wait for both.
+        decisions = wait_for(
+            lambda: (
+                (d := dmd(api_client, namespace)["status"]["autoscaling"]["lastDecisions"])
+                and any(x["to"] < x["from"] for x in d)
+                and d
+            ),
+            "the scale-down decision in status",
+            timeout=30,
+        )
         assert any(d["to"] > d["from"] for d in decisions)
-        assert any(d["to"] < d["from"] for d in decisions)
     finally:
         op.stop()
         fleet.terminate()
