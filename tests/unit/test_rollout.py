@@ -93,11 +93,10 @@ class World:
         for key, child in self.children.items():
             if child.kind != "Deployment":
                 continue
+            track = "canary" if key == "Deployment/canary" else "stable"
             for i in range(child.spec_replicas or 0):
                 out.append(
-                    PodInfo(
-                        name=f"{key}-{i}", ready=True, revision=child.revision, track=child.track
-                    )
+                    PodInfo(name=f"{key}-{i}", ready=True, revision=child.revision, track=track)
                 )
         return out
 

@@ -10,6 +10,7 @@ yields the same object and no write.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 READY = "Ready"
@@ -30,6 +31,17 @@ ORDER = (
     SCALING_LIMITED,
     ROLLOUT_PROGRESSING,
 )
+
+
+def rfc3339(epoch: float) -> str:
+    """Seconds since the epoch as the API's time format (UTC, whole seconds, ``Z``)."""
+    return (
+        datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    )
+
+
+def parse_rfc3339(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp()
 
 
 def condition(

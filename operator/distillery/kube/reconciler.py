@@ -15,10 +15,10 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from distillery import metrics
+from distillery.api.conditions import rfc3339
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
 from distillery.kube import WRITES, Kube, in_thread
@@ -37,7 +37,7 @@ Key = tuple[str, str]
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return rfc3339(time.time())
 
 
 @dataclass
@@ -89,7 +89,6 @@ class Reconciler:
                     namespace=ns,
                     owner=name,
                     applied_hash=digest,
-                    track=suffix if suffix == "canary" else "stable",
                 )
         return out
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from distillery.api.conditions import parse_rfc3339
 from distillery.autoscale.inputs import PodInfo
 from distillery.autoscale.source import (
     ANALYSIS_QUERIES,
@@ -23,7 +24,7 @@ from distillery.autoscale.source import (
     PrometheusSource,
 )
 from distillery.kube import in_thread
-from distillery.rollout import PROGRESSING, parse_time
+from distillery.rollout import PROGRESSING, PROMOTING
 from distillery.rollout.analysis import Measurement, measure
 
 log = logging.getLogger("distillery.rollout")
@@ -44,7 +45,7 @@ def in_step(body: Mapping[str, Any]) -> bool:
 def rollout_under_way(body: Mapping[str, Any]) -> bool:
     """A rollout of any kind is under way (its pauses need a clock, not just events)."""
     ro = (body.get("status") or {}).get("rollout") or {}
-    return ro.get("phase") in ("Progressing", "Promoting")
+    return ro.get("phase") in (PROGRESSING, PROMOTING)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class CanaryAnalyzer:
             ro = body["status"]["rollout"]
             engine = ((body.get("spec") or {}).get("serving") or {}).get("engine", "vllm")
             ns, name = str(body["metadata"]["namespace"]), str(body["metadata"]["name"])
-            start = parse_time(str(ro["stepStartedAt"]))
+            start = parse_rfc3339(str(ro["stepStartedAt"]))
             try:
                 # The step's own window: one query per counter, for all pods of the
                 # namespace (a handful of DMDs are mid-canary at any time).

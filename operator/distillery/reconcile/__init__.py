@@ -414,7 +414,7 @@ def desired_state(
     running = (stable_child.replicas if stable_child else 0) + canary_live
     ready_count = (stable_child.ready_replicas if stable_child else 0) + canary_ready
     if phase == ROLLED_BACK:
-        why = decision.degraded or "the canary was rolled back"
+        why = decision.progressing[2]
         ready = cond.condition(cond.READY, False, "RolledBack", why, gen)
         reconciling = cond.condition(
             cond.RECONCILING, False, "RolledBack", "waiting for a new revision", gen

@@ -135,7 +135,6 @@ class ChildState:
     conditions: tuple[tuple[str, str, str, str], ...] = field(default=())
     revision: str | None = None  # Deployments: the pod template revision last applied
     one_at_a_time: bool = False  # Deployments: strategy replaces without a surge
-    track: str = "stable"
 
     @property
     def key(self) -> str:
@@ -172,7 +171,6 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
     return ChildState(
         revision=(meta.get("annotations") or {}).get(REVISION_ANNOTATION),
         one_at_a_time=rolling.get("maxSurge") in (0, "0", "0%"),
-        track=str((meta.get("labels") or {}).get(TRACK_LABEL) or "stable"),
         kind=str(body.get("kind", "")),
         name=str(meta.get("name", "")),
         namespace=str(meta.get("namespace", "")),

@@ -296,14 +296,15 @@ def _placement(dmd: DistilledModelDeployment, plan: Plan) -> tuple[Any, Any, lis
     return affinity, node_selector, tolerations
 
 
-def _strategy(dmd: DistilledModelDeployment, plan: Plan, one_at_a_time: bool) -> dict[str, Any]:
+def _strategy(dmd: DistilledModelDeployment, plan: Plan) -> dict[str, Any]:
     """Surge counted in GPUs (default: one replica), never below the desired count; with
-    no surge (or no spare GPU for one), replace one replica at a time."""
+    no surge, replace one replica at a time (:data:`ONE_AT_A_TIME`, which a rollout also
+    switches to when no spare GPU can take a surge pod)."""
     rollout = dmd.spec.rollout
     surge = (
         1 if rollout.max_surge_gpus is None else rollout.max_surge_gpus // max(1, plan.chosen.gpus)
     )
-    if one_at_a_time or surge == 0:
+    if surge == 0:
         return copy.deepcopy(ONE_AT_A_TIME)
     return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": 0}}
 
@@ -346,12 +347,8 @@ def render(
     replicas: int | None = None,
     owner_uid: str | None = None,
     user_template: str | None = None,
-    one_at_a_time: bool = False,
 ) -> Rendered:
-    """Render the children of ``dmd`` for ``plan``. Raises :class:`RenderError`.
-
-    ``one_at_a_time`` renders the Deployment to replace pods without a surge: a rollout
-    switches to it when no spare GPU can take a surge pod."""
+    """Render the children of ``dmd`` for ``plan``. Raises :class:`RenderError`."""
     options = options or RenderOptions()
     spec, c = dmd.spec, plan.chosen
     name, namespace = dmd.name, dmd.namespace
@@ -440,7 +437,7 @@ def render(
         "progress_deadline_seconds": max(600, math.ceil(startup * 3)),
         "selector": selector,
         "service_selector": service_selector,
-        "strategy": _strategy(dmd, plan, one_at_a_time),
+        "strategy": _strategy(dmd, plan),
         "pod_labels": {**labels, **selector},
         "pod_annotations": pod_annotations,
         "deployment_annotations": {},

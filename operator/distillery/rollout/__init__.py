@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from typing import Any
 
+from distillery.api.conditions import parse_rfc3339, rfc3339
 from distillery.api.types import RolloutSpec
 from distillery.rollout.analysis import Criteria, Measurement, Verdict, judge
 
@@ -69,6 +69,11 @@ class TrackState:
     def rolling(self) -> bool:
         """The Deployment controller is still replacing pods of an older template."""
         return self.observed_generation < self.generation or self.updated < self.replicas
+
+    def surge_blocked(self, revision: str) -> bool:
+        """Rolling to ``revision`` one replica at a time: already switched, or a pod of it
+        cannot be scheduled (no spare GPU for a surge)."""
+        return self.revision == revision and (self.one_at_a_time or self.new_unschedulable > 0)
 
     def settled(self, count: int) -> bool:
         """Runs exactly ``count`` up-to-date, ready replicas."""
@@ -105,17 +110,6 @@ class RolloutDecision:
     progressing: tuple[bool, str, str]  # RolloutProgressing: status, reason, message
     events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
     consume_command: bool = False
-    degraded: str | None = None  # set after a rollback: why
-
-
-@dataclass
-class _Draft:
-    status: dict[str, Any]
-    events: list[tuple[str, str, str]] = field(default_factory=list)
-
-
-def parse_time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC).timestamp()
 
 
 def canary_split(total: int, weight: int) -> tuple[int, int]:
@@ -130,13 +124,6 @@ def canary_split(total: int, weight: int) -> tuple[int, int]:
         canary = min(canary, total - 1)
     # One replica in all: the canary is a surge of one next to it.
     return max(1, total - canary), canary
-
-
-def surge_replicas(spec: RolloutSpec, gpus_per_replica: int) -> int:
-    """Replicas a rollout may add: ``maxSurgeGPUs`` in whole replicas (default one)."""
-    if spec.max_surge_gpus is None:
-        return 1
-    return spec.max_surge_gpus // max(1, gpus_per_replica)
 
 
 def decide(inp: RolloutInput) -> RolloutDecision:
@@ -210,7 +197,7 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
     previous = old.get("stableRevision") if old.get("stableRevision") != rev else None
     if previous is None and stable.revision != rev:
         previous = stable.revision
-    fallback = stable.revision == rev and (stable.one_at_a_time or stable.new_unschedulable > 0)
+    fallback = stable.surge_blocked(rev)
     updated = stable.updated if stable.revision == rev else 0
     how = "one replica at a time (no spare GPU for a surge pod)" if fallback else "with surge"
     message = f"rolling to {rev} {how}: {updated}/{n} replicas updated"
@@ -388,13 +375,13 @@ def _progress(
         status.update(_split_fields(step, stable_target, canary_n, None, message))
         return _decision(status, stable_target, canary_n, events, consume, message)
 
-    elapsed = parse_time(inp.now) - parse_time(started_at)
+    elapsed = parse_rfc3339(inp.now) - parse_rfc3339(started_at)
     m = inp.measurement
     usable = (
         m is not None
         and m.revision == inp.desired_revision
         and m.step == step
-        and m.start >= parse_time(started_at) - WINDOW_SLACK_SECONDS
+        and m.start >= parse_rfc3339(started_at) - WINDOW_SLACK_SECONDS
     )
     verdict: Verdict | None = None
     if usable and m is not None and inp.criteria is not None:
@@ -403,11 +390,11 @@ def _progress(
         status["verdict"] = verdict.result
         if verdict.result == "Fail":
             return _roll_back(inp, status, events, "AnalysisFailed", verdict.message)
-    covers = usable and m is not None and m.end >= parse_time(started_at) + pause - 1
+    covers = usable and m is not None and m.end >= parse_rfc3339(started_at) + pause - 1
     if elapsed < pause:
         # The end of the pause, not the time left: the same text every pass, so a pause
         # costs no status writes.
-        until = _rfc3339(parse_time(started_at) + pause)
+        until = rfc3339(parse_rfc3339(started_at) + pause)
         message = f"step {step}/{len(steps)} at {weight}%: pausing until {until}"
     elif not inp.analysis_configured:
         return _advance(inp, status, events, step, "no Prometheus configured: pause elapsed")
@@ -468,7 +455,7 @@ def _advance(
     events.append(("Normal", "CanaryStepPassed", f"step {step}/{len(steps)} passed: {why}"))
     if step >= len(steps):
         return _promote(inp, status, events, "all steps passed")
-    nxt = RolloutInput(**{**inp.__dict__, "status": {**status, "stepStartedAt": None}})
+    nxt = replace(inp, status={**status, "stepStartedAt": None})
     return _progress(nxt, step + 1, status=status, events=events, fresh=True)
 
 
@@ -480,14 +467,11 @@ def _promote(
 ) -> RolloutDecision:
     events.append(("Normal", "Promoting", f"promoting revision {inp.desired_revision}: {why}"))
     status = {**status, "phase": PROMOTING, "stepStartedAt": None}
-    promoted = RolloutInput(**{**inp.__dict__, "status": status, "command": None})
-    decision = _promoting(promoted)
-    return RolloutDecision(
-        **{
-            **decision.__dict__,
-            "events": tuple(events) + decision.events,
-            "consume_command": inp.command is not None,
-        }
+    decision = _promoting(replace(inp, status=status, command=None))
+    return replace(
+        decision,
+        events=tuple(events) + decision.events,
+        consume_command=inp.command is not None,
     )
 
 
@@ -548,7 +532,7 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
             "message": message,
         }
     )
-    fallback = stable.revision == rev and (stable.one_at_a_time or stable.new_unschedulable > 0)
+    fallback = stable.surge_blocked(rev)
     return RolloutDecision(
         n,
         canary_n,
@@ -574,15 +558,8 @@ def _roll_back(
     )
     events.append(("Warning", "RolledBack", message))
     status = {**status, "phase": ROLLED_BACK, "message": message}
-    rolled = RolloutInput(**{**inp.__dict__, "status": status, "command": None})
-    decision = _rolled_back(rolled)
-    return RolloutDecision(
-        **{
-            **decision.__dict__,
-            "events": tuple(events),
-            "consume_command": inp.command is not None,
-        }
-    )
+    decision = _rolled_back(replace(inp, status=status, command=None))
+    return replace(decision, events=tuple(events), consume_command=inp.command is not None)
 
 
 def _rolled_back(inp: RolloutInput) -> RolloutDecision:
@@ -613,7 +590,6 @@ def _rolled_back(inp: RolloutInput) -> RolloutDecision:
         (False, "RolledBack", message),
         tuple(events),
         consume,
-        degraded=message,
     )
 
 
@@ -641,9 +617,7 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
         "lastAnalysis": old.get("lastAnalysis"),
     }
     canary_n = _retire(inp.canary, inp.stable, inp.total)
-    fallback = inp.stable.rolling() and (
-        inp.stable.one_at_a_time or inp.stable.new_unschedulable > 0
-    )
+    fallback = inp.stable.rolling() and inp.stable.surge_blocked(rev)
     return RolloutDecision(
         inp.total,
         canary_n,
@@ -656,15 +630,9 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
     )
 
 
-def _rfc3339(epoch: float) -> str:
-    return (
-        datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    )
-
-
 def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "time": _rfc3339(m.end),
+        "time": rfc3339(m.end),
         "step": step,
         "result": verdict.result,
         "message": verdict.message[:1024],
@@ -688,5 +656,4 @@ __all__ = [
     "canary_split",
     "decide",
     "route_weights",
-    "surge_replicas",
 ]
