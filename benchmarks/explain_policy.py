@@ -18,7 +18,7 @@ from distillery.simulate.policies import Distillery
 from distillery.simulate.workload import load
 from distillery.sizing import plan
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+TRACES = Path(__file__).resolve().parents[1] / "traces"
 
 
 class Explained(Distillery):

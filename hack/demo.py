@@ -46,7 +46,7 @@ SLO_TTFT = 2.0
 NAMESPACE = "demo"
 DMD = "r1-qwen-7b"
 REPORTS = ROOT / "reports"
-TRACES = ROOT.parent / "shared" / "traces" / "servegen-deepseek-r1"
+TRACES = ROOT / "benchmarks" / "traces" / "servegen-deepseek-r1"
 
 
 def dmd_manifest(startup_wall: float) -> dict[str, Any]:

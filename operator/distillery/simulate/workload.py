@@ -13,6 +13,9 @@
   ``output_length``.
 - ``csv``: ``timestamp_s,input_tokens,output_tokens``.
 
+Every file may be gzip-compressed: ``trace.csv`` is read from ``trace.csv.gz`` when only
+that exists (the repository ships its traces compressed).
+
 Every loader is deterministic for a seed. ``rate_scale`` multiplies the request rate
 (recorded traces: each request is kept ``floor(x)`` times plus once more with the
 fractional probability, copies jittered within a second; ServeGen: the rate curves are
@@ -24,6 +27,8 @@ from __future__ import annotations
 import ast
 import bisect
 import csv
+import gzip
+import io
 import json
 import math
 import random
@@ -38,10 +43,32 @@ class Request:
     arrival: float  # seconds from the start of the workload
     prompt_tokens: int
     output_tokens: int
+    # Prompt tokens the engine finds in its prefix cache: held in the KV cache, not
+    # computed. Traces carry none unless they say so; calibration runs re-send prompts.
+    cached_tokens: int = 0
 
 
 class WorkloadError(ValueError):
     """A trace file is malformed; the message names the file and the line."""
+
+
+def resolve(path: Path) -> Path:
+    """``path``, or ``path.gz`` when only the compressed file exists."""
+    if path.exists() or path.suffix == ".gz":
+        return path
+    gz = path.with_name(path.name + ".gz")
+    return gz if gz.exists() else path
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """Open a trace file as text, gzip or not (newline="" for the csv module)."""
+    path = resolve(path)
+    try:
+        if path.suffix == ".gz":
+            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+        return open(path, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise WorkloadError(f"{path}: {exc.strerror or exc}") from exc
 
 
 def _finish(
@@ -69,7 +96,7 @@ def load_azure(
     path: Path, rate_scale: float = 1.0, time_scale: float = 1.0, seed: int = 0
 ) -> list[Request]:
     rows: list[tuple[float, int, int]] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         start: datetime | None = None
         for n, row in enumerate(reader, start=2):
@@ -97,7 +124,7 @@ def load_jsonl(
     path: Path, rate_scale: float = 1.0, time_scale: float = 1.0, seed: int = 0
 ) -> list[Request]:
     rows: list[tuple[float, int, int]] = []
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -119,7 +146,7 @@ def load_csv(
     path: Path, rate_scale: float = 1.0, time_scale: float = 1.0, seed: int = 0
 ) -> list[Request]:
     rows: list[tuple[float, int, int]] = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with open_text(path) as f:
         reader = csv.DictReader(f)
         for n, row in enumerate(reader, start=2):
             try:
@@ -167,7 +194,10 @@ def load_servegen(
     duration: float | None = None,
 ) -> list[Request]:
     rng = random.Random(seed)
-    traces = sorted(folder.glob("chunk-*-trace.csv"), key=lambda p: int(p.name.split("-")[1]))
+    traces = sorted(
+        {p.with_suffix("") if p.suffix == ".gz" else p for p in folder.glob("chunk-*-trace.csv*")},
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     if not traces:
         raise WorkloadError(f"{folder}: no chunk-N-trace.csv files")
     out: list[tuple[float, int, int]] = []
@@ -177,7 +207,8 @@ def load_servegen(
             continue
         dataset_path = folder / f"chunk-{index}-dataset.json"
         try:
-            dataset = json.loads(dataset_path.read_text(encoding="utf-8"))
+            with open_text(dataset_path) as f:
+                dataset = json.loads(f.read())
         except (OSError, ValueError) as exc:
             raise WorkloadError(f"{dataset_path}: {exc}") from exc
         windows = sorted((int(k), v) for k, v in dataset.items())
@@ -188,7 +219,7 @@ def load_servegen(
                 _Empirical(ast.literal_eval(tables["output_tokens"])),
             )
         keys = [k for k, _ in windows]
-        with open(trace, newline="", encoding="utf-8") as f:
+        with open_text(trace) as f:
             rows = list(csv.reader(f))
         starts = [float(r[0]) for r in rows if r and r[0] not in ("", "start_s")]
         step = (starts[1] - starts[0]) if len(starts) > 1 else 600.0
