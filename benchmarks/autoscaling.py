@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-TRACES = ROOT.parent / "shared" / "traces"
+TRACES = ROOT / "benchmarks" / "traces"
 
 from distillery.api.types import DistilledModelDeploymentSpec  # noqa: E402
 from distillery.catalog import load_catalog  # noqa: E402

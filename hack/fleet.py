@@ -45,14 +45,21 @@ from kubernetes import client, config  # noqa: E402
 from distillery.catalog import load_catalog  # noqa: E402
 from distillery.reconcile import parse  # noqa: E402
 from distillery.render.source import ModelSource  # noqa: E402
-from distillery.simulate.fleet import Outcome, Replica, ReplicaModel, _Seq  # noqa: E402
+from distillery.simulate.fleet import (  # noqa: E402
+    VLLM_TTFT_BUCKETS,
+    Counters,
+    Outcome,
+    Replica,
+    ReplicaModel,
+    _Seq,
+)
 from distillery.simulate.workload import Request  # noqa: E402
 from distillery.sizing import memory as mem  # noqa: E402
 from distillery.sizing import plan  # noqa: E402
 from distillery.sizing.startup import cold_start_seconds, drain_seconds  # noqa: E402
+from distillery.sizing.steptime import step_model  # noqa: E402
 
 log = logging.getLogger("fleet")
-TTFT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, 80.0, float("inf"))
 LABEL = "distillery.dev/deployment"
 
 
@@ -72,8 +79,6 @@ class PodReplica:
     port: int
     runner: web.AppRunner | None = None
     ttfts: list[tuple[float, float]] = field(default_factory=list)
-    ttft_counts: list[int] = field(default_factory=lambda: [0] * len(TTFT_BUCKETS))
-    ttft_sum: float = 0.0
 
 
 class Fleet:
@@ -120,15 +125,11 @@ class Fleet:
         )
         slots = max(1, min(dmd.spec.serving.max_concurrency, o.max_concurrency))
         rm = ReplicaModel(
-            weights_bytes=weights,
-            kv_bytes_per_token=mem.kv_bytes_per_token(m),
+            steps=step_model(m, o.gpu, max(1, o.gpu_count), o.quantization),
             kv_capacity_tokens=o.kv_cache_tokens,
             max_seqs=dmd.spec.serving.max_concurrency,
-            params=m.params_billions * 1e9,
-            tflops=o.gpu.bf16_tflops * 1e12 * max(1, o.gpu_count),
-            bandwidth=o.gpu.bandwidth_g_bs * 1e9 * max(1, o.gpu_count),
-            gpus=max(1, o.gpus),
             price_per_hour=o.cost_per_replica_hour,
+            max_model_len=dmd.spec.serving.max_model_len,
             # startupSeconds is wall time in a compressed DMD: in simulated seconds, x C.
             startup_seconds=startup * self.c,
             drain_seconds=drain_seconds(
@@ -162,7 +163,8 @@ class Fleet:
                     pod.metadata.name,
                     pod.metadata.labels[LABEL],
                     served,
-                    Replica(rm, now, now + rm.startup_seconds),
+                    # Each pod has its own counters, as each vLLM process does.
+                    Replica(rm, now, now + rm.startup_seconds, Counters(), now=now),
                     free_port(),
                 )
                 await self._serve_metrics(pr)
@@ -199,52 +201,44 @@ class Fleet:
 
     def exposition(self, pr: PodReplica) -> str:
         r, c = pr.replica, self.c
+        k = r.counters
         serving = r.ready(self.now())
         name = f'model_name="{pr.served_name}"'
         lines = [
             "# TYPE vllm:num_requests_running gauge",
             f"vllm:num_requests_running{{{name}}} {r.running if serving else 0}",
             "# TYPE vllm:num_requests_waiting gauge",
-            f"vllm:num_requests_waiting{{{name}}} {len(r.queue) if serving else 0}",
+            f"vllm:num_requests_waiting{{{name}}} {r.queued if serving else 0}",
             "# TYPE vllm:kv_cache_usage_perc gauge",
             f"vllm:kv_cache_usage_perc{{{name}}} {r.kv_usage:.6f}",
             "# TYPE vllm:prompt_tokens_total counter",
-            f"vllm:prompt_tokens_total{{{name}}} {r.prompt_tokens_done / c:.3f}",
+            f"vllm:prompt_tokens_total{{{name}}} {k.prompt_tokens / c:.3f}",
             "# TYPE vllm:generation_tokens_total counter",
-            f"vllm:generation_tokens_total{{{name}}} {r.generated_tokens / c:.3f}",
+            f"vllm:generation_tokens_total{{{name}}} {k.generation_tokens / c:.3f}",
             "# TYPE vllm:request_success_total counter",
-            f"vllm:request_success_total{{{name}}} {r.finished / c:.3f}",
+            f"vllm:request_success_total{{{name}}} {k.finished / c:.3f}",
             "# TYPE vllm:time_to_first_token_seconds histogram",
         ]
         acc = 0
-        for le, n in zip(TTFT_BUCKETS, pr.ttft_counts, strict=True):
+        for le, n in zip(VLLM_TTFT_BUCKETS, k.ttft_buckets, strict=True):
             acc += n
             le_s = "+Inf" if le == float("inf") else f"{le}"
             lines.append(
                 f'vllm:time_to_first_token_seconds_bucket{{{name},le="{le_s}"}} {acc / c:.3f}'
             )
-        lines.append(f"vllm:time_to_first_token_seconds_sum{{{name}}} {pr.ttft_sum / c:.3f}")
+        lines.append(f"vllm:time_to_first_token_seconds_sum{{{name}}} {k.ttft_sum / c:.3f}")
         lines.append(f"vllm:time_to_first_token_seconds_count{{{name}}} {acc / c:.3f}")
         return "\n".join(lines) + "\n"
 
     # ---- time ---------------------------------------------------------------------------
 
     async def run(self, tick_wall: float = 0.02) -> None:
-        last = self.now()
         while True:
             await asyncio.sleep(tick_wall)
             now = self.now()
-            dt = now - last
-            last = now
             for pr in list(self.pods.values()):
                 if now >= pr.replica.ready_at:
-                    pr.replica.step(now - dt, dt, pr.ttfts)
-                for _, ttft in pr.ttfts:
-                    for i, le in enumerate(TTFT_BUCKETS):
-                        if ttft <= le:
-                            pr.ttft_counts[i] += 1
-                            break
-                    pr.ttft_sum += ttft
+                    pr.replica.advance(now, pr.ttfts)
                 pr.ttfts.clear()
             for rid, (outcome, first, done) in list(self.pending.items()):
                 if outcome.first_token is not None and outcome.first_token <= now:
@@ -275,7 +269,7 @@ class Fleet:
             return None
         target = min(serving, key=lambda p: (p.replica.outstanding, p.replica.id))
         outcome = Outcome(Request(now, prompt, output))
-        target.replica.queue.append(_Seq(outcome, prompt, float(output)))
+        target.replica.enqueue(_Seq(outcome, prompt, prompt, float(max(0, output - 1))))
         return outcome, target
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -255,10 +255,16 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     from distillery.simulate.report import plot, table
     from distillery.simulate.workload import WorkloadError, load
 
+    policies = POLICY_NAMES if args.policy == "all" else tuple(args.policy.split(","))
+    unknown = [p for p in policies if p not in POLICY_NAMES]
+    if unknown:
+        valid = ", ".join(POLICY_NAMES)
+        raise InputError(f"--policy: unknown {', '.join(map(repr, unknown))}; valid: all, {valid}")
     catalog = _catalog(args.catalog)
     model = catalog.model(args.model)
     if model is None:
-        raise InputError(f"--model {args.model!r} is not in the catalog")
+        known = ", ".join(sorted(catalog.models))
+        raise InputError(f"--model {args.model!r} is not in the catalog: one of {known}")
     gpu = catalog.gpu(args.gpu)
     if gpu is None:
         raise InputError(f"--gpu {args.gpu!r}: one of {', '.join(sorted(catalog.gpus))}")
@@ -282,7 +288,6 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
         raise InputError(f"{args.trace}: {exc}") from exc
     if not requests:
         raise InputError(f"{args.trace}: no requests")
-    policies = POLICY_NAMES if args.policy == "all" else tuple(args.policy.split(","))
     scenario = Scenario(
         model=model,
         option=chosen.chosen,
@@ -297,14 +302,16 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     started = time.perf_counter()
     horizon = requests[-1].arrival
 
+    show = args.progress and sys.stderr.isatty()
+
     def progress(name: str, t: float) -> None:
-        if args.progress:
+        if show:
             done = min(1.0, t / horizon) if horizon else 1.0
             bar = "#" * int(done * 30)
             print(f"\r{name:16} [{bar:30}] {100 * done:5.1f}%", end="", file=sys.stderr, flush=True)
 
-    results = simulate(requests, scenario, policies, progress=progress)
-    if args.progress:
+    results = simulate(requests, scenario, policies, progress=progress, scenario=args.scenario)
+    if show:
         print(file=sys.stderr)
     report = {
         "trace": {
@@ -320,6 +327,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
         "gpu": chosen.chosen.summary,
         "quantization": chosen.chosen.quantization,
         "slo": {"ttftSeconds": args.slo_ttft, "percentile": args.slo_percentile},
+        "scenario": args.scenario,
         "currency": catalog.currency,
         "wallSeconds": round(time.perf_counter() - started, 2),
         "policies": results,
@@ -553,7 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--dt", type=float, default=1.0, help="tick, seconds")
     m.add_argument("--policy", default="all", help="all, or names separated by commas")
-    m.add_argument("-o", "--output", help="write the JSON report here")
+    m.add_argument(
+        "--scenario",
+        choices=["warm", "cold"],
+        default="warm",
+        help="warm: every policy starts with the replicas the first minute needs, ready; "
+        "cold: one replica under full load",
+    )
+    m.add_argument("--report", "-o", "--output", dest="output", help="write the JSON report here")
     m.add_argument("--plot", help="write a PNG plot here")
     m.add_argument("--catalog", action="append", default=[], metavar="FILE")
     m.add_argument("--no-progress", dest="progress", action="store_false")

@@ -268,7 +268,9 @@ def estimate_attainment(
         slo_ttft=req.slo_ttft,
         max_model_len=req.max_model_len,
     )
-    result = run_policy(reqs, s, Static(replicas=cand.replicas_peak), zero_startup=True)
+    result = run_policy(
+        reqs, s, Static(replicas=cand.replicas_peak), initial=cand.replicas_peak, zero_startup=True
+    )
     return float(result["sloAttainment"])
 
 

@@ -1,8 +1,14 @@
-"""Scaling policies for the simulator: ours (imported, not copied), the anchors of
-DESIGN §5 with their published defaults, static peak, and the oracle lower bound.
+"""Scaling policies for the simulator: ours (imported, not copied), the anchors with
+their published defaults and tuned to the replica, static peak, and scheduled references.
 
-Every policy sees a :class:`~distillery.simulate.fleet.Snapshot` (what Prometheus would
-have scraped) at its own polling interval and returns the replica count it wants.
+Every policy sees :class:`~distillery.simulate.signals.Signals` (what Prometheus returns:
+gauges as of the last scrape, rates over a window) at its own polling interval and
+returns the replica count it wants. None of them sees the fleet model's live state.
+
+Each anchor runs twice (``tuned=False`` as its docs ship it, the source cited in its
+docstring; ``tuned=True`` with its target set to the replica's capacity at the SLO the
+way a competent operator would set it, from the same :class:`Capacity` distillery uses).
+Damping (windows, cooldowns, step limits) stays as documented in both.
 """
 
 from __future__ import annotations
@@ -20,26 +26,21 @@ from distillery.autoscale.policy import (
     LoadSample,
     decide,
 )
-from distillery.simulate.fleet import Snapshot
+from distillery.simulate.signals import Signals
 
 
 class Policy:
     name = "policy"
     interval = 15.0
 
-    def initial(self) -> int:
-        return 1
-
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
+    def desired(self, sig: Signals, current: int) -> int:
         raise NotImplementedError
 
 
 @dataclass
 class Distillery(Policy):
     """distillery's own policy (:func:`distillery.autoscale.policy.decide`), fed what the
-    operator's Prometheus source would give it."""
+    operator's Prometheus source gives it."""
 
     capacity: Capacity
     limits: Limits
@@ -48,33 +49,29 @@ class Distillery(Policy):
     name: str = "distillery"
     history: History = field(default_factory=History)
     last_reason: str = ""
+    last_inputs: dict[str, float] = field(default_factory=dict)
 
-    def initial(self) -> int:
-        return self.limits.min_replicas
-
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
-        ttft = _percentile(ttft_window, self.slo_percentile) if ttft_window else None
+    def desired(self, sig: Signals, current: int) -> int:
         sample = LoadSample(
-            time=snap.time,
-            running=float(sum(snap.running)),
-            waiting=float(sum(snap.waiting) + snap.pending),
-            kv_usage=(sum(snap.kv_usage) / len(snap.kv_usage)) if snap.kv_usage else None,
-            ttft_percentile=ttft,
-            prompt_tokens_per_second=prompt_tps,
-            replicas_reporting=snap.ready,
+            time=sig.time,
+            running=float(sig.running),
+            waiting=float(sig.waiting),
+            kv_usage=sig.kv_mean,
+            ttft_percentile=sig.ttft_quantile(self.slo_percentile / 100.0),
+            prompt_tokens_per_second=sig.prompt_tokens_per_second,
+            replicas_reporting=sig.gauges.ready,
         )
         decision = decide(
             sample,
             self.history,
             self.capacity,
             self.limits,
-            Cluster(current=current, ready=snap.ready),
-            snap.time,
+            Cluster(current=current, ready=sig.gauges.ready),
+            sig.time,
         )
         self.history = decision.history
         self.last_reason = decision.reason
+        self.last_inputs = decision.inputs
         return decision.desired
 
 
@@ -86,24 +83,26 @@ class KedaProductionStack(Policy):
     scale-down stabilization 300 s). KEDA's cooldownPeriod (360 s) only gates scaling to
     zero, which this setup (minReplicaCount 1) never does.
     Sources: vllm-project/production-stack helm chart (keda ScaledObject), KEDA and
-    Kubernetes HPA documentation."""
+    Kubernetes HPA documentation.
+
+    Tuned: the query becomes sum(running + waiting) and the target the replica's
+    sequences at the SLO (``target``), so it scales on load before a queue forms."""
 
     name: str = "keda"
     interval: float = 15.0
     target: float = 5.0
+    on_running: bool = False
     stabilization: float = 300.0
     max_replicas: int = 1000
     recs: deque[tuple[float, int]] = field(default_factory=deque)
 
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
-        waiting = sum(snap.waiting) + snap.pending
-        ratio = waiting / (self.target * max(current, 1))
-        want = current if abs(ratio - 1.0) <= 0.1 else math.ceil(waiting / self.target)
+    def desired(self, sig: Signals, current: int) -> int:
+        metric = float(sig.waiting + (sig.running if self.on_running else 0))
+        ratio = metric / (self.target * max(current, 1))
+        want = current if abs(ratio - 1.0) <= 0.1 else math.ceil(metric / self.target)
         want = max(1, min(self.max_replicas, want))
-        self.recs.append((snap.time, want))
-        while self.recs and self.recs[0][0] < snap.time - self.stabilization:
+        self.recs.append((sig.time, want))
+        while self.recs and self.recs[0][0] < sig.time - self.stabilization:
             self.recs.popleft()
         if want < current:
             want = min(current, max(v for _, v in self.recs))
@@ -117,7 +116,10 @@ class KubeAI(Policy):
     """KubeAI's autoscaler: desired = ceil(moving average of in-flight requests over
     10 min, sampled every 10 s / targetRequests 100); scale down only after 30 s of
     consecutive lower readings. Source: kubeai.org docs (autoscaling), defaults
-    autoscalingInterval 10s, averageWindow 10m, targetRequests 100, scaleDownDelay 30s."""
+    autoscalingInterval 10s, averageWindow 10m, targetRequests 100, scaleDownDelay 30s.
+
+    Tuned: targetRequests = the replica's sequences at the SLO (100 exceeds the batch
+    slots of most placements, so the default never adds a replica before a queue)."""
 
     name: str = "kubeai"
     interval: float = 10.0
@@ -128,19 +130,17 @@ class KubeAI(Policy):
     samples: deque[tuple[float, float]] = field(default_factory=deque)
     low_since: float | None = None
 
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
-        inflight = sum(snap.running) + sum(snap.waiting) + snap.pending
-        self.samples.append((snap.time, float(inflight)))
-        while self.samples and self.samples[0][0] < snap.time - self.window:
+    def desired(self, sig: Signals, current: int) -> int:
+        inflight = sig.running + sig.waiting
+        self.samples.append((sig.time, float(inflight)))
+        while self.samples and self.samples[0][0] < sig.time - self.window:
             self.samples.popleft()
         avg = sum(v for _, v in self.samples) / len(self.samples)
         want = max(1, min(self.max_replicas, math.ceil(avg / self.target_requests)))
         if want < current:
             if self.low_since is None:
-                self.low_since = snap.time
-            if snap.time - self.low_since < self.scale_down_delay:
+                self.low_since = sig.time
+            if sig.time - self.low_since < self.scale_down_delay:
                 return current
         else:
             self.low_since = None
@@ -150,9 +150,13 @@ class KubeAI(Policy):
 @dataclass
 class AIBrixAPA(Policy):
     """AIBrix Pod Autoscaler, APA mode on vllm:kv_cache_usage_perc with target 0.5: act
-    only when the windowed metric leaves 1 ± 0.1 of the target; per step at most x2 up
+    only when the windowed metric leaves 1 +/- 0.1 of the target; per step at most x2 up
     and x1/2 down; metric window 180 s; no scale-down within 300 s of the last scaling.
-    Source: vllm-project/aibrix docs (autoscaling, APA defaults)."""
+    Source: vllm-project/aibrix docs (autoscaling, APA defaults).
+
+    Tuned: the target is the KV-cache use of a replica running its sequences at the SLO
+    at the typical context (0.5 is unreachable with short requests and far too late
+    with long ones)."""
 
     name: str = "aibrix-apa"
     interval: float = 15.0
@@ -164,12 +168,10 @@ class AIBrixAPA(Policy):
     samples: deque[tuple[float, float]] = field(default_factory=deque)
     last_scale: float = -1e18
 
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
-        kv = sum(snap.kv_usage) / len(snap.kv_usage) if snap.kv_usage else 0.0
-        self.samples.append((snap.time, kv))
-        while self.samples and self.samples[0][0] < snap.time - self.window:
+    def desired(self, sig: Signals, current: int) -> int:
+        kv = sig.kv_mean or 0.0
+        self.samples.append((sig.time, kv))
+        while self.samples and self.samples[0][0] < sig.time - self.window:
             self.samples.popleft()
         avg = sum(v for _, v in self.samples) / len(self.samples)
         ratio = avg / self.target
@@ -177,11 +179,11 @@ class AIBrixAPA(Policy):
             return current
         want = math.ceil(current * ratio)
         want = max(math.ceil(current / 2), min(current * 2, want))
-        if want < current and snap.time - self.last_scale < self.down_cooldown:
+        if want < current and sig.time - self.last_scale < self.down_cooldown:
             return current
         want = max(1, min(self.max_replicas, want))
         if want != current:
-            self.last_scale = snap.time
+            self.last_scale = sig.time
         return want
 
 
@@ -192,7 +194,10 @@ class LlmdSaturation(Policy):
     KV (0.80 - kv) < 0.10 or the average spare queue (5 - queue) < 3 across replicas;
     remove one only if the load spread over one replica fewer stays below both
     thresholds with the same spare margins. Source: llm-d-incubation
-    workload-variant-autoscaler docs (saturation-based scaling)."""
+    workload-variant-autoscaler docs (saturation-based scaling).
+
+    Tuned: the KV threshold is the KV-cache use at the replica's sequences at the SLO
+    (as for AIBrix), so "saturated" means the same as the replica's capacity."""
 
     name: str = "llmd-saturation"
     interval: float = 15.0
@@ -204,18 +209,17 @@ class LlmdSaturation(Policy):
     max_replicas: int = 1000
     samples: deque[tuple[float, float, float]] = field(default_factory=deque)
 
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
-        n = max(1, snap.ready)
-        kv = sum(snap.kv_usage) / n if snap.kv_usage else 0.0
-        queue = (sum(snap.waiting) + snap.pending) / n
-        self.samples.append((snap.time, kv, queue))
-        while self.samples and self.samples[0][0] < snap.time - self.window:
+    def desired(self, sig: Signals, current: int) -> int:
+        ready = sig.gauges.ready
+        n = max(1, ready)
+        kv = sum(sig.gauges.kv_usage) / n if sig.gauges.kv_usage else 0.0
+        queue = sig.waiting / n
+        self.samples.append((sig.time, kv, queue))
+        while self.samples and self.samples[0][0] < sig.time - self.window:
             self.samples.popleft()
         kv_max = max(s[1] for s in self.samples)
         q_max = max(s[2] for s in self.samples)
-        if snap.ready < current:  # replicas still starting: wait for them
+        if ready < current:  # replicas still starting: wait for them
             return current
         if self.kv_sat - kv_max < self.kv_spare or self.queue_sat - q_max < self.queue_spare:
             return min(self.max_replicas, current + 1)
@@ -233,42 +237,36 @@ class LlmdSaturation(Policy):
 @dataclass
 class Static(Policy):
     """A fixed replica count for the whole run (static provisioning at the trace's peak,
-    computed by the oracle's capacity rule)."""
+    computed by the instant reference's capacity rule)."""
 
     replicas: int
     name: str = "static-peak"
-    interval: float = 3600.0
+    interval: float = 15.0
 
-    def initial(self) -> int:
-        return self.replicas
-
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
+    def desired(self, sig: Signals, current: int) -> int:
         return self.replicas
 
 
 @dataclass
 class Scheduled(Policy):
-    """Replays a precomputed schedule (the oracle's), with no start-up delay."""
+    """Replays a precomputed schedule of (time, replicas): the instant and clairvoyant
+    references. Sees no metrics."""
 
     schedule: list[tuple[float, int]]
-    name: str = "oracle"
-    interval: float = 60.0
+    name: str = "scheduled"
+    interval: float = 15.0
 
-    def initial(self) -> int:
-        return self.schedule[0][1] if self.schedule else 1
-
-    def desired(
-        self, snap: Snapshot, current: int, ttft_window: Sequence[float], prompt_tps: float
-    ) -> int:
-        value = self.schedule[0][1]
-        for t, n in self.schedule:
-            if t <= snap.time + 1e-9:
+    def at(self, t: float) -> int:
+        value = self.schedule[0][1] if self.schedule else 1
+        for when, n in self.schedule:
+            if when <= t + 1e-9:
                 value = n
             else:
                 break
         return value
+
+    def desired(self, sig: Signals, current: int) -> int:
+        return self.at(sig.time)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

@@ -1,7 +1,10 @@
-"""Reports of simulation runs: the JSON document, a text table, and the plot.
+"""Reports of simulation runs: the JSON document, a text table, and the plots.
 
-The JSON keys are an interface (DESIGN §8): ``trace, model, gpu, slo, policies{NAME:
-{gpuHours, cost, sloAttainment, ttftP50, ttftP95, ttftP99, scaleEvents, dropped, ...}}``.
+The JSON keys are an interface (docs/autoscaling.md): ``trace, model, gpu, slo,
+scenario, policies{NAME: {gpuHours, cost, sloAttainment, sloAttainmentFeasible, ttftP50,
+ttftP95, ttftP99, scaleEvents, flaps, peakReplicas, dropped, rejected, replicas}}``.
+Costs in the table are relative to ``clairvoyant`` (the cheapest schedule that knows the
+future and pays the same cold start); without it, to ``instant``.
 matplotlib is imported only when a plot is asked for (an optional dependency).
 """
 
@@ -11,25 +14,49 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+REFERENCES = ("clairvoyant", "instant")
+
+
+def reference_cost(policies: Mapping[str, Mapping[str, Any]]) -> tuple[str, float] | None:
+    for name in REFERENCES:
+        cost = policies.get(name, {}).get("cost")
+        if cost:
+            return name, float(cost)
+    return None
+
+
+def pareto(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Names on the front of (cost, attainment): nobody is cheaper at >= attainment."""
+    front = []
+    for name, cost, att in points:
+        if not any(
+            (c <= cost and a >= att) and (c < cost or a > att) for n, c, a in points if n != name
+        ):
+            front.append(name)
+    return front
+
 
 def table(policies: Mapping[str, Mapping[str, Any]], currency: str = "USD") -> str:
-    oracle = policies.get("oracle", {}).get("cost")
+    ref = reference_cost(policies)
     rows = [
         [
             "POLICY",
             "GPU-H",
             f"COST {currency}",
-            "VS ORACLE",
+            f"VS {ref[0].upper()}" if ref else "VS REF",
             "SLO MET",
+            "FEASIBLE",
             "TTFT P50",
             "P95",
             "P99",
             "SCALE EV",
+            "FLAPS",
+            "PEAK",
             "DROPPED",
         ]
     ]
     for name, r in policies.items():
-        ratio = f"{r['cost'] / oracle:.2f}x" if oracle else "-"
+        ratio = f"{r['cost'] / ref[1]:.2f}x" if ref else "-"
 
         def fmt(v: Any) -> str:
             return "-" if v is None else f"{v:.2f}"
@@ -41,10 +68,13 @@ def table(policies: Mapping[str, Mapping[str, Any]], currency: str = "USD") -> s
                 f"{r['cost']:.2f}",
                 ratio,
                 f"{100 * r['sloAttainment']:.2f}%",
+                f"{100 * r.get('sloAttainmentFeasible', r['sloAttainment']):.2f}%",
                 fmt(r["ttftP50"]),
                 fmt(r["ttftP95"]),
                 fmt(r["ttftP99"]),
                 str(r["scaleEvents"]),
+                str(r.get("flaps", "-")),
+                str(r.get("peakReplicas", "-")),
                 str(r["dropped"]),
             ]
         )
@@ -61,50 +91,69 @@ def table(policies: Mapping[str, Mapping[str, Any]], currency: str = "USD") -> s
 def plot(
     report: Mapping[str, Any], arrivals: Sequence[float], out: Path, slo: float | None = None
 ) -> None:
+    """Load, then cost vs attainment (the Pareto front marked), then replicas over time
+    as small multiples: one panel per policy on a shared axis, so one policy's spikes do
+    not flatten the others."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     policies: Mapping[str, Mapping[str, Any]] = report["policies"]
-    fig = plt.figure(figsize=(11, 9))
-    top = fig.add_subplot(311)
-    axes = [top, fig.add_subplot(312, sharex=top), fig.add_subplot(313)]
+    names = list(policies)
+    cols = 4
+    rows = (len(names) + cols - 1) // cols
+    fig = plt.figure(figsize=(12, 4.5 + 1.6 * rows))
+    grid = fig.add_gridspec(2 + rows, cols, height_ratios=[1.3, 2.2] + [1.0] * rows)
+    load = fig.add_subplot(grid[0, :])
     bucket = 60.0
     if arrivals:
-        n = int(max(arrivals) // bucket) + 1
-        counts = [0] * n
+        minutes = int(max(arrivals) // bucket) + 1
+        counts = [0] * minutes
         for a in arrivals:
             counts[int(a // bucket)] += 1
-        axes[0].plot(
-            [i * bucket / 3600 for i in range(n)],
-            [c / bucket for c in counts],
-            color="black",
-            linewidth=0.8,
+        load.plot(
+            [i * bucket / 3600 for i in range(minutes)], [c / bucket for c in counts], "k-", lw=0.8
         )
-    axes[0].set_ylabel("requests/s")
+    load.set_ylabel("requests/s")
     trace = report.get("trace") or {}
-    name = Path(str(trace.get("path", ""))).name if isinstance(trace, Mapping) else str(trace)
-    axes[0].set_title(f"{report.get('model')} on {report.get('gpu')}: {name}", fontsize=10)
-    for name, r in policies.items():
-        series = r.get("replicas") or []
+    label = Path(str(trace.get("path", ""))).name if isinstance(trace, Mapping) else str(trace)
+    load.set_title(
+        f"{report.get('model')} on {report.get('gpu')}: {label} "
+        f"({report.get('scenario', 'warm')} start)",
+        fontsize=10,
+    )
+    scatter = fig.add_subplot(grid[1, :])
+    ref = reference_cost(policies)
+    points = [
+        (
+            n,
+            policies[n]["cost"] / ref[1] if ref else policies[n]["cost"],
+            100 * policies[n].get("sloAttainmentFeasible", policies[n]["sloAttainment"]),
+        )
+        for n in names
+    ]
+    front = set(pareto(points))
+    for n, c, a in points:
+        marker = "*" if n == "distillery" else ("s" if n in REFERENCES else "o")
+        scatter.scatter([c], [a], marker=marker, s=80 if n == "distillery" else 35,
+                        edgecolors="red" if n in front else "none")  # fmt: skip
+        scatter.annotate(n, (c, a), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ordered = sorted((c, a) for n, c, a in points if n in front)
+    if ordered:
+        scatter.plot([c for c, _ in ordered], [a for _, a in ordered], "r--", lw=0.7)
+    scatter.set_xlabel(f"cost x {ref[0]}" if ref else "cost")
+    scatter.set_ylabel("% feasible requests within TTFT SLO" + (f" ({slo:g}s)" if slo else ""))
+    peak = max((p[1] for r in policies.values() for p in r.get("replicas") or []), default=1)
+    for i, n in enumerate(names):
+        ax = fig.add_subplot(grid[2 + i // cols, i % cols])
+        series = policies[n].get("replicas") or []
         if series:
-            axes[1].step(
-                [p[0] / 3600 for p in series],
-                [p[1] for p in series],
-                where="post",
-                label=name,
-                linewidth=1.2 if name == "distillery" else 0.8,
-            )
-    axes[1].set_ylabel("replicas")
-    axes[1].legend(fontsize=7, ncol=7, loc="upper center", bbox_to_anchor=(0.5, 1.15))
-    names = list(policies)
-    axes[2].bar(range(len(names)), [100 * policies[n]["sloAttainment"] for n in names])
-    axes[2].set_xticks(range(len(names)))
-    axes[2].set_xticklabels(names, fontsize=7)
-    axes[2].set_ylabel("% requests meeting TTFT SLO" + (f" ({slo:g}s)" if slo else ""))
-    axes[1].set_xlabel("hours")
+            ax.step([p[0] / 3600 for p in series], [p[1] for p in series], where="post", lw=0.8)
+        ax.set_ylim(0, peak * 1.05 + 0.5)
+        ax.set_title(n, fontsize=8)
+        ax.tick_params(labelsize=6)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
