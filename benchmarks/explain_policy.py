@@ -12,27 +12,30 @@ from pathlib import Path
 
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.catalog import load_catalog
-from distillery.simulate.engine import Scenario, distillery_policy, run_policy
-from distillery.simulate.fleet import Snapshot
+from distillery.simulate.engine import Scenario, distillery_policy, need_schedule, run_policy
 from distillery.simulate.policies import Distillery
+from distillery.simulate.signals import Signals
 from distillery.simulate.workload import load
 from distillery.sizing import plan
 
-TRACES = Path(__file__).resolve().parents[1] / "traces"
+TRACES = Path(__file__).resolve().parent / "traces"
 
 
 class Explained(Distillery):
     log: list[str]
 
-    def desired(self, snap: Snapshot, current: int, ttft_window: object, prompt_tps: float) -> int:
-        want = super().desired(snap, current, ttft_window, prompt_tps)  # type: ignore[arg-type]
+    def desired(self, sig: Signals, current: int) -> int:
+        want = super().desired(sig, current)
         if want != current:
             h = self.history.samples[-1]
+            prompt = (
+                "-" if h.prompt_tokens_per_second is None else f"{h.prompt_tokens_per_second:.0f}"
+            )
+            ttft = "-" if h.ttft_percentile is None else f"{h.ttft_percentile:.2f}s"
             self.log.append(
-                f"t={snap.time / 60:6.1f} min  {current:2d} -> {want:2d}  {self.last_reason:<34} "
+                f"t={sig.time / 60:6.1f} min  {current:2d} -> {want:2d}  {self.last_reason:<34} "
                 f"running={h.running:5.0f} waiting={h.waiting:4.0f} "
-                f"prompt={h.prompt_tokens_per_second or 0:6.0f} tok/s "
-                f"ttft_p95={h.ttft_percentile or 0:5.2f}s ready={snap.ready}"
+                f"prompt={prompt:>6} tok/s ttft_p95={ttft:>6} ready={sig.gauges.ready}"
             )
         return want
 
@@ -65,7 +68,8 @@ def main() -> int:
     base = distillery_policy(s)
     policy = Explained(capacity=base.capacity, limits=base.limits)
     policy.log = []
-    result = run_policy(window, s, policy)
+    # Same start as the benchmark's warm scenario: what the first minute needs, ready.
+    result = run_policy(window, s, policy, initial=need_schedule(window, s)[0][1])
     cap = base.capacity
     print(
         f"{len(window)} requests, {p.chosen.summary}; capacity per replica: "
@@ -77,7 +81,8 @@ def main() -> int:
         print(line)
     print(
         f"GPU-hours {result['gpuHours']}, SLO attainment {100 * result['sloAttainment']:.2f}%,"
-        f" TTFT p95 {result['ttftP95']}s, scale events {result['scaleEvents']}"
+        f" TTFT p95 {result['ttftP95']}s, scale events {result['scaleEvents']}, "
+        f"flaps {result['flaps']}"
     )
     return 0
 

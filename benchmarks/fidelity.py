@@ -1,103 +1,100 @@
-"""Fidelity of the fleet model against BLIS's vLLM fits.
+"""Fidelity of the fleet model against real vLLM runs, by replay.
 
-BLIS (inference-sim/inference-sim, defaults.yaml at commit 1a6eb353) fits vLLM v0.8.4's
-step time as ``beta0 + beta1 * prefill_tokens + beta2 * decode_tokens`` microseconds,
-from profiling real runs. The DeepSeek-R1 Llama distills share their teachers'
-architecture (Llama-3.1-8B, Llama-3.3-70B), so those fits apply to them. For each point
-this prints the fleet model's prefill time (TTFT of one request alone) and decode
-throughput at a full batch, BLIS's, and the error; the JSON goes to
-reports/bench-fidelity.json.
+Every stage of ``benchmarks/data/vllm-h100-inference-perf.json`` (real vLLM on H100,
+measured with inference-perf; see the file's ``source``) is rebuilt as a request list
+(same constant rate, same length quantiles, the dataset's prompt re-sends as prefix-cache
+hits) and replayed through one replica of the fleet model with the fitted step
+constants. Per stage it prints the model's and the measured TTFT (mean), ITL (per output
+token after the first), E2E (mean) and output throughput with the relative error; then
+the mean absolute percentage error per metric over the fit set, the held-out set, and by
+load level (light <= 8 req/s, medium, near saturation). Overload stages (more than 10%
+client timeouts) are reported apart: the model does not abort requests a client gave up
+on. Writes ``reports/bench-fidelity.json``.
 
-Run: ``.venv/bin/python benchmarks/fidelity.py``.
+Run: ``.venv/bin/python benchmarks/fidelity.py`` (about 15 s).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
-from distillery.catalog import load_catalog
-from distillery.sizing import memory as mem
+from distillery.simulate.calibration import mape
+from distillery.sizing.steptime import FITTED
+from reference_runs import METRICS, evaluate, load, load_level
 
 ROOT = Path(__file__).resolve().parents[1]
-# (model in our catalog, GPU, TP, BLIS beta0/1/2 in microseconds, BLIS entry)
-POINTS = [
-    (
-        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-        "nvidia-h100-80gb",
-        1,
-        (5752.705191348184, 17.25086436834028, 5.999143920128404),
-        "meta-llama/llama-3.1-8b-instruct H100 tp1",
-    ),
-    (
-        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-        "nvidia-a100-80gb",
-        1,
-        (16441.531547147923, 47.837412108198656, 18.20560632171683),
-        "meta-llama/llama-3.1-8b-instruct A100-80 tp1",
-    ),
-    (
-        "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
-        "nvidia-h100-80gb",
-        2,
-        (6910.420479880494, 17.67057489844186, 2.8377471109943855),
-        "meta-llama/llama-3.1-8b-instruct H100 tp2",
-    ),
-    (
-        "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
-        "nvidia-h100-80gb",
-        4,
-        (12601.271149123822, 76.42284100369776, 66.84396200500741),
-        "meta-llama/llama-3.3-70b-instruct H100 tp4",
-    ),
-]
-PROMPT = 2048
-BATCH = 64
-CONTEXT = 2048
+TARGETS = {"ttft": 0.25, "itl": 0.15, "e2e": 0.15, "throughput": 0.15}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = [r["error"] for r in rows]
+    return {
+        "stages": len(rows),
+        "mape": {m: round(mape(errors, m), 4) for m in METRICS} if rows else {},
+    }
 
 
 def main() -> int:
-    catalog = load_catalog()
-    rows = []
-    for model_name, gpu_name, tp, (b0, b1, b2), source in POINTS:
-        m, g = catalog.models[model_name], catalog.gpus[gpu_name]
-        weights = mem.weight_bytes(m, "none")
-        ours_prefill = mem.prefill_seconds(m, g, tp, PROMPT) + mem.decode_step_seconds(
-            weights, PROMPT * mem.kv_bytes_per_token(m), g, tp
-        )
-        blis_prefill = (b0 + b1 * PROMPT) / 1e6 + (b0 + b2) / 1e6
-        ours_tps = mem.decode_tokens_per_second(m, g, tp, "none", BATCH, CONTEXT)
-        blis_tps = BATCH / ((b0 + b2 * BATCH) / 1e6)
+    doc = load()
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for s in doc["stages"]:
+        got, ref, err = evaluate(doc, s, FITTED)
         rows.append(
             {
-                "point": f"{model_name.split('/')[-1]} {gpu_name} tp{tp}",
-                "blis": source,
-                "ttftPrompt2048": {
-                    "ours": round(ours_prefill, 4),
-                    "blis": round(blis_prefill, 4),
-                    "error": round(ours_prefill / blis_prefill - 1, 3),
-                },
-                "decodeTokPerSecBatch64": {
-                    "ours": round(ours_tps, 1),
-                    "blis": round(blis_tps, 1),
-                    "error": round(ours_tps / blis_tps - 1, 3),
-                },
+                "stage": f"{s['model']} tp{s['tp']} {s['profile']} {s['rate']:g} req/s",
+                "run": s["run"],
+                "heldOut": s["heldOut"],
+                "load": load_level(s),
+                "model": got.as_dict(),
+                "measured": ref.as_dict(),
+                "error": {m: round(v, 4) for m, v in err.items()},
             }
         )
+    print(f"{'STAGE':42} {'SET':8} {'LOAD':15}  TTFT ms (err)      ITL ms (err)     "
+          f"E2E s (err)      THROUGHPUT tok/s (err)")  # fmt: skip
     for r in rows:
-        t, d = r["ttftPrompt2048"], r["decodeTokPerSecBatch64"]
+        g, m, e = r["model"], r["measured"], r["error"]
         print(
-            f"{r['point']:45} TTFT(2048) ours {t['ours']:.3f}s BLIS {t['blis']:.3f}s "
-            f"({100 * t['error']:+.0f}%) | decode@64 ours {d['ours']:.0f} BLIS {d['blis']:.0f} "
-            f"tok/s ({100 * d['error']:+.0f}%)"
+            f"{r['stage']:42} {'held' if r['heldOut'] else 'fit':8} {r['load']:15} "
+            f"{1000 * g['ttft']:7.1f}/{1000 * m['ttft']:<7.1f}({100 * e['ttft']:+4.0f}%) "
+            f"{1000 * g['itl']:5.1f}/{1000 * m['itl']:<5.1f}({100 * e['itl']:+4.0f}%) "
+            f"{g['e2e']:6.2f}/{m['e2e']:<6.2f}({100 * e['e2e']:+4.0f}%) "
+            f"{g['throughput']:6.0f}/{m['throughput']:<6.0f}({100 * e['throughput']:+4.0f}%)"
         )
+    under_load = [r for r in rows if r["load"] != "overload"]
+    groups = {
+        "all (no overload)": under_load,
+        "fit set": [r for r in under_load if not r["heldOut"]],
+        "held out": [r for r in under_load if r["heldOut"]],
+        "light": [r for r in under_load if r["load"] == "light"],
+        "medium": [r for r in under_load if r["load"] == "medium"],
+        "near-saturation": [r for r in under_load if r["load"] == "near-saturation"],
+        "overload (not modelled: client aborts)": [r for r in rows if r["load"] == "overload"],
+    }
+    summary = {name: summarize(g) for name, g in groups.items()}
+    print("\nMAPE           " + "  ".join(f"{m:>10}" for m in METRICS) + "   stages")
+    for name, sm in summary.items():
+        if sm["stages"]:
+            cells = "  ".join(f"{100 * sm['mape'][m]:9.1f}%" for m in METRICS)
+            print(f"{name:15.15} {cells}   {sm['stages']}")
+    met = {m: summary["all (no overload)"]["mape"][m] <= TARGETS[m] for m in METRICS}
+    print(f"targets (TTFT <= 25%, others <= 15%) over all non-overload stages: {met}")
     out = ROOT / "reports" / "bench-fidelity.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps(
             {
-                "constants": {"MFU": mem.MFU, "MBU": mem.MBU, "stepOverheadS": mem.STEP_OVERHEAD_S},
-                "points": rows,
+                "source": doc["source"],
+                "constants": FITTED.as_dict(),
+                "targets": TARGETS,
+                "targetsMet": met,
+                "summary": summary,
+                "stages": rows,
+                "wallSeconds": round(time.perf_counter() - started, 1),
             },
             indent=1,
         )

@@ -25,18 +25,20 @@ from distillery.sizing.steptime import FITTED, StepConstants
 from reference_runs import METRICS, evaluate, load
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = [f.name for f in fields(StepConstants)]
+ALL = [f.name for f in fields(StepConstants)]
 # Bounds keep the physics physical: efficiencies in (0, 1], overheads non-negative.
 UPPER = {"eta_weights": 1.0, "eta_kv": 1.0, "eta_compute": 1.0}
 
 
-def constants(x: list[float]) -> StepConstants:
-    values = {n: min(math.exp(v), UPPER.get(n, math.inf)) for n, v in zip(NAMES, x, strict=True)}
-    return StepConstants(**values)
+def constants(x: list[float], names: list[str], held: dict[str, float]) -> StepConstants:
+    values = {n: min(math.exp(v), UPPER.get(n, math.inf)) for n, v in zip(names, x, strict=True)}
+    return StepConstants(**values, **held)
 
 
-def loss(doc: dict, stages: list[dict], x: list[float]) -> float:
-    c = constants(x)
+def loss(
+    doc: dict, stages: list[dict], x: list[float], names: list[str], held: dict[str, float]
+) -> float:
+    c = constants(x, names, held)
     total = 0.0
     for s in stages:
         got, ref, _ = evaluate(doc, s, c)
@@ -83,18 +85,29 @@ def nelder_mead(f, x0: list[float], step: float, iterations: int) -> tuple[list[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument(
+        "--hold", action="append", default=[], metavar="NAME=VALUE",
+        help="keep a constant fixed (default: eta_compute=0.60)",
+    )  # fmt: skip
     args = parser.parse_args()
+    held = {"eta_compute": 0.60}
+    for item in args.hold:
+        key, _, value = item.partition("=")
+        held[key] = float(value)
+    names = [n for n in ALL if n not in held]
     doc = load()
     fit_set = [s for s in doc["stages"] if not s["heldOut"]]
-    x0 = [math.log(getattr(FITTED, n)) for n in NAMES]
+    x0 = [math.log(getattr(FITTED, n)) for n in names]
     t0 = time.perf_counter()
-    start = loss(doc, fit_set, x0)
+    start = loss(doc, fit_set, x0, names, held)
     print(f"start: loss {start:.4f} ({time.perf_counter() - t0:.1f}s an evaluation)")
-    best, value = nelder_mead(lambda x: loss(doc, fit_set, x), x0, 0.15, args.iterations)
-    c = constants(best)
+    best, value = nelder_mead(
+        lambda x: loss(doc, fit_set, x, names, held), x0, 0.15, args.iterations
+    )
+    c = constants(best, names, held)
     print(f"fitted: loss {value:.4f} (start {start:.4f})")
-    for n in NAMES:
-        print(f"    {n}: float = {getattr(c, n):.4g}")
+    for n in ALL:
+        print(f"    {n}: float = {getattr(c, n):.4g}{'  (held)' if n in held else ''}")
     out = ROOT / "reports" / "fit-step-model.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(

@@ -8,12 +8,12 @@ Fair by construction:
 - **Same signals**: policies see the fleet only through
   :class:`~distillery.simulate.signals.PrometheusView` (15 s scrapes, 1 m rates,
   vLLM's TTFT buckets).
-- **References that mean what they say**: ``instant`` provisions, per minute, the fewest
-  replicas whose capacity covers the load that actually arrived, with zero start-up:
-  what no real system can do. ``clairvoyant`` knows the future but pays the same cold
-  start: each replica starts one cold start before the minute that needs it, and the
-  headroom over the instant need is searched for the cheapest schedule that reaches
-  ``CLAIRVOYANT_TARGET`` of feasible requests. Costs are reported relative to it.
+- **References that mean what they say**: both start from the per-minute need of the
+  load that actually arrived (:func:`need_schedule`) and search the headroom over it for
+  the cheapest schedule that reaches ``REFERENCE_TARGET`` of feasible requests.
+  ``instant`` resizes every minute with zero start-up: what no real system can do.
+  ``clairvoyant`` knows the future but pays the same cold start: each replica starts one
+  cold start before the minute that needs it. Costs are reported relative to it.
 - **Feasibility**: a request that misses the SLO even alone on an idle replica (a long
   prompt) is infeasible; one whose prompt plus output exceeds ``maxModelLen`` is
   rejected as vLLM rejects it. Attainment is reported over all requests and over the
@@ -65,7 +65,8 @@ POLICY_NAMES = (
 SCENARIOS = ("warm", "cold")
 REFERENCE_INTERVAL = 60.0
 FLAP_SECONDS = 300.0
-CLAIRVOYANT_TARGET = 0.99
+REFERENCES = ("instant", "clairvoyant")
+REFERENCE_TARGET = 0.99
 # Headroom over the instant need the clairvoyant search tries, cheapest first.
 HEADROOMS = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 BISECTIONS = 3
@@ -153,19 +154,26 @@ def feasible(r: Request, rm: ReplicaModel, slo: float) -> bool:
     return rm.idle_ttft(max(1, r.prompt_tokens - r.cached_tokens)) <= slo
 
 
-def instant_schedule(requests: Sequence[Request], s: Scenario) -> list[tuple[float, int]]:
-    """Per minute, the fewest replicas whose capacity covers the load that arrived in it:
-    concurrency (requests in service at a full batch's speed over the batch slots) and
-    prefill (prompt tokens arriving within any SLO-long window over the prefill rate)."""
+def need_schedule(requests: Sequence[Request], s: Scenario) -> list[tuple[float, int]]:
+    """Per minute, the fewest replicas whose capacity covers the load that arrived in it,
+    at full utilization: the largest of
+    concurrency (requests in service at a full batch's speed over the batch slots),
+    GPU time (decode at a full batch plus prefill, spread over each request's service),
+    and prefill (prompt tokens arriving within any SLO-long window over the prefill rate).
+    The references add headroom to this by search (:func:`reference`)."""
     rm = replica_model(s, startup=0.0)
     slots = max(1, min(s.max_concurrency, rm.kv_capacity_tokens // max(1, s.typical_tokens)))
     step = rm.steps.seconds(slots, 0, slots * s.typical_tokens / 2)
+    prefill_rate = rm.prefill_tokens_per_second()
     events: list[tuple[float, int]] = []
+    spans: list[tuple[float, float, float]] = []  # (start, end, GPU-seconds of work)
     for r in requests:
         compute = max(1, r.prompt_tokens - r.cached_tokens)
         service = rm.idle_ttft(compute) + max(0, r.output_tokens - 1) * step
         events.append((r.arrival, 1))
         events.append((r.arrival + service, -1))
+        work = compute / prefill_rate + max(0, r.output_tokens - 1) * step / slots
+        spans.append((r.arrival, r.arrival + service, work))
     events.sort()
     end = max((t for t, _ in events), default=0.0)
     buckets = int(end // REFERENCE_INTERVAL) + 1
@@ -183,7 +191,14 @@ def instant_schedule(requests: Sequence[Request], s: Scenario) -> list[tuple[flo
             level += events[i][1]
             i += 1
         peak[b] = max(peak[b], level)
-    rate = rm.prefill_tokens_per_second()
+    busy = [0.0] * buckets
+    for a, z, work in spans:
+        length = max(z - a, 1e-9)
+        b = int(a // REFERENCE_INTERVAL)
+        while b < buckets and b * REFERENCE_INTERVAL < z:
+            lo, hi = max(a, b * REFERENCE_INTERVAL), min(z, (b + 1) * REFERENCE_INTERVAL)
+            busy[b] += work * max(0.0, hi - lo) / length
+            b += 1
     window = max(s.dt, s.slo_ttft)
     prefill_need = [0] * buckets
     arrivals = sorted((r.arrival, max(1, r.prompt_tokens - r.cached_tokens)) for r in requests)
@@ -195,14 +210,25 @@ def instant_schedule(requests: Sequence[Request], s: Scenario) -> list[tuple[flo
             lo += 1
         b = int(t // REFERENCE_INTERVAL)
         if b < buckets:
-            prefill_need[b] = max(prefill_need[b], math.ceil(acc / (rate * window)))
+            prefill_need[b] = max(prefill_need[b], math.ceil(acc / (prefill_rate * window)))
     return [
         (
             b * REFERENCE_INTERVAL,
-            min(s.max_replicas, max(s.min_replicas, math.ceil(p / slots), prefill_need[b])),
+            min(
+                s.max_replicas,
+                max(
+                    s.min_replicas,
+                    math.ceil(p / slots),
+                    math.ceil(busy[b] / REFERENCE_INTERVAL - 1e-9),
+                    prefill_need[b],
+                ),
+            ),
         )
         for b, p in enumerate(peak)
     ]
+
+
+instant_schedule = need_schedule
 
 
 def clairvoyant_schedule(
@@ -226,7 +252,7 @@ def _tuned_kv_target(cap: Capacity, s: Scenario, rm: ReplicaModel) -> float:
 
 
 def make_policy(name: str, s: Scenario, instant: Sequence[tuple[float, int]]) -> Policy:
-    """A fresh policy by name (``clairvoyant`` is built by :func:`simulate`'s search)."""
+    """A fresh policy by name (the references are built by :func:`reference`'s search)."""
     rm = replica_model(s)
     cap = distillery_capacity(s, rm)
     tuned = name.endswith("-tuned")
@@ -253,8 +279,6 @@ def make_policy(name: str, s: Scenario, instant: Sequence[tuple[float, int]]) ->
         )
     elif name == "static-peak":
         return Static(replicas=max(n for _, n in instant))
-    elif name == "instant":
-        return Scheduled(schedule=list(instant), name="instant")
     else:
         raise ValueError(f"unknown policy {name!r}: valid are {', '.join(POLICY_NAMES)}")
     policy.name = name
@@ -358,37 +382,42 @@ def score(fleet: Fleet, s: Scenario, rm: ReplicaModel, series: list[list[float]]
     }
 
 
-def clairvoyant(
+def reference(
+    name: str,
     requests: Sequence[Request],
     s: Scenario,
-    instant: Sequence[tuple[float, int]],
+    need: Sequence[tuple[float, int]],
     initial: int,
 ) -> dict[str, Any]:
-    """The cheapest clairvoyant schedule (over ``HEADROOMS``) that reaches
-    ``CLAIRVOYANT_TARGET`` of feasible requests; the best attainment when none does."""
-    lead = replica_model(s).startup_seconds
+    """A reference schedule: the cheapest headroom over the per-minute ``need`` (over
+    ``HEADROOMS``, then bisected) that reaches ``REFERENCE_TARGET`` of feasible requests;
+    the best attainment when none does. ``instant`` resizes with zero start-up;
+    ``clairvoyant`` pays the real cold start and starts each replica one cold start
+    ahead of the minute that needs it."""
+    instant = name == "instant"
+    lead = 0.0 if instant else replica_model(s).startup_seconds
 
     def run(h: float) -> dict[str, Any]:
-        schedule = clairvoyant_schedule(instant, lead, h, s)
-        policy = Scheduled(schedule=schedule, name="clairvoyant")
-        return run_policy(requests, s, policy, initial=initial)
+        schedule = clairvoyant_schedule(need, lead, h, s)
+        policy = Scheduled(schedule=schedule, name=name)
+        return run_policy(requests, s, policy, initial=initial, zero_startup=instant)
 
     tried: list[tuple[float, dict[str, Any]]] = []
     for h in HEADROOMS:
         tried.append((h, run(h)))
-        if tried[-1][1]["sloAttainmentFeasible"] >= CLAIRVOYANT_TARGET:
+        if tried[-1][1]["sloAttainmentFeasible"] >= REFERENCE_TARGET:
             break
-    if len(tried) > 1 and tried[-1][1]["sloAttainmentFeasible"] >= CLAIRVOYANT_TARGET:
+    if len(tried) > 1 and tried[-1][1]["sloAttainmentFeasible"] >= REFERENCE_TARGET:
         # Narrow the headroom between the last miss and the first hit.
         lo, hi = tried[-2][0], tried[-1][0]
         for _ in range(BISECTIONS):
             mid = (lo + hi) / 2
             tried.append((mid, run(mid)))
-            if tried[-1][1]["sloAttainmentFeasible"] >= CLAIRVOYANT_TARGET:
+            if tried[-1][1]["sloAttainmentFeasible"] >= REFERENCE_TARGET:
                 hi = mid
             else:
                 lo = mid
-    reaching = [(h, r) for h, r in tried if r["sloAttainmentFeasible"] >= CLAIRVOYANT_TARGET]
+    reaching = [(h, r) for h, r in tried if r["sloAttainmentFeasible"] >= REFERENCE_TARGET]
     if reaching:
         h, best = min(reaching, key=lambda hr: hr[1]["cost"])
     else:
@@ -416,13 +445,11 @@ def simulate(
     out: dict[str, dict[str, Any]] = {}
     for name in policies:
         cb = (lambda t, n=name: progress(n, t)) if progress else None
-        if name == "clairvoyant":
-            out[name] = clairvoyant(requests, s, instant, initial)
+        if name in REFERENCES:
+            out[name] = reference(name, requests, s, instant, initial)
             continue
         policy = make_policy(name, s, instant)
-        result = run_policy(
-            requests, s, policy, initial=initial, zero_startup=(name == "instant"), progress=cb
-        )
+        result = run_policy(requests, s, policy, initial=initial, progress=cb)
         if isinstance(policy, Distillery):
             result["targetRunningPerReplica"] = round(policy.capacity.target_running, 2)
         out[name] = result
