@@ -34,6 +34,10 @@ class InputError(ValueError):
     """A manifest could not be read or is not a valid DistilledModelDeployment."""
 
 
+class UsageError(InputError):
+    """A flag's value can never work (exit 2, as argparse exits for a bad flag)."""
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem, naming the field path the way a manifest spells it."""
     lines = [f"{source}: invalid DistilledModelDeployment:"]
@@ -259,12 +263,12 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     unknown = [p for p in policies if p not in POLICY_NAMES]
     if unknown:
         valid = ", ".join(POLICY_NAMES)
-        raise InputError(f"--policy: unknown {', '.join(map(repr, unknown))}; valid: all, {valid}")
+        raise UsageError(f"--policy: unknown {', '.join(map(repr, unknown))}; valid: all, {valid}")
     catalog = _catalog(args.catalog)
     model = catalog.model(args.model)
     if model is None:
         known = ", ".join(sorted(catalog.models))
-        raise InputError(f"--model {args.model!r} is not in the catalog: one of {known}")
+        raise UsageError(f"--model {args.model!r} is not in the catalog: one of {known}")
     gpu = catalog.gpu(args.gpu)
     if gpu is None:
         raise InputError(f"--gpu {args.gpu!r}: one of {', '.join(sorted(catalog.gpus))}")
@@ -624,6 +628,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args, out or sys.stdout))
+    except UsageError as exc:
+        print(f"distillery {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (InputError, CatalogError) as exc:
         print(str(exc), file=sys.stderr)
         return 1

@@ -131,3 +131,46 @@ def test_crd_command(tmp_path: Path) -> None:
     assert code == 0 and out == crd_yaml()
     assert main(["crd", "--output-dir", str(tmp_path)]) == 0
     assert (tmp_path / "distillery.dev_distilledmodeldeployments.yaml").read_text() == out
+
+
+REPORT_KEYS = {
+    "gpuHours", "cost", "sloAttainment", "sloAttainmentFeasible", "ttftP50", "ttftP95",
+    "ttftP99", "scaleEvents", "flaps", "peakReplicas", "dropped", "rejected", "replicas",
+}  # fmt: skip
+
+
+def test_simulate_writes_the_report(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(
+        "timestamp_s,input_tokens,output_tokens\n"
+        + "".join(f"{i * 0.5},{800 + 10 * (i % 7)},{200 + 5 * (i % 11)}\n" for i in range(600))
+    )
+    report = tmp_path / "r.json"
+    code, out = run(
+        "simulate", "--trace", str(trace), "--format", "csv",
+        "--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--gpu", "nvidia-l40s",
+        "--policy", "distillery,keda-tuned,clairvoyant", "--scenario", "cold",
+        "--report", str(report),
+    )  # fmt: skip
+    assert code == 0, out
+    doc = json.loads(report.read_text())
+    assert doc["scenario"] == "cold" and doc["trace"]["requests"] == 600
+    assert set(doc["policies"]) == {"distillery", "keda-tuned", "clairvoyant"}
+    for name, result in doc["policies"].items():
+        assert REPORT_KEYS <= set(result), name
+        assert result["replicas"][0][1] == 1, name  # cold: every policy starts at one
+    assert "VS CLAIRVOYANT" in out and "keda-tuned" in out
+
+
+def test_simulate_refuses_bad_names_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["simulate", "--trace", str(tmp_path / "none.csv"), "--format", "csv",
+            "--gpu", "nvidia-l40s"]  # fmt: skip
+    code, _ = run(*args, "--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--policy", "hpa")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--policy: unknown 'hpa'" in err and "clairvoyant" in err
+    code, _ = run(*args, "--model", "no-such/model")
+    assert code == 2
+    assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B" in capsys.readouterr().err

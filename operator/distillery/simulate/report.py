@@ -91,9 +91,9 @@ def table(policies: Mapping[str, Mapping[str, Any]], currency: str = "USD") -> s
 def plot(
     report: Mapping[str, Any], arrivals: Sequence[float], out: Path, slo: float | None = None
 ) -> None:
-    """Load, then cost vs attainment (the Pareto front marked), then replicas over time
-    as small multiples: one panel per policy on a shared axis, so one policy's spikes do
-    not flatten the others."""
+    """Load, then cost vs attainment (log cost; the Pareto front marked), then replicas
+    over time as small multiples: one panel per policy, each on its own scale with the
+    reference schedule dashed behind it, so one policy's spikes flatten no other."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,14 +144,21 @@ def plot(
         scatter.plot([c for c, _ in ordered], [a for _, a in ordered], "r--", lw=0.7)
     scatter.set_xlabel(f"cost x {ref[0]}" if ref else "cost")
     scatter.set_ylabel("% feasible requests within TTFT SLO" + (f" ({slo:g}s)" if slo else ""))
-    peak = max((p[1] for r in policies.values() for p in r.get("replicas") or []), default=1)
+    if ref is not None:
+        scatter.set_xscale("log")
+    span = max((a for a in arrivals), default=0.0) / 3600
+    reference = policies.get(ref[0] if ref else "", {}).get("replicas") or []
     for i, n in enumerate(names):
-        ax = fig.add_subplot(grid[2 + i // cols, i % cols])
+        ax = fig.add_subplot(grid[2 + i // cols, i % cols], sharex=load)
+        if reference and n != (ref[0] if ref else None):
+            ax.step([p[0] / 3600 for p in reference], [p[1] for p in reference], where="post",
+                    lw=0.7, color="0.6", linestyle="--")  # fmt: skip
         series = policies[n].get("replicas") or []
         if series:
-            ax.step([p[0] / 3600 for p in series], [p[1] for p in series], where="post", lw=0.8)
-        ax.set_ylim(0, peak * 1.05 + 0.5)
-        ax.set_title(n, fontsize=8)
+            ax.step([p[0] / 3600 for p in series], [p[1] for p in series], where="post", lw=0.9)
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(0, max(span, 1e-3))
+        ax.set_title(f"{n} (peak {policies[n].get('peakReplicas', '-')})", fontsize=8)
         ax.tick_params(labelsize=6)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
