@@ -157,7 +157,7 @@ def test_simulate_writes_the_report(tmp_path: Path) -> None:
     assert doc["scenario"] == "cold" and doc["trace"]["requests"] == 600
     assert set(doc["policies"]) == {"distillery", "keda-tuned", "clairvoyant"}
     for name, result in doc["policies"].items():
-        assert REPORT_KEYS <= set(result), name
+        assert set(result) >= REPORT_KEYS, name
         assert result["replicas"][0][1] == 1, name  # cold: every policy starts at one
     assert "VS CLAIRVOYANT" in out and "keda-tuned" in out
 
