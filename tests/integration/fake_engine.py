@@ -13,19 +13,47 @@ from typing import Any
 
 
 class FakeEngines:
-    def __init__(self) -> None:
+    """Gauges set by the test, and the counters a vLLM pod grows while it runs them:
+    every running sequence makes ``tokens_per_sequence`` output tokens a second and
+    finishes after ``sequence_seconds`` (so a pod finishes running / sequence_seconds
+    requests a second, each with ``prompt_tokens`` of prompt)."""
+
+    def __init__(
+        self,
+        tokens_per_sequence: float = 80.0,
+        sequence_seconds: float = 10.0,
+        prompt_tokens: float = 500.0,
+    ) -> None:
         self.lock = threading.Lock()
         # (namespace, pod) -> (running, waiting, kv_usage)
         self.pods: dict[tuple[str, str], tuple[float, float, float]] = {}
+        # (namespace, pod) -> [generation tokens, finished requests, prompt tokens]
+        self.counters: dict[tuple[str, str], list[float]] = {}
+        self.rates = (tokens_per_sequence, sequence_seconds, prompt_tokens)
+        self.last = time.monotonic()
 
     def set(self, pods: dict[tuple[str, str], tuple[float, float, float]]) -> None:
         with self.lock:
+            self._advance()
             self.pods = dict(pods)
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        dt, self.last = now - self.last, now
+        per_token, seconds, prompt = self.rates
+        for key, (running, _, _) in self.pods.items():
+            c = self.counters.setdefault(key, [0.0, 0.0, 0.0])
+            finished = running / seconds * dt
+            c[0] += running * per_token * dt
+            c[1] += finished
+            c[2] += finished * prompt
 
     def exposition(self) -> bytes:
         lines = []
         with self.lock:
+            self._advance()
             items = sorted(self.pods.items())
+            counters = {k: list(v) for k, v in self.counters.items()}
         for name, idx in (
             ("vllm:num_requests_running", 0),
             ("vllm:num_requests_waiting", 1),
@@ -34,6 +62,16 @@ class FakeEngines:
             lines.append(f"# TYPE {name} gauge")
             for (ns, pod), values in items:
                 lines.append(f'{name}{{namespace="{ns}",pod="{pod}",model_name="m"}} {values[idx]}')
+        for name, idx, extra in (
+            ("vllm:generation_tokens_total", 0, ""),
+            ("vllm:request_success_total", 1, ',finished_reason="stop"'),
+            ("vllm:prompt_tokens_total", 2, ""),
+        ):
+            lines.append(f"# TYPE {name} counter")
+            for (ns, pod), _ in items:
+                value = counters.get((ns, pod), [0.0, 0.0, 0.0])[idx]
+                labels = f'namespace="{ns}",pod="{pod}",model_name="m"{extra}'
+                lines.append(f"{name}{{{labels}}} {value:.3f}")
         return ("\n".join(lines) + "\n").encode()
 
 

@@ -24,9 +24,15 @@ pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
 SPEC = {
     "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-    "serving": {"maxConcurrency": 16},  # balanced: 12 running sequences per replica
+    "serving": {"maxConcurrency": 16},  # 16 slots; the exporter fills at most 16 per pod
     "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
-    "scaling": {"minReplicas": 1, "maxReplicas": 4, "scaleDown": {"stabilizationSeconds": 20}},
+    # A 5 s cold start keeps the scale-down window (two cold starts) at the 20 s asked.
+    "scaling": {
+        "minReplicas": 1,
+        "maxReplicas": 6,
+        "startupSeconds": 5,
+        "scaleDown": {"stabilizationSeconds": 20},
+    },
 }
 
 
@@ -126,30 +132,41 @@ def test_scales_with_load_and_holds_without_metrics(
             "MetricsAvailable=True",
             timeout=60,
         )
-        # 36 outstanding sequences at 12 per replica: 3 replicas.
+        # 36 outstanding sequences of 16 slots each: 16 run, 20 wait on one replica. The
+        # demand (served work plus the queue) asks for three or more, never the
+        # maximum: the queue is bounded by what it could occupy.
         load.total = 36
-        wait_for(lambda: replicas(api_client, namespace) == 3, "scale up to 3", timeout=90)
+        wait_for(lambda: replicas(api_client, namespace) >= 3, "scale up to 3+", timeout=90)
         cluster.kubectl(
             "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
         )
+        time.sleep(6)  # a few more decisions on the spread load
+        up = replicas(api_client, namespace)
+        assert 3 <= up <= 5, up
         obj = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, "qwen"
         )
-        last = obj["status"]["autoscaling"]["lastDecisions"][-1]
-        assert (last["from"], last["to"]) == (1, 3)
-        assert last["inputs"]["outstanding"] >= 30
+        first_up = next(
+            d for d in obj["status"]["autoscaling"]["lastDecisions"] if d["to"] > d["from"]
+        )
+        inputs = first_up["inputs"]
+        # The counters went through Prometheus' rate(): 16 running x 80 tok/s.
+        assert inputs["generationTokensPerSecond"] == pytest.approx(1280, rel=0.3), inputs
+        assert inputs["completionsPerSecond"] == pytest.approx(1.6, rel=0.3), inputs
+        assert inputs["demandReplicas"] > 0 and inputs["waiting"] >= 10, inputs
         # Load falls: nothing happens inside the 20 s window, then it scales down.
         load.total = 4
         t0 = time.monotonic()
         time.sleep(10)
-        assert replicas(api_client, namespace) == 3
-        wait_for(lambda: replicas(api_client, namespace) == 1, "scale down to 1", timeout=90)
+        assert replicas(api_client, namespace) == up
+        wait_for(lambda: replicas(api_client, namespace) == 1, "scale down to 1", timeout=120)
         assert time.monotonic() - t0 >= 18
         # Load rises again, then Prometheus goes away: hold, and say so.
-        load.total = 24
-        wait_for(lambda: replicas(api_client, namespace) == 2, "scale up to 2", timeout=90)
+        load.total = 30
+        wait_for(lambda: replicas(api_client, namespace) >= 2, "scale up to 2+", timeout=90)
         load.total = 0
         prom.stop()
+        held = replicas(api_client, namespace)
         wait_for(
             lambda: condition(api_client, namespace, "MetricsAvailable").get("status") == "False",
             "MetricsAvailable=False",
@@ -157,7 +174,7 @@ def test_scales_with_load_and_holds_without_metrics(
         )
         assert "Prometheus" in condition(api_client, namespace, "MetricsAvailable")["message"]
         time.sleep(30)  # longer than the scale-down window: still no scale-down
-        assert replicas(api_client, namespace) == 2
+        assert replicas(api_client, namespace) >= held
         # Prometheus back on the same port: metrics flow again.
         prom.start()
         wait_for(

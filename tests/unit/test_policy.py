@@ -1,11 +1,18 @@
-"""The autoscaling policy as a pure function: properties over wide inputs."""
+"""The autoscaling policy as a pure function: rules by hand, properties over wide inputs."""
 
 from __future__ import annotations
 
+import itertools
+import math
+from dataclasses import replace
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distillery.autoscale.policy import (
+    GUARD_STEP,
+    UTILIZATION_FLOOR,
     Capacity,
     Cluster,
     History,
@@ -13,217 +20,315 @@ from distillery.autoscale.policy import (
     LoadSample,
     capacity_for,
     decide,
+    slo_attainment_bounds,
+    slo_breach_proven,
 )
 
-CAP = Capacity(
-    target_running=48,
-    prefill_tokens_per_second=20000,
-    kv_target=0.8,
+# A 7B-class replica: 64 slots at 2,000 output tok/s, 12,000 prompt tok/s.
+CAP = capacity_for(
+    max_concurrency=64,
+    kv_concurrency=100,
+    prefill_tokens_per_second=12_000,
+    decode_tokens_per_second=2_000,
     startup_seconds=120,
     slo_ttft_seconds=2.0,
     price_per_replica_hour=6.88,
 )
-LIMITS = Limits(min_replicas=1, max_replicas=20)
+LIMITS = Limits(min_replicas=1, max_replicas=200)
+VLLM = (0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, math.inf)
 
 
 def sample(
     t: float,
-    running: float,
+    *,
+    gen: float | None = None,
+    prompt: float | None = None,
+    done: float | None = None,
+    running: float = 0.0,
     waiting: float = 0.0,
     kv: float | None = None,
-    ttft: float | None = None,
-    prompt: float | None = None,
-    ready: int = 1,
+    ttft: dict[float, float] | None = None,
 ) -> LoadSample:
     return LoadSample(
         time=t,
         running=running,
         waiting=waiting,
         kv_usage=kv,
-        ttft_percentile=ttft,
         prompt_tokens_per_second=prompt,
-        replicas_reporting=ready,
+        replicas_reporting=1,
+        completions_per_second=done,
+        generation_tokens_per_second=gen,
+        ttft_buckets=ttft,
     )
 
 
-def test_level_rule() -> None:
-    d = decide(sample(0, running=100), History(), CAP, LIMITS, Cluster(current=1, ready=1), 0)
-    assert d.desired == 3 and d.reason == "load"  # ceil(100 / 48)
-    assert d.inputs["targetRunningPerReplica"] == 48
+def buckets(values: list[float]) -> dict[float, float]:
+    """Cumulative vLLM-bucket counts of the given TTFTs."""
+    return {le: float(sum(1 for v in values if v <= le)) for le in VLLM}
 
 
-def test_trend_looks_ahead_by_the_cold_start() -> None:
-    history = History()
-    for t in range(0, 60, 15):
-        history = history.add(sample(t, running=10 + t), t, 400)
-    d = decide(sample(60, running=70), history, CAP, LIMITS, Cluster(current=2, ready=2), 60)
-    # +1 sequence/s for 120 s of cold start: 70 now, ~190 by the time a replica serves.
-    assert d.reason == "trend" and d.desired == 4
+def run(
+    samples: list[LoadSample], cap: Capacity = CAP, current: int = 1, limits: Limits = LIMITS
+) -> tuple[int, History, list[int]]:
+    """Feed samples in order, every replica ready at once; returns the last count."""
+    history, counts = History(), []
+    for s in samples:
+        d = decide(s, history, cap, limits, Cluster(current=current, ready=current), s.time)
+        history, current = d.history, d.desired
+        counts.append(current)
+    return current, history, counts
 
 
-def test_ttft_breach_adds_capacity() -> None:
+def test_demand_is_served_work_in_replicas() -> None:
+    # 6,000 output tok/s is 3 replicas of decode; 12,000 prompt tok/s is one of prefill.
     d = decide(
-        sample(0, running=40, waiting=3, ttft=3.0),
+        sample(0, gen=6000, prompt=12_000, done=10, running=120),
+        History(),
+        CAP,
+        LIMITS,
+        Cluster(current=1, ready=1),
+        0,
+    )
+    assert d.inputs["demandReplicas"] == pytest.approx(4.0)
+    # At 85% utilization with the 20% prior headroom: ceil(4 x 1.2 / 0.85) = 6.
+    assert d.desired == 6 and d.reason == "demand"
+    assert d.inputs["workPerRequestSeconds"] == pytest.approx(0.4)
+
+
+def test_a_growing_queue_is_demand_a_standing_queue_is_backlog() -> None:
+    base = dict(gen=2000.0, prompt=0.0, done=5.0, running=64)
+    # The queue grew by 300 requests in 60 s: 5 req/s arrived unserved, 0.2 s of work each.
+    samples = [sample(0, waiting=0, **base), sample(60, waiting=300, **base)]
+    _, history, _ = run(samples)
+    d = decide(samples[-1], history, CAP, LIMITS, Cluster(current=1, ready=1), 60)
+    assert d.inputs["queueGrowthPerSecond"] == pytest.approx(5.0)
+    assert d.inputs["workPerRequestSeconds"] == pytest.approx(0.2)
+    assert d.inputs["demandReplicas"] == pytest.approx(1.0 + 5.0 * 0.2, rel=0.05)
+    # 300 waiting x 0.2 s of work, drained within one 120 s cold start: half a replica.
+    assert d.inputs["backlogReplicas"] == pytest.approx(0.5, rel=0.05)
+
+
+def test_backlog_alone_is_bounded_by_the_drain_rule() -> None:
+    # A huge queue that is not growing: at most what drains it within a cold start,
+    # never one replica per waiting request.
+    steady = dict(gen=2000.0, prompt=0.0, done=5.0, running=64, waiting=5000)
+    _, _, counts = run([sample(t, **steady) for t in range(0, 180, 15)])
+    work = 2000 / 2000 / 5.0  # GPU-seconds per request
+    bound = math.ceil(1.0 * 1.2 / CAP.utilization + 5000 * work / CAP.startup_seconds)
+    assert max(counts) <= bound + 1
+    assert max(counts) < 5000 / CAP.target_running  # the old level rule's answer
+
+
+def test_no_runaway_from_one_replica_under_full_load() -> None:
+    """The case that cost 14-28x: one replica, a full queue, a TTFT far over the SLO."""
+    ttft = buckets([30.0] * 90 + [0.1] * 10)
+    samples = [
+        sample(t, gen=2000, prompt=6000, done=4, running=64, waiting=40 * t / 15, ttft=ttft)
+        for t in range(0, 600, 15)
+    ]
+    _, _, counts = run(samples)
+    # Measured demand is ~1.5 replicas plus the queue's growth (~2.7/s x 0.4 s): a few.
+    assert max(counts) <= 12, counts
+
+
+def test_guard_fires_once_per_episode_and_counts_starting_replicas() -> None:
+    breach = buckets([5.0] * 20 + [0.2] * 80)  # 20% above 2.5 s: p95 proven over 2 s
+    history = History()
+    s0 = sample(0, gen=2000, prompt=0, done=5, running=60, ttft=breach)
+    d = decide(s0, history, CAP, LIMITS, Cluster(current=8, ready=8), 0)
+    assert d.inputs["ttftGuardReplicas"] == math.ceil(GUARD_STEP * 8)
+    first = d.history.utilization_scale
+    assert first < 1.0
+    # The breach goes on: the same episode, no second step, no second back-off.
+    d2 = decide(
+        replace(s0, time=15), d.history, CAP, LIMITS, Cluster(current=d.desired, ready=8), 15
+    )
+    assert d2.history.utilization_scale == first
+    assert d2.inputs["ttftGuardReplicas"] == d.inputs["ttftGuardReplicas"]
+    # Replicas already starting count: 2 starting cover a step of 2.
+    d3 = decide(s0, History(), CAP, LIMITS, Cluster(current=10, ready=8), 0)
+    assert "ttftGuardReplicas" not in d3.inputs
+
+
+def test_guard_reads_buckets_not_a_guessed_percentile() -> None:
+    # Every request at 1.5 s: between vLLM's 1.0 and 2.5 s boundaries, histogram_quantile
+    # says p95 = 2.42 s, but nothing proves the 2 s SLO broken: no guard.
+    ttft = buckets([1.5] * 100)
+    assert not slo_breach_proven(ttft, 2.0, 95)
+    d = decide(
+        sample(0, gen=500, done=2, running=10, ttft=ttft),
         History(),
         CAP,
         LIMITS,
         Cluster(current=2, ready=2),
         0,
     )
-    assert d.desired == 3 and d.reason == "ttft-slo"
+    assert "ttftGuardReplicas" not in d.inputs
+    assert slo_breach_proven(buckets([3.0] * 6 + [0.5] * 94), 2.0, 95)  # 6% above 2.5 s
 
 
-def test_prefill_floor() -> None:
-    d = decide(
-        sample(0, running=5, prompt=90000), History(), CAP, LIMITS, Cluster(current=1, ready=1), 0
-    )
-    assert d.desired == 5 and d.reason == "prefill"
+def test_attainment_bounds_by_hand() -> None:
+    # 100 requests: 70 <= 1.0 s, 20 in (1.0, 2.5], 10 above. SLO 2 s lies inside (1, 2.5].
+    cum = {0.5: 40.0, 1.0: 70.0, 2.5: 90.0, 5.0: 100.0, math.inf: 100.0}
+    assert slo_attainment_bounds(cum, 2.0) == (0.70, 0.90)
+    assert slo_attainment_bounds(cum, 2.5) == (0.90, 0.90)  # on a boundary: exact
+    assert slo_attainment_bounds({}, 2.0) is None
 
 
-def test_scale_down_waits_for_the_window() -> None:
-    history = History()
-    cluster = Cluster(current=5, ready=5)
-    desired = []
-    for t in range(0, 400, 15):
-        d = decide(sample(t, running=30), history, CAP, LIMITS, cluster, t)
-        history = d.history
-        desired.append((t, d.desired))
-    assert all(v == 5 for t, v in desired if t < 300)
-    assert desired[-1][1] == 1
+def test_headroom_is_learned_from_burstiness() -> None:
+    # Two hours: a smooth DMD at 2 replicas of demand; a bursty one at 2 with 5x bursts
+    # for one minute in every ten. After learning, the bursty one holds more.
+    def day(bursty: bool) -> list[LoadSample]:
+        out = []
+        for t in range(0, 7200, 15):
+            level = 10.0 if bursty and (t // 60) % 10 == 0 else 2.0
+            out.append(sample(t, gen=2000 * level, prompt=0, done=5 * level, running=20))
+        return out
+
+    smooth_count, smooth_h, _ = run(day(False))
+    bursty_count, bursty_h, _ = run(day(True))
+    assert smooth_h.learned_peak is not None and bursty_h.learned_peak is not None
+    assert smooth_h.learned_peak == pytest.approx(2.0, abs=0.01)  # no rises: no headroom
+    assert bursty_h.learned_peak >= 9.0  # the bursts repeat within a cold start: held
+    assert bursty_count > smooth_count
 
 
-def test_max_step_down() -> None:
-    limits = Limits(
-        min_replicas=1, max_replicas=20, scale_down_stabilization=0, scale_down_max_step=2
-    )
-    d = decide(sample(0, running=1), History(), CAP, limits, Cluster(current=8, ready=8), 0)
-    assert d.desired == 6
+def test_scale_down_waits_two_cold_starts() -> None:
+    high = [sample(t, gen=8000, prompt=0, done=20, running=200) for t in range(0, 600, 15)]
+    low = [sample(t, gen=1000, prompt=0, done=3, running=20) for t in range(600, 1200, 15)]
+    _, _, counts = run(high + low)
+    peak = counts[len(high) - 1]
+    window = max(LIMITS.scale_down_stabilization, 2 * CAP.startup_seconds)
+    held = counts[len(high) : len(high) + int(window // 15) - 1]
+    assert all(c == peak for c in held), counts
+    assert counts[-1] < peak
 
 
-def test_missing_data_holds_and_says_so() -> None:
-    d = decide(None, History(), CAP, LIMITS, Cluster(current=7, ready=7), 0)
-    assert d.desired == 7 and not d.metrics_available
-    d = decide(
-        sample(0, running=0), History(), CAP, LIMITS, Cluster(current=7, ready=7), 0, stale=True
-    )
-    assert d.desired == 7 and not d.metrics_available
-
-
-def test_budget_limits_and_says_so() -> None:
-    limits = Limits(min_replicas=1, max_replicas=20, max_cost_per_hour=30)
-    d = decide(sample(0, running=1000), History(), CAP, limits, Cluster(current=1, ready=1), 0)
-    assert d.desired == 4 and d.limited_by is not None and "budget" in d.limited_by
-
-
-def test_unschedulable_holds_scale_up() -> None:
-    cluster = Cluster(
-        current=3,
-        ready=2,
-        unschedulable=1,
-        unschedulable_reason="0/13 nodes: Insufficient nvidia.com/gpu",
-    )
-    d = decide(sample(0, running=1000), History(), CAP, LIMITS, cluster, 0)
-    assert d.desired == 3 and "Insufficient nvidia.com/gpu" in (d.limited_by or "")
-
-
-def test_capacity_from_placement_and_objective() -> None:
-    base = dict(
-        max_concurrency=64,
-        kv_concurrency=97,
-        prefill_tokens_per_second=10000,
-        startup_seconds=100,
-        slo_ttft_seconds=2,
-    )
-    assert capacity_for(**base, objective="cost").target_running == 64 * 0.9
-    assert capacity_for(**base, objective="latency").target_running == 64 * 0.6
-    assert capacity_for(**base, running_per_replica=20, queue_per_replica=2).target_running == 22
-    small_kv = capacity_for(**{**base, "kv_concurrency": 10})
-    assert small_kv.target_running == 10 * 0.75
-
-
-loads = st.floats(0, 5000, allow_nan=False)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    loads,
-    st.floats(0, 500),
-    st.integers(0, 50),
-    st.integers(1, 10),
-    st.integers(1, 60),
-    st.one_of(st.none(), st.floats(1, 500)),
-)
-def test_bounds_and_budget_always_hold(
-    running: float, waiting: float, current: int, lo: int, span: int, budget: float | None
-) -> None:
-    limits = Limits(min_replicas=lo, max_replicas=lo + span, max_cost_per_hour=budget)
-    d = decide(
-        sample(0, running, waiting),
-        History(),
-        CAP,
-        limits,
-        Cluster(current=current, ready=current),
-        0,
-    )
-    assert lo <= d.desired <= lo + span
-    if budget is not None and d.desired > lo:
-        assert d.desired * CAP.price_per_replica_hour <= budget + 1e-9
-
-
-@settings(max_examples=300, deadline=None)
-@given(loads, loads, st.integers(1, 20))
-def test_monotone_in_load(a: float, b: float, current: int) -> None:
-    lo, hi = sorted((a, b))
-    cluster = Cluster(current=current, ready=current)
-    d_lo = decide(sample(0, lo), History(), CAP, LIMITS, cluster, 0)
-    d_hi = decide(sample(0, hi), History(), CAP, LIMITS, cluster, 0)
-    assert d_hi.desired >= d_lo.desired
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.floats(0, 900), st.integers(1, 20))
-def test_never_scales_down_without_data(running: float, current: int) -> None:
-    d = decide(None, History(), CAP, LIMITS, Cluster(current=current, ready=current), 0)
-    assert d.desired >= min(current, LIMITS.max_replicas)
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.floats(1, 900), st.integers(0, 2**16))
-def test_no_flapping_on_constant_load(level: float, seed: int) -> None:
-    """An hour of steady load with +-5% noise: after settling, the count never moves."""
-    import random
-
-    rng = random.Random(seed)
-    history, current = History(), 1
-    changes = []
-    for t in range(0, 3600, 15):
-        noisy = level * (1 + rng.uniform(-0.05, 0.05))
+def test_slo_record_raises_the_target_back() -> None:
+    clean = buckets([0.2] * 100)
+    history = replace(History(), utilization_scale=0.6)
+    for t in range(0, 3600, 60):
         d = decide(
-            sample(t, noisy), history, CAP, LIMITS, Cluster(current=current, ready=current), t
-        )
-        history = d.history
-        if d.desired != current:
-            changes.append((t, current, d.desired))
-        current = d.desired
-    # Flapping is a reversal: once settled, the count may creep one step in the
-    # direction of a noise extreme, but never turn back.
-    late = [c for c in changes if c[0] > 600]
-    directions = {c[2] > c[1] for c in late}
-    assert len(late) <= 1 and len(directions) <= 1, late
-
-
-def test_ttft_guard_does_not_compound() -> None:
-    """The TTFT window keeps showing the breach after a scale-up: act once, then wait."""
-    history, current, seen = History(), 2, []
-    for t in range(0, 60, 5):
-        d = decide(
-            sample(t, running=40, waiting=3, ttft=3.5),
+            sample(t, gen=1000, done=3, running=20, ttft=clean),
             history,
             CAP,
             LIMITS,
-            Cluster(current=current, ready=current),
+            Cluster(current=2, ready=2),
             t,
         )
-        history, current = d.history, d.desired
-        seen.append(current)
-    assert seen[0] == 4 and max(seen) == 4, seen
+        history = d.history
+    assert 0.6 + 0.25 < history.utilization_scale <= 1.0
+    assert UTILIZATION_FLOOR <= 0.6
+
+
+def test_holds_without_fresh_metrics() -> None:
+    d = decide(None, History(), CAP, LIMITS, Cluster(current=7, ready=7), 0)
+    assert d.desired == 7 and not d.metrics_available
+    d = decide(sample(0), History(), CAP, LIMITS, Cluster(current=7, ready=7), 0, stale=True)
+    assert d.desired == 7 and "holding" in d.reason
+
+
+def test_limits_budget_and_unschedulable() -> None:
+    big = sample(0, gen=100_000, prompt=0, done=50, running=500)
+    d = decide(big, History(), CAP, Limits(1, 8), Cluster(current=1, ready=1), 0)
+    assert d.desired == 8 and d.limited_by == "maxReplicas 8"
+    budget = Limits(1, 100, max_cost_per_hour=30.0)  # affords 4 at 6.88
+    d = decide(big, History(), CAP, budget, Cluster(current=1, ready=1), 0)
+    assert d.desired == 4 and d.limited_by and "budget" in d.limited_by
+    stuck = Cluster(current=3, ready=2, unschedulable=1, unschedulable_reason="Insufficient gpu")
+    d = decide(big, History(), CAP, LIMITS, stuck, 0)
+    assert d.desired == 3 and d.limited_by and "unschedulable" in d.limited_by
+
+
+def test_capacity_from_objective_and_targets() -> None:
+    base = dict(
+        max_concurrency=64,
+        kv_concurrency=100,
+        prefill_tokens_per_second=1.0,
+        startup_seconds=0,
+        slo_ttft_seconds=2,
+    )
+    assert capacity_for(**base, objective="cost").utilization == 0.92
+    assert capacity_for(**base, objective="latency").utilization == 0.70
+    user = capacity_for(**base, running_per_replica=32, queue_per_replica=2)
+    assert user.target_running == 34 and user.utilization == 0.5
+    assert capacity_for(**{**base, "kv_concurrency": 10}).target_running == 10 * 0.85
+
+
+rates = st.floats(min_value=0, max_value=50_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gen=rates,
+    prompt=rates,
+    done=st.floats(min_value=0.01, max_value=200),
+    waiting=st.floats(min_value=0, max_value=5000),
+    current=st.integers(min_value=1, max_value=50),
+    kv=st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
+)
+def test_property_scale_up_is_bounded_by_demand_and_backlog(
+    gen: float, prompt: float, done: float, waiting: float, current: int, kv: float | None
+) -> None:
+    """The docstring's bound: a scale-up never asks for more than demand (with its
+    learned or prior headroom) at the target utilization, plus the drain-bounded
+    backlog, plus one guard step; or the KV-cache floor."""
+    s = sample(0, gen=gen, prompt=prompt, done=done, running=64, waiting=waiting, kv=kv)
+    d = decide(s, History(), CAP, LIMITS, Cluster(current=current, ready=current), 0)
+    if d.desired <= current:
+        return
+    demand = d.inputs["demandReplicas"]
+    peak = demand + CAP.prior_headroom * max(demand, 1.0)
+    backlog = waiting / CAP.target_running
+    bound = math.ceil(peak / CAP.utilization + backlog)
+    kv_floor = math.ceil(current * (kv or 0.0) / CAP.kv_target)
+    assert d.desired <= min(LIMITS.max_replicas, max(bound, kv_floor)), d.inputs
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lo=st.floats(min_value=0, max_value=20_000),
+    extra=st.floats(min_value=0, max_value=20_000),
+    current=st.integers(min_value=1, max_value=30),
+)
+def test_property_monotone_in_demand(lo: float, extra: float, current: int) -> None:
+    cluster = Cluster(current=current, ready=current)
+
+    def want(gen: float) -> int:
+        s = sample(0, gen=gen, prompt=gen, done=10, running=64)
+        return decide(s, History(), CAP, LIMITS, cluster, 0).desired
+
+    assert want(lo) <= want(lo + extra)
+
+
+@settings(max_examples=100, deadline=None)
+@given(current=st.integers(min_value=1, max_value=100), stale=st.booleans())
+def test_property_never_scales_down_blind(current: int, stale: bool) -> None:
+    s = None if not stale else sample(0, gen=0, done=1)
+    d = decide(s, History(), CAP, LIMITS, Cluster(current=current, ready=current), 0, stale=stale)
+    assert d.desired == min(current, LIMITS.max_replicas)
+
+
+@settings(max_examples=100, deadline=None)
+@given(waiting=st.floats(min_value=1, max_value=100_000))
+def test_property_backlog_never_exceeds_its_drain_bound(waiting: float) -> None:
+    # No served work at all: the count comes from the queue alone.
+    s = sample(0, gen=0.0, prompt=0.0, done=1.0, running=0, waiting=waiting)
+    d = decide(s, History(), CAP, LIMITS, Cluster(current=1, ready=1), 0)
+    assert d.inputs["backlogReplicas"] <= waiting / CAP.target_running + 1e-9
+    assert d.desired <= math.ceil(1.0 * CAP.prior_headroom / CAP.utilization + waiting / 54.4) + 1
+
+
+def test_no_flapping_on_noise() -> None:
+    """An hour of +-5% noise around a level never reverses a scale-down within 5 min."""
+    import random
+
+    rng = random.Random(5)
+    samples = []
+    for t in range(0, 3600, 15):
+        level = 6.0 * (1 + 0.05 * (rng.random() * 2 - 1))
+        samples.append(sample(t, gen=2000 * level, prompt=0, done=5 * level, running=100))
+    _, _, counts = run(samples, current=8)
+    changes = [(i, b - a) for i, (a, b) in enumerate(itertools.pairwise(counts)) if b != a]
+    for (i, d1), (j, d2) in itertools.pairwise(changes):
+        assert not (d1 * d2 < 0 and (j - i) * 15 <= 300), counts

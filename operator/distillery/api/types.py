@@ -444,7 +444,8 @@ class ScalingSpec(_Model):
         default=None,
         description="Expected seconds from a new replica's start to serving "
         "(weights load + engine start). Default: estimated from the weights' size and the "
-        "model source. The autoscaler looks this far ahead when load rises.",
+        "model source. The autoscaler holds headroom for the rise it has seen within this "
+        "long, and waits two of them before a scale-down.",
         ge=1,
         le=7200,
     )

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.autoscale.policy import Capacity, Cluster, Limits, LoadSample, capacity_for
-from distillery.sizing import Plan
-from distillery.sizing.memory import MFU
+from distillery.catalog import ModelEntry
+from distillery.sizing import Option, Plan
+from distillery.sizing.memory import BATCHED_TOKENS
+from distillery.sizing.steptime import step_model
 
 PodKey = tuple[str, str]  # (namespace, pod)
 
@@ -25,6 +27,8 @@ class PodMetrics:
     waiting: float = 0.0
     kv_usage: float | None = None
     prompt_tokens_rate: float | None = None
+    completions_rate: float | None = None
+    generation_tokens_rate: float | None = None
     ttft_buckets: dict[float, float] = field(default_factory=dict)
     last_sample: float = 0.0
 
@@ -106,16 +110,23 @@ def observe(
             None, True, False, f"no fresh metrics for any of {len(ready)} ready pod(s)"
         )
     kv = [m.kv_usage for m in reporting if m.kv_usage is not None]
-    prompt = [m.prompt_tokens_rate for m in reporting if m.prompt_tokens_rate is not None]
-    ttft = histogram_quantile(percentile / 100.0, merge_buckets(reporting))
+
+    def total(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return sum(present) if present else None
+
+    buckets = merge_buckets(reporting)
     sample = LoadSample(
         time=now,
         running=sum(m.running for m in reporting),
         waiting=sum(m.waiting for m in reporting),
         kv_usage=sum(kv) / len(kv) if kv else None,
-        ttft_percentile=ttft,
-        prompt_tokens_per_second=sum(prompt) if prompt else None,
+        ttft_percentile=histogram_quantile(percentile / 100.0, buckets),
+        prompt_tokens_per_second=total([m.prompt_tokens_rate for m in reporting]),
         replicas_reporting=len(reporting),
+        completions_per_second=total([m.completions_rate for m in reporting]),
+        generation_tokens_per_second=total([m.generation_tokens_rate for m in reporting]),
+        ttft_buckets=buckets or None,
     )
     partial = len(reporting) < len(ready)
     message = (
@@ -136,16 +147,31 @@ def cluster_view(current: int, pods: Sequence[PodInfo]) -> Cluster:
     )
 
 
+def replica_speeds(
+    model: ModelEntry, option: Option, max_concurrency: int, typical_tokens: int
+) -> tuple[float, float]:
+    """(output tokens per second at the batch slots, prompt tokens per second with
+    whole prefill steps) of one replica, from the step model of its placement."""
+    sm = step_model(model, option.gpu, max(1, option.gpu_count), option.quantization)
+    slots = max(1, min(max_concurrency, option.kv_cache_tokens // max(1, typical_tokens)))
+    decode = slots / sm.seconds(slots, 0, slots * typical_tokens / 2)
+    prefill = BATCHED_TOKENS / sm.seconds(0, BATCHED_TOKENS, 0, BATCHED_TOKENS / 2)
+    return decode, prefill
+
+
 def capacity(spec: DistilledModelDeploymentSpec, plan: Plan, startup_seconds: float) -> Capacity:
     c, t = plan.chosen, spec.scaling.targets
-    gpus = max(1, c.gpu_count)
-    prefill = c.gpu.bf16_tflops * 1e12 * gpus * MFU / (2.0 * plan.model.params_billions * 1e9)
+    decode, prefill = replica_speeds(
+        plan.model, c, spec.serving.max_concurrency, plan.requirements.typical_tokens
+    )
     return capacity_for(
         max_concurrency=spec.serving.max_concurrency,
         kv_concurrency=c.max_concurrency,
         prefill_tokens_per_second=prefill,
+        decode_tokens_per_second=decode,
         startup_seconds=startup_seconds,
         slo_ttft_seconds=spec.scaling.slo.ttft_seconds,
+        slo_percentile=spec.scaling.slo.percentile,
         objective=spec.scaling.objective,
         price_per_replica_hour=c.cost_per_replica_hour,
         queue_per_replica=t.queue_per_replica,

@@ -1,57 +1,95 @@
 """The autoscaling policy: load, capacity and history in, desired replicas out (pure).
 
-The unit of load is *outstanding sequences*: requests running plus requests waiting. A
-replica holds the SLO while it runs at most ``target_running`` sequences: above that its
-batch slots or KV cache fill, new requests queue, and time to first token grows without
-bound. ``target_running`` comes from the model, the GPU and the objective (see
-:func:`capacity_for`), never from a trace, so the policy carries over to traffic it has
-never seen.
+The unit is a *replica-equivalent of GPU time*: the share of one replica's time that a
+load keeps busy at the replica's full batch. Capacity comes from the placement (the
+step model's decode tokens per second at the batch slots, and its prefill tokens per
+second), never from a trace, so the policy carries over to traffic it has never seen.
 
 One decision:
 
-1. **Level**: replicas = ceil(outstanding / target_running), with floors from prompt
-   throughput against the replica's prefill capacity and from KV-cache use against its
-   target.
-2. **Trend**: a new replica serves only after its cold start (minutes for a 32B model),
-   so scale-up looks ahead: the outstanding load is extrapolated ``startup_seconds``
-   ahead by a least-squares slope over the recent window (only upward trends count).
-3. **Latency guard**: when the measured TTFT percentile breaks the SLO while requests
-   wait, add capacity in proportion to the breach even if the level looks fine.
-4. **Damping**: scale-up follows the highest recommendation of its (short) window at
-   once; scale-down follows the highest recommendation over ``scaleDown`` stabilization
-   and never by more than ``maxStep``. Replicas still starting count as capacity.
-5. **Limits**: ``[minReplicas, maxReplicas]``, the hourly budget, and the cluster: while
+1. **Demand, not backlog.** The work the engines served over the last minute
+   (generation tokens over decode capacity plus prompt tokens over prefill capacity)
+   plus the work that arrived but was not served (the waiting queue's growth times the
+   work of a mean request): ``demand``, in replicas at full use. Divided by the
+   objective's target utilization (``utilization``: 0.70 / 0.85 / 0.92 for latency /
+   balanced / cost: continuous batching absorbs noise within a minute, so a replica
+   holds the SLO close to full use; headroom covers what a minute does not).
+2. **Backlog, bounded.** The waiting requests' work, drained within one cold start:
+   ``waiting x work per request / startup``, and never more replicas than the waiting
+   requests could occupy at the target batch (``waiting / target_running``). It is a
+   level, recomputed from the queue each time, so replicas already starting are
+   counted: a decision never adds the same backlog twice.
+3. **Headroom from the DMD's own burstiness.** How far demand went, within one cold
+   start (or the flap window, if longer), above where it is now — a high quantile over
+   the minutes of this DMD's history (up to a day) — is held on top: bursty traffic
+   gets more, smooth traffic less; bursts shorter than a cold start are held, not
+   chased. Until 20 minutes of history exist, ``PRIOR_HEADROOM`` of the level.
+4. **Latency guard, once per episode.** When vLLM's TTFT histogram proves the SLO
+   broken (more than the allowed share of requests above the first bucket boundary at
+   or over the SLO: a percentile between coarse buckets is never guessed), add a
+   quarter of the ready replicas, less those already starting;
+   then not again until the breach has cleared. It never compounds.
+5. **The DMD's own SLO record.** The utilization target is what the placement says a
+   replica carries; traffic with bursts shorter than a minute or long prompts that
+   block the ones behind them carries less. Each proven breach episode lowers this
+   DMD's target by 15% (to half at most); each minute in which the share of requests
+   surely within the SLO (bucket boundary below it) meets the percentile raises it
+   0.5% back. Shown as ``utilizationScale`` in the decision inputs.
+6. **Scale-down that pays for itself.** A replica removed and needed again costs a
+   cold start of GPU time for nothing; so the count goes down only to the highest
+   recommendation over ``max(scaleDown.stabilizationSeconds, 2 x startup)``.
+7. **Limits**: ``[minReplicas, maxReplicas]``, the hourly budget, and the cluster: while
    pods are unschedulable for lack of GPUs, never ask for more than exist.
-6. **Missing data**: no fresh metrics means hold — never scale down blind.
+8. **Missing data**: no fresh metrics means hold — never scale down blind.
+
+The bound (tested as a property): a scale-up never asks for more than
+
+    ceil(max(demand, peak) / utilization
+         + min(waiting / target_running, waiting x work / startup)) + guard
+
+where ``peak`` is the highest per-minute demand in the learned history (before there
+is one, ``demand x (1 + prior headroom)``, with a one-replica floor) and ``guard`` at
+most a quarter of the ready replicas; or the KV-cache floor ``ready x kv_usage /
+kv_target`` when the cache, not the batch, is what fills. A backlog alone never asks
+for more replicas than its requests could occupy at the target batch.
 
 The same function runs in the operator (fed from Prometheus) and in the simulator (fed
-from the fleet model); nothing here knows which.
+from the fleet model through a Prometheus view); nothing here knows which.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-# Fraction of a replica's sequence capacity to run at, by objective: headroom for bursts
-# (latency) versus utilization (cost).
-OBJECTIVE_UTILIZATION = {"latency": 0.60, "balanced": 0.75, "cost": 0.90}
-# Fraction of prefill compute to plan for: prefill shares the GPU with decode steps.
-PREFILL_UTILIZATION = {"latency": 0.35, "balanced": 0.45, "cost": 0.55}
+# Target GPU-time utilization by objective: headroom for bursts within a minute
+# (latency) versus cost.
+OBJECTIVE_UTILIZATION = {"latency": 0.70, "balanced": 0.85, "cost": 0.92}
 KV_TARGET = {"latency": 0.70, "balanced": 0.80, "cost": 0.90}
-# Hysteresis: scale up on load only above this much over the current capacity, scale
-# down only when the lower count would run at most (1 - DOWN_TOLERANCE) of its target.
-UP_TOLERANCE = 0.10
+# Quantile of the learned rise held as headroom, by objective.
+HEADROOM_QUANTILE = {"latency": 0.99, "balanced": 0.95, "cost": 0.90}
+PRIOR_HEADROOM = {"latency": 0.4, "balanced": 0.2, "cost": 0.1}
+# History the headroom is learned from: one point a minute (the minute's peak demand).
+LEARN_MINUTES = 24 * 60
+LEARN_MIN_MINUTES = 20
+# A scale-down reversed within this long is a flap; rises over this horizon are held.
+FLAP_SECONDS = 300.0
+# The guard adds this share of the ready replicas, once per breach episode.
+GUARD_STEP = 0.25
+# A guard episode ends after this long without a proven breach.
+GUARD_CLEAR_SECONDS = 60.0
+# Rates are read over 1 minute; the queue's growth over the same window.
+RATE_WINDOW = 60.0
+# Smoothing of the mean work per request (per decision).
+WORK_SMOOTHING = 0.2
+# SLO feedback: a proven breach episode lowers the utilization target this much (to a
+# floor); every minute the SLO is surely met raises it back this much.
+BREACH_BACKOFF = 0.85
+UTILIZATION_FLOOR = 0.5
+RELAX_PER_MINUTE = 0.005
 DOWN_TOLERANCE = 0.10
-# How far back the trend is fitted, as a multiple of the decision interval, bounded.
-TREND_MIN_SECONDS = 30.0
-TREND_MAX_SECONDS = 180.0
-TREND_MIN_T = 4.0
-# A TTFT percentile is measured over a window (Prometheus rate over 1 min): after a
-# scale-up it keeps reporting the breach that caused it. The guard waits this long
-# before it acts again, so one breach never compounds into x2 per decision.
-TTFT_GUARD_COOLDOWN = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,9 +100,13 @@ class LoadSample:
     running: float
     waiting: float
     kv_usage: float | None = None  # mean over replicas, 0-1
-    ttft_percentile: float | None = None  # seconds, at the SLO's percentile
+    ttft_percentile: float | None = None  # seconds, at the SLO's percentile (display)
     prompt_tokens_per_second: float | None = None
     replicas_reporting: int = 0
+    completions_per_second: float | None = None
+    generation_tokens_per_second: float | None = None
+    # Increase per cumulative TTFT bucket {le: count} over the rate window.
+    ttft_buckets: Mapping[float, float] | None = None
 
     @property
     def outstanding(self) -> float:
@@ -73,14 +115,20 @@ class LoadSample:
 
 @dataclass(frozen=True)
 class Capacity:
-    """What one replica can carry at the SLO; derived from model, GPU and objective."""
+    """What one replica can carry; derived from model, GPU and objective."""
 
-    target_running: float
-    prefill_tokens_per_second: float
+    target_running: float  # sequences per replica at the objective's utilization
+    prefill_tokens_per_second: float  # prompt tokens per second with whole prefill steps
     kv_target: float
     startup_seconds: float
     slo_ttft_seconds: float
     price_per_replica_hour: float = 0.0
+    # Output tokens per second at the batch slots (0: estimate from target_running).
+    decode_tokens_per_second: float = 0.0
+    utilization: float = 0.75
+    slo_percentile: float = 95.0
+    headroom_quantile: float = 0.95
+    prior_headroom: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -108,19 +156,31 @@ class Cluster:
 
 @dataclass(frozen=True)
 class History:
-    """Recent samples and recommendations; the caller keeps it between decisions."""
+    """What the policy remembers between decisions; the caller keeps it."""
 
     samples: tuple[LoadSample, ...] = ()
     recommendations: tuple[tuple[float, int], ...] = ()
     last_scale_up: float = -math.inf
+    # (minute, peak demand in replicas at full use) for the learned headroom.
+    demand_minutes: tuple[tuple[int, float], ...] = ()
+    # The demand (replicas at full use) to be ready for, learned once a minute.
+    learned_peak: float | None = None
+    work_per_request: float | None = None  # GPU-seconds of one replica, smoothed
+    guard_until: float = -math.inf  # a guard episode lasts until then (extended by breaches)
+    guard_added: int = 0
+    started: float | None = None  # the first decision this history saw
+    # What this DMD's own SLO record says about its utilization target (1 = as planned).
+    utilization_scale: float = 1.0
+    last_time: float | None = None
 
     def add(self, sample: LoadSample | None, now: float, keep_seconds: float) -> History:
         samples = self.samples + ((sample,) if sample is not None else ())
         cutoff = now - keep_seconds
-        return History(
-            tuple(s for s in samples if s.time >= cutoff),
-            tuple(r for r in self.recommendations if r[0] >= cutoff),
-            self.last_scale_up,
+        return replace(
+            self,
+            samples=tuple(s for s in samples if s.time >= cutoff),
+            recommendations=tuple(r for r in self.recommendations if r[0] >= cutoff),
+            started=now if self.started is None else self.started,
         )
 
     def recommend(self, now: float, value: int) -> History:
@@ -147,49 +207,40 @@ def capacity_for(
     slo_ttft_seconds: float,
     objective: str = "balanced",
     price_per_replica_hour: float = 0.0,
+    decode_tokens_per_second: float = 0.0,
+    slo_percentile: float = 95.0,
     queue_per_replica: float | None = None,
     running_per_replica: float | None = None,
     kv_cache_utilization: float | None = None,
 ) -> Capacity:
-    """A replica's capacity at the SLO from its placement (and optional user targets).
+    """A replica's capacity from its placement (and optional user targets).
 
-    Sequences a replica can run at once are bounded by the engine's batch slots
-    (maxConcurrency) and by its KV cache at the typical length; the objective decides
-    how close to that bound to run. A user's ``runningPerReplica`` replaces it;
-    ``queuePerReplica`` adds tolerated waiting requests on top.
+    Batch slots are bounded by the engine's ``maxConcurrency`` and by the KV cache at
+    the typical length; the objective decides the target utilization. A user's
+    ``runningPerReplica`` replaces the sequences target; ``queuePerReplica`` adds
+    tolerated waiting requests on top.
     """
     slots = max(1.0, float(min(max_concurrency, kv_concurrency)))
-    target = running_per_replica or slots * OBJECTIVE_UTILIZATION.get(objective, 0.75)
+    rho = OBJECTIVE_UTILIZATION.get(objective, 0.75)
+    target = running_per_replica or slots * rho
     if queue_per_replica:
         target += queue_per_replica
+    if running_per_replica:
+        # The user's sequences per replica set the utilization in GPU time too.
+        rho = min(1.0, max(0.05, running_per_replica / slots))
     return Capacity(
         target_running=max(1.0, target),
-        prefill_tokens_per_second=prefill_tokens_per_second
-        * PREFILL_UTILIZATION.get(objective, 0.45),
+        prefill_tokens_per_second=prefill_tokens_per_second,
         kv_target=kv_cache_utilization or KV_TARGET.get(objective, 0.80),
         startup_seconds=startup_seconds,
         slo_ttft_seconds=slo_ttft_seconds,
         price_per_replica_hour=price_per_replica_hour,
+        decode_tokens_per_second=decode_tokens_per_second,
+        utilization=rho,
+        slo_percentile=slo_percentile,
+        headroom_quantile=HEADROOM_QUANTILE.get(objective, 0.95),
+        prior_headroom=PRIOR_HEADROOM.get(objective, 0.3),
     )
-
-
-def _slope(samples: Sequence[LoadSample]) -> float:
-    """Least-squares slope of outstanding load per second, or 0 when the fit does not
-    tell a trend from noise (t-statistic below ``TREND_MIN_T``)."""
-    if len(samples) < 4:
-        return 0.0
-    ts = [s.time for s in samples]
-    ys = [s.outstanding for s in samples]
-    mt, my = sum(ts) / len(ts), sum(ys) / len(ys)
-    var = sum((t - mt) ** 2 for t in ts)
-    if var <= 0:
-        return 0.0
-    slope = sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var
-    residual = sum((y - my - slope * (t - mt)) ** 2 for t, y in zip(ts, ys, strict=True))
-    stderr = math.sqrt(residual / (len(ts) - 2) / var)
-    if stderr > 0 and slope / stderr < TREND_MIN_T:
-        return 0.0
-    return slope
 
 
 def _ceil(x: float) -> int:
@@ -197,59 +248,187 @@ def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
 
+def slo_breach_proven(buckets: Mapping[float, float] | None, slo: float, percentile: float) -> bool:
+    """True when the histogram proves the percentile above the SLO: more than the
+    allowed share of requests is above the first bucket boundary at or over the SLO.
+    Between coarse boundaries nothing is proven (vLLM has none from 1.0 to 2.5 s)."""
+    if not buckets:
+        return False
+    items = sorted(buckets.items())
+    total = items[-1][1]
+    if total <= 0:
+        return False
+    les = [le for le, _ in items]
+    i = bisect.bisect_left(les, slo)
+    if i >= len(items) or math.isinf(les[i]):
+        return False
+    above = total - items[i][1]
+    return above / total > 1.0 - percentile / 100.0
+
+
+def slo_attainment_bounds(
+    buckets: Mapping[float, float] | None, slo: float
+) -> tuple[float, float] | None:
+    """(surely met, possibly met): the share of requests at or under the bucket
+    boundary below the SLO, and under the first boundary at or above it."""
+    if not buckets:
+        return None
+    items = sorted(buckets.items())
+    total = items[-1][1]
+    if total <= 0:
+        return None
+    below = max((c for le, c in items if le <= slo), default=0.0)
+    above = min((c for le, c in items if le >= slo), default=total)
+    return below / total, above / total
+
+
+def _work_rate(sample: LoadSample, cap: Capacity) -> float | None:
+    """Served work over the rate window, in replicas at full use, or None."""
+    gen, prompt = sample.generation_tokens_per_second, sample.prompt_tokens_per_second
+    if gen is None and prompt is None:
+        return None
+    decode = cap.decode_tokens_per_second
+    work = 0.0
+    if gen is not None and decode > 0:
+        work += gen / decode
+    elif decode <= 0:
+        work += sample.running / max(1.0, cap.target_running / cap.utilization)
+    if prompt is not None and cap.prefill_tokens_per_second > 0:
+        work += prompt / cap.prefill_tokens_per_second
+    return work
+
+
+def _learned_headroom(
+    minutes: Sequence[tuple[int, float]], horizon: float, q: float, level: float
+) -> float:
+    """Replicas (at full use) to hold above ``level``: a high quantile, over the minutes
+    of history, of how far demand went within ``horizon`` seconds above both that
+    minute's level and ``level``. Rises seen from a quiet night count only as far as
+    they went above where the DMD is now; a regime change teaches nothing above its
+    new level; bursts that repeat teach their height."""
+    span = max(1, _ceil(horizon / 60.0))
+    values = [d for _, d in minutes]
+    rises = []
+    for i, d in enumerate(values[:-1]):
+        ahead = max(values[i + 1 : i + 1 + span])
+        rises.append(max(0.0, ahead - max(d, level)))
+    if not rises:
+        return 0.0
+    rises.sort()
+    return rises[min(len(rises) - 1, int(q * len(rises)))]
+
+
+def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
+    minute = int(now // 60)
+    minutes = list(history.demand_minutes)
+    learned = history.learned_peak
+    if minutes and minutes[-1][0] == minute:
+        minutes[-1] = (minute, max(minutes[-1][1], demand))
+    else:
+        minutes.append((minute, demand))
+        minutes = minutes[-LEARN_MINUTES:]
+        if len(minutes) >= LEARN_MIN_MINUTES:
+            # Once a minute: cheap enough for thousands of DMDs per pass.
+            horizon = max(cap.startup_seconds, FLAP_SECONDS)
+            learned = demand + _learned_headroom(minutes, horizon, cap.headroom_quantile, demand)
+    return replace(history, demand_minutes=tuple(minutes), learned_peak=learned)
+
+
 def recommend(
     sample: LoadSample,
-    history: Sequence[LoadSample],
+    history: History,
     cap: Capacity,
     cluster: Cluster,
-    ttft_guard: bool = True,
-) -> tuple[int, str, dict[str, float]]:
-    """Replicas the load asks for, before damping and limits, and why."""
-    window = min(TREND_MAX_SECONDS, max(TREND_MIN_SECONDS, cap.startup_seconds))
-    recent = [s for s in history if s.time >= sample.time - window]
-    slope = max(0.0, _slope(recent))
-    # Noise is not a trend: the fitted rise over the window must exceed the larger of two
-    # sequences and a tenth of the current level.
-    if recent and slope * window < max(2.0, 0.1 * sample.outstanding):
-        slope = 0.0
-    lead = cap.startup_seconds
-    # Don't extrapolate further than the window we fitted supports.
-    forecast = sample.outstanding + slope * min(lead, 2 * window)
-    current = max(cluster.current, 0)
-
-    def count(load: float) -> int:
-        n = _ceil(load / cap.target_running)
-        if n > current and load <= current * cap.target_running * (1 + UP_TOLERANCE):
-            return current
-        if n < current:
-            return min(current, max(n, _ceil(load / (cap.target_running * (1 - DOWN_TOLERANCE)))))
-        return n
-
-    level = count(sample.outstanding)
-    trend = count(forecast)
-    inputs = {
+    now: float,
+) -> tuple[int, str, dict[str, float], History]:
+    """Replicas the load asks for, before damping and limits; why; and the history."""
+    inputs: dict[str, float] = {
         "running": round(sample.running, 3),
         "waiting": round(sample.waiting, 3),
-        "outstanding": round(sample.outstanding, 3),
-        "slopePerSecond": round(slope, 4),
-        "forecast": round(forecast, 3),
-        "targetRunningPerReplica": round(cap.target_running, 3),
     }
-    candidates: list[tuple[int, str]] = [(level, "load"), (trend, "trend")]
-    if sample.prompt_tokens_per_second is not None and cap.prefill_tokens_per_second > 0:
-        prefill = _ceil(sample.prompt_tokens_per_second / cap.prefill_tokens_per_second)
+    served = _work_rate(sample, cap)
+    done = sample.completions_per_second
+    work = history.work_per_request
+    if served is not None and done is not None and done > 0 and served > 0:
+        measured = served / done
+        work = measured if work is None else work + WORK_SMOOTHING * (measured - work)
+    if work is None:
+        # No completion yet: a request keeps one slot of the full batch busy ~1 s.
+        work = 1.0 / max(1.0, cap.target_running / cap.utilization)
+    # The queue's growth over the window: work that arrived and was not served.
+    past = [s for s in history.samples if s.time <= now - RATE_WINDOW * 0.75]
+    growth = 0.0
+    if past:
+        then = past[-1]
+        growth = (sample.waiting - then.waiting) / max(1.0, sample.time - then.time)
+    if served is None:
+        served = sample.running / max(1.0, cap.target_running / cap.utilization)
+    demand = max(0.0, served + growth * work)
+    history = replace(history, work_per_request=work)
+    history = _remember_demand(history, now, demand, cap)
+    # The demand to be ready for: learned from history (a rise above the level the
+    # minute started at can only be smaller from a higher level, so the learned peak,
+    # not level + headroom, is what holds within the minute).
+    peak = history.learned_peak
+    if peak is None:
+        peak = demand + cap.prior_headroom * max(demand, 1.0)
+    ready_for = max(demand, peak)
+    headroom = ready_for - demand
+    rho = cap.utilization * history.utilization_scale
+    # Each waiting request needs a slot; with a measured work per request, no more
+    # than drains the queue within one cold start.
+    backlog = sample.waiting / max(1.0, cap.target_running)
+    if history.work_per_request is not None and done is not None:
+        backlog = min(backlog, sample.waiting * work / max(1.0, cap.startup_seconds))
+    want = ready_for / rho + backlog
+    inputs.update(
+        {
+            "demandReplicas": round(demand, 3),
+            "workPerRequestSeconds": round(work, 4),
+            "queueGrowthPerSecond": round(growth, 3),
+            "headroomReplicas": round(headroom, 3),
+            "backlogReplicas": round(backlog, 3),
+            "targetRunningPerReplica": round(cap.target_running, 3),
+            "utilizationScale": round(history.utilization_scale, 3),
+        }
+    )
+    if sample.prompt_tokens_per_second is not None:
         inputs["promptTokensPerSecond"] = round(sample.prompt_tokens_per_second, 1)
-        candidates.append((prefill, "prefill"))
+    if sample.generation_tokens_per_second is not None:
+        inputs["generationTokensPerSecond"] = round(sample.generation_tokens_per_second, 1)
+    if done is not None:
+        inputs["completionsPerSecond"] = round(done, 3)
+    candidates: list[tuple[int, str]] = [(_ceil(want), "demand" if backlog < 0.5 else "backlog")]
     if sample.kv_usage is not None and cluster.ready > 0:
         inputs["kvUsage"] = round(sample.kv_usage, 4)
         candidates.append((_ceil(cluster.ready * sample.kv_usage / cap.kv_target), "kv-cache"))
     if sample.ttft_percentile is not None:
         inputs["ttftPercentile"] = round(sample.ttft_percentile, 4)
-        if ttft_guard and sample.ttft_percentile > cap.slo_ttft_seconds and sample.waiting > 0:
-            breach = min(2.0, sample.ttft_percentile / cap.slo_ttft_seconds)
-            candidates.append((_ceil(max(cluster.ready, 1) * breach), "ttft-slo"))
+    proven = slo_breach_proven(sample.ttft_buckets, cap.slo_ttft_seconds, cap.slo_percentile)
+    current = max(cluster.current, 0)
+    elapsed = 0.0 if history.last_time is None else max(0.0, now - history.last_time)
+    history = replace(history, last_time=now)
+    if proven:
+        # Waiting or not: a long prompt in prefill delays the requests behind it while
+        # vLLM counts them as running.
+        if now > history.guard_until:
+            # A new episode: add a quarter of the ready replicas, less those starting,
+            # and carry less per replica from now on.
+            starting = max(0, current - cluster.ready)
+            step = max(1, _ceil(GUARD_STEP * max(cluster.ready, 1)))
+            scale = max(UTILIZATION_FLOOR, history.utilization_scale * BREACH_BACKOFF)
+            history = replace(history, guard_added=max(0, step - starting), utilization_scale=scale)
+        history = replace(history, guard_until=now + GUARD_CLEAR_SECONDS)
+    else:
+        bounds = slo_attainment_bounds(sample.ttft_buckets, cap.slo_ttft_seconds)
+        if bounds is not None and bounds[0] >= cap.slo_percentile / 100.0:
+            scale = min(1.0, history.utilization_scale + RELAX_PER_MINUTE * elapsed / 60.0)
+            history = replace(history, utilization_scale=scale)
+    if now <= history.guard_until and history.guard_added > 0:
+        inputs["ttftGuardReplicas"] = float(history.guard_added)
+        candidates.append((_ceil(want) + history.guard_added, "ttft-slo"))
     value, reason = max(candidates, key=lambda c: c[0])
-    return value, reason, inputs
+    return value, reason, inputs, history
 
 
 def decide(
@@ -263,9 +442,8 @@ def decide(
     stale: bool = False,
 ) -> Decision:
     """The next replica count. ``sample`` None or ``stale`` means no usable metrics."""
-    keep = (
-        max(limits.scale_down_stabilization, limits.scale_up_stabilization, TREND_MAX_SECONDS) + 1
-    )
+    down_window = max(limits.scale_down_stabilization, 2.0 * cap.startup_seconds)
+    keep = max(down_window, limits.scale_up_stabilization, RATE_WINDOW * 2) + 1
     current = cluster.current
     if sample is None or stale:
         floor = max(limits.min_replicas, min(current, limits.max_replicas))
@@ -277,33 +455,34 @@ def decide(
             recommendation=floor,
             history=history.add(None, now, keep),
         )
-    history = history.add(sample, now, keep)
-    guard = now - history.last_scale_up >= TTFT_GUARD_COOLDOWN
-    raw, reason, inputs = recommend(sample, history.samples, cap, cluster, guard)
-    history = history.recommend(now, raw)
+    raw, reason, inputs, history = recommend(sample, history, cap, cluster, now)
+    history = history.add(sample, now, keep).recommend(now, raw)
 
-    # Damping: up at once (or the max over its window), down only when the highest
-    # recommendation over the down window is lower.
-    up_window = [v for t, v in history.recommendations if t >= now - limits.scale_up_stabilization]
-    down_window = [
-        v for t, v in history.recommendations if t >= now - limits.scale_down_stabilization
-    ]
-    oldest = min((t for t, _ in history.recommendations), default=now)
-    if oldest > now - limits.scale_down_stabilization:
+    # Damping: up at once (or the min over its window), down only when the highest
+    # recommendation over the down window is lower, and only past a tolerance.
+    up = [v for t, v in history.recommendations if t >= now - limits.scale_up_stabilization]
+    down = [v for t, v in history.recommendations if t >= now - down_window]
+    started = history.started if history.started is not None else now
+    if started > now - down_window:
         # History shorter than the window (a restart): what runs now is the evidence.
-        down_window.append(current)
+        down.append(current)
     if raw > current:
-        target = min(up_window) if limits.scale_up_stabilization > 0 else raw
+        target = min(up) if limits.scale_up_stabilization > 0 else raw
         target = max(target, current)
         if limits.scale_up_max_step:
             target = min(target, current + limits.scale_up_max_step)
     elif raw < current:
-        target = max(down_window) if down_window else current
+        target = max(down) if down else current
         target = min(target, current)
+        # Hysteresis: the lower count must carry the load with some room left.
+        if target < current and inputs.get("demandReplicas", 0.0) / cap.utilization > target * (
+            1 - DOWN_TOLERANCE
+        ):
+            target = current
         if limits.scale_down_max_step:
             target = max(target, current - limits.scale_down_max_step)
         if target < current:
-            reason = f"{reason} (lower for {limits.scale_down_stabilization:.0f}s)"
+            reason = f"{reason} (lower for {down_window:.0f}s)"
         else:
             reason = "stabilizing before scale-down"
     else:

@@ -32,6 +32,8 @@ class EngineQueries:
     prompt_tokens_rate: str | None
     ttft_buckets: str | None
     freshness: str
+    completions_rate: str | None = None
+    generation_tokens_rate: str | None = None
 
 
 def _q(metric: str, agg: str = "sum") -> str:
@@ -48,6 +50,9 @@ ENGINE_QUERIES: dict[str, EngineQueries] = {
         ttft_buckets="sum by (namespace, pod, le) "
         "(rate(vllm:time_to_first_token_seconds_bucket[1m]))",
         freshness=_q("timestamp(vllm:num_requests_running)", "max"),
+        # Finished requests of every finished_reason (stop, length, abort, ...).
+        completions_rate=_q("rate(vllm:request_success_total[1m])"),
+        generation_tokens_rate=_q("rate(vllm:generation_tokens_total[1m])"),
     ),
     "sglang": EngineQueries(
         running=_q("sglang:num_running_reqs"),
@@ -57,6 +62,8 @@ ENGINE_QUERIES: dict[str, EngineQueries] = {
         ttft_buckets="sum by (namespace, pod, le) "
         "(rate(sglang:time_to_first_token_seconds_bucket[1m]))",
         freshness=_q("timestamp(sglang:num_running_reqs)", "max"),
+        completions_rate=_q("rate(sglang:num_requests_total[1m])"),
+        generation_tokens_rate=_q("rate(sglang:generation_tokens_total[1m])"),
     ),
     "tgi": EngineQueries(
         running=_q("tgi_batch_current_size"),
@@ -65,6 +72,8 @@ ENGINE_QUERIES: dict[str, EngineQueries] = {
         prompt_tokens_rate=_q("rate(tgi_request_input_length_sum[1m])"),
         ttft_buckets=None,  # TGI exports no time to first token
         freshness=_q("timestamp(tgi_queue_size)", "max"),
+        completions_rate=_q("rate(tgi_request_success[1m])"),
+        generation_tokens_rate=_q("rate(tgi_request_generated_tokens_sum[1m])"),
     ),
     "llamacpp": EngineQueries(
         running=_q("llamacpp:requests_processing"),
@@ -73,6 +82,7 @@ ENGINE_QUERIES: dict[str, EngineQueries] = {
         prompt_tokens_rate=_q("rate(llamacpp:prompt_tokens_total[1m])"),
         ttft_buckets=None,
         freshness=_q("timestamp(llamacpp:requests_processing)", "max"),
+        generation_tokens_rate=_q("rate(llamacpp:tokens_predicted_total[1m])"),
     ),
 }
 
@@ -162,6 +172,8 @@ class PrometheusSource:
                 ("waiting", q.waiting),
                 ("kv_usage", q.kv_usage),
                 ("prompt_tokens_rate", q.prompt_tokens_rate),
+                ("completions_rate", q.completions_rate),
+                ("generation_tokens_rate", q.generation_tokens_rate),
                 ("last_sample", q.freshness),
             ):
                 if promql is None:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from distillery.autoscale.inputs import replica_speeds
 from distillery.autoscale.policy import Capacity, Limits, capacity_for
 from distillery.catalog import GpuType, ModelEntry
 from distillery.simulate.fleet import Fleet, ReplicaModel
@@ -122,14 +123,15 @@ def replica_model(s: Scenario, startup: float | None = None) -> ReplicaModel:
 def distillery_capacity(s: Scenario, rm: ReplicaModel | None = None) -> Capacity:
     """The capacity the operator derives for this placement (also the tuned anchors')."""
     rm = rm or replica_model(s)
-    o = s.option
-    prefill = o.gpu.bf16_tflops * 1e12 * max(1, o.gpu_count) * mem.MFU
+    decode, prefill = replica_speeds(s.model, s.option, s.max_concurrency, s.typical_tokens)
     return capacity_for(
         max_concurrency=s.max_concurrency,
         kv_concurrency=rm.kv_capacity_tokens // max(1, s.typical_tokens),
-        prefill_tokens_per_second=prefill / (2.0 * s.model.params_billions * 1e9),
+        prefill_tokens_per_second=prefill,
+        decode_tokens_per_second=decode,
         startup_seconds=rm.startup_seconds,
         slo_ttft_seconds=s.slo_ttft,
+        slo_percentile=s.slo_percentile,
         objective=s.objective,
         price_per_replica_hour=rm.price_per_hour,
     )

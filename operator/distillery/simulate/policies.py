@@ -60,6 +60,9 @@ class Distillery(Policy):
             ttft_percentile=sig.ttft_quantile(self.slo_percentile / 100.0),
             prompt_tokens_per_second=sig.prompt_tokens_per_second,
             replicas_reporting=sig.gauges.ready,
+            completions_per_second=sig.requests_per_second,
+            generation_tokens_per_second=sig.generation_tokens_per_second,
+            ttft_buckets=sig.ttft_buckets,
         )
         decision = decide(
             sample,
