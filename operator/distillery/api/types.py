@@ -690,6 +690,21 @@ class AutoscalingStatus(_Model):
     metrics_available: bool | None = None
     metrics_message: str | None = Field(default=None, max_length=1024)
     limited_by: str | None = Field(default=None, max_length=1024)
+    headroom_replicas: float | None = Field(
+        default=None,
+        description="Replicas of demand held above the current level: how far this DMD's "
+        "demand rose within one cold start in its history (a high quantile). Empty "
+        "before 20 minutes of history, while the objective's prior share is held "
+        "(40% / 20% / 10% for latency / balanced / cost).",
+    )
+    headroom_learned: bool | None = Field(
+        default=None, description="True once the headroom comes from this DMD's history."
+    )
+    utilization_scale: float | None = Field(
+        default=None,
+        description="What the DMD's own TTFT record does to the utilization target: 1 as "
+        "planned; lower after proven SLO breaches, relaxing back while the SLO holds.",
+    )
     last_decisions: list[ScalingDecision] = Field(default_factory=list, max_length=20)
 
 

@@ -163,8 +163,10 @@ class History:
     last_scale_up: float = -math.inf
     # (minute, peak demand in replicas at full use) for the learned headroom.
     demand_minutes: tuple[tuple[int, float], ...] = ()
-    # The demand (replicas at full use) to be ready for, learned once a minute.
+    # The demand (replicas at full use) to be ready for, learned once a minute, and the
+    # rise above that minute's level it came from.
     learned_peak: float | None = None
+    learned_rise: float | None = None
     work_per_request: float | None = None  # GPU-seconds of one replica, smoothed
     guard_until: float = -math.inf  # a guard episode lasts until then (extended by breaches)
     guard_added: int = 0
@@ -321,7 +323,7 @@ def _learned_headroom(
 def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
     minute = int(now // 60)
     minutes = list(history.demand_minutes)
-    learned = history.learned_peak
+    learned, rise = history.learned_peak, history.learned_rise
     if minutes and minutes[-1][0] == minute:
         minutes[-1] = (minute, max(minutes[-1][1], demand))
     else:
@@ -330,8 +332,9 @@ def _remember_demand(history: History, now: float, demand: float, cap: Capacity)
         if len(minutes) >= LEARN_MIN_MINUTES:
             # Once a minute: cheap enough for thousands of DMDs per pass.
             horizon = max(cap.startup_seconds, FLAP_SECONDS)
-            learned = demand + _learned_headroom(minutes, horizon, cap.headroom_quantile, demand)
-    return replace(history, demand_minutes=tuple(minutes), learned_peak=learned)
+            rise = _learned_headroom(minutes, horizon, cap.headroom_quantile, demand)
+            learned = demand + rise
+    return replace(history, demand_minutes=tuple(minutes), learned_peak=learned, learned_rise=rise)
 
 
 def recommend(

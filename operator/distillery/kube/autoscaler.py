@@ -153,6 +153,14 @@ class Autoscaler:
             "limitedBy": decision.limited_by,
             "lastDecisions": list(old.get("lastDecisions") or []),
         }
+        h = decision.history
+        if h.started is not None:
+            # Rounded: these move slowly, and status is written only when it changes.
+            learned = h.learned_rise is not None
+            if learned:
+                status["headroomReplicas"] = round(float(h.learned_rise or 0.0), 1)
+            status["headroomLearned"] = learned
+            status["utilizationScale"] = round(h.utilization_scale * 20) / 20
         if desired != current:
             direction = "up" if desired > current else "down"
             entry = {
