@@ -14,8 +14,8 @@ One decision:
    objective's target utilization (``utilization``: 0.70 / 0.85 / 0.92 for latency /
    balanced / cost: continuous batching absorbs noise within a minute, so a replica
    holds the SLO close to full use; headroom covers what a minute does not).
-2. **Backlog, bounded.** The waiting requests' work, drained within one cold start:
-   ``waiting x work per request / startup``, and never more replicas than the waiting
+2. **Backlog, bounded.** The waiting requests' work, drained within two cold starts:
+   ``waiting x work per request / (2 x startup)``, and never more replicas than the waiting
    requests could occupy at the target batch (``waiting / target_running``). It is a
    level, recomputed from the queue each time, so replicas already starting are
    counted: a decision never adds the same backlog twice.
@@ -31,8 +31,9 @@ One decision:
    then not again until the breach has cleared. It never compounds.
 5. **The DMD's own SLO record.** The utilization target is what the placement says a
    replica carries; traffic with bursts shorter than a minute or long prompts that
-   block the ones behind them carries less. Each proven breach episode lowers this
-   DMD's target by 15% (to half at most); each minute in which the share of requests
+   block the ones behind them carries less. Each proven breach episode that happens
+   while the replicas the policy asks for are all serving lowers this DMD's target by
+   15% (to half at most); each minute in which the share of requests
    surely within the SLO (bucket boundary below it) meets the percentile raises it
    0.5% back. Shown as ``utilizationScale`` in the decision inputs.
 6. **Scale-down that pays for itself.** A replica removed and needed again costs a
@@ -45,7 +46,7 @@ One decision:
 The bound (tested as a property): a scale-up never asks for more than
 
     ceil(max(demand, peak) / utilization
-         + min(waiting / target_running, waiting x work / startup)) + guard
+         + min(waiting / target_running, waiting x work / (2 x startup))) + guard
 
 where ``peak`` is the highest per-minute demand in the learned history (before there
 is one, ``demand x (1 + prior headroom)``, with a one-replica floor) and ``guard`` at
@@ -82,13 +83,17 @@ GUARD_STEP = 0.25
 GUARD_CLEAR_SECONDS = 60.0
 # Rates are read over 1 minute; the queue's growth over the same window.
 RATE_WINDOW = 60.0
-# Smoothing of the mean work per request (per decision).
+# Smoothing of the mean work per request (per decision), and how many completions a
+# measurement must rest on to move it that much.
 WORK_SMOOTHING = 0.2
+WORK_PRIOR_REQUESTS = 300.0
 # SLO feedback: a proven breach episode lowers the utilization target this much (to a
 # floor); every minute the SLO is surely met raises it back this much.
 BREACH_BACKOFF = 0.85
 UTILIZATION_FLOOR = 0.5
 RELAX_PER_MINUTE = 0.005
+# A backlog is drained within this many cold starts.
+DRAIN_COLD_STARTS = 2.0
 DOWN_TOLERANCE = 0.10
 
 
@@ -352,21 +357,23 @@ def recommend(
     served = _work_rate(sample, cap)
     done = sample.completions_per_second
     work = history.work_per_request
-    if served is not None and done is not None and done > 0 and served > 0:
-        measured = served / done
-        work = measured if work is None else work + WORK_SMOOTHING * (measured - work)
-    if work is None:
-        # No completion yet: a request keeps one slot of the full batch busy ~1 s.
-        work = 1.0 / max(1.0, cap.target_running / cap.utilization)
+    started = history.started if history.started is not None else now
+    measured = served / done if served and done else None
+    if measured is not None and done is not None and now - started >= RATE_WINDOW:
+        # Served work over finished requests is biased high while the window is young
+        # (the short requests finish first): trust it after one window, and weigh each
+        # new measurement by the completions it rests on.
+        weight = min(WORK_SMOOTHING, done * RATE_WINDOW / WORK_PRIOR_REQUESTS)
+        work = measured if work is None else work + weight * (measured - work)
     # The queue's growth over the window: work that arrived and was not served.
     past = [s for s in history.samples if s.time <= now - RATE_WINDOW * 0.75]
     growth = 0.0
-    if past:
+    if past and work is not None:
         then = past[-1]
         growth = (sample.waiting - then.waiting) / max(1.0, sample.time - then.time)
     if served is None:
         served = sample.running / max(1.0, cap.target_running / cap.utilization)
-    demand = max(0.0, served + growth * work)
+    demand = max(0.0, served + growth * (work or 0.0))
     history = replace(history, work_per_request=work)
     history = _remember_demand(history, now, demand, cap)
     # The demand to be ready for: learned from history (a rise above the level the
@@ -379,15 +386,18 @@ def recommend(
     headroom = ready_for - demand
     rho = cap.utilization * history.utilization_scale
     # Each waiting request needs a slot; with a measured work per request, no more
-    # than drains the queue within one cold start.
+    # than drains the queue within two cold starts (replicas added for a backlog serve
+    # after one; the backlog's own demand is already in the queue's growth).
     backlog = sample.waiting / max(1.0, cap.target_running)
-    if history.work_per_request is not None and done is not None:
-        backlog = min(backlog, sample.waiting * work / max(1.0, cap.startup_seconds))
+    drain_work = work if work is not None else measured  # early: biased high, so safe
+    if drain_work is not None:
+        drain = DRAIN_COLD_STARTS * max(1.0, cap.startup_seconds)
+        backlog = min(backlog, sample.waiting * drain_work / drain)
     want = ready_for / rho + backlog
     inputs.update(
         {
             "demandReplicas": round(demand, 3),
-            "workPerRequestSeconds": round(work, 4),
+            "workPerRequestSeconds": round(work or 0.0, 4),
             "queueGrowthPerSecond": round(growth, 3),
             "headroomReplicas": round(headroom, 3),
             "backlogReplicas": round(backlog, 3),
@@ -415,12 +425,16 @@ def recommend(
         # Waiting or not: a long prompt in prefill delays the requests behind it while
         # vLLM counts them as running.
         if now > history.guard_until:
-            # A new episode: add a quarter of the ready replicas, less those starting,
-            # and carry less per replica from now on.
+            # A new episode: add a quarter of the ready replicas, less those starting.
             starting = max(0, current - cluster.ready)
             step = max(1, _ceil(GUARD_STEP * max(cluster.ready, 1)))
-            scale = max(UTILIZATION_FLOOR, history.utilization_scale * BREACH_BACKOFF)
-            history = replace(history, guard_added=max(0, step - starting), utilization_scale=scale)
+            history = replace(history, guard_added=max(0, step - starting))
+            if cluster.ready >= _ceil(want):
+                # The capacity the model asks for was serving and the SLO broke anyway:
+                # this traffic needs a lower utilization. (A breach while replicas the
+                # model asked for are still starting teaches nothing about utilization.)
+                scale = max(UTILIZATION_FLOOR, history.utilization_scale * BREACH_BACKOFF)
+                history = replace(history, utilization_scale=scale)
         history = replace(history, guard_until=now + GUARD_CLEAR_SECONDS)
     else:
         bounds = slo_attainment_bounds(sample.ttft_buckets, cap.slo_ttft_seconds)
