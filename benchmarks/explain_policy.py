@@ -27,15 +27,15 @@ class Explained(Distillery):
     def desired(self, sig: Signals, current: int) -> int:
         want = super().desired(sig, current)
         if want != current:
-            h = self.history.samples[-1]
-            prompt = (
-                "-" if h.prompt_tokens_per_second is None else f"{h.prompt_tokens_per_second:.0f}"
-            )
-            ttft = "-" if h.ttft_percentile is None else f"{h.ttft_percentile:.2f}s"
+            i = self.last_inputs
+            ttft = "-" if "ttftPercentile" not in i else f"{i['ttftPercentile']:.2f}s"
             self.log.append(
-                f"t={sig.time / 60:6.1f} min  {current:2d} -> {want:2d}  {self.last_reason:<34} "
-                f"running={h.running:5.0f} waiting={h.waiting:4.0f} "
-                f"prompt={prompt:>6} tok/s ttft_p95={ttft:>6} ready={sig.gauges.ready}"
+                f"t={sig.time / 60:6.1f} min {current:2d} -> {want:2d} {self.last_reason:<30} "
+                f"run={i['running']:4.0f} wait={i['waiting']:4.0f} "
+                f"demand={i['demandReplicas']:5.2f} headroom={i['headroomReplicas']:5.2f} "
+                f"backlog={i['backlogReplicas']:4.2f} util={i['utilizationScale']:.2f} "
+                f"p95={ttft:>6} guard={i.get('ttftGuardReplicas', 0):.0f} "
+                f"ready={sig.gauges.ready}"
             )
         return want
 
@@ -72,10 +72,10 @@ def main() -> int:
     result = run_policy(window, s, policy, initial=need_schedule(window, s)[0][1])
     cap = base.capacity
     print(
-        f"{len(window)} requests, {p.chosen.summary}; capacity per replica: "
-        f"target {cap.target_running:.0f} running sequences (64 slots x 0.75 balanced), "
-        f"prefill {cap.prefill_tokens_per_second:.0f} tok/s planned, cold start "
-        f"{cap.startup_seconds:.0f}s"
+        f"{len(window)} requests, {p.chosen.summary}; per replica: decode "
+        f"{cap.decode_tokens_per_second:.0f} tok/s at 64 slots, prefill "
+        f"{cap.prefill_tokens_per_second:.0f} tok/s, utilization target {cap.utilization:.2f} "
+        f"(balanced), cold start {cap.startup_seconds:.0f}s"
     )
     for line in policy.log:
         print(line)

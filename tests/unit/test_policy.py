@@ -131,7 +131,7 @@ def test_no_runaway_from_one_replica_under_full_load() -> None:
 def test_guard_fires_once_per_episode_and_counts_starting_replicas() -> None:
     breach = buckets([5.0] * 20 + [0.2] * 80)  # 20% above 2.5 s: p95 proven over 2 s
     history = History()
-    s0 = sample(0, gen=2000, prompt=0, done=5, running=60, ttft=breach)
+    s0 = sample(0, gen=2000, prompt=0, done=5, running=60, waiting=20, ttft=breach)
     d = decide(s0, history, CAP, LIMITS, Cluster(current=8, ready=8), 0)
     assert d.inputs["ttftGuardReplicas"] == math.ceil(GUARD_STEP * 8)
     first = d.history.utilization_scale
@@ -145,6 +145,23 @@ def test_guard_fires_once_per_episode_and_counts_starting_replicas() -> None:
     # Replicas already starting count: 2 starting cover a step of 2.
     d3 = decide(s0, History(), CAP, LIMITS, Cluster(current=10, ready=8), 0)
     assert "ttftGuardReplicas" not in d3.inputs
+
+
+def test_guard_ignores_requests_slow_on_their_own() -> None:
+    # Idle replicas, no queue, yet 10% of requests over 2.5 s: long prompts alone. More
+    # replicas would not help: no guard step, no lower utilization target.
+    breach = buckets([5.0] * 10 + [0.2] * 90)
+    d = decide(
+        sample(0, gen=400, prompt=0, done=2, running=8, ttft=breach),
+        History(),
+        CAP,
+        LIMITS,
+        Cluster(current=6, ready=6),
+        0,
+    )
+    assert "ttftGuardReplicas" not in d.inputs and d.history.utilization_scale == 1.0
+    # Too few requests prove nothing either.
+    assert not slo_breach_proven(buckets([5.0] * 3 + [0.2] * 10), 2.0, 95)
 
 
 def test_guard_reads_buckets_not_a_guessed_percentile() -> None:

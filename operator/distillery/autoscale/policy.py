@@ -25,9 +25,11 @@ One decision:
    gets more, smooth traffic less; bursts shorter than a cold start are held, not
    chased. Until 20 minutes of history exist, ``PRIOR_HEADROOM`` of the level.
 4. **Latency guard, once per episode.** When vLLM's TTFT histogram proves the SLO
-   broken (more than the allowed share of requests above the first bucket boundary at
-   or over the SLO: a percentile between coarse buckets is never guessed), add a
-   quarter of the ready replicas, less those already starting;
+   broken (more than the allowed share of requests, and at least five, above the first
+   bucket boundary at or over the SLO: a percentile between coarse buckets is never
+   guessed) while the replicas are contended (requests wait, or they are at least half
+   busy: otherwise the slow requests are slow alone), add a quarter of the ready
+   replicas, less those already starting;
    then not again until the breach has cleared. It never compounds.
 5. **The DMD's own SLO record.** The utilization target is what the placement says a
    replica carries; traffic with bursts shorter than a minute or long prompts that
@@ -77,8 +79,10 @@ LEARN_MINUTES = 24 * 60
 LEARN_MIN_MINUTES = 20
 # A scale-down reversed within this long is a flap; rises over this horizon are held.
 FLAP_SECONDS = 300.0
-# The guard adds this share of the ready replicas, once per breach episode.
+# The guard adds this share of the ready replicas, once per breach episode, and only
+# when the replicas are contended (at least this busy, or requests wait).
 GUARD_STEP = 0.25
+GUARD_MIN_LOAD = 0.5
 # A guard episode ends after this long without a proven breach.
 GUARD_CLEAR_SECONDS = 60.0
 # Rates are read over 1 minute; the queue's growth over the same window.
@@ -255,10 +259,16 @@ def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
 
-def slo_breach_proven(buckets: Mapping[float, float] | None, slo: float, percentile: float) -> bool:
+def slo_breach_proven(
+    buckets: Mapping[float, float] | None,
+    slo: float,
+    percentile: float,
+    min_requests: float = 5.0,
+) -> bool:
     """True when the histogram proves the percentile above the SLO: more than the
-    allowed share of requests is above the first bucket boundary at or over the SLO.
-    Between coarse boundaries nothing is proven (vLLM has none from 1.0 to 2.5 s)."""
+    allowed share of requests, and at least ``min_requests`` of them, are above the
+    first bucket boundary at or over the SLO. Between coarse boundaries nothing is
+    proven (vLLM has none from 1.0 to 2.5 s)."""
     if not buckets:
         return False
     items = sorted(buckets.items())
@@ -270,7 +280,7 @@ def slo_breach_proven(buckets: Mapping[float, float] | None, slo: float, percent
     if i >= len(items) or math.isinf(les[i]):
         return False
     above = total - items[i][1]
-    return above / total > 1.0 - percentile / 100.0
+    return above >= min_requests and above / total > 1.0 - percentile / 100.0
 
 
 def slo_attainment_bounds(
@@ -421,9 +431,11 @@ def recommend(
     current = max(cluster.current, 0)
     elapsed = 0.0 if history.last_time is None else max(0.0, now - history.last_time)
     history = replace(history, last_time=now)
-    if proven:
-        # Waiting or not: a long prompt in prefill delays the requests behind it while
-        # vLLM counts them as running.
+    # Contention: requests wait, or the ready replicas are at least half busy (a long
+    # prompt in prefill delays the requests behind it while vLLM counts them running).
+    # A breach without it is requests slow on their own: more replicas would not help.
+    contended = sample.waiting > 0 or demand >= GUARD_MIN_LOAD * max(cluster.ready, 1) * rho
+    if proven and contended:
         if now > history.guard_until:
             # A new episode: add a quarter of the ready replicas, less those starting.
             starting = max(0, current - cluster.ready)
