@@ -38,7 +38,7 @@ from replay import Result, replay  # noqa: E402
 def spec() -> dict[str, Any]:
     return {
         "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-        "serving": {"maxConcurrency": 8},  # 6 running sequences per replica (balanced)
+        "serving": {"maxConcurrency": 8},  # ~1,060 output tok/s per replica at 8 slots
         "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
         "scaling": {
             "minReplicas": 1,
@@ -135,10 +135,11 @@ def test_closed_loop(
             timeout=60,
         )
 
-        # Step up: ~0.5 requests/s of 2,000-token answers, ~25 outstanding: 4 replicas.
+        # Step up: 1.5 requests/s of 2,000-token answers is 3,000 output tok/s, ~2.8
+        # replicas of decode at 8 slots: at 85% utilization, 3 or 4 replicas.
         load = threading.Thread(
             target=lambda: results.extend(
-                asyncio.run(replay(steady(0.5, 900), f"http://127.0.0.1:{door}", "qwen", SCALE))
+                asyncio.run(replay(steady(1.5, 900), f"http://127.0.0.1:{door}", "qwen", SCALE))
             ),
             daemon=True,
         )
