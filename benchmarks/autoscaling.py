@@ -158,14 +158,65 @@ def markdown(cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+STARTUP_FACTORS = (1.0, 0.5, 0.25, 0.1)
+SWEEP_CELLS = [("servegen-deepseek-r1-day", 0.05), ("bursts", 1.0), ("step", 1.0)]
+
+
+def startup_sweep(out_dir: Path, quick: bool) -> None:
+    """The same cells with the cold start at 1, 1/2, 1/4 and 1/10 of the estimate (a
+    weight cache's effect): distillery's cost and attainment against each one's own
+    clairvoyant and against the estimate's."""
+    from dataclasses import replace
+
+    rows = []
+    model, gpu, quant = MODELS[0]
+    for name, start in SWEEP_CELLS:
+        base = scenario(model, gpu, quant)
+        estimate = replica_model(base).startup_seconds
+        reqs, _ = scaled(workload(name, base, quick), base, start)
+        first_cost = None
+        for factor in STARTUP_FACTORS:
+            s = replace(base, startup_seconds=estimate * factor)
+            res = simulate(reqs, s, ["distillery", "clairvoyant"])
+            d, c = res["distillery"], res["clairvoyant"]
+            first_cost = first_cost or d["cost"]
+            rows.append(
+                {
+                    "cell": name,
+                    "startupSeconds": round(estimate * factor, 1),
+                    "distilleryCost": d["cost"],
+                    "distilleryCostVsEstimateStart": round(d["cost"] / first_cost, 3),
+                    "distilleryAttainmentFeasible": d["sloAttainmentFeasible"],
+                    "distilleryCostVsClairvoyant": round(d["cost"] / c["cost"], 3),
+                    "clairvoyantCost": c["cost"],
+                    "flaps": d["flaps"],
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{name:26} start {r['startupSeconds']:6.1f}s  distillery {d['cost']:8.2f} "
+                f"({r['distilleryCostVsEstimateStart']:.2f}x of the estimate's) "
+                f"{100 * d['sloAttainmentFeasible']:6.2f}%  vs its clairvoyant "
+                f"{r['distilleryCostVsClairvoyant']:.2f}x  flaps {d['flaps']}",
+                flush=True,
+            )
+    (out_dir / "bench-startup.json").write_text(json.dumps({"rows": rows}, indent=1))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="first 2 h of each workload, 7B only")
     parser.add_argument("--only", help="run only cells whose name contains this")
+    parser.add_argument(
+        "--startup-sweep", action="store_true", help="only the cold-start sensitivity table"
+    )
     parser.add_argument("--report", default=str(ROOT / "reports" / "bench-autoscaling.json"))
     args = parser.parse_args()
     out_dir = Path(args.report).parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.startup_sweep:
+        startup_sweep(out_dir, args.quick)
+        return 0
     cells: list[dict[str, Any]] = []
     workloads = [(t, start) for t, _, start in TRACE_SET] + [(n, 1.0) for n in STRESS_SET]
     models = MODELS[:1] if args.quick else MODELS
