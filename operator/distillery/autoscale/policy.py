@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -167,11 +168,14 @@ class Cluster:
 class History:
     """What the policy remembers between decisions; the caller keeps it."""
 
-    samples: tuple[LoadSample, ...] = ()
+    # (time, waiting requests) over the last window or two: the queue's growth.
+    queue: tuple[tuple[float, float], ...] = ()
     recommendations: tuple[tuple[float, int], ...] = ()
     last_scale_up: float = -math.inf
-    # (minute, peak demand in replicas at full use) for the learned headroom.
-    demand_minutes: tuple[tuple[int, float], ...] = ()
+    # One point a minute for up to a day (the minute's peak demand, replicas at full
+    # use), for the learned headroom: compact arrays, ~8 bytes a minute, ~12 KiB a DMD.
+    demand_minutes: array[int] = field(default_factory=lambda: array("i"))
+    demand_values: array[float] = field(default_factory=lambda: array("f"))
     # The demand (replicas at full use) to be ready for, learned once a minute, and the
     # rise above that minute's level it came from.
     learned_peak: float | None = None
@@ -185,11 +189,11 @@ class History:
     last_time: float | None = None
 
     def add(self, sample: LoadSample | None, now: float, keep_seconds: float) -> History:
-        samples = self.samples + ((sample,) if sample is not None else ())
+        queue = self.queue + (((sample.time, sample.waiting),) if sample is not None else ())
         cutoff = now - keep_seconds
         return replace(
             self,
-            samples=tuple(s for s in samples if s.time >= cutoff),
+            queue=tuple(q for q in queue if q[0] >= max(cutoff, now - 2 * RATE_WINDOW)),
             recommendations=tuple(r for r in self.recommendations if r[0] >= cutoff),
             started=now if self.started is None else self.started,
         )
@@ -315,16 +319,13 @@ def _work_rate(sample: LoadSample, cap: Capacity) -> float | None:
     return work
 
 
-def _learned_headroom(
-    minutes: Sequence[tuple[int, float]], horizon: float, q: float, level: float
-) -> float:
+def _learned_headroom(values: Sequence[float], horizon: float, q: float, level: float) -> float:
     """Replicas (at full use) to hold above ``level``: a high quantile, over the minutes
     of history, of how far demand went within ``horizon`` seconds above both that
     minute's level and ``level``. Rises seen from a quiet night count only as far as
     they went above where the DMD is now; a regime change teaches nothing above its
     new level; bursts that repeat teach their height."""
     span = max(1, _ceil(horizon / 60.0))
-    values = [d for _, d in minutes]
     rises = []
     for i, d in enumerate(values[:-1]):
         ahead = max(values[i + 1 : i + 1 + span])
@@ -337,19 +338,30 @@ def _learned_headroom(
 
 def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
     minute = int(now // 60)
-    minutes = list(history.demand_minutes)
+    minutes, values = history.demand_minutes, history.demand_values
     learned, rise = history.learned_peak, history.learned_rise
-    if minutes and minutes[-1][0] == minute:
-        minutes[-1] = (minute, max(minutes[-1][1], demand))
+    if minutes and minutes[-1] == minute:
+        if demand > values[-1]:
+            values = array("f", values)
+            values[-1] = demand
     else:
-        minutes.append((minute, demand))
-        minutes = minutes[-LEARN_MINUTES:]
-        if len(minutes) >= LEARN_MIN_MINUTES:
+        start = max(0, len(minutes) + 1 - LEARN_MINUTES)
+        minutes = array("i", minutes[start:])
+        values = array("f", values[start:])
+        minutes.append(minute)
+        values.append(demand)
+        if len(values) >= LEARN_MIN_MINUTES:
             # Once a minute: cheap enough for thousands of DMDs per pass.
             horizon = max(cap.startup_seconds, FLAP_SECONDS)
-            rise = _learned_headroom(minutes, horizon, cap.headroom_quantile, demand)
+            rise = _learned_headroom(values, horizon, cap.headroom_quantile, demand)
             learned = demand + rise
-    return replace(history, demand_minutes=tuple(minutes), learned_peak=learned, learned_rise=rise)
+    return replace(
+        history,
+        demand_minutes=minutes,
+        demand_values=values,
+        learned_peak=learned,
+        learned_rise=rise,
+    )
 
 
 def recommend(
@@ -376,11 +388,11 @@ def recommend(
         weight = min(WORK_SMOOTHING, done * RATE_WINDOW / WORK_PRIOR_REQUESTS)
         work = measured if work is None else work + weight * (measured - work)
     # The queue's growth over the window: work that arrived and was not served.
-    past = [s for s in history.samples if s.time <= now - RATE_WINDOW * 0.75]
+    past = [q for q in history.queue if q[0] <= now - RATE_WINDOW * 0.75]
     growth = 0.0
     if past and work is not None:
-        then = past[-1]
-        growth = (sample.waiting - then.waiting) / max(1.0, sample.time - then.time)
+        then, waited = past[-1]
+        growth = (sample.waiting - waited) / max(1.0, sample.time - then)
     if served is None:
         served = sample.running / max(1.0, cap.target_running / cap.utilization)
     demand = max(0.0, served + growth * (work or 0.0))
