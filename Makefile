@@ -4,7 +4,7 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
 .PHONY: setup deps tools venv check lint typecheck imports generate test test-unit \
-        cluster cluster-down demo bench clean
+        cluster cluster-down demo bench image clean
 
 setup: deps venv tools            ## everything a fresh machine needs
 
@@ -54,6 +54,10 @@ demo: setup                       ## the main job on the local cluster
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+IMAGE ?= distillery:dev
+image:                            ## the operator image (needs a Docker engine; not run in CI)
+	docker build -f operator/Dockerfile -t $(IMAGE) .
 
 clean: cluster-down
 	rm -rf .venv .cluster reports

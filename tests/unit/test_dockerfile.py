@@ -40,3 +40,12 @@ def test_no_remote_adds_and_build_context_is_the_repo() -> None:
     copied = {v for c in CMDS if c.cmd == "COPY" and not c.flags for v in c.value[:-1]}
     for path in copied:
         assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
+
+
+def test_make_image_builds_this_dockerfile_and_the_license_matches() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "docker build -f operator/Dockerfile" in makefile
+    assert "\nimage:" in makefile
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
