@@ -12,7 +12,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from distillery.api.types import DistilledModelDeploymentSpec
-from distillery.autoscale.policy import Capacity, Cluster, Limits, LoadSample, capacity_for
+from distillery.autoscale.policy import (
+    Capacity,
+    Cluster,
+    Limits,
+    LoadSample,
+    capacity_for,
+    cumulative,
+)
 from distillery.catalog import ModelEntry
 from distillery.sizing import Option, Plan
 from distillery.sizing.memory import BATCHED_TOKENS
@@ -44,12 +51,10 @@ class PodCounts:
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     """Prometheus' histogram_quantile over cumulative bucket rates {le: rate}."""
-    if not buckets:
+    found = cumulative(buckets)
+    if found is None:
         return None
-    items = sorted(buckets.items())
-    total = items[-1][1]
-    if total <= 0:
-        return None
+    items, total = found
     rank = q * total
     prev_le, prev_count = 0.0, 0.0
     for le, count in items:

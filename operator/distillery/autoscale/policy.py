@@ -263,6 +263,18 @@ def _ceil(x: float) -> int:
     return math.ceil(x - 1e-9)
 
 
+def cumulative(
+    buckets: Mapping[float, float] | None,
+) -> tuple[list[tuple[float, float]], float] | None:
+    """A histogram's cumulative buckets {le: count}, sorted, and its total; None when
+    it counted nothing."""
+    if not buckets:
+        return None
+    items = sorted(buckets.items())
+    total = items[-1][1]
+    return (items, total) if total > 0 else None
+
+
 def slo_breach_proven(
     buckets: Mapping[float, float] | None,
     slo: float,
@@ -273,12 +285,10 @@ def slo_breach_proven(
     allowed share of requests, and at least ``min_requests`` of them, are above the
     first bucket boundary at or over the SLO. Between coarse boundaries nothing is
     proven (vLLM has none from 1.0 to 2.5 s)."""
-    if not buckets:
+    found = cumulative(buckets)
+    if found is None:
         return False
-    items = sorted(buckets.items())
-    total = items[-1][1]
-    if total <= 0:
-        return False
+    items, total = found
     les = [le for le, _ in items]
     i = bisect.bisect_left(les, slo)
     if i >= len(items) or math.isinf(les[i]):
@@ -292,12 +302,10 @@ def slo_attainment_bounds(
 ) -> tuple[float, float] | None:
     """(surely met, possibly met): the share of requests at or under the bucket
     boundary below the SLO, and under the first boundary at or above it."""
-    if not buckets:
+    found = cumulative(buckets)
+    if found is None:
         return None
-    items = sorted(buckets.items())
-    total = items[-1][1]
-    if total <= 0:
-        return None
+    items, total = found
     below = max((c for le, c in items if le <= slo), default=0.0)
     above = min((c for le, c in items if le >= slo), default=total)
     return below / total, above / total
