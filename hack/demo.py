@@ -150,7 +150,8 @@ def summarize(results: list[Result], watcher: Watcher, price: float, gpus: int) 
     for d in decisions[-6:]:
         lines.append(
             f"  decision {d['time']}: {d['from']} -> {d['to']} ({d['reason']}; "
-            f"outstanding {d['inputs'].get('outstanding', 0):.0f})"
+            f"demand {d['inputs'].get('demandReplicas', 0):.2f} replicas, "
+            f"waiting {d['inputs'].get('waiting', 0):.0f})"
         )
     return "\n".join(lines)
 

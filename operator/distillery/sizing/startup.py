@@ -1,8 +1,10 @@
 """How long a new replica takes to serve: load the weights, then start the engine.
 
-The autoscaler counts starting replicas as incoming capacity and scales on the trend
-because this is minutes for a large model; the renderer sizes the startup probe from it
-so a slow load is never killed as a hang. One estimate, used by both.
+The autoscaler counts starting replicas as incoming capacity, holds headroom for the
+rises it has seen within this long, drains a backlog over two of them and waits two of
+them before a scale-down, because this is minutes for a large model; the renderer sizes
+the startup probe from it so a slow load is never killed as a hang. One estimate, used
+by both (and by the simulator).
 """
 
 from __future__ import annotations
