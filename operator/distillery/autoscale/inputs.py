@@ -36,6 +36,7 @@ class PodMetrics:
     prompt_tokens_rate: float | None = None
     completions_rate: float | None = None
     generation_tokens_rate: float | None = None
+    computed_prompt_tokens_rate: float | None = None
     ttft_buckets: dict[float, float] = field(default_factory=dict)
     last_sample: float = 0.0
 
@@ -127,7 +128,15 @@ def observe(
         waiting=sum(m.waiting for m in reporting),
         kv_usage=sum(kv) / len(kv) if kv else None,
         ttft_percentile=histogram_quantile(percentile / 100.0, buckets),
-        prompt_tokens_per_second=total([m.prompt_tokens_rate for m in reporting]),
+        # Prefill work is what the engine computed: prefix-cache hits cost no prefill.
+        prompt_tokens_per_second=total(
+            [
+                m.computed_prompt_tokens_rate
+                if m.computed_prompt_tokens_rate is not None
+                else m.prompt_tokens_rate
+                for m in reporting
+            ]
+        ),
         replicas_reporting=len(reporting),
         completions_per_second=total([m.completions_rate for m in reporting]),
         generation_tokens_per_second=total([m.generation_tokens_rate for m in reporting]),

@@ -34,6 +34,8 @@ class EngineQueries:
     freshness: str
     completions_rate: str | None = None
     generation_tokens_rate: str | None = None
+    # Prompt tokens the engine computed (prefix-cache hits excluded), where it says so.
+    computed_prompt_tokens_rate: str | None = None
 
 
 def _q(metric: str, agg: str = "sum") -> str:
@@ -53,6 +55,10 @@ ENGINE_QUERIES: dict[str, EngineQueries] = {
         # Finished requests of every finished_reason (stop, length, abort, ...).
         completions_rate=_q("rate(vllm:request_success_total[1m])"),
         generation_tokens_rate=_q("rate(vllm:generation_tokens_total[1m])"),
+        # prompt_tokens_total counts prefix-cache hits; current vLLM splits it by source.
+        computed_prompt_tokens_rate=_q(
+            'rate(vllm:prompt_tokens_by_source_total{source="local_compute"}[1m])'
+        ),
     ),
     "sglang": EngineQueries(
         running=_q("sglang:num_running_reqs"),
@@ -174,6 +180,7 @@ class PrometheusSource:
                 ("prompt_tokens_rate", q.prompt_tokens_rate),
                 ("completions_rate", q.completions_rate),
                 ("generation_tokens_rate", q.generation_tokens_rate),
+                ("computed_prompt_tokens_rate", q.computed_prompt_tokens_rate),
                 ("last_sample", q.freshness),
             ):
                 if promql is None:

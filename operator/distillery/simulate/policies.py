@@ -58,7 +58,8 @@ class Distillery(Policy):
             waiting=float(sig.waiting),
             kv_usage=sig.kv_mean,
             ttft_percentile=sig.ttft_quantile(self.slo_percentile / 100.0),
-            prompt_tokens_per_second=sig.prompt_tokens_per_second,
+            # As the operator reads it: computed prompt tokens (vLLM's local_compute).
+            prompt_tokens_per_second=sig.computed_prompt_tokens_per_second,
             replicas_reporting=sig.gauges.ready,
             completions_per_second=sig.requests_per_second,
             generation_tokens_per_second=sig.generation_tokens_per_second,
