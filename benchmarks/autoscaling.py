@@ -30,7 +30,7 @@ from typing import Any
 
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.catalog import load_catalog
-from distillery.simulate.engine import ANCHORS, Scenario, instant_schedule, replica_model, simulate
+from distillery.simulate.engine import ANCHORS, Scenario, need_schedule, replica_model, simulate
 from distillery.simulate.report import plot, table
 from distillery.simulate.scenarios import generate
 from distillery.simulate.workload import Request, load
@@ -106,7 +106,7 @@ def scaled(
     """The rate multiplier at which the instant reference's peak is 6 to 12 replicas."""
     rate, reqs = start, make(start)
     for _ in range(8):
-        peak = max(n for _, n in instant_schedule(reqs, s))
+        peak = max(n for _, n in need_schedule(reqs, s))
         if MIN_PEAK <= peak <= MAX_PEAK:
             break
         rate *= 1.5 * MIN_PEAK / max(peak, 1)

@@ -45,6 +45,7 @@ from kubernetes import client, config  # noqa: E402
 from distillery.catalog import load_catalog  # noqa: E402
 from distillery.reconcile import parse  # noqa: E402
 from distillery.render.source import ModelSource  # noqa: E402
+from distillery.simulate.engine import Scenario, replica_model  # noqa: E402
 from distillery.simulate.fleet import (  # noqa: E402
     VLLM_TTFT_BUCKETS,
     Counters,
@@ -56,8 +57,7 @@ from distillery.simulate.fleet import (  # noqa: E402
 from distillery.simulate.workload import Request  # noqa: E402
 from distillery.sizing import memory as mem  # noqa: E402
 from distillery.sizing import plan  # noqa: E402
-from distillery.sizing.startup import cold_start_seconds, drain_seconds  # noqa: E402
-from distillery.sizing.steptime import step_model  # noqa: E402
+from distillery.sizing.startup import cold_start_seconds  # noqa: E402
 
 log = logging.getLogger("fleet")
 LABEL = "distillery.dev/deployment"
@@ -123,19 +123,17 @@ class Fleet:
             dmd.spec.scaling.startup_seconds
             or cold_start_seconds(weights, source.scheme, dmd.spec.serving.engine) / self.c
         )
-        slots = max(1, min(dmd.spec.serving.max_concurrency, o.max_concurrency))
-        rm = ReplicaModel(
-            steps=step_model(m, o.gpu, max(1, o.gpu_count), o.quantization),
-            kv_capacity_tokens=o.kv_cache_tokens,
-            max_seqs=dmd.spec.serving.max_concurrency,
-            price_per_hour=o.cost_per_replica_hour,
+        scenario = Scenario(
+            model=m,
+            option=o,
+            max_concurrency=dmd.spec.serving.max_concurrency,
+            typical_tokens=p.requirements.typical_tokens,
+            slo_ttft=dmd.spec.scaling.slo.ttft_seconds,
             max_model_len=dmd.spec.serving.max_model_len,
-            # startupSeconds is wall time in a compressed DMD: in simulated seconds, x C.
-            startup_seconds=startup * self.c,
-            drain_seconds=drain_seconds(
-                dmd.spec.serving.max_model_len, o.decode_tokens_per_second / slots
-            ),
         )
+        # The simulator's replica for this DMD; startupSeconds is wall time in a
+        # compressed DMD: in simulated seconds, x C.
+        rm = replica_model(scenario, startup=startup * self.c)
         self.models[key] = (rm, dmd.spec.model.name)
         return self.models[key]
 

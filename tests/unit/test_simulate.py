@@ -22,7 +22,7 @@ from distillery.simulate.engine import (
     feasible,
     flaps,
     initial_replicas,
-    instant_schedule,
+    need_schedule,
     replica_model,
     run_policy,
     simulate,
@@ -217,7 +217,7 @@ def test_histogram_quantile_on_vllm_buckets() -> None:
 def test_every_policy_starts_in_the_same_state() -> None:
     s = scenario(max_replicas=40)
     reqs = synthetic(800, rate=3.0)
-    instant = instant_schedule(reqs, s)
+    instant = need_schedule(reqs, s)
     for name, start in (("warm", instant[0][1]), ("cold", 1)):
         res = simulate(reqs, s, scenario=name)
         firsts = {p: r["replicas"][0] for p, r in res.items()}
@@ -261,10 +261,10 @@ def test_clairvoyant_starts_replicas_one_cold_start_ahead() -> None:
     assert [n for _, n in clairvoyant_schedule(instant, 100.0, 0.5, s)] == [2, 8, 8, 8, 3]
 
 
-def test_instant_schedule_covers_a_burst() -> None:
+def test_need_schedule_covers_a_burst() -> None:
     s = scenario()
     burst = [Request(10 + i * 0.001, 500, 800) for i in range(300)]
-    sched = dict(instant_schedule(burst, s))
+    sched = dict(need_schedule(burst, s))
     rm = replica_model(s)
     slots = min(64, rm.kv_capacity_tokens // s.typical_tokens)
     assert sched[0.0] >= -(-300 // slots)

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from distillery.api.types import DistilledModelDeploymentSpec
+from distillery.api.types import DistilledModelDeploymentSpec, ScalingTargets
 from distillery.autoscale.policy import (
     Capacity,
     Cluster,
@@ -173,24 +173,48 @@ def replica_speeds(
     return decode, prefill
 
 
-def capacity(spec: DistilledModelDeploymentSpec, plan: Plan, startup_seconds: float) -> Capacity:
-    c, t = plan.chosen, spec.scaling.targets
-    decode, prefill = replica_speeds(
-        plan.model, c, spec.serving.max_concurrency, plan.requirements.typical_tokens
-    )
+def placement_capacity(
+    model: ModelEntry,
+    option: Option,
+    *,
+    max_concurrency: int,
+    typical_tokens: int,
+    startup_seconds: float,
+    slo_ttft_seconds: float,
+    slo_percentile: float,
+    objective: str,
+    targets: ScalingTargets | None = None,
+) -> Capacity:
+    """A replica's capacity on ``option``: the operator's (from a DMD) and the
+    simulator's (from a scenario) are this one function."""
+    decode, prefill = replica_speeds(model, option, max_concurrency, typical_tokens)
     return capacity_for(
-        max_concurrency=spec.serving.max_concurrency,
-        kv_concurrency=c.max_concurrency,
+        max_concurrency=max_concurrency,
+        kv_concurrency=option.kv_cache_tokens // max(1, typical_tokens),
         prefill_tokens_per_second=prefill,
         decode_tokens_per_second=decode,
+        startup_seconds=startup_seconds,
+        slo_ttft_seconds=slo_ttft_seconds,
+        slo_percentile=slo_percentile,
+        objective=objective,
+        price_per_replica_hour=option.cost_per_replica_hour,
+        queue_per_replica=targets.queue_per_replica if targets else None,
+        running_per_replica=targets.running_per_replica if targets else None,
+        kv_cache_utilization=targets.kv_cache_utilization if targets else None,
+    )
+
+
+def capacity(spec: DistilledModelDeploymentSpec, plan: Plan, startup_seconds: float) -> Capacity:
+    return placement_capacity(
+        plan.model,
+        plan.chosen,
+        max_concurrency=spec.serving.max_concurrency,
+        typical_tokens=plan.requirements.typical_tokens,
         startup_seconds=startup_seconds,
         slo_ttft_seconds=spec.scaling.slo.ttft_seconds,
         slo_percentile=spec.scaling.slo.percentile,
         objective=spec.scaling.objective,
-        price_per_replica_hour=c.cost_per_replica_hour,
-        queue_per_replica=t.queue_per_replica,
-        running_per_replica=t.running_per_replica,
-        kv_cache_utilization=t.kv_cache_utilization,
+        targets=spec.scaling.targets,
     )
 
 

@@ -171,11 +171,10 @@ class History:
     # (time, waiting requests) over the last window or two: the queue's growth.
     queue: tuple[tuple[float, float], ...] = ()
     recommendations: tuple[tuple[float, int], ...] = ()
-    last_scale_up: float = -math.inf
     # One point a minute for up to a day (the minute's peak demand, replicas at full
-    # use), for the learned headroom: compact arrays, ~8 bytes a minute, ~12 KiB a DMD.
-    demand_minutes: array[int] = field(default_factory=lambda: array("i"))
+    # use), for the learned headroom: float32, ~6 KiB a DMD; and the minute of the last.
     demand_values: array[float] = field(default_factory=lambda: array("f"))
+    demand_minute: int | None = None
     # The demand (replicas at full use) to be ready for, learned once a minute, and the
     # rise above that minute's level it came from.
     learned_peak: float | None = None
@@ -346,17 +345,14 @@ def _learned_headroom(values: Sequence[float], horizon: float, q: float, level: 
 
 def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
     minute = int(now // 60)
-    minutes, values = history.demand_minutes, history.demand_values
+    values = history.demand_values
     learned, rise = history.learned_peak, history.learned_rise
-    if minutes and minutes[-1] == minute:
+    if values and history.demand_minute == minute:
         if demand > values[-1]:
             values = array("f", values)
             values[-1] = demand
     else:
-        start = max(0, len(minutes) + 1 - LEARN_MINUTES)
-        minutes = array("i", minutes[start:])
-        values = array("f", values[start:])
-        minutes.append(minute)
+        values = array("f", values[max(0, len(values) + 1 - LEARN_MINUTES) :])
         values.append(demand)
         if len(values) >= LEARN_MIN_MINUTES:
             # Once a minute: cheap enough for thousands of DMDs per pass.
@@ -365,7 +361,7 @@ def _remember_demand(history: History, now: float, demand: float, cap: Capacity)
             learned = demand + rise
     return replace(
         history,
-        demand_minutes=minutes,
+        demand_minute=minute,
         demand_values=values,
         learned_peak=learned,
         learned_rise=rise,
@@ -554,8 +550,6 @@ def decide(
         bounded = current
         limited_by = f"{cluster.unschedulable} pod(s) unschedulable: {cluster.unschedulable_reason}"
     inputs["recommendation"] = raw
-    if bounded > current:
-        history = replace(history, last_scale_up=now)
     return Decision(
         desired=bounded,
         reason=reason,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distillery.simulate.fleet import Fleet, ReplicaModel
+from distillery.simulate.policies import _percentile
 from distillery.simulate.workload import Request
 
 # Quantile labels as load generators write them, and the probability each stands for.
@@ -93,16 +94,6 @@ class Measured:
         }
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 def replay(
     model: ReplicaModel, requests: Sequence[Request], duration: float, timeout: float = 300.0
 ) -> Measured:
@@ -142,8 +133,8 @@ def replay(
         / max(
             1e-9, max(e2e_end for e2e_end in (o.finish or 0.0 for o in done)) - requests[0].arrival
         ),
-        ttft_p50=_quantile(ttfts, 0.5),
-        ttft_p90=_quantile(ttfts, 0.9),
+        ttft_p50=_percentile(ttfts, 50),
+        ttft_p90=_percentile(ttfts, 90),
         completed=len(done),
     )
 

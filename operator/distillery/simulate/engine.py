@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from distillery.autoscale.inputs import replica_speeds
-from distillery.autoscale.policy import Capacity, Limits, capacity_for
+from distillery.autoscale.inputs import placement_capacity
+from distillery.autoscale.policy import Capacity, Limits
 from distillery.catalog import GpuType, ModelEntry
 from distillery.simulate.fleet import Fleet, ReplicaModel
 from distillery.simulate.policies import (
@@ -123,17 +123,15 @@ def replica_model(s: Scenario, startup: float | None = None) -> ReplicaModel:
 def distillery_capacity(s: Scenario, rm: ReplicaModel | None = None) -> Capacity:
     """The capacity the operator derives for this placement (also the tuned anchors')."""
     rm = rm or replica_model(s)
-    decode, prefill = replica_speeds(s.model, s.option, s.max_concurrency, s.typical_tokens)
-    return capacity_for(
+    return placement_capacity(
+        s.model,
+        s.option,
         max_concurrency=s.max_concurrency,
-        kv_concurrency=rm.kv_capacity_tokens // max(1, s.typical_tokens),
-        prefill_tokens_per_second=prefill,
-        decode_tokens_per_second=decode,
+        typical_tokens=s.typical_tokens,
         startup_seconds=rm.startup_seconds,
         slo_ttft_seconds=s.slo_ttft,
         slo_percentile=s.slo_percentile,
         objective=s.objective,
-        price_per_replica_hour=rm.price_per_hour,
     )
 
 
@@ -143,9 +141,7 @@ def distillery_policy(s: Scenario) -> Distillery:
         max_replicas=s.max_replicas,
         max_cost_per_hour=s.max_cost_per_hour,
     )
-    return Distillery(
-        capacity=distillery_capacity(s), limits=limits, slo_percentile=s.slo_percentile
-    )
+    return Distillery(capacity=distillery_capacity(s), limits=limits)
 
 
 def feasible(r: Request, rm: ReplicaModel, slo: float) -> bool:
@@ -230,18 +226,15 @@ def need_schedule(requests: Sequence[Request], s: Scenario) -> list[tuple[float,
     ]
 
 
-instant_schedule = need_schedule
-
-
 def clairvoyant_schedule(
-    instant: Sequence[tuple[float, int]], lead: float, headroom: float, s: Scenario
+    need: Sequence[tuple[float, int]], lead: float, headroom: float, s: Scenario
 ) -> list[tuple[float, int]]:
     """Replicas one cold start ahead of need: at ``t``, ``(1 + headroom)`` times the
-    largest instant need in ``[t, t + lead]``, so each replica is ready by its minute."""
-    needs = [n for _, n in instant]
+    largest need in ``[t, t + lead]``, so each replica is ready by its minute."""
+    needs = [n for _, n in need]
     ahead = max(1, math.ceil(lead / REFERENCE_INTERVAL)) + 1
     out = []
-    for b, (t, _) in enumerate(instant):
+    for b, (t, _) in enumerate(need):
         future = max(needs[b : b + ahead])
         n = math.ceil(future * (1.0 + headroom) - 1e-9)
         out.append((t, min(s.max_replicas, max(s.min_replicas, n))))
@@ -253,7 +246,7 @@ def _tuned_kv_target(cap: Capacity, s: Scenario, rm: ReplicaModel) -> float:
     return min(0.9, max(0.05, live / max(1, rm.kv_capacity_tokens)))
 
 
-def make_policy(name: str, s: Scenario, instant: Sequence[tuple[float, int]]) -> Policy:
+def make_policy(name: str, s: Scenario, need: Sequence[tuple[float, int]]) -> Policy:
     """A fresh policy by name (the references are built by :func:`reference`'s search)."""
     rm = replica_model(s)
     cap = distillery_capacity(s, rm)
@@ -280,19 +273,19 @@ def make_policy(name: str, s: Scenario, instant: Sequence[tuple[float, int]]) ->
             LlmdSaturation(max_replicas=mx, kv_sat=kv) if tuned else LlmdSaturation(max_replicas=mx)
         )
     elif name == "static-peak":
-        return Static(replicas=max(n for _, n in instant))
+        return Static(replicas=max(n for _, n in need))
     else:
         raise ValueError(f"unknown policy {name!r}: valid are {', '.join(POLICY_NAMES)}")
     policy.name = name
     return policy
 
 
-def initial_replicas(instant: Sequence[tuple[float, int]], scenario: str) -> int:
+def initial_replicas(need: Sequence[tuple[float, int]], scenario: str) -> int:
     if scenario == "cold":
         return 1
     if scenario != "warm":
         raise ValueError(f"unknown scenario {scenario!r}: warm or cold")
-    return instant[0][1] if instant else 1
+    return need[0][1] if need else 1
 
 
 def run_policy(
@@ -442,15 +435,15 @@ def simulate(
         raise ValueError(
             f"unknown policy {', '.join(map(repr, unknown))}: valid are {', '.join(POLICY_NAMES)}"
         )
-    instant = instant_schedule(requests, s)
-    initial = initial_replicas(instant, scenario)
+    need = need_schedule(requests, s)
+    initial = initial_replicas(need, scenario)
     out: dict[str, dict[str, Any]] = {}
     for name in policies:
         cb = (lambda t, n=name: progress(n, t)) if progress else None
         if name in REFERENCES:
-            out[name] = reference(name, requests, s, instant, initial)
+            out[name] = reference(name, requests, s, need, initial)
             continue
-        policy = make_policy(name, s, instant)
+        policy = make_policy(name, s, need)
         result = run_policy(requests, s, policy, initial=initial, progress=cb)
         if isinstance(policy, Distillery):
             result["targetRunningPerReplica"] = round(policy.capacity.target_running, 2)

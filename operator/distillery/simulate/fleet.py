@@ -80,9 +80,6 @@ class ReplicaModel:
         """Prompt tokens per second with whole steps of prefill (the compute bound)."""
         return self.batch_tokens / self.steps.seconds(0, self.batch_tokens, 0.0, 1024.0)
 
-    def decode_tokens_per_second(self, batch: int, context: float) -> float:
-        return batch / self.steps.seconds(batch, 0, batch * context) if batch else 0.0
-
 
 @dataclass
 class Outcome:
@@ -184,7 +181,7 @@ class Replica:
 
     # -- the scheduler -------------------------------------------------------------
 
-    def _admit(self, until: float) -> None:
+    def _admit(self) -> None:
         m = self.model
         while self.waiting and len(self.active) + len(self.prefilling) < m.max_seqs:
             seq = self.waiting[0]
@@ -252,7 +249,7 @@ class Replica:
         m, steps = self.model, self.model.steps
         self.now = max(self.now, self.ready_at)
         while self.now < until:
-            self._admit(until)
+            self._admit()
             b = len(self.active)
             next_arrival = self.waiting[0].arrival if self.waiting else math.inf
             if b == 0 and not self.prefilling:

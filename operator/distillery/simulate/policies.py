@@ -44,7 +44,6 @@ class Distillery(Policy):
 
     capacity: Capacity
     limits: Limits
-    slo_percentile: float = 95.0
     interval: float = 15.0
     name: str = "distillery"
     history: History = field(default_factory=History)
@@ -57,7 +56,7 @@ class Distillery(Policy):
             running=float(sig.running),
             waiting=float(sig.waiting),
             kv_usage=sig.kv_mean,
-            ttft_percentile=sig.ttft_quantile(self.slo_percentile / 100.0),
+            ttft_percentile=sig.ttft_quantile(self.capacity.slo_percentile / 100.0),
             # As the operator reads it: computed prompt tokens (vLLM's local_compute).
             prompt_tokens_per_second=sig.computed_prompt_tokens_per_second,
             replicas_reporting=sig.gauges.ready,

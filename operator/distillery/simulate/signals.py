@@ -22,6 +22,7 @@ every policy).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from distillery.autoscale.inputs import histogram_quantile
@@ -126,11 +127,14 @@ class PrometheusView:
         last = self.scrapes[-1]
         pair = self._window(t)
 
-        def rate(first: float, final: float) -> float | None:
+        def rate(counter: Callable[[Scrape], float]) -> float | None:
+            """The increase between the window's first and last scrape over the time
+            between them."""
             if pair is None:
                 return None
-            span = pair[1].time - pair[0].time
-            return max(0.0, final - first) / span if span > 0 else None
+            a, b = pair
+            span = b.time - a.time
+            return max(0.0, counter(b) - counter(a)) / span if span > 0 else None
 
         buckets: dict[float, float] | None = None
         if pair is not None:
@@ -139,16 +143,13 @@ class PrometheusView:
                 le: float(b.ttft_cumulative[i] - a.ttft_cumulative[i])
                 for i, le in enumerate(VLLM_TTFT_BUCKETS)
             }
-        first = pair[0] if pair else last
         return Signals(
             time=t,
             scraped_at=last.time,
             gauges=last.gauges,
-            prompt_tokens_per_second=rate(first.prompt_tokens, last.prompt_tokens),
-            computed_prompt_tokens_per_second=rate(
-                first.computed_prompt_tokens, last.computed_prompt_tokens
-            ),
-            generation_tokens_per_second=rate(first.generation_tokens, last.generation_tokens),
-            requests_per_second=rate(float(first.finished), float(last.finished)),
+            prompt_tokens_per_second=rate(lambda x: x.prompt_tokens),
+            computed_prompt_tokens_per_second=rate(lambda x: x.computed_prompt_tokens),
+            generation_tokens_per_second=rate(lambda x: x.generation_tokens),
+            requests_per_second=rate(lambda x: float(x.finished)),
             ttft_buckets=buckets,
         )
