@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,8 +27,8 @@ from distillery.api.crd import (
 )
 from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
-from distillery.render import RenderError, RenderOptions, manifests_yaml, render
-from distillery.sizing import Plan, PlanError, UnknownModelError, plan
+from distillery.render import DEFAULT_IMAGES, RenderError, RenderOptions, objects_text, render
+from distillery.sizing import Option, Plan, PlanError, UnknownModelError, plan
 
 
 class InputError(ValueError):
@@ -36,6 +37,46 @@ class InputError(ValueError):
 
 class UsageError(InputError):
     """A flag's value can never work (exit 2, as argparse exits for a bad flag)."""
+
+
+# -o means an output format, as in kubectl; files are written with named flags.
+OUTPUT_FORMATS = ("table", "wide", "json", "yaml", "name")
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+RESOURCE_NAME = "distilledmodeldeployment.distillery.dev"
+
+
+def number(
+    kind: type[int] | type[float] = float,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """An argparse ``type`` that parses a finite number and checks its range, so a bad
+    value exits 2 with "argument --flag: must be ... (got ...)"."""
+    bounds = [
+        f"{op} {limit:g}"
+        for op, limit in ((">", gt), (">=", ge), ("<", lt), ("<=", le))
+        if limit is not None
+    ]
+    what = "an integer" if kind is int else "a number"
+    wanted = what + (" " + " and ".join(bounds) if bounds else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted} (got {text!r})") from None
+        ok = math.isfinite(value)
+        ok = ok and (gt is None or value > gt) and (ge is None or value >= ge)
+        ok = ok and (lt is None or value < lt) and (le is None or value <= le)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {wanted} (got {text})")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
@@ -48,7 +89,28 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_manifests(path: str) -> list[tuple[str, DistilledModelDeployment]]:
+def manifest_paths(args: argparse.Namespace) -> list[str]:
+    """Positional files and ``-f`` values; a directory stands for its manifest files
+    (``*.yaml``, ``*.yml``, ``*.json``, sorted), as ``kubectl apply -f DIR`` reads it."""
+    given = [*getattr(args, "files", []), *getattr(args, "filename", [])]
+    if not given:
+        raise UsageError("name at least one manifest: FILE, DIRECTORY, or '-' for standard input")
+    out: list[str] = []
+    for path in given:
+        folder = Path(path)
+        if path != "-" and folder.is_dir():
+            found = sorted(str(f) for f in folder.iterdir() if f.suffix in MANIFEST_SUFFIXES)
+            if not found:
+                raise InputError(f"{path}: no manifest files (*.yaml, *.yml, *.json) in it")
+            out += found
+        else:
+            out.append(path)
+    return out
+
+
+def load_manifests(
+    path: str, *, allow_empty: bool = False
+) -> list[tuple[str, DistilledModelDeployment]]:
     """Every DistilledModelDeployment in a YAML stream; other kinds are skipped."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
@@ -69,9 +131,27 @@ def load_manifests(path: str) -> list[tuple[str, DistilledModelDeployment]]:
             out.append((source, DistilledModelDeployment.model_validate(doc)))
         except ValidationError as exc:
             raise InputError(format_validation_error(exc, source)) from exc
-    if not out:
+    if not out and not allow_empty:
         raise InputError(f"{path}: no {KIND} found")
     return out
+
+
+def read_all_manifests(args: argparse.Namespace) -> list[tuple[str, DistilledModelDeployment]]:
+    """The DMDs of every path; a directory may hold other kinds, but not only them."""
+    paths = manifest_paths(args)
+    out: list[tuple[str, DistilledModelDeployment]] = []
+    for path in paths:
+        out += load_manifests(path, allow_empty=len(paths) > 1)
+    if not out:
+        raise InputError(f"{', '.join(paths)}: no {KIND} found")
+    return out
+
+
+def write_structured(doc: Any, fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        out.write(yaml.safe_dump(doc, sort_keys=False))
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -81,7 +161,33 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
-def render_plan_table(name: str, p: Plan) -> str:
+def grouped_alternatives(alternatives: Sequence[Option]) -> list[Option]:
+    """One row per GPU type and quantization: the option that came closest.
+
+    ``auto`` tries every catalog GPU at every tensor-parallel size and quantization,
+    about fifty rows; most say the same thing as their neighbour. The row kept is the
+    first feasible one (the planner's order), else the one that missed by least.
+    """
+    best: dict[tuple[str, str], Option] = {}
+    for alt in alternatives:
+        key = (alt.gpu.name, alt.quantization)
+        held = best.get(key)
+        # Feasible options come first in the planner's order, so a held infeasible row
+        # only ever competes with infeasible ones.
+        if held is None or (not held.feasible and _shortfall(alt) < _shortfall(held)):
+            best[key] = alt
+    kept = {id(o) for o in best.values()}
+    return [o for o in alternatives if id(o) in kept]
+
+
+def _shortfall(opt: Option) -> float:
+    """GiB an infeasible option lacks; structural misses (heads, node size) rank last."""
+    if opt.reason.startswith("does not fit"):
+        return -opt.free_gib
+    return math.inf
+
+
+def render_plan_table(name: str, p: Plan, *, wide: bool = False, every: bool = False) -> str:
     c = p.chosen
     cur = p.currency
     per_tok = (
@@ -100,20 +206,37 @@ def render_plan_table(name: str, p: Plan) -> str:
         f"{p.requirements.typical_tokens} tokens (asked {p.requirements.max_concurrency}), "
         f"~{c.decode_tokens_per_second:.0f} output tok/s",
         f"  cost        {c.cost_per_replica_hour:.2f} {cur}/replica-hour, ~{per_tok}",
-        "  alternatives:",
     ]
-    rows = [["GPU", "QUANT", "FITS", "COST/H", "WHY NOT"]]
-    for alt in p.alternatives:
-        rows.append(
-            [
-                alt.summary,
-                alt.quantization,
-                "yes" if alt.feasible else "no",
-                f"{alt.cost_per_replica_hour:.2f}",
-                alt.reason,
+    if p.rule:
+        lines.append(f"  rule        {p.rule}")
+    shown = list(p.alternatives) if every else grouped_alternatives(p.alternatives)
+    if not shown:
+        return "\n".join(lines)
+    lines.append("  alternatives:")
+    head = ["GPU", "QUANT", "FITS", "COST/H"]
+    if wide:
+        head += ["TP", "KV TOKENS", "SEQS", f"{cur}/MTOK"]
+    rows = [[*head, "WHY NOT"]]
+    for alt in shown:
+        row = [
+            alt.summary,
+            alt.quantization,
+            "yes" if alt.feasible else "no",
+            f"{alt.cost_per_replica_hour:.2f}",
+        ]
+        if wide:
+            per = alt.cost_per_million_tokens
+            row += [
+                str(alt.tensor_parallel),
+                str(alt.kv_cache_tokens),
+                str(alt.max_concurrency),
+                f"{per:.3f}" if per is not None else "-",
             ]
-        )
+        rows.append([*row, alt.reason])
     lines += ["    " + line for line in _table(rows).splitlines()]
+    hidden = len(p.alternatives) - len(shown)
+    if hidden:
+        lines.append(f"    ({hidden} more rows like these: --all lists every option)")
     return "\n".join(lines)
 
 
@@ -131,31 +254,61 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     catalog = _catalog(args.catalog)
     results: list[dict[str, Any]] = []
     texts: list[str] = []
+    names: list[str] = []
     failed = False
-    for path in args.files:
-        for source, dmd in load_manifests(path):
-            try:
-                p = plan(dmd.spec, catalog)
-            except (PlanError, UnknownModelError) as exc:
-                failed = True
-                print(f"{source}: {exc}", file=sys.stderr)
-                results.append({"name": dmd.name, "error": str(exc)})
-                continue
-            entry = {"name": dmd.name, **p.to_json()}
-            results.append(entry)
-            texts.append(render_plan_table(dmd.name, p))
-    if args.output == "json":
-        out.write(json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
-    elif args.output == "yaml":
-        out.write(yaml.safe_dump(results[0] if len(results) == 1 else results, sort_keys=False))
+    for source, dmd in read_all_manifests(args):
+        try:
+            p = plan(dmd.spec, catalog)
+        except (PlanError, UnknownModelError) as exc:
+            failed = True
+            print(f"{source}: {exc}", file=sys.stderr)
+            results.append({"name": dmd.name, "error": str(exc)})
+            continue
+        results.append({"name": dmd.name, **p.to_json()})
+        names.append(f"{RESOURCE_NAME}/{dmd.name}")
+        texts.append(render_plan_table(dmd.name, p, wide=args.output == "wide", every=args.all))
+    if args.output in ("json", "yaml"):
+        # Always a list, however many manifests: a script's jq path never changes shape.
+        write_structured(results, args.output, out)
+    elif args.output == "name":
+        out.write("".join(n + "\n" for n in names))
     else:
         out.write("\n\n".join(texts) + ("\n" if texts else ""))
     return 1 if failed else 0
 
 
+def render_options(args: argparse.Namespace) -> RenderOptions:
+    """What the operator would render with: its DISTILLERY_* environment, then flags."""
+    from distillery.settings import Settings
+
+    images: dict[str, str] = {}
+    for item in args.image:
+        engine, sep, image = item.partition("=")
+        if not sep or not image or engine not in DEFAULT_IMAGES:
+            raise UsageError(
+                f"--image {item!r}: expected ENGINE=IMAGE with ENGINE one of "
+                f"{', '.join(DEFAULT_IMAGES)}"
+            )
+        images[engine] = image
+    try:
+        settings = Settings.from_env(model_cache_claim=args.model_cache_claim)
+    except ValidationError as exc:
+        raise InputError(f"DISTILLERY_* environment: {exc}") from exc
+    return settings.render_options(
+        pod_monitor=args.pod_monitor or settings.pod_monitor == "true",
+        http_route=args.http_route,
+        images=images,
+    )
+
+
+def _strip_namespace(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "namespace"}
+    return {**obj, "metadata": meta}
+
+
 def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     catalog = _catalog(args.catalog)
-    options = RenderOptions(pod_monitor=args.pod_monitor)
+    options = render_options(args)
     templates: dict[str, str] = {}
     for item in args.user_template:
         name, sep, path = item.partition("=")
@@ -165,35 +318,39 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
             templates[name] = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    streams: list[str] = []
+    collected: list[dict[str, Any]] = []
     failed = False
-    for path in args.files:
-        for source, dmd in load_manifests(path):
-            if args.namespace and not dmd.metadata.get("namespace"):
-                dmd = dmd.model_copy(
-                    update={"metadata": {**dmd.metadata, "namespace": args.namespace}}
+    for source, dmd in read_all_manifests(args):
+        # Like `helm template`: a manifest without a namespace renders without one, so
+        # `distillery render f.yaml | kubectl -n team apply -f -` works; -n sets it.
+        namespaced = bool(args.namespace or dmd.metadata.get("namespace"))
+        if args.namespace:
+            dmd = dmd.model_copy(update={"metadata": {**dmd.metadata, "namespace": args.namespace}})
+        ref = dmd.spec.serving.template_ref
+        user_template = None
+        if ref is not None:
+            if ref.name not in templates:
+                print(
+                    f"{source}: templateRef {ref.name} needs --user-template {ref.name}=FILE",
+                    file=sys.stderr,
                 )
-            ref = dmd.spec.serving.template_ref
-            user_template = None
-            if ref is not None:
-                if ref.name not in templates:
-                    print(
-                        f"{source}: templateRef {ref.name} needs --user-template {ref.name}=FILE",
-                        file=sys.stderr,
-                    )
-                    failed = True
-                    continue
-                user_template = templates[ref.name]
-            try:
-                rendered = render(
-                    dmd, plan(dmd.spec, catalog), options=options, user_template=user_template
-                )
-            except (PlanError, UnknownModelError, RenderError) as exc:
-                print(f"{source}: {exc}", file=sys.stderr)
                 failed = True
                 continue
-            streams.append(manifests_yaml(rendered))
-    out.write("---\n".join(streams))
+            user_template = templates[ref.name]
+        try:
+            rendered = render(
+                dmd, plan(dmd.spec, catalog), options=options, user_template=user_template
+            )
+        except (PlanError, UnknownModelError, RenderError) as exc:
+            print(f"{source}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        objects = rendered.objects()
+        collected += objects if namespaced else [_strip_namespace(o) for o in objects]
+    if args.output == "name":
+        out.write("".join(f"{o['kind'].lower()}/{o['metadata']['name']}\n" for o in collected))
+    elif collected:
+        out.write(objects_text(collected, "json" if args.output == "json" else "yaml"))
     return 1 if failed else 0
 
 
@@ -227,6 +384,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from distillery.kube import unreachable_reason
+
+    problem = unreachable_reason(settings.kubeconfig or None)
+    if problem:
+        raise InputError(f"distillery run: {problem}")
     if settings.kubeconfig:
         # kopf authenticates its watches from KUBECONFIG: one identity for everything.
         os.environ["KUBECONFIG"] = settings.kubeconfig
@@ -265,43 +427,33 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
         valid = ", ".join(POLICY_NAMES)
         raise UsageError(f"--policy: unknown {', '.join(map(repr, unknown))}; valid: all, {valid}")
     catalog = _catalog(args.catalog)
-    model = catalog.model(args.model)
-    if model is None:
-        known = ", ".join(sorted(catalog.models))
-        raise UsageError(f"--model {args.model!r} is not in the catalog: one of {known}")
-    gpu = catalog.gpu(args.gpu)
-    if gpu is None:
-        raise InputError(f"--gpu {args.gpu!r}: one of {', '.join(sorted(catalog.gpus))}")
-    spec = DistilledModelDeploymentSpec.model_validate(
-        {
-            "model": {"name": model.name, "quantization": args.quantization},
-            "serving": {"maxModelLen": args.max_model_len, "maxConcurrency": args.max_concurrency},
-            "placement": {
-                "gpuTypes": [gpu.name],
-                **({"gpusPerReplica": args.gpus} if args.gpus else {}),
-            },
-        }
-    )
+    spec = simulation_spec(args, catalog)
     try:
         chosen = plan(spec, catalog)
-    except PlanError as exc:
+    except (PlanError, UnknownModelError) as exc:
         raise InputError(str(exc)) from exc
+    model = chosen.model
     try:
         requests = load(Path(args.trace), args.format, args.rate_scale, args.time_scale, args.seed)
-    except (OSError, WorkloadError) as exc:
-        raise InputError(f"{args.trace}: {exc}") from exc
+    except OSError as exc:
+        raise InputError(f"{args.trace}: cannot read: {exc.strerror or exc}") from exc
+    except WorkloadError as exc:  # names the file and line itself
+        raise InputError(str(exc)) from exc
     if not requests:
         raise InputError(f"{args.trace}: no requests")
+    slo = spec.scaling.slo
     scenario = Scenario(
         model=model,
         option=chosen.chosen,
-        max_concurrency=args.max_concurrency,
+        max_concurrency=spec.serving.max_concurrency,
         typical_tokens=chosen.requirements.typical_tokens,
-        slo_ttft=args.slo_ttft,
-        slo_percentile=args.slo_percentile,
-        objective=args.objective,
-        max_replicas=args.max_replicas,
+        slo_ttft=slo.ttft_seconds,
+        slo_percentile=slo.percentile,
+        objective=spec.scaling.objective,
+        # Flags alone: room to show what each policy would buy; a DMD: its own bound.
+        max_replicas=args.max_replicas or (spec.scaling.max_replicas if args.filename else 200),
         dt=args.dt,
+        max_model_len=spec.serving.max_model_len,
     )
     started = time.perf_counter()
     horizon = requests[-1].arrival
@@ -330,36 +482,92 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
         "model": model.name,
         "gpu": chosen.chosen.summary,
         "quantization": chosen.chosen.quantization,
-        "slo": {"ttftSeconds": args.slo_ttft, "percentile": args.slo_percentile},
+        "slo": {"ttftSeconds": scenario.slo_ttft, "percentile": scenario.slo_percentile},
         "scenario": args.scenario,
         "currency": catalog.currency,
         "wallSeconds": round(time.perf_counter() - started, 2),
         "policies": results,
     }
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=1), encoding="utf-8")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=1), encoding="utf-8")
     if args.plot:
-        plot(report, [r.arrival for r in requests], Path(args.plot), args.slo_ttft)
-    out.write(
-        f"{model.name} on {chosen.chosen.summary} ({chosen.chosen.quantization}), "
-        f"{len(requests)} requests over {horizon / 3600:.2f} h, TTFT SLO "
-        f"{args.slo_ttft:g}s\n"
-    )
-    out.write(table(results, catalog.currency) + "\n")
+        plot(report, [r.arrival for r in requests], Path(args.plot), scenario.slo_ttft)
+    if args.output in ("json", "yaml"):
+        write_structured(report, args.output, out)
+    elif args.output == "name":
+        out.write("".join(name + "\n" for name in results))
+    else:
+        out.write(
+            f"{model.name} on {chosen.chosen.summary} ({chosen.chosen.quantization}), "
+            f"{len(requests)} requests over {horizon / 3600:.2f} h, TTFT SLO "
+            f"{scenario.slo_ttft:g}s\n"
+        )
+        out.write(table(results, catalog.currency) + "\n")
     return 0
 
 
-def _pairs(items: Sequence[str], what: str) -> dict[str, float]:
+def simulation_spec(args: argparse.Namespace, catalog: Catalog) -> DistilledModelDeploymentSpec:
+    """The DMD the simulation sizes: ``-f dmd.yaml`` if given, with flags over it."""
+    base: dict[str, Any] = {}
+    if args.filename:
+        dmds = load_manifests(args.filename)
+        if len(dmds) != 1:
+            raise UsageError(f"-f {args.filename}: holds {len(dmds)} DMDs; simulate takes one")
+        base = dmds[0][1].spec.to_wire()
+    elif not (args.model and args.gpu):
+        raise UsageError("name the model and GPU with --model and --gpu, or give -f DMD.yaml")
+    if args.model:
+        entry = catalog.model(args.model)
+        if entry is None:
+            known = ", ".join(sorted(catalog.models))
+            raise UsageError(f"--model {args.model!r} is not in the catalog: one of {known}")
+        base["model"] = {**base.get("model", {}), "name": entry.name}
+    if args.gpu:
+        if catalog.gpu(args.gpu) is None:
+            known = ", ".join(sorted(catalog.gpus))
+            raise UsageError(f"--gpu {args.gpu!r} is not in the catalog: one of {known}")
+        base["placement"] = {**base.get("placement", {}), "gpuTypes": [args.gpu]}
+    overrides: list[tuple[str, str, Any]] = [
+        ("model", "quantization", args.quantization),
+        ("placement", "gpusPerReplica", args.gpus),
+        ("serving", "maxModelLen", args.max_model_len),
+        ("serving", "maxConcurrency", args.max_concurrency),
+        ("scaling", "objective", args.objective),
+    ]
+    for section, key, value in overrides:
+        if value is not None:
+            base[section] = {**base.get(section, {}), key: value}
+    slo = {
+        k: v
+        for k, v in (("ttftSeconds", args.slo_ttft), ("percentile", args.slo_percentile))
+        if v is not None
+    }
+    if slo:
+        scaling = base.get("scaling", {})
+        base["scaling"] = {**scaling, "slo": {**scaling.get("slo", {}), **slo}}
+    try:
+        return DistilledModelDeploymentSpec.model_validate(base)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, args.filename or "flags")) from exc
+
+
+def _pairs(
+    items: Sequence[str], what: str, *, low: float = 0.0, high: float = math.inf
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for item in items:
         key, sep, value = item.partition("=")
         try:
-            out[key] = float(value)
+            number_ = float(value)
         except ValueError:
             sep = ""
-        if not sep:
-            raise InputError(f"{what} {item!r}: expected NAME=NUMBER")
+        if not sep or not key:
+            raise UsageError(f"{what} {item!r}: expected NAME=NUMBER")
+        if not (math.isfinite(number_) and low <= number_ < high):
+            limit = f"< {high:g}" if math.isfinite(high) else "finite"
+            raise UsageError(f"{what} {item!r}: the number must be >= {low:g} and {limit}")
+        out[key] = number_
     return out
 
 
@@ -383,7 +591,9 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     if args.quant_penalty:
         extra.append(
-            yaml.safe_dump({"quantizationPenalty": _pairs(args.quant_penalty, "--quant-penalty")})
+            yaml.safe_dump(
+                {"quantizationPenalty": _pairs(args.quant_penalty, "--quant-penalty", high=1.0)}
+            )
         )
     quality = load_quality(extra)
     try:
@@ -394,45 +604,78 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
         raise InputError(
             "give at least one quality floor: --floor BENCH=SCORE or --domain with --domain-floor"
         )
-    req = Requirements(
-        floors=floors,
-        peak_rps=args.peak_rps,
-        mean_rps=args.mean_rps or args.peak_rps / 2,
-        input_tokens=args.input_tokens,
-        output_tokens=args.output_tokens,
-        slo_ttft=args.slo_ttft,
-        gpu_types=tuple(args.gpu_type),
-        max_cost_per_hour=args.budget,
-        max_model_len=args.max_model_len,
-        max_concurrency=args.max_concurrency,
-    )
+    if args.mean_rps is not None and args.mean_rps > args.peak_rps:
+        raise UsageError(
+            f"--mean-rps {args.mean_rps:g} exceeds --peak-rps {args.peak_rps:g}: "
+            "the mean cannot be above the peak"
+        )
+    if args.tiers is None and args.hard_floor:
+        raise UsageError("--hard-floor only applies with --tiers HARD_SHARE")
+    if args.tiers is not None and not args.hard_floor:
+        raise UsageError(
+            "--tiers needs --hard-floor BENCH=SCORE: the floor the hard share must clear "
+            "(above the routine --floor), or the hard tier is just the cheapest model"
+        )
+    try:
+        req = Requirements(
+            floors=floors,
+            peak_rps=args.peak_rps,
+            mean_rps=args.mean_rps or args.peak_rps / 2,
+            input_tokens=args.input_tokens,
+            output_tokens=args.output_tokens,
+            slo_ttft=args.slo_ttft,
+            gpu_types=tuple(args.gpu_type),
+            max_cost_per_hour=args.budget,
+            max_model_len=args.max_model_len,
+            max_concurrency=args.max_concurrency,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    unknown = [g for g in args.gpu_type if catalog.gpu(g) is None]
+    if unknown:
+        raise UsageError(
+            f"--gpu-type {', '.join(unknown)}: not in the catalog; one of "
+            f"{', '.join(sorted(catalog.gpus))}"
+        )
     if args.tiers is not None:
         try:
             doc = tiered(req, args.tiers, _pairs(args.hard_floor, "--hard-floor"), catalog, quality)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        out.write(json.dumps(doc, indent=2) + "\n")
+        doc["currency"] = catalog.currency
+        if args.output in ("json", "yaml"):
+            write_structured(doc, args.output, out)
+        elif args.output == "name":
+            out.write(f"{doc['routine']['model']}\n{doc['hard']['model']}\n")
+        else:
+            out.write(_tiers_table(doc, catalog.currency) + "\n")
         return 0
     ranked = recommend(req, catalog, quality, simulate_top=args.simulate_top)
     winners = [c for c in ranked if not c.excluded]
-    if args.output == "yaml":
-        if not winners:
-            raise InputError("nothing meets the requirements: see -o table for why")
-        out.write(yaml.safe_dump(manifest(winners[0], req, args.name), sort_keys=False))
-        return 0
-    if args.output == "json":
-        out.write(
-            json.dumps(
-                {
-                    "floors": floors,
-                    "source": quality.source,
-                    "candidates": [c.to_json() for c in ranked],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    dmd = manifest(winners[0], req, args.name) if winners else None
+    if args.manifest:
+        if dmd is None:
+            raise InputError("nothing meets the requirements: run without --manifest to see why")
+        text = yaml.safe_dump(dmd, sort_keys=False)
+        if args.manifest == "-":
+            out.write(text)
+            return 0
+        Path(args.manifest).write_text(text, encoding="utf-8")
+        print(f"wrote {args.manifest}", file=sys.stderr)
+    if args.output in ("json", "yaml"):
+        doc = {
+            "floors": floors,
+            "source": quality.source,
+            "currency": catalog.currency,
+            "candidates": [c.to_json() for c in ranked],
+            "manifest": dmd,
+        }
+        write_structured(doc, args.output, out)
         return 0 if winners else 1
+    if args.output == "name":
+        out.write("".join(f"{c.model}\n" for c in winners))
+        return 0 if winners else 1
+    wide = args.output == "wide"
     rows = [
         [
             "#",
@@ -442,7 +685,7 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
             "REPL PEAK/MEAN",
             "COST/H MEAN",
             "COST/H PEAK",
-            "$/MTOK",
+            f"{catalog.currency}/MTOK",
             "SLO EST",
             "SCORES",
         ]
@@ -451,7 +694,7 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
         rows.append(
             [
                 str(i),
-                c.model.split("/")[-1],
+                c.model if wide else c.model.split("/")[-1],
                 c.quantization,
                 f"{c.gpus}x {c.gpu}",
                 f"{c.replicas_peak}/{c.replicas_mean}",
@@ -465,8 +708,41 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
     out.write(_table(rows) + "\n\nexcluded:\n")
     for c in ranked:
         if c.excluded:
-            out.write(f"  {c.model.split('/')[-1]} {c.quantization}: {c.excluded}\n")
+            name = c.model if wide else c.model.split("/")[-1]
+            out.write(f"  {name} {c.quantization}: {c.excluded}\n")
     return 0 if winners else 1
+
+
+def _tiers_table(doc: Mapping[str, Any], currency: str) -> str:
+    rows = [["TIER", "SHARE", "MODEL", "QUANT", "GPU", "REPL PEAK/MEAN", "COST/H MEAN"]]
+    share = float(doc["hardShare"])
+    tiers: list[tuple[str, float, Mapping[str, Any] | None]] = [
+        ("routine", 1 - share, doc["routine"]),
+        ("hard", share, doc["hard"]),
+        ("one model for all", 1.0, doc["singleModelForAll"]),
+    ]
+    for tier, fraction, c in tiers:
+        if c is None:
+            rows.append(
+                [tier, f"{100 * fraction:.0f}%", "(none meets every floor)", "", "", "", ""]
+            )
+            continue
+        rows.append(
+            [
+                tier,
+                f"{100 * fraction:.0f}%",
+                str(c["model"]).split("/")[-1],
+                str(c["quantization"]),
+                f"{c['gpusPerReplica']}x {c['gpuType']}",
+                f"{c['replicasAtPeak']}/{c['replicasAtMean']}",
+                f"{c['costPerHourAtMean']:.2f}",
+            ]
+        )
+    return (
+        _table(rows)
+        + f"\n\ntiered: {doc['costPerHourAtMean']:.2f} {currency}/h at mean, "
+        + f"{doc['costPerHourAtPeak']:.2f} at peak"
+    )
 
 
 def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
@@ -488,14 +764,18 @@ def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distillery", description="Serve distilled reasoning models on Kubernetes GPUs."
+def _manifest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="*", help="manifest files or folders ('-': standard input)")
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        default=[],
+        help="manifest file or folder, as kubectl takes it (repeatable; '-': standard input)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan", help="size DMD manifests onto the cheapest GPUs that fit")
-    p.add_argument("files", nargs="+", help="manifest files ('-' for standard input)")
-    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+
+
+def _catalog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
         action="append",
@@ -503,11 +783,53 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="extra catalog YAML (models/gpus/prices), repeatable",
     )
+
+
+def _output_arg(p: argparse.ArgumentParser, formats: Sequence[str] = OUTPUT_FORMATS) -> None:
+    p.add_argument("-o", "--output", choices=formats, default=formats[0], help="output format")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distillery", description="Serve distilled reasoning models on Kubernetes GPUs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="size DMD manifests onto the cheapest GPUs that fit")
+    _manifest_args(p)
+    _output_arg(p)
+    p.add_argument(
+        "--all", action="store_true", help="list every option tried, not one per GPU type"
+    )
+    _catalog_arg(p)
     p.set_defaults(func=cmd_plan)
-    r = sub.add_parser("render", help="print the workload a DMD renders to, as YAML")
-    r.add_argument("files", nargs="+", help="manifest files ('-' for standard input)")
+
+    r = sub.add_parser("render", help="print what the operator applies for DMDs")
+    _manifest_args(r)
+    _output_arg(r, ("yaml", "json", "name"))
     r.add_argument("-n", "--namespace", help="namespace for manifests that name none")
-    r.add_argument("--pod-monitor", action="store_true", help="also render a PodMonitor")
+    r.add_argument(
+        "--pod-monitor",
+        action="store_true",
+        help="also render a PodMonitor (default: DISTILLERY_POD_MONITOR=true)",
+    )
+    r.add_argument(
+        "--no-http-route",
+        dest="http_route",
+        action="store_false",
+        help="render as on a cluster without the Gateway API (no per-track Services or "
+        "HTTPRoute for spec.rollout.canary.httpRoute)",
+    )
+    r.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="ENGINE=IMAGE",
+        help="engine image (default: DISTILLERY_IMAGE_<ENGINE>, then the built-in)",
+    )
+    r.add_argument(
+        "--model-cache-claim",
+        help="shared weight cache PVC (default: DISTILLERY_MODEL_CACHE_CLAIM)",
+    )
     r.add_argument(
         "--user-template",
         action="append",
@@ -515,14 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CM=FILE",
         help="content of a templateRef ConfigMap, repeatable",
     )
-    r.add_argument(
-        "--catalog",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="extra catalog YAML (models/gpus/prices), repeatable",
-    )
+    _catalog_arg(r)
     r.set_defaults(func=cmd_render)
+
     o = sub.add_parser("run", help="run the operator")
     o.add_argument(
         "-n",
@@ -532,38 +849,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace to watch, repeatable (default: all)",
     )
     o.add_argument("--prometheus-url", help="Prometheus base URL")
-    o.add_argument("--autoscale-interval", type=float, help="seconds between decisions")
-    o.add_argument("--rollout-interval", type=float, help="seconds between canary analyses")
+    o.add_argument("--autoscale-interval", type=number(gt=0), help="seconds between decisions")
+    o.add_argument("--rollout-interval", type=number(gt=0), help="seconds between canary analyses")
+    _catalog_arg(o)
     o.add_argument(
-        "--catalog",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="extra catalog YAML (models/gpus/prices), repeatable",
+        "--metrics-port", type=number(int, ge=0, le=65535), help="operator metrics port (0: off)"
     )
-    o.add_argument("--metrics-port", type=int, help="operator metrics port (0: off)")
-    o.add_argument("--health-port", type=int, help="liveness port (0: off)")
+    o.add_argument("--health-port", type=number(int, ge=0, le=65535), help="liveness port (0: off)")
     o.add_argument("--peering", help="kopf peering name for HA (default: standalone)")
     o.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, then ~/.kube)")
     o.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     o.set_defaults(func=cmd_run)
+
     m = sub.add_parser("simulate", help="replay a trace under each scaling policy")
     m.add_argument("--trace", required=True, help="trace file (or ServeGen folder)")
     m.add_argument("--format", required=True, choices=["azure", "servegen", "jsonl", "csv"])
-    m.add_argument("--model", required=True, help="catalog model name")
-    m.add_argument("--gpu", required=True, help="catalog GPU type")
-    m.add_argument("--gpus", type=int, help="GPUs per replica (default: smallest that fits)")
-    m.add_argument("--quantization", default="auto")
-    m.add_argument("--max-model-len", type=int, default=32768)
-    m.add_argument("--max-concurrency", type=int, default=64)
-    m.add_argument("--slo-ttft", type=float, default=2.0)
-    m.add_argument("--slo-percentile", type=float, default=95.0)
-    m.add_argument("--objective", choices=["latency", "balanced", "cost"], default="balanced")
-    m.add_argument("--max-replicas", type=int, default=200)
-    m.add_argument("--rate-scale", type=float, default=1.0)
-    m.add_argument("--time-scale", type=float, default=1.0)
+    m.add_argument("-f", "--filename", help="a DMD to take the model, GPUs, serving and SLO from")
+    m.add_argument("--model", help="catalog model name (required without -f)")
+    m.add_argument("--gpu", help="catalog GPU type (required without -f)")
+    m.add_argument(
+        "--gpus", type=number(int, ge=1, le=8), help="GPUs per replica (default: smallest fit)"
+    )
+    m.add_argument("--quantization", choices=["auto", "none", "fp8", "int8", "awq", "gptq"])
+    m.add_argument("--max-model-len", type=number(int, ge=256), help="default 32768")
+    m.add_argument("--max-concurrency", type=number(int, ge=1, le=4096), help="default 64")
+    m.add_argument("--slo-ttft", type=number(gt=0), help="seconds; default 2")
+    m.add_argument("--slo-percentile", type=number(gt=0, lt=100), help="default 95")
+    m.add_argument("--objective", choices=["latency", "balanced", "cost"])
+    m.add_argument(
+        "--max-replicas", type=number(int, ge=1, le=10000), help="default 200 (-f: the DMD's)"
+    )
+    m.add_argument("--rate-scale", type=number(gt=0), default=1.0)
+    m.add_argument("--time-scale", type=number(gt=0), default=1.0)
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--dt", type=float, default=1.0, help="tick, seconds")
+    m.add_argument("--dt", type=number(gt=0, le=60), default=1.0, help="tick, seconds")
     m.add_argument("--policy", default="all", help="all, or names separated by commas")
     m.add_argument(
         "--scenario",
@@ -572,11 +891,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="warm: every policy starts with the replicas the first minute needs, ready; "
         "cold: one replica under full load",
     )
-    m.add_argument("--report", "-o", "--output", dest="output", help="write the JSON report here")
-    m.add_argument("--plot", help="write a PNG plot here")
-    m.add_argument("--catalog", action="append", default=[], metavar="FILE")
+    _output_arg(m, ("table", "json", "yaml", "name"))
+    m.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
+    m.add_argument("--plot", metavar="FILE", help="write a PNG plot to FILE")
+    _catalog_arg(m)
     m.add_argument("--no-progress", dest="progress", action="store_false")
     m.set_defaults(func=cmd_simulate)
+
     rc = sub.add_parser("recommend", help="choose model, quantization and GPUs from needs")
     rc.add_argument(
         "--floor",
@@ -586,16 +907,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="quality floor, e.g. aime2024=50 (repeatable)",
     )
     rc.add_argument("--domain", choices=["math", "code", "science", "general"])
-    rc.add_argument("--domain-floor", type=float, help="floor for each benchmark of --domain")
-    rc.add_argument("--peak-rps", type=float, required=True)
-    rc.add_argument("--mean-rps", type=float, help="default: half the peak")
-    rc.add_argument("--input-tokens", type=int, default=500)
-    rc.add_argument("--output-tokens", type=int, default=2000)
-    rc.add_argument("--slo-ttft", type=float, default=2.0)
+    rc.add_argument(
+        "--domain-floor", type=number(ge=0), help="floor for each benchmark of --domain"
+    )
+    rc.add_argument("--peak-rps", type=number(gt=0), required=True, help="requests/s at peak")
+    rc.add_argument("--mean-rps", type=number(gt=0), help="default: half the peak")
+    rc.add_argument("--input-tokens", type=number(int, ge=1), default=500)
+    rc.add_argument("--output-tokens", type=number(int, ge=1), default=2000)
+    rc.add_argument("--slo-ttft", type=number(gt=0), default=2.0, help="seconds")
     rc.add_argument("--gpu-type", action="append", default=[], help="allowed GPU type")
-    rc.add_argument("--budget", type=float, help="max cost per hour at peak")
-    rc.add_argument("--max-model-len", type=int, default=32768)
-    rc.add_argument("--max-concurrency", type=int, default=64)
+    rc.add_argument("--budget", type=number(gt=0), help="max cost per hour at peak")
+    rc.add_argument("--max-model-len", type=number(int, ge=256), default=32768)
+    rc.add_argument("--max-concurrency", type=number(int, ge=1, le=4096), default=64)
     rc.add_argument(
         "--quality",
         action="append",
@@ -606,16 +929,20 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--quant-penalty", action="append", default=[], metavar="QUANT=FRACTION")
     rc.add_argument(
         "--tiers",
-        type=float,
+        type=number(gt=0, lt=1),
         metavar="HARD_SHARE",
-        help="tiered plan: this share of traffic goes to a stronger model",
+        help="tiered plan: this share of traffic (0 to 1) goes to a stronger model",
     )
     rc.add_argument("--hard-floor", action="append", default=[], metavar="BENCH=SCORE")
-    rc.add_argument("--simulate-top", type=int, default=3)
-    rc.add_argument("--name", default="recommended")
-    rc.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
-    rc.add_argument("--catalog", action="append", default=[], metavar="FILE")
+    rc.add_argument("--simulate-top", type=number(int, ge=0, le=50), default=3)
+    rc.add_argument("--name", default="recommended", help="metadata.name of the manifest")
+    _output_arg(rc)
+    rc.add_argument(
+        "--manifest", metavar="FILE", help="write the winner's DMD to FILE ('-': standard output)"
+    )
+    _catalog_arg(rc)
     rc.set_defaults(func=cmd_recommend)
+
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
     c.add_argument("--reference", help="also write the field reference (Markdown) here")

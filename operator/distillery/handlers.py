@@ -37,7 +37,6 @@ from distillery.reconcile.children import (
     ChildState,
     child_state,
 )
-from distillery.render import RenderOptions
 from distillery.rollout import COMMAND_ANNOTATION
 from distillery.settings import Settings
 
@@ -81,16 +80,10 @@ async def startup(**kwargs: Any) -> None:
         cfg.pod_monitor == "auto" and await in_thread(kube.podmonitor_api_present)
     )
     http_route = await in_thread(kube.httproute_api_present)
-    images = {**RenderOptions().images, **cfg.images()}
     memo.reconciler = Reconciler(
         kube=kube,
         catalog=catalog,
-        options=RenderOptions(
-            images=images,
-            pod_monitor=pod_monitor,
-            http_route=http_route,
-            model_cache_claim=cfg.model_cache_claim or None,
-        ),
+        options=cfg.render_options(pod_monitor=pod_monitor, http_route=http_route),
     )
     # kopf gives each object a shallow copy of the memo: a dict set here is shared by all
     # of them, so handlers can hand the live indices to the operator-level loops.

@@ -84,6 +84,29 @@ class Requirements:
     quantizations: tuple[str, ...] = ("none", "fp8")
     objective: str = "balanced"
 
+    def __post_init__(self) -> None:
+        # A negative rate once made the Poisson replay below run backwards forever: every
+        # caller, not only the CLI, gets a ValueError naming the field instead.
+        problems = [
+            f"{name} must be > 0 (got {value:g})"
+            for name, value in (
+                ("peak_rps", self.peak_rps),
+                ("mean_rps", self.mean_rps),
+                ("input_tokens", self.input_tokens),
+                ("output_tokens", self.output_tokens),
+                ("slo_ttft", self.slo_ttft),
+                ("max_model_len", self.max_model_len),
+                ("max_concurrency", self.max_concurrency),
+            )
+            if not (math.isfinite(value) and value > 0)
+        ]
+        if self.mean_rps > self.peak_rps:
+            problems.append(f"mean_rps {self.mean_rps:g} exceeds peak_rps {self.peak_rps:g}")
+        if self.max_cost_per_hour is not None and not self.max_cost_per_hour > 0:
+            problems.append(f"max_cost_per_hour must be > 0 (got {self.max_cost_per_hour:g})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 @dataclass
 class Candidate:
@@ -186,6 +209,7 @@ def _replicas(rps: float, c: Option, model: ModelEntry, req: Requirements) -> in
 def evaluate(req: Requirements, catalog: Catalog, quality: QualityTable) -> list[Candidate]:
     """Every candidate, ranked: feasible ones by cost at mean load, then the excluded."""
     out: list[Candidate] = []
+    unscored = sorted(set(catalog.models) - set(quality.scores))
     for model in sorted(quality.scores):
         if catalog.model(model) is None:
             out.append(
@@ -243,6 +267,17 @@ def evaluate(req: Requirements, catalog: Catalog, quality: QualityTable) -> list
                     f"{req.max_cost_per_hour:g} per hour"
                 )
             out.append(cand)
+    out += [
+        Candidate(
+            model,
+            "none",
+            excluded=(
+                "no quality scores in the table: add your own evaluation with --quality FILE "
+                "(same shape as catalog/data/quality.yaml)"
+            ),
+        )
+        for model in unscored
+    ]
     feasible = sorted(
         (c for c in out if not c.excluded),
         key=lambda c: (c.cost_mean, c.cost_peak, c.model, c.quantization),
@@ -315,7 +350,23 @@ def tiered(
     catalog: Catalog,
     quality: QualityTable,
 ) -> dict[str, Any]:
-    """A distilled model for routine traffic and a stronger one for the hard share."""
+    """A distilled model for routine traffic and a stronger one for the hard share.
+
+    The hard tier must clear the routine floors too, and at least one hard floor must be
+    above the routine one: without that the "hard" tier is just the cheapest model again.
+    """
+    if not 0 < hard_share < 1:
+        raise ValueError(f"the hard share must be between 0 and 1 (got {hard_share:g})")
+    raised = {b: v for b, v in hard_floors.items() if v > req.floors.get(b, float("-inf"))}
+    if not raised:
+        raise ValueError(
+            "a tiered plan needs a hard floor above the routine ones: give --hard-floor "
+            "BENCH=SCORE with a score higher than the matching --floor"
+        )
+    hard_floors = {
+        **req.floors,
+        **{b: max(v, req.floors.get(b, v)) for b, v in hard_floors.items()},
+    }
     routine_req = replace(
         req, peak_rps=req.peak_rps * (1 - hard_share), mean_rps=req.mean_rps * (1 - hard_share)
     )

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from distillery.render import RenderOptions
+
 PREFIX = "DISTILLERY_"
 
 
@@ -68,6 +70,21 @@ class Settings(BaseModel):
             )
             if image
         }
+
+    def render_options(
+        self, *, pod_monitor: bool, http_route: bool, images: Mapping[str, str] | None = None
+    ) -> RenderOptions:
+        """What the operator renders with; `distillery render` builds the same thing.
+
+        ``pod_monitor`` and ``http_route`` say whether those APIs are in use: the
+        operator asks the cluster, the CLI asks its flags.
+        """
+        return RenderOptions(
+            images={**RenderOptions().images, **self.images(), **(images or {})},
+            pod_monitor=pod_monitor,
+            http_route=http_route,
+            model_cache_claim=self.model_cache_claim or None,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -42,14 +42,14 @@ def test_user_overrides_merge_by_name() -> None:
         [
             (
                 "prices.yaml",
-                "currency: EUR\ngpus:\n"
+                "gpus:\n"
                 "  - {name: nvidia-l4, pricePerGpuHour: 0.5}\n"
                 "  - {name: acme-x1, product: ACME-X1, memoryGiB: 96, bandwidthGBs: 4000,"
                 " bf16Tflops: 900, computeCapability: '9.0', pricePerGpuHour: 3}\n",
             )
         ]
     )
-    assert cat.currency == "EUR"
+    assert cat.currency == "USD"
     assert cat.gpus["nvidia-l4"].price_per_gpu_hour == 0.5
     assert cat.gpus["nvidia-l4"].memory_gi_b == 22.5  # untouched fields kept
     assert cat.gpus["acme-x1"].memory_gi_b == 96
@@ -67,3 +67,28 @@ def test_user_overrides_merge_by_name() -> None:
 def test_bad_catalog_files(text: str, match: str) -> None:
     with pytest.raises(CatalogError, match=match):
         load_catalog([("bad.yaml", text)])
+
+
+def test_a_new_currency_must_price_every_gpu() -> None:
+    names = sorted(load_catalog().gpus)
+    eur = "currency: EUR\ngpus:\n" + "".join(
+        f"  - {{name: {n}, pricePerGpuHour: 1}}\n" for n in names[1:]
+    )
+    with pytest.raises(CatalogError) as err:
+        load_catalog([("eur.yaml", eur)])
+    assert f"eur.yaml: sets currency EUR, but these GPUs have no price in EUR: {names[0]}." in str(
+        err.value
+    )
+    # Prices in a later file without a currency line are in the currency in force.
+    cat = load_catalog(
+        [("eur.yaml", eur), ("more.yaml", f"gpus: [{{name: {names[0]}, pricePerGpuHour: 2}}]")]
+    )
+    assert cat.currency == "EUR" and cat.gpus[names[0]].price_per_gpu_hour == 2
+    # Back to the built-in currency: the built-in prices count again only if re-given.
+    with pytest.raises(CatalogError, match="sets currency USD"):
+        load_catalog(
+            [
+                ("eur.yaml", eur + f"  - {{name: {names[0]}, pricePerGpuHour: 1}}\n"),
+                ("usd.yaml", "currency: USD"),
+            ]
+        )

@@ -31,7 +31,7 @@ def test_six_distill_examples_exist() -> None:
 def test_plan_json_is_stable(path: Path) -> None:
     code, out = run("plan", str(path), "-o", "json")
     assert code == 0
-    doc = json.loads(out)
+    [doc] = json.loads(out)  # always a list, even for one manifest
     assert set(doc["placement"]) == PLACEMENT_KEYS
     assert set(doc["memory"]) == MEMORY_KEYS
     for key in ("kvCacheTokens", "maxConcurrency", "costPerReplicaHour", "alternatives"):
@@ -110,20 +110,34 @@ def test_plan_bad_files(
     assert message in capsys.readouterr().err
 
 
-def test_plan_with_user_prices(tmp_path: Path) -> None:
-    prices = tmp_path / "prices.yaml"
-    prices.write_text("currency: EUR\ngpus:\n  - {name: nvidia-a100-80gb, pricePerGpuHour: 0.1}\n")
-    code, out = run(
-        "plan",
-        str(ROOT / "examples" / "deepseek-r1-distill-qwen-7b.yaml"),
-        "-o",
-        "json",
-        "--catalog",
-        str(prices),
+def test_plan_with_user_prices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    example = str(ROOT / "examples" / "deepseek-r1-distill-qwen-7b.yaml")
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("currency: EUR\ngpus:\n  - {name: nvidia-a100-80gb, pricePerGpuHour: 0.1}\n")
+    # A currency change that leaves USD prices behind is refused, naming what is missing.
+    code, _ = run("plan", example, "--catalog", str(partial))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "sets currency EUR" in err and "nvidia-h100-80gb" in err and "nvidia-l4," in err
+    assert "nvidia-a100-80gb" not in err.split("no price in EUR:")[1].split(".")[0]
+    gpus = yaml.safe_load((ROOT / "operator/distillery/catalog/data/gpus.yaml").read_text())["gpus"]
+    full = tmp_path / "full.yaml"
+    full.write_text(
+        yaml.safe_dump(
+            {
+                "currency": "EUR",
+                "gpus": [
+                    {"name": g["name"], "pricePerGpuHour": 0.1 if "a100-80" in g["name"] else 50}
+                    for g in gpus
+                ],
+            }
+        )
     )
-    doc = json.loads(out)
+    code, out = run("plan", example, "-o", "json", "--catalog", str(full))
+    [doc] = json.loads(out)
     assert code == 0 and doc["currency"] == "EUR"
     assert doc["placement"]["gpuType"] == "nvidia-a100-80gb"
+    assert all("EUR" in a["reason"] for a in doc["alternatives"] if a["feasible"])
 
 
 def test_crd_command(tmp_path: Path) -> None:

@@ -107,12 +107,16 @@ def test_cli_table_json_yaml_and_tiers(tmp_path: Path) -> None:
     assert 0 <= first["sloAttainmentEstimate"] <= 1
     out = io.StringIO()
     assert main([*args, "-o", "yaml"], out=out) == 0
+    assert yaml.safe_load(out.getvalue()) == {**doc, "candidates": doc["candidates"]}
+    out = io.StringIO()
+    assert main([*args, "--manifest", "-"], out=out) == 0
     dmd = yaml.safe_load(out.getvalue())
+    assert dmd == doc["manifest"]
     f = tmp_path / "dmd.yaml"
     f.write_text(yaml.safe_dump(dmd))
     out = io.StringIO()
     assert main(["plan", str(f), "-o", "json"], out=out) == 0
-    assert json.loads(out.getvalue())["placement"]["gpuType"] == first["gpuType"]
+    assert json.loads(out.getvalue())[0]["placement"]["gpuType"] == first["gpuType"]
     t = tiered(req(), 0.2, {"aime2024": 70}, CATALOG, QUALITY)
     assert t["hard"]["scores"]["aime2024"] >= 70 and t["routine"]["scores"]["aime2024"] >= 50
     assert t["costPerHourAtMean"] > 0

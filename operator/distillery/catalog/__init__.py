@@ -130,14 +130,31 @@ def load_catalog(extra: Iterable[tuple[str, str]] = ()) -> Catalog:
     raw_models: dict[str, dict[str, Any]] = {}
     raw_gpus: dict[str, dict[str, Any]] = {}
     currency, price_date = "USD", ""
+    currency_source = "builtin:gpus.yaml"
+    # The currency each GPU's price was written in: a file's prices are in the currency
+    # it states, else in the one in force when it is read.
+    priced_in: dict[str, str] = {}
     for source, doc in docs:
+        if "currency" in doc and str(doc["currency"]) != currency:
+            currency, currency_source = str(doc["currency"]), source
         for key, target in (("models", raw_models), ("gpus", raw_gpus)):
             for i, entry in enumerate(doc.get(key) or []):
                 if not isinstance(entry, dict) or "name" not in entry:
                     raise CatalogError(f"{source}: {key}[{i}] needs a 'name'")
                 target[entry["name"]] = {**target.get(entry["name"], {}), **entry}
-        currency = str(doc.get("currency", currency))
+                if key == "gpus" and "pricePerGpuHour" in entry:
+                    priced_in[entry["name"]] = currency
         price_date = str(doc.get("priceDate", price_date))
+    stale = sorted(n for n in raw_gpus if priced_in.get(n) != currency)
+    if stale:
+        # Relabelling USD prices as EUR would compare 6.88 "EUR" with 1.20 EUR and
+        # enforce maxCostPerHour on a mix: refuse rather than mix currencies.
+        raise CatalogError(
+            f"{currency_source}: sets currency {currency}, but these GPUs have no price in "
+            f"{currency}: {', '.join(stale)}. Give each a pricePerGpuHour in {currency} "
+            f"in that file (a partial entry is enough: {{name: {stale[0]}, "
+            f"pricePerGpuHour: ...}})"
+        )
     try:
         models = {n: ModelEntry.model_validate(v) for n, v in raw_models.items()}
         gpus = {n: GpuType.model_validate(v) for n, v in raw_gpus.items()}

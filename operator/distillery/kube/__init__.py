@@ -10,11 +10,13 @@ loop. Writes go through one field manager, ``distillery``; the autoscaler writes
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -210,6 +212,37 @@ def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
+def unreachable_reason(kubeconfig: str | None = None, timeout: float = 10.0) -> str | None:
+    """Why the API server cannot be used, in one line, or None when it answers.
+
+    ``distillery run`` asks this once before starting kopf, which would otherwise log a
+    traceback per watch and retry forever against a cluster that is not there.
+    """
+    try:
+        api = new_api_client(kubeconfig)
+    except (config.ConfigException, OSError) as exc:
+        return f"no Kubernetes credentials: {exc} (set --kubeconfig, KUBECONFIG, or run in a pod)"
+    host = api.configuration.host
+    # urllib3 logs a warning per retry; the one line below says it all.
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        client.VersionApi(api).get_code(_request_timeout=timeout)
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            return f"the API server at {host} refused the credentials ({exc.status} {exc.reason})"
+        return None  # it answered: anything else is kopf's to report
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        reason = str(getattr(exc, "reason", None) or exc)
+        # urllib3 prefixes its connection object's repr: keep the cause at the end.
+        return f"cannot reach the API server at {host}: {reason.rpartition('): ')[2] or reason}"
+    finally:
+        pool_log.setLevel(level)
+        api.close()  # type: ignore[no-untyped-call]
+    return None
+
+
 async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
@@ -221,4 +254,5 @@ __all__ = [
     "Kube",
     "in_thread",
     "new_api_client",
+    "unreachable_reason",
 ]

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -561,9 +561,16 @@ def _check_invariants(merged: Mapping[str, Any], rendered: Mapping[str, Any]) ->
 
 def manifests_yaml(rendered: Rendered) -> str:
     """The children as one YAML stream, for `distillery render`."""
-    return yaml.safe_dump_all(
-        [copy.deepcopy(o) for o in rendered.objects()], sort_keys=False, width=100
-    )
+    return objects_text(rendered.objects(), "yaml")
+
+
+def objects_text(objects: Sequence[Mapping[str, Any]], fmt: str = "yaml") -> str:
+    """Objects as one YAML stream, or as a JSON ``v1/List`` (what ``kubectl get -o json``
+    prints for several objects and ``kubectl apply -f`` accepts)."""
+    if fmt == "json":
+        doc = {"apiVersion": "v1", "kind": "List", "items": [dict(o) for o in objects]}
+        return json.dumps(doc, indent=2) + "\n"
+    return yaml.safe_dump_all([copy.deepcopy(dict(o)) for o in objects], sort_keys=False, width=100)
 
 
 __all__ = [
@@ -579,6 +586,7 @@ __all__ = [
     "desired_replicas",
     "label_value",
     "manifests_yaml",
+    "objects_text",
     "render",
     "set_route_weights",
 ]

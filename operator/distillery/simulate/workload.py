@@ -92,6 +92,17 @@ def _finish(
     return [Request(r.arrival - t0, r.prompt_tokens, r.output_tokens) for r in out]
 
 
+def _row_error(path: Path, line: int, fmt: str, exc: Exception, found: object) -> WorkloadError:
+    """A bad row, named by file and line; a missing field most often means the wrong
+    ``--format``, so the message says which format was assumed and what it found."""
+    if isinstance(exc, KeyError):
+        return WorkloadError(
+            f"{path}:{line}: not a {fmt} trace: no field {exc} (found {found}); "
+            f"is --format {fmt} right? (azure, servegen, jsonl, csv)"
+        )
+    return WorkloadError(f"{path}:{line}: {fmt} trace: {exc}")
+
+
 def load_azure(
     path: Path, rate_scale: float = 1.0, time_scale: float = 1.0, seed: int = 0
 ) -> list[Request]:
@@ -115,8 +126,8 @@ def load_azure(
                         int(row["GeneratedTokens"]),
                     )
                 )
-            except (KeyError, ValueError) as exc:
-                raise WorkloadError(f"{path}:{n}: {exc}") from exc
+            except (KeyError, ValueError, AttributeError) as exc:
+                raise _row_error(path, n, "azure", exc, reader.fieldnames) from exc
     return _finish(rows, rate_scale, time_scale, seed)
 
 
@@ -130,6 +141,12 @@ def load_jsonl(
                 continue
             try:
                 obj = json.loads(line)
+            except ValueError as exc:
+                raise WorkloadError(
+                    f"{path}:{n}: not a jsonl trace: the line is not JSON ({exc}); "
+                    "is --format jsonl right? (azure, servegen, jsonl, csv)"
+                ) from exc
+            try:
                 rows.append(
                     (
                         float(obj["timestamp"]) / 1000.0,
@@ -138,7 +155,8 @@ def load_jsonl(
                     )
                 )
             except (KeyError, ValueError, TypeError) as exc:
-                raise WorkloadError(f"{path}:{n}: {exc}") from exc
+                found = sorted(obj) if isinstance(obj, dict) else line.strip()[:60]
+                raise _row_error(path, n, "jsonl", exc, found) from exc
     return _finish(rows, rate_scale, time_scale, seed)
 
 
@@ -153,8 +171,8 @@ def load_csv(
                 rows.append(
                     (float(row["timestamp_s"]), int(row["input_tokens"]), int(row["output_tokens"]))
                 )
-            except (KeyError, ValueError) as exc:
-                raise WorkloadError(f"{path}:{n}: {exc}") from exc
+            except (KeyError, ValueError, TypeError) as exc:
+                raise _row_error(path, n, "csv", exc, reader.fieldnames) from exc
     return _finish(rows, rate_scale, time_scale, seed)
 
 

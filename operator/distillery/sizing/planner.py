@@ -147,6 +147,7 @@ class Plan:
     chosen: Option
     alternatives: list[Option] = field(default_factory=list)
     currency: str = "USD"
+    rule: str = ""  # why the chosen option won, in a sentence `plan` prints
 
     def to_json(self) -> dict[str, object]:
         out = self.chosen.to_json(self.currency)
