@@ -596,8 +596,9 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
             )
         )
     quality = load_quality(extra)
+    explicit = _pairs(args.floor, "--floor")
     try:
-        floors = floors_for(args.domain, _pairs(args.floor, "--floor"), quality, args.domain_floor)
+        floors = floors_for(args.domain, explicit, quality, args.domain_floor)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     if not floors:
@@ -638,8 +639,9 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
             f"{', '.join(sorted(catalog.gpus))}"
         )
     if args.tiers is not None:
+        hard_floors = _pairs(args.hard_floor, "--hard-floor")
         try:
-            doc = tiered(req, args.tiers, _pairs(args.hard_floor, "--hard-floor"), catalog, quality)
+            doc = tiered(req, args.tiers, hard_floors, catalog, quality)
         except ValueError as exc:
             raise InputError(str(exc)) from exc
         doc["currency"] = catalog.currency

@@ -188,3 +188,237 @@ def test_simulate_refuses_bad_names_before_running(
     code, _ = run(*args, "--model", "no-such/model")
     assert code == 2
     assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B" in capsys.readouterr().err
+
+
+def exit_code(*args: str) -> int:
+    """main()'s code, including argparse's own exit for a bad flag value."""
+    try:
+        return main(list(args), out=io.StringIO())
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+RECOMMEND = ["recommend", "--floor", "aime2024=50", "--simulate-top", "0"]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--peak-rps", "-1"], "argument --peak-rps: must be a number > 0 (got -1)"),
+        (["--peak-rps", "0"], "argument --peak-rps: must be a number > 0 (got 0)"),
+        (["--peak-rps", "nan"], "argument --peak-rps: must be a number > 0"),
+        (["--peak-rps", "2", "--tiers", "1.5"], "argument --tiers: must be a number > 0 and < 1"),
+        (["--peak-rps", "2", "--tiers", "0.2"], "--tiers needs --hard-floor"),
+        (["--peak-rps", "2", "--mean-rps", "3"], "--mean-rps 3 exceeds --peak-rps 2"),
+        (["--peak-rps", "2", "--input-tokens", "0"], "argument --input-tokens: must be an integer >= 1"),
+        (["--peak-rps", "2", "--quant-penalty", "fp8=2"], "--quant-penalty 'fp8=2': the number must be >= 0 and < 1"),
+        (["--peak-rps", "2", "--floor", "aime2024"], "--floor 'aime2024': expected NAME=NUMBER"),
+        (["--peak-rps", "2", "--gpu-type", "nvidia-b300"], "--gpu-type nvidia-b300: not in the catalog"),
+        (["--peak-rps", "2", "--hard-floor", "aime2024=70"], "--hard-floor only applies with --tiers"),
+        (["--peak-rps", "2", "--tiers", "0.2", "--hard-floor", "aime2024=40"], "a hard floor above the routine ones"),
+    ],
+)  # fmt: skip
+def test_recommend_refuses_bad_values_naming_the_flag(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = exit_code(*RECOMMEND, *extra)
+    assert code in (1, 2) and message in capsys.readouterr().err
+    if "hard floor above" not in message:  # the one refused by the tier search, not a flag
+        assert code == 2
+
+
+def test_recommend_lists_unscored_models_and_takes_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(*RECOMMEND, "--peak-rps", "2")
+    assert code == 0
+    assert "QwQ-32B none: no quality scores in the table: add your own evaluation" in out
+    scores = tmp_path / "q.yaml"
+    scores.write_text("models:\n  Qwen/QwQ-32B: {aime2024: 79.5}\n")
+    code, out = run(*RECOMMEND, "--peak-rps", "2", "--quality", str(scores), "-o", "json")
+    doc = json.loads(out)
+    qwq = [c for c in doc["candidates"] if c["model"] == "Qwen/QwQ-32B"]
+    assert code == 0 and qwq and "no quality scores" not in str(qwq)
+    assert any(c["scores"].get("aime2024") == 79.5 for c in qwq)
+
+
+def test_recommend_tiers_follow_the_output_format() -> None:
+    args = [*RECOMMEND, "--peak-rps", "2", "--tiers", "0.2", "--hard-floor", "aime2024=70"]
+    code, out = run(*args)
+    assert code == 0 and out.startswith("TIER") and "routine" in out and "one model for all" in out
+    code, out = run(*args, "-o", "yaml")
+    doc = yaml.safe_load(out)
+    assert code == 0 and doc["hardShare"] == 0.2 and doc["currency"] == "USD"
+    # The hard tier clears the hard floor and the routine one.
+    assert doc["hard"]["scores"]["aime2024"] >= 70 and doc["routine"]["scores"]["aime2024"] >= 50
+    assert json.loads(run(*args, "-o", "json")[1]) == doc
+
+
+def auto_manifest(tmp_path: Path, name: str = "auto-7b", **spec: object) -> Path:
+    f = tmp_path / f"{name}.yaml"
+    body = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}, **spec}
+    f.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "distillery.dev/v1alpha1",
+                "kind": "DistilledModelDeployment",
+                "metadata": {"name": name},
+                "spec": body,
+            }
+        )
+    )
+    return f
+
+
+def test_plan_groups_alternatives_and_lists_all_on_request(tmp_path: Path) -> None:
+    f = auto_manifest(tmp_path, placement={"gpuTypes": ["auto"]})
+    [doc] = json.loads(run("plan", str(f), "-o", "json")[1])
+    every = len(doc["alternatives"])
+    code, grouped = run("plan", str(f))
+    rows = grouped.split("WHY NOT", 1)[1].strip().splitlines()
+    shown = [r for r in rows if not r.strip().startswith("(")]
+    assert code == 0 and every > 2 * len(shown)
+    assert f"({every - len(shown)} more rows like these: --all lists every option)" in grouped
+    # One row per GPU type and quantization, each a different pair.
+    pairs = {tuple(r.split()[:2]) for r in shown}
+    assert len(pairs) == len(shown)
+    code, full = run("plan", str(f), "--all")
+    assert code == 0 and "--all lists" not in full
+    assert len(full.split("WHY NOT", 1)[1].strip().splitlines()) == every
+    code, wide = run("plan", str(f), "-o", "wide")
+    assert code == 0 and "KV TOKENS" in wide and "USD/MTOK" in wide
+
+
+def test_plan_reads_folders_dash_f_and_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    auto_manifest(tmp_path, "a")
+    auto_manifest(tmp_path, "b")
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    code, out = run("plan", str(tmp_path), "-o", "name")
+    assert code == 0
+    assert out.splitlines() == [
+        "distilledmodeldeployment.distillery.dev/a",
+        "distilledmodeldeployment.distillery.dev/b",
+    ]
+    code, out = run("plan", "-f", str(tmp_path / "a.yaml"), "-o", "yaml")
+    assert code == 0 and [d["name"] for d in yaml.safe_load(out)] == ["a"]
+    monkeypatch.setattr("sys.stdin", io.StringIO((tmp_path / "b.yaml").read_text()))
+    code, out = run("plan", "-f", "-", "-o", "json")
+    assert code == 0 and [d["name"] for d in json.loads(out)] == ["b"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert exit_code("plan", str(empty)) == 1
+    assert exit_code("plan") == 2
+
+
+CANARY = ROOT / "examples" / "rollouts" / "canary-r1-qwen-7b.yaml"
+
+
+def test_render_leaves_the_namespace_to_kubectl_unless_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = auto_manifest(tmp_path, placement={"gpuTypes": ["nvidia-l40s"]})
+    code, out = run("render", str(f))
+    objects = list(yaml.safe_load_all(out))
+    assert code == 0 and objects
+    assert all("namespace" not in o["metadata"] for o in objects)
+    code, out = run("render", str(f), "-n", "team-a")
+    assert all(o["metadata"]["namespace"] == "team-a" for o in yaml.safe_load_all(out))
+    monkeypatch.setenv("DISTILLERY_IMAGE_VLLM", "registry.example/vllm:env")
+    monkeypatch.setenv("DISTILLERY_MODEL_CACHE_CLAIM", "weights")
+    code, out = run("render", str(f), "-o", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["kind"] == "List"
+    [deployment] = [o for o in doc["items"] if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example/vllm:env"
+    assert "weights" in json.dumps(pod["volumes"])
+    code, out = run("render", str(f), "--image", "vllm=registry.example/vllm:flag")
+    assert "registry.example/vllm:flag" in out and "vllm:env" not in out
+    assert exit_code("render", str(f), "--image", "vlm=x") == 2
+
+
+def test_render_prints_the_canary_route_objects() -> None:
+    code, out = run("render", str(CANARY), "-o", "name")
+    assert code == 0
+    names = out.splitlines()
+    assert "httproute/r1-qwen-7b" in names or any(n.startswith("httproute/") for n in names)
+    assert sum(n.startswith("service/") for n in names) >= 3  # the Service and one per track
+    code, out = run("render", str(CANARY), "-o", "name", "--no-http-route")
+    assert code == 0 and not any(n.startswith("httproute/") for n in out.splitlines())
+
+
+SIM = ["simulate", "--format", "csv", "--policy", "distillery,clairvoyant", "--no-progress"]
+
+
+def small_trace(tmp_path: Path) -> Path:
+    trace = tmp_path / "t.csv"
+    trace.write_text(
+        "timestamp_s,input_tokens,output_tokens\n"
+        + "".join(f"{i * 2.0},{600 + i % 50},{150}\n" for i in range(150))
+    )
+    return trace
+
+
+def test_simulate_takes_a_dmd_and_prints_formats(tmp_path: Path) -> None:
+    trace = small_trace(tmp_path)
+    f = auto_manifest(
+        tmp_path,
+        placement={"gpuTypes": ["nvidia-l40s"]},
+        scaling={"maxReplicas": 2, "slo": {"ttftSeconds": 1.5}},
+    )
+    heavy = ["--trace", str(trace), "--rate-scale", "30"]
+    code, out = run(*SIM, *heavy, "-f", str(f), "-o", "json")
+    doc = json.loads(out)
+    assert code == 0 and doc["gpu"] == "nvidia-l40sx1" and doc["slo"]["ttftSeconds"] == 1.5
+    assert set(doc["policies"]) == {"distillery", "clairvoyant"}
+    assert doc["policies"]["distillery"]["peakReplicas"] <= 2  # the DMD's maxReplicas
+    code, out = run(
+        *SIM, *heavy, "--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "--gpu", "nvidia-l40s",
+        "-o", "json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["policies"]["distillery"]["peakReplicas"] > 2
+    code, out = run(*SIM, "--trace", str(trace), "-f", str(f), "--slo-ttft", "3", "-o", "name")
+    assert code == 0 and out.splitlines() == ["distillery", "clairvoyant"]
+
+
+def test_simulate_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = small_trace(tmp_path)
+    assert exit_code(*SIM, "--trace", str(trace)) == 2
+    assert "--model and --gpu, or give -f" in capsys.readouterr().err
+    model = ["--model", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"]
+    assert exit_code(*SIM, "--trace", str(trace), *model, "--gpu", "nvidia-b300") == 2
+    assert "--gpu 'nvidia-b300' is not in the catalog: one of" in capsys.readouterr().err
+    assert exit_code(*SIM, "--trace", str(trace), *model, "--gpu", "nvidia-l4", "--dt", "0") == 2
+    assert "argument --dt: must be a number > 0" in capsys.readouterr().err
+    azure = ROOT / "benchmarks" / "traces" / "azure-2023-code.csv"
+    code = exit_code(*SIM, "--trace", str(azure), *model, "--gpu", "nvidia-l4")
+    err = capsys.readouterr().err
+    assert code == 1 and "azure-2023-code.csv:2: not a csv trace: no field 'timestamp_s'" in err
+    assert "is --format csv right?" in err and "TIMESTAMP" in err
+
+
+def test_run_without_a_cluster_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+                "users": [{"name": "u", "user": {"token": "do-not-print-me"}}],
+            }
+        )
+    )
+    assert exit_code("run", "--kubeconfig", str(kubeconfig), "--metrics-port", "0") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach the API server at https://127.0.0.1:1" in err
+    assert "do-not-print-me" not in err
+    assert exit_code("run", "--kubeconfig", str(tmp_path / "missing")) == 1
+    assert "no Kubernetes credentials" in capsys.readouterr().err
+    assert exit_code("run", "--metrics-port", "70000") == 2
