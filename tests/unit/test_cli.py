@@ -201,27 +201,28 @@ def exit_code(*args: str) -> int:
 RECOMMEND = ["recommend", "--floor", "aime2024=50", "--simulate-top", "0"]
 
 
-@pytest.mark.parametrize(
-    "extra,message",
-    [
-        (["--peak-rps", "-1"], "argument --peak-rps: must be a number > 0 (got -1)"),
-        (["--peak-rps", "0"], "argument --peak-rps: must be a number > 0 (got 0)"),
-        (["--peak-rps", "nan"], "argument --peak-rps: must be a number > 0"),
-        (["--peak-rps", "2", "--tiers", "1.5"], "argument --tiers: must be a number > 0 and < 1"),
-        (["--peak-rps", "2", "--tiers", "0.2"], "--tiers needs --hard-floor"),
-        (["--peak-rps", "2", "--mean-rps", "3"], "--mean-rps 3 exceeds --peak-rps 2"),
-        (["--peak-rps", "2", "--input-tokens", "0"], "argument --input-tokens: must be an integer >= 1"),
-        (["--peak-rps", "2", "--quant-penalty", "fp8=2"], "--quant-penalty 'fp8=2': the number must be >= 0 and < 1"),
-        (["--peak-rps", "2", "--floor", "aime2024"], "--floor 'aime2024': expected NAME=NUMBER"),
-        (["--peak-rps", "2", "--gpu-type", "nvidia-b300"], "--gpu-type nvidia-b300: not in the catalog"),
-        (["--peak-rps", "2", "--hard-floor", "aime2024=70"], "--hard-floor only applies with --tiers"),
-        (["--peak-rps", "2", "--tiers", "0.2", "--hard-floor", "aime2024=40"], "a hard floor above the routine ones"),
-    ],
-)  # fmt: skip
+BAD_RECOMMEND_FLAGS = [
+    (["--peak-rps", "-1"], "argument --peak-rps: must be a number > 0 (got -1)"),
+    (["--peak-rps", "0"], "argument --peak-rps: must be a number > 0 (got 0)"),
+    (["--peak-rps", "nan"], "argument --peak-rps: must be a number > 0"),
+    (["--tiers", "1.5"], "argument --tiers: must be a number > 0 and < 1"),
+    (["--tiers", "0.2"], "--tiers needs --hard-floor"),
+    (["--mean-rps", "3"], "--mean-rps 3 exceeds --peak-rps 2"),
+    (["--input-tokens", "0"], "argument --input-tokens: must be an integer >= 1"),
+    (["--quant-penalty", "fp8=2"], "--quant-penalty 'fp8=2': the number must be >= 0 and < 1"),
+    (["--floor", "aime2024"], "--floor 'aime2024': expected NAME=NUMBER"),
+    (["--gpu-type", "nvidia-b300"], "--gpu-type nvidia-b300: not in the catalog"),
+    (["--hard-floor", "aime2024=70"], "--hard-floor only applies with --tiers"),
+    (["--tiers", "0.2", "--hard-floor", "aime2024=40"], "a hard floor above the routine ones"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_RECOMMEND_FLAGS)
 def test_recommend_refuses_bad_values_naming_the_flag(
     extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = exit_code(*RECOMMEND, *extra)
+    peak = [] if extra[0] == "--peak-rps" else ["--peak-rps", "2"]
+    code = exit_code(*RECOMMEND, *peak, *extra)
     assert code in (1, 2) and message in capsys.readouterr().err
     if "hard floor above" not in message:  # the one refused by the tier search, not a flag
         assert code == 2
