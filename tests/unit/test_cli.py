@@ -41,7 +41,7 @@ def test_plan_json_is_stable(path: Path) -> None:
         assert set(alt["placement"]) == PLACEMENT_KEYS
         assert isinstance(alt["feasible"], bool) and alt["reason"]
         if alt["feasible"]:
-            assert alt["costPerReplicaHour"] >= doc["costPerReplicaHour"]
+            assert alt["costPerMillionTokens"] >= doc["costPerMillionTokens"]
 
 
 def test_plan_table_lists_alternatives() -> None:

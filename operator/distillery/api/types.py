@@ -309,9 +309,9 @@ class PlacementSpec(_Model):
 
     gpu_types: list[Annotated[str, Field(max_length=63, pattern=GPU_TYPE_NAME)]] = Field(
         default_factory=lambda: ["auto"],
-        description="Allowed GPU types in order of "
-        "preference (catalog names such as nvidia-l40s, nvidia-h100-80gb), or [auto] for "
-        "every catalog type.",
+        description="Allowed GPU types (catalog names such as nvidia-l40s, "
+        "nvidia-h100-80gb), or [auto] for every catalog type. The planner picks the lowest "
+        "cost per output token among them; on a tie the one listed first wins.",
         min_length=1,
         max_length=16,
     )

@@ -9,8 +9,8 @@ extra files; nothing here reads the environment.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -72,6 +72,9 @@ class GpuType(_Entry):
     cpu_only: bool = Field(default=False, description="no GPU: CPU-only nodes (llama.cpp)")
     price_per_gpu_hour: float = Field(ge=0)
     price_source: str = ""
+    nodes_observed: bool = Field(
+        default=False, description="max_per_node was read from the cluster's nodes"
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,21 @@ class Catalog:
 
     def gpu_by_product(self, product: str) -> GpuType | None:
         return next((g for g in self.gpus.values() if g.product == product), None)
+
+    def with_node_gpus(self, per_node: Mapping[str, int]) -> Catalog:
+        """The catalog with ``max_per_node`` set from the cluster: ``per_node`` maps a
+        ``nvidia.com/gpu.product`` label to the most GPUs any one node of it offers.
+
+        A replica needs all its GPUs on one node, so a plan asking more than any node
+        has would stay Pending forever. Types with no node in the cluster keep the
+        catalog's figure: a cluster autoscaler may still bring one.
+        """
+        gpus = dict(self.gpus)
+        for name, gpu in self.gpus.items():
+            count = per_node.get(gpu.product)
+            if count and not gpu.cpu_only:
+                gpus[name] = gpu.model_copy(update={"max_per_node": count, "nodes_observed": True})
+        return replace(self, gpus=gpus)
 
 
 class CatalogError(ValueError):

@@ -83,9 +83,18 @@ def weight_bytes(model: ModelEntry, quantization: str) -> float:
     return embed * 2.0 + (total - embed) * BYTES_PER_WEIGHT[quantization]
 
 
-def kv_bytes_per_token(model: ModelEntry, kv_cache_dtype: str = "auto") -> float:
+def kv_bytes_per_token(
+    model: ModelEntry, kv_cache_dtype: str = "auto", tensor_parallel: int = 1
+) -> float:
+    """KV bytes one token takes across the replica's GPUs.
+
+    With more tensor-parallel ranks than KV heads, vLLM and SGLang replicate the KV heads
+    so each rank holds one: the replica then stores ``tensor_parallel`` heads, not
+    ``kv_heads``.
+    """
     dtype_bytes = 1.0 if kv_cache_dtype == "fp8" else 2.0
-    return 2.0 * model.layers * model.kv_heads * model.resolved_head_dim * dtype_bytes
+    heads = max(model.kv_heads, tensor_parallel)
+    return 2.0 * model.layers * heads * model.resolved_head_dim * dtype_bytes
 
 
 def overhead_bytes(model: ModelEntry, gpus: int, max_seqs: int) -> float:
@@ -109,7 +118,7 @@ def estimate(
     return MemoryEstimate(
         weights=weight_bytes(model, quantization),
         overhead=overhead_bytes(model, gpus, max_seqs),
-        kv_per_token=kv_bytes_per_token(model, kv_cache_dtype),
+        kv_per_token=kv_bytes_per_token(model, kv_cache_dtype, gpus),
         budget=utilization * gpu.memory_gi_b * GIB * gpus,
     )
 
@@ -138,6 +147,6 @@ def decode_tokens_per_second(
     ``context_tokens`` average length."""
     if batch <= 0:
         return 0.0
-    live = batch * context_tokens * kv_bytes_per_token(model, kv_cache_dtype)
+    live = batch * context_tokens * kv_bytes_per_token(model, kv_cache_dtype, gpus)
     step = decode_step_seconds(weight_bytes(model, quantization), live, gpu, gpus)
     return batch / step

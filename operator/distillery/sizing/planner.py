@@ -1,17 +1,22 @@
 """The placement search: the cheapest allowed GPUs a model fits on, and why others lost.
 
 Search space: allowed GPU types x tensor-parallel sizes x quantizations. A candidate is
-feasible when the replica holds the weights, the runtime overhead, and a KV cache of
-``max(maxModelLen, maxConcurrency x typicalSequenceTokens)`` tokens within
-``gpuMemoryUtilization`` of its GPUs' memory, and its tensor-parallel size divides both
-the attention heads and the KV heads.
+feasible when the replica holds the weights, the runtime overhead and its KV cache within
+``gpuMemoryUtilization`` of its GPUs' memory, on as many GPUs as one node offers, with a
+tensor-parallel size the engines can split the model by (it divides the attention heads;
+it divides the KV heads or is a multiple of them, in which case they are replicated).
 
-Ranking (DESIGN §3): within a GPU type and quantization only the smallest
-tensor-parallel size that fits is kept (a larger one costs more for nothing); among the
-rest the cheapest per replica-hour wins, then the one that keeps full precision, then
-the cheapest per million output tokens. The order is strict and depends on nothing but
-price, so more demand can only remove options and never yields a cheaper plan. Restrict
-``placement.gpuTypes`` to steer away from, say, eight small GPUs for a 32B model.
+The KV cache must hold one ``maxModelLen`` sequence; a ``maxConcurrency`` the user
+*wrote* also makes it hold that many ``typicalSequenceTokens`` sequences. A default the
+user never set must not buy GPUs: a 7B at 16k context serves ~20 concurrent 4k sequences
+on one L4, and two such replicas beat one tensor-parallel pair on PCIe-only GPUs.
+
+Ranking: within a GPU type and quantization only the smallest tensor-parallel size that
+fits is kept (more GPUs in one replica cost more than another replica for the same
+speed-up); among the rest the lowest cost per million output tokens wins, each option
+decoding as many sequences as it holds up to ``maxConcurrency`` -- a cheaper replica that
+serves fewer tokens is not cheaper. Ties go to the GPU type listed first in
+``placement.gpuTypes``, then to full precision, then to the cheaper replica-hour.
 Every candidate considered is returned with the reason it lost, so ``distillery plan``
 and the DMD status can explain the choice.
 
@@ -57,10 +62,17 @@ class Requirements:
     kv_cache_dtype: str
     gpu_types: tuple[str, ...]  # empty = every catalog type
     gpus_per_replica: int | None  # None = auto
+    concurrency_explicit: bool = True  # serving.maxConcurrency written in the spec
 
     @property
     def kv_tokens_needed(self) -> int:
+        if not self.concurrency_explicit:
+            return self.max_model_len
         return max(self.max_model_len, self.max_concurrency * self.typical_tokens)
+
+    def preference(self, gpu: str) -> int:
+        """Position in placement.gpuTypes: ties go to the type listed first."""
+        return self.gpu_types.index(gpu) if gpu in self.gpu_types else len(self.gpu_types)
 
 
 @dataclass(frozen=True)
@@ -99,14 +111,11 @@ class Option:
     def summary(self) -> str:
         return self.gpu.name if self.gpu.cpu_only else f"{self.gpu.name}x{self.gpu_count}"
 
-    def rank_key(self) -> tuple[float, int, float, int]:
-        per_token = self.cost_per_million_tokens
-        return (
-            round(self.cost_per_replica_hour, 6),
-            QUANT_RANK[self.quantization],
-            per_token if per_token is not None else float("inf"),
-            self.gpu_count,
-        )
+    @property
+    def per_token(self) -> float:
+        """Cost per million output tokens, for ranking (inf when it decodes nothing)."""
+        value = self.cost_per_million_tokens
+        return round(value, 6) if value is not None else float("inf")
 
     def to_json(self, currency: str) -> dict[str, object]:
         out: dict[str, object] = {
@@ -196,6 +205,7 @@ def requirements(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Requir
     typical = serving.typical_sequence_tokens or min(serving.max_model_len, 4096)
     gpu_types = () if placement.gpu_types == ["auto"] else tuple(placement.gpu_types)
     gpus = placement.gpus_per_replica
+    explicit = "max_concurrency" in serving.model_fields_set
     return Requirements(
         model=model,
         engine=serving.engine,
@@ -207,6 +217,7 @@ def requirements(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Requir
         kv_cache_dtype=serving.kv_cache_dtype,
         gpu_types=gpu_types,
         gpus_per_replica=None if gpus == "auto" else int(gpus),
+        concurrency_explicit=explicit,
     )
 
 
@@ -261,17 +272,26 @@ def _infeasible_reason(req: Requirements, opt: Option) -> str:
         )
     if gpu.cpu_only and req.engine not in CPU_ENGINES:
         return f"engine {req.engine} needs a GPU (only llamacpp serves from CPU-only nodes)"
-    if model.attention_heads % gpus or model.kv_heads % gpus:
+    if model.attention_heads % gpus:
         return (
-            f"tensor parallel {gpus} does not divide {model.attention_heads} attention "
-            f"heads and {model.kv_heads} KV heads"
+            f"tensor parallel {gpus} does not divide the {model.attention_heads} attention "
+            f"heads (valid sizes: {_sizes(model)})"
+        )
+    if model.kv_heads % gpus and gpus % model.kv_heads:
+        return (
+            f"tensor parallel {gpus} neither divides the {model.kv_heads} KV heads nor is a "
+            f"multiple of them (valid sizes: {_sizes(model)})"
         )
     if quant not in ENGINE_QUANTIZATIONS.get(req.engine, frozenset()):
         return f"engine {req.engine} does not support quantization {quant}"
     if quant != "none" and quant not in gpu.quantizations:
         return f"{gpu.name} (compute {gpu.compute_capability}) does not support {quant}"
     if gpus > gpu.max_per_node:
-        return f"{gpus} GPUs exceed the {gpu.max_per_node} {gpu.name} per node"
+        where = "this cluster's largest node offers" if gpu.nodes_observed else "per node"
+        return (
+            f"{gpus} GPUs exceed the {gpu.max_per_node} {gpu.name} {where} "
+            "(a replica runs on one node)"
+        )
     need = opt.weights_gib + opt.overhead_gib + opt.kv_needed_gib
     if need > opt.budget_gib:
         return (
@@ -308,25 +328,60 @@ def _candidates(req: Requirements, catalog: Catalog) -> list[Option]:
     return out
 
 
-def _rank(options: list[Option]) -> list[Option]:
-    """Mark feasible options that a smaller TP of the same type and quantization beats,
-    then order: feasible by rank key first, infeasible after."""
-    smallest: dict[tuple[str, str], int] = {}
-    for opt in options:
-        if opt.feasible:
-            key = (opt.gpu.name, opt.quantization)
-            smallest[key] = min(smallest.get(key, opt.gpu_count), opt.gpu_count)
+def _sizes(model: ModelEntry) -> str:
+    return ", ".join(map(str, valid_tensor_parallel(model, max(TP_SIZES))))
+
+
+def valid_tensor_parallel(model: ModelEntry, most: int = 64) -> list[int]:
+    """Tensor-parallel sizes the engines can split ``model`` by, up to ``most``."""
+    return [
+        n
+        for n in range(1, most + 1)
+        if model.attention_heads % n == 0 and (model.kv_heads % n == 0 or n % model.kv_heads == 0)
+    ]
+
+
+def _rank(options: list[Option], req: Requirements) -> list[Option]:
+    """Set aside feasible options another option on the same GPU type beats with no more
+    GPUs and no less precision, then order: feasible by cost per token, infeasible after.
+
+    So tensor parallelism grows only when the model does not fit on fewer GPUs, and a
+    lower precision is used only when it saves GPUs: with ``quantization: auto``, fp8 is
+    a way to fit, not a silent trade of quality for speed.
+    """
+    feasible_opts = [o for o in options if o.feasible]
     ranked: list[Option] = []
     for opt in options:
-        key = (opt.gpu.name, opt.quantization)
-        if opt.feasible and opt.gpu_count > smallest[key]:
-            opt = replace(
-                opt,
-                feasible=False,
-                reason=(f"a smaller tensor-parallel size ({smallest[key]}) fits on {opt.gpu.name}"),
-            )
+        better = [
+            o
+            for o in feasible_opts
+            if o is not opt
+            and o.gpu.name == opt.gpu.name
+            and o.gpu_count <= opt.gpu_count
+            and QUANT_RANK[o.quantization] <= QUANT_RANK[opt.quantization]
+            and (o.gpu_count, o.quantization) != (opt.gpu_count, opt.quantization)
+        ]
+        if opt.feasible and better:
+            top = min(better, key=lambda o: (o.gpu_count, QUANT_RANK[o.quantization]))
+            if top.quantization == opt.quantization:
+                why = f"a smaller tensor-parallel size ({top.gpu_count}) fits on {opt.gpu.name}"
+            else:
+                why = (
+                    f"{top.quantization} precision fits on {top.gpu_count} {opt.gpu.name}: "
+                    f"{opt.quantization} is used only where it saves GPUs"
+                )
+            opt = replace(opt, feasible=False, reason=why)
         ranked.append(opt)
-    feasible = sorted((o for o in ranked if o.feasible), key=Option.rank_key)
+    feasible = sorted(
+        (o for o in ranked if o.feasible),
+        key=lambda o: (
+            o.per_token,
+            req.preference(o.gpu.name),
+            QUANT_RANK[o.quantization],
+            round(o.cost_per_replica_hour, 6),
+            o.gpu_count,
+        ),
+    )
     infeasible = [o for o in ranked if not o.feasible]
     return feasible + infeasible
 
@@ -341,7 +396,7 @@ def plan(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Plan:
             f"{', '.join(sorted(catalog.gpus))} (extend the catalog to add one)",
             [],
         )
-    ranked = _rank(_candidates(req, catalog))
+    ranked = _rank(_candidates(req, catalog), req)
     feasible = [o for o in ranked if o.feasible]
     if not feasible:
         raise PlanError(_nothing_fits_message(req, catalog, ranked), ranked)
@@ -349,20 +404,46 @@ def plan(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Plan:
     alternatives = []
     for opt in ranked[1:]:
         if opt.feasible:
-            opt = replace(opt, feasible=True, reason=_lost_reason(best, opt, catalog.currency))
+            opt = replace(opt, feasible=True, reason=_lost_reason(best, opt, req, catalog.currency))
         alternatives.append(opt)
-    return Plan(req.model, req, best, alternatives, catalog.currency)
+    return Plan(req.model, req, best, alternatives, catalog.currency, _rule(best, req, catalog))
 
 
-def _lost_reason(best: Option, opt: Option, currency: str) -> str:
-    if opt.cost_per_replica_hour > best.cost_per_replica_hour + 1e-9:
-        return (
-            f"costs more: {opt.cost_per_replica_hour:.2f} vs "
-            f"{best.cost_per_replica_hour:.2f} {currency} per replica-hour"
+def serving_batch(req: Requirements, opt: Option) -> int:
+    """Sequences an option decodes at once: what it holds, up to maxConcurrency."""
+    return max(1, min(opt.max_concurrency, req.max_concurrency))
+
+
+def _rule(best: Option, req: Requirements, catalog: Catalog) -> str:
+    """Why ``best`` won, in the sentence ``distillery plan`` prints."""
+    if req.concurrency_explicit:
+        among = (
+            f"hold maxConcurrency {req.max_concurrency} sequences of {req.typical_tokens} tokens"
         )
+    else:
+        among = (
+            f"hold one {req.max_model_len}-token sequence (maxConcurrency is not set; this "
+            f"one holds {best.max_concurrency} of {req.typical_tokens} tokens)"
+        )
+    return (
+        f"lowest cost per million output tokens ({best.per_token:.3f} {catalog.currency}) "
+        f"decoding {serving_batch(req, best)} sequences at once, among options that {among}; "
+        "ties go to the earlier placement.gpuTypes entry"
+    )
+
+
+def _lost_reason(best: Option, opt: Option, req: Requirements, currency: str) -> str:
+    if opt.per_token > best.per_token:
+        return (
+            f"costs more per token: {opt.per_token:.3f} vs {best.per_token:.3f} {currency}/Mtok "
+            f"({opt.cost_per_replica_hour:.2f} vs {best.cost_per_replica_hour:.2f} "
+            f"{currency} per replica-hour)"
+        )
+    if req.preference(opt.gpu.name) > req.preference(best.gpu.name):
+        return f"same cost per token, listed after {best.gpu.name} in placement.gpuTypes"
     if QUANT_RANK[opt.quantization] > QUANT_RANK[best.quantization]:
         return f"same cost, lower precision ({opt.quantization})"
-    return "same cost, higher cost per token"
+    return "same cost per token, more per replica-hour"
 
 
 def _nothing_fits_message(req: Requirements, catalog: Catalog, ranked: list[Option]) -> str:
@@ -371,6 +452,13 @@ def _nothing_fits_message(req: Requirements, catalog: Catalog, ranked: list[Opti
         return (
             f"serving.maxModelLen {req.max_model_len} exceeds {model.name}'s "
             f"{model.max_positions} positions: lower serving.maxModelLen"
+        )
+    split = [o for o in ranked if o.reason.startswith("tensor parallel")]
+    if req.gpus_per_replica and split and len(split) == len(ranked):
+        # Memory is not the problem: the engines cannot split the model this way.
+        return (
+            f"{model.name} cannot be split across {req.gpus_per_replica} GPUs: "
+            f"{split[0].reason}. Set placement.gpusPerReplica to a valid size, or auto."
         )
     allowed = ", ".join(req.gpu_types) if req.gpu_types else "any catalog GPU"
     head = (
@@ -382,7 +470,7 @@ def _nothing_fits_message(req: Requirements, catalog: Catalog, ranked: list[Opti
     hints: list[str] = []
 
     def cheapest(r: Requirements) -> Option | None:
-        feas = [o for o in _rank(_candidates(r, catalog)) if o.feasible]
+        feas = [o for o in _rank(_candidates(r, catalog), r) if o.feasible]
         return feas[0] if feas else None
 
     relaxations = [

@@ -116,7 +116,7 @@ def step_model(
     n = max(1, gpus)
     return StepModel(
         weights_bytes=mem.weight_bytes(model, quantization),
-        kv_bytes_per_token=mem.kv_bytes_per_token(model),
+        kv_bytes_per_token=mem.kv_bytes_per_token(model, "auto", gpus),
         active_params=(active_params_billions or model.params_billions) * 1e9,
         layers=model.layers,
         hidden_size=model.hidden_size,
