@@ -126,7 +126,7 @@ class Fleet:
         scenario = Scenario(
             model=m,
             option=o,
-            max_concurrency=dmd.spec.serving.max_concurrency,
+            max_concurrency=dmd.spec.serving.concurrency,
             typical_tokens=p.requirements.typical_tokens,
             slo_ttft=dmd.spec.scaling.slo.ttft_seconds,
             max_model_len=dmd.spec.serving.max_model_len,

@@ -384,14 +384,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.kubeconfig:
+        # kopf authenticates its watches from KUBECONFIG: one identity for everything.
+        # Before any import of the kubernetes client, which reads KUBECONFIG on import.
+        os.environ["KUBECONFIG"] = settings.kubeconfig
     from distillery.kube import unreachable_reason
 
     problem = unreachable_reason(settings.kubeconfig or None)
     if problem:
         raise InputError(f"distillery run: {problem}")
-    if settings.kubeconfig:
-        # kopf authenticates its watches from KUBECONFIG: one identity for everything.
-        os.environ["KUBECONFIG"] = settings.kubeconfig
     import kopf
 
     import distillery.handlers  # noqa: F401 - registers the handlers
@@ -445,7 +446,7 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
     scenario = Scenario(
         model=model,
         option=chosen.chosen,
-        max_concurrency=spec.serving.max_concurrency,
+        max_concurrency=spec.serving.concurrency,
         typical_tokens=chosen.requirements.typical_tokens,
         slo_ttft=slo.ttft_seconds,
         slo_percentile=slo.percentile,

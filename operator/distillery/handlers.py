@@ -26,7 +26,7 @@ from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.autoscale.inputs import PodInfo
 from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
-from distillery.kube import Kube, in_thread, new_api_client
+from distillery.kube import Kube, NodeCatalog, in_thread, new_api_client
 from distillery.kube.autoscaler import Autoscaler
 from distillery.kube.reconciler import Reconciler
 from distillery.kube.rollout import CanaryAnalyzer, rollout_under_way
@@ -80,10 +80,12 @@ async def startup(**kwargs: Any) -> None:
         cfg.pod_monitor == "auto" and await in_thread(kube.podmonitor_api_present)
     )
     http_route = await in_thread(kube.httproute_api_present)
+    nodes = NodeCatalog(kube, catalog, ttl_seconds=max(30.0, cfg.autoscale_interval_seconds))
     memo.reconciler = Reconciler(
         kube=kube,
         catalog=catalog,
         options=cfg.render_options(pod_monitor=pod_monitor, http_route=http_route),
+        nodes=nodes,
     )
     # kopf gives each object a shallow copy of the memo: a dict set here is shared by all
     # of them, so handlers can hand the live indices to the operator-level loops.
@@ -100,7 +102,7 @@ async def startup(**kwargs: Any) -> None:
                 stale_after_seconds=max(60.0, 4 * cfg.autoscale_interval_seconds),
             )
         )
-    memo.autoscaler = Autoscaler(kube=kube, catalog=catalog, source=source)
+    memo.autoscaler = Autoscaler(kube=kube, catalog=catalog, source=source, nodes=nodes)
     memo.autoscale_task = asyncio.create_task(_autoscale_loop(memo, cfg.autoscale_interval_seconds))
     memo.analyzer = CanaryAnalyzer(source)
     memo.rollout_task = asyncio.create_task(_rollout_loop(memo, cfg.rollout_interval_seconds))

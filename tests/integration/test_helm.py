@@ -161,6 +161,7 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("list", "pods"),
         ("get", "configmaps"),
         ("create", "events"),
+        ("list", "nodes"),  # GPUs per node, so a plan never outgrows a node
     ]
     denied = [
         ("get", "secrets"),
@@ -168,7 +169,8 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("create", "pods/exec"),
         ("delete", "distilledmodeldeployments.distillery.dev"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
-        ("list", "nodes"),
+        ("get", "nodes"),
+        ("patch", "nodes"),
         ("create", "pods"),
         ("patch", "configmaps"),
         ("delete", "services"),

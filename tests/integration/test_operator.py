@@ -196,6 +196,41 @@ def test_does_not_fit_stalls_then_recovers(
     assert get_dmd(api_client, namespace, "big")["status"]["placement"]["gpuCount"] == 4
 
 
+def test_plans_fit_the_nodes_the_cluster_has(
+    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    # The local cluster's L4 nodes carry one GPU each (hack/inventory.yaml); the catalog
+    # allows 8 per node. A 14B needs two L4s: no node offers them, so it stalls with the
+    # reason instead of a Deployment that stays Pending forever.
+    big = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "quantization": "none"},
+        "placement": {"gpuTypes": ["nvidia-l4"]},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("l4-14b", big))
+    out = cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Stalled", "dmd/l4-14b", "--timeout=60s",
+        check=False,
+    )  # fmt: skip
+    assert "condition met" in out, operator.tail()
+    message = conditions(get_dmd(api_client, namespace, "l4-14b"))["Stalled"]["message"]
+    assert "does not fit nvidia-l4" in message, message
+    assert "2 GPUs exceed the 1 nvidia-l4 this cluster's largest node offers" in message, message
+    # A 7B at 16k context with no maxConcurrency written fits one L4 and serves.
+    small = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "quantization": "none"},
+        "serving": {"maxModelLen": 16384},
+        "placement": {"gpuTypes": ["nvidia-l4"]},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("l4-7b", small))
+    out = cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", "dmd/l4-7b", "--timeout=120s",
+        check=False,
+    )  # fmt: skip
+    assert "condition met" in out, operator.tail()
+    placement = get_dmd(api_client, namespace, "l4-7b")["status"]["placement"]
+    assert (placement["gpuType"], placement["gpuCount"]) == ("nvidia-l4", 1)
+
+
 def test_restart_and_idle_cost_no_writes(
     cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:

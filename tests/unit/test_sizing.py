@@ -70,7 +70,6 @@ def test_an_unset_concurrency_does_not_buy_gpus() -> None:
     asked = spec.model_copy(
         update={"serving": spec.serving.model_copy(update={"max_concurrency": 64})}
     )
-    asked.serving.model_fields_set.add("max_concurrency")
     assert plan(asked, CATALOG).chosen.gpu_count == 2  # written: it is held
 
 
@@ -122,6 +121,7 @@ def test_plan_never_asks_more_gpus_than_a_node_has() -> None:
         plan(spec, one_gpu_nodes)
     reasons = " ".join(a.reason for a in err.value.alternatives)
     assert "2 GPUs exceed the 1 nvidia-l4 this cluster's largest node offers" in reasons
+    assert "On this cluster: nvidia-l4x2 2 GPUs exceed the 1" in str(err.value)
 
 
 def test_70b_on_l4_only_explains_what_fits() -> None:
@@ -242,7 +242,7 @@ def test_plan_properties(spec: DistilledModelDeploymentSpec) -> None:
     # It fits: weights + KV for the requirement + overhead within the budget.
     assert c.weights_gib + c.kv_needed_gib + c.overhead_gib <= c.budget_gib + 1e-9
     assert c.kv_cache_tokens >= req.kv_tokens_needed >= req.max_model_len
-    if "max_concurrency" in spec.serving.model_fields_set:
+    if spec.serving.max_concurrency is not None:
         assert c.max_concurrency >= req.max_concurrency
     # The budget is utilization x memory x GPUs.
     assert c.budget_gib == pytest.approx(

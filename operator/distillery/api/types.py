@@ -246,6 +246,11 @@ class TemplateRef(_Model):
     )
 
 
+# Not a schema default: the API server would write it into every object, and the planner
+# must tell a written maxConcurrency (a requirement) from an unset one.
+DEFAULT_MAX_CONCURRENCY = 64
+
+
 class ServingSpec(_Model):
     """How the model is served."""
 
@@ -262,9 +267,11 @@ class ServingSpec(_Model):
         ge=256,
         le=10_000_000,
     )
-    max_concurrency: int = Field(
-        default=64,
-        description="Sequences per replica the KV cache must hold at typicalSequenceTokens.",
+    max_concurrency: int | None = Field(
+        default=None,
+        description="Sequences per replica the KV cache must hold at typicalSequenceTokens, "
+        "and the engine's batch limit. Unset: the planner only needs one maxModelLen "
+        "sequence to fit, and the engine batches up to 64.",
         ge=1,
         le=4096,
     )
@@ -292,6 +299,11 @@ class ServingSpec(_Model):
     template_ref: TemplateRef | None = Field(
         default=None, description="ConfigMap with a user pod template override."
     )
+
+    @property
+    def concurrency(self) -> int:
+        """maxConcurrency, or the engine batch limit used when it is not written."""
+        return self.max_concurrency or DEFAULT_MAX_CONCURRENCY
 
 
 class Toleration(_Model):

@@ -208,7 +208,7 @@ def capacity(spec: DistilledModelDeploymentSpec, plan: Plan, startup_seconds: fl
     return placement_capacity(
         plan.model,
         plan.chosen,
-        max_concurrency=spec.serving.max_concurrency,
+        max_concurrency=spec.serving.concurrency,
         typical_tokens=plan.requirements.typical_tokens,
         startup_seconds=startup_seconds,
         slo_ttft_seconds=spec.scaling.slo.ttft_seconds,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +23,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.catalog import Catalog
 from distillery.reconcile.children import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
 
 AUTOSCALER_FIELD_MANAGER = "distillery-autoscaler"
 APPLY = "application/apply-patch+yaml"
@@ -176,6 +181,24 @@ class Kube:
             raise
         return (cm.data or {}).get(key)
 
+    def node_gpu_counts(self) -> dict[str, int]:
+        """The most allocatable ``nvidia.com/gpu`` any one node offers, per GPU product
+        label (``nvidia.com/gpu.product``, as GPU Feature Discovery sets it)."""
+        _count("list", "Node")
+        nodes = self.core.list_node(label_selector=GPU_PRODUCT_LABEL)
+        out: dict[str, int] = {}
+        for node in nodes.items:
+            labels = (node.metadata.labels if node.metadata else None) or {}
+            product = labels.get(GPU_PRODUCT_LABEL)
+            allocatable = (node.status.allocatable or {}) if node.status else {}
+            try:
+                count = int(str(allocatable.get(GPU_RESOURCE, "0")))
+            except ValueError:
+                continue
+            if product and count > 0:
+                out[product] = max(out.get(product, 0), count)
+        return out
+
     def podmonitor_api_present(self) -> bool:
         return self._group_present("monitoring.coreos.com")
 
@@ -195,6 +218,46 @@ class Kube:
         except ApiException:
             return False
         return any(g.name == group for g in groups)
+
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class NodeCatalog:
+    """The catalog with ``maxPerNode`` taken from the cluster's nodes, re-read at most
+    every ``ttl_seconds``; the reconciler and the autoscaler plan with ``latest``.
+
+    Without permission to list nodes (a namespaced install) the catalog's figures stand,
+    and the operator says so once.
+    """
+
+    def __init__(self, kube: Kube, base: Catalog, ttl_seconds: float = 60.0) -> None:
+        self.kube, self.base, self.ttl_seconds = kube, base, ttl_seconds
+        self.latest = base
+        self._read_at = -math.inf
+        self._denied = False
+
+    async def refresh(self) -> Catalog:
+        if self._denied or time.monotonic() - self._read_at < self.ttl_seconds:
+            return self.latest
+        self._read_at = time.monotonic()
+        try:
+            counts = await in_thread(self.kube.node_gpu_counts)
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                self._denied = True
+                log.warning(
+                    "cannot list nodes (%s): plans use the catalog's GPUs per node", exc.status
+                )
+            else:
+                log.warning("listing nodes failed (%s): keeping the last GPU counts", exc.status)
+            return self.latest
+        fresh = self.base.with_node_gpus(counts)
+        if fresh != self.latest:
+            log.info("GPUs per node from the cluster: %s", counts)
+            self.latest = fresh
+        return self.latest
 
 
 def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -252,6 +315,7 @@ __all__ = [
     "WRITES",
     "ApiException",
     "Kube",
+    "NodeCatalog",
     "in_thread",
     "new_api_client",
     "unreachable_reason",

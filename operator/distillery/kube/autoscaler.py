@@ -24,7 +24,7 @@ from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits,
 from distillery.autoscale.policy import Capacity, History, decide
 from distillery.autoscale.source import MetricsUnavailableError, PrometheusSource
 from distillery.catalog import Catalog
-from distillery.kube import Kube, in_thread
+from distillery.kube import Kube, NodeCatalog, in_thread
 from distillery.kube.reconciler import now_rfc3339
 from distillery.reconcile import parse
 from distillery.render import desired_replicas
@@ -43,8 +43,9 @@ class Autoscaler:
     kube: Kube
     catalog: Catalog
     source: PrometheusSource | None
+    nodes: NodeCatalog | None = None  # the reconciler's view of GPUs per node
     histories: dict[Key, History] = field(default_factory=dict)
-    _capacity: dict[tuple[str, str, Any], tuple[Capacity, Any]] = field(default_factory=dict)
+    _capacity: dict[tuple[str, str, Any, int], tuple[Capacity, Any]] = field(default_factory=dict)
     _written: dict[Key, dict[str, Any]] = field(default_factory=dict)
     passes: int = 0
 
@@ -54,12 +55,14 @@ class Autoscaler:
 
     def _capacity_for(self, body: Mapping[str, Any]) -> tuple[Capacity, Any] | None:
         meta = body.get("metadata") or {}
-        key = (meta.get("namespace", ""), meta.get("name", ""), meta.get("generation"))
+        catalog = self.nodes.latest if self.nodes else self.catalog
+        # The catalog is part of the key: node GPU counts can change a plan.
+        key = (meta.get("namespace", ""), meta.get("name", ""), meta.get("generation"), id(catalog))
         if key in self._capacity:
             return self._capacity[key]
         try:
             dmd = parse(body)
-            p = plan(dmd.spec, self.catalog)
+            p = plan(dmd.spec, catalog)
         except (ValidationError, PlanError, UnknownModelError):
             return None
         source = ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name)

@@ -21,7 +21,7 @@ from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
-from distillery.kube import WRITES, Kube, in_thread
+from distillery.kube import WRITES, Kube, NodeCatalog, in_thread
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
 from distillery.reconcile.children import (
     APPLIED_HASH,
@@ -45,6 +45,7 @@ class Reconciler:
     kube: Kube
     catalog: Catalog
     options: RenderOptions
+    nodes: NodeCatalog | None = None  # GPUs per node from the cluster, when readable
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _status: dict[Key, dict[str, Any]] = field(default_factory=dict)
@@ -141,10 +142,11 @@ class Reconciler:
             effective["status"] = {**(body.get("status") or {}), **self._status[key]}
         effective["metadata"] = self._unconsumed(key, body.get("metadata") or {})
         user_template, template_error = await self._user_template(body)
+        catalog = await self.nodes.refresh() if self.nodes else self.catalog
         desired = desired_state(
             effective,
             self._effective_children(namespace, name, children),
-            self.catalog,
+            catalog,
             now=now_rfc3339(),
             options=self.options,
             user_template=user_template,

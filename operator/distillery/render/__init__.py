@@ -371,7 +371,7 @@ def render(
             gpus=c.gpus,
             quantization=c.quantization,
             max_model_len=spec.serving.max_model_len,
-            max_concurrency=spec.serving.max_concurrency,
+            max_concurrency=spec.serving.concurrency,
             gpu_memory_utilization=spec.placement.gpu_memory_utilization,
             kv_cache_dtype=spec.serving.kv_cache_dtype,
             extra_args=tuple(spec.serving.extra_args),
@@ -445,7 +445,7 @@ def render(
             drain_seconds(
                 spec.serving.max_model_len,
                 c.decode_tokens_per_second
-                / max(1, min(spec.serving.max_concurrency, c.max_concurrency)),
+                / max(1, min(spec.serving.concurrency, c.max_concurrency)),
             )
         ),
         "pod_security_context": pod_security,

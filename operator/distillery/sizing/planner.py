@@ -205,13 +205,13 @@ def requirements(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Requir
     typical = serving.typical_sequence_tokens or min(serving.max_model_len, 4096)
     gpu_types = () if placement.gpu_types == ["auto"] else tuple(placement.gpu_types)
     gpus = placement.gpus_per_replica
-    explicit = "max_concurrency" in serving.model_fields_set
+    explicit = serving.max_concurrency is not None
     return Requirements(
         model=model,
         engine=serving.engine,
         quantization=spec.model.quantization,
         max_model_len=serving.max_model_len,
-        max_concurrency=serving.max_concurrency,
+        max_concurrency=serving.concurrency,
         typical_tokens=min(typical, serving.max_model_len),
         utilization=placement.gpu_memory_utilization,
         kv_cache_dtype=serving.kv_cache_dtype,
@@ -467,6 +467,9 @@ def _nothing_fits_message(req: Requirements, catalog: Catalog, ranked: list[Opti
         + (f" at quantization {req.quantization}" if req.quantization != "auto" else "")
         + f" (needs a KV cache of {req.kv_tokens_needed} tokens)."
     )
+    node_bound = [o for o in ranked if "largest node offers" in o.reason]
+    if node_bound:
+        head += f" On this cluster: {node_bound[0].summary} {node_bound[0].reason}."
     hints: list[str] = []
 
     def cheapest(r: Requirements) -> Option | None:
