@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 
 from distillery import metrics
 from distillery.api.types import GROUP, PLURAL, VERSION
-from distillery.autoscale.inputs import PodInfo
+from distillery.autoscale.inputs import PodInfo, pod_failure
 from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
 from distillery.kube import Kube, NodeCatalog, in_thread, new_api_client
@@ -166,6 +166,8 @@ def dmd_pods(**kwargs: Any) -> dict[Any, PodInfo]:
         unschedulable=unschedulable,
         revision=labels.get(REVISION_ANNOTATION),
         track=labels.get(TRACK_LABEL),
+        failure=pod_failure(status),
+        terminating=bool(meta.get("deletionTimestamp")),
     )
     return {(meta.get("namespace"), labels.get(OWNER_LABEL)): info}
 

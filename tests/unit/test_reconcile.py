@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from distillery.api.types import DistilledModelDeploymentStatus
+from distillery.autoscale.inputs import PodInfo, pod_failure
 from distillery.catalog import load_catalog
 from distillery.reconcile import desired_state
 from distillery.reconcile.children import APPLIED_HASH, ChildState, child_state, foreign_conflicts
@@ -211,3 +212,89 @@ def test_an_update_that_took_ownership_is_still_seen() -> None:
     deployment = first.apply[0]
     assert edited_by(foreign_fields(entries), deployment) == ["kubectl-patch"]
     assert edited_by(foreign_fields(entries[1:]), deployment) == []
+
+
+# Container statuses as the kubelet writes them.
+OOM_LOOP = {
+    "containerStatuses": [
+        {
+            "name": "engine",
+            "ready": False,
+            "restartCount": 3,
+            "state": {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": "back-off 40s restarting failed container=engine",
+                }
+            },
+            "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+        }
+    ]
+}
+MISSING_SECRET = {
+    "containerStatuses": [
+        {
+            "name": "engine",
+            "ready": False,
+            "restartCount": 0,
+            "state": {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": 'secret "hf-token" not found',
+                }
+            },
+        }
+    ]
+}
+
+
+def test_pod_failure_reads_the_kubelet_states() -> None:
+    oom = pod_failure(OOM_LOOP)
+    assert oom is not None and oom.reason == "CrashLoopBackOff"
+    assert "last exit: OOMKilled, code 137" in oom.message
+    secret = pod_failure(MISSING_SECRET)
+    assert secret is not None and secret.reason == "CreateContainerConfigError"
+    assert 'secret "hf-token" not found' in secret.message
+    assert secret.severity < oom.severity  # a missing Secret never clears on its own
+    pull = pod_failure(
+        {"containerStatuses": [{"name": "e", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]}
+    )
+    assert pull is not None and pull.reason == "ImagePullBackOff"
+    oom_state = {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+    killed = pod_failure({"containerStatuses": [{"name": "e", "ready": False, "state": oom_state}]})
+    assert killed is not None and killed.reason == "OOMKilled"
+    starting = {
+        "containerStatuses": [{"name": "e", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    }
+    assert pod_failure(starting) is None and pod_failure({}) is None
+
+
+def test_ready_says_why_pods_fail_and_warns_once() -> None:
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    children = live(first.apply, ready=1)
+    revision = first.apply[0]["spec"]["template"]["metadata"]["labels"]["distillery.dev/revision"]
+    pods = [
+        PodInfo("m-a", True, revision=revision),
+        PodInfo("m-b", False, revision=revision, failure=pod_failure(OOM_LOOP)),
+        PodInfo("m-c", False, revision=revision, failure=pod_failure(MISSING_SECRET)),
+    ]
+    d = desired_state(dmd(status=roundtrip(first.status)), children, CATALOG, now=LATER, pods=pods)
+    ready = {c["type"]: c for c in d.status["conditions"]}["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "CreateContainerConfigError"
+    assert ready["message"].startswith("1/2 replicas ready; pod m-c: CreateContainerConfigError")
+    assert "(2 pods failing)" in ready["message"]
+    warnings = [e for e in d.events if e.type == "Warning"]
+    assert [e.reason for e in warnings] == ["CreateContainerConfigError"]
+    again = desired_state(dmd(status=roundtrip(d.status)), children, CATALOG, now=LATER, pods=pods)
+    assert not [e for e in again.events if e.type == "Warning"]  # once per change
+
+
+def test_terminating_pods_are_not_ready_capacity() -> None:
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    children = live(first.apply, ready=4)  # the Deployment still counts the old pods
+    revision = first.apply[0]["spec"]["template"]["metadata"]["labels"]["distillery.dev/revision"]
+    pods = [PodInfo(f"m-{i}", True, revision=revision, terminating=i >= 2) for i in range(4)]
+    d = desired_state(dmd(status=roundtrip(first.status)), children, CATALOG, now=LATER, pods=pods)
+    assert d.status["readyReplicas"] == 2
+    ready = {c["type"]: c for c in d.status["conditions"]}["Ready"]
+    assert ready["message"] == "2/2 replicas ready"

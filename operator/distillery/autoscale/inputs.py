@@ -10,6 +10,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from distillery.api.types import DistilledModelDeploymentSpec, ScalingTargets
 from distillery.autoscale.policy import (
@@ -78,12 +79,83 @@ def merge_buckets(pods: Iterable[PodMetrics]) -> dict[float, float]:
 
 
 @dataclass(frozen=True)
+class PodFailure:
+    """Why a pod's container is not running, as the kubelet reports it."""
+
+    reason: str  # CrashLoopBackOff, ImagePullBackOff, CreateContainerConfigError, OOMKilled, ...
+    message: str
+    severity: int  # lower is worse: the one Ready shows when several pods fail
+
+
+# Waiting reasons that do not clear on their own, worst first: a missing Secret or image
+# never recovers; a crash loop might.
+FAILING_WAIT_REASONS = (
+    "CreateContainerConfigError",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerError",
+    "RunContainerError",
+    "CrashLoopBackOff",
+)
+POD_FAILURE_REASONS = frozenset({*FAILING_WAIT_REASONS, "OOMKilled", "Error"})
+
+
+def pod_failure(status: Mapping[str, Any]) -> PodFailure | None:
+    """The worst container failure in a pod's ``status``, or None.
+
+    vLLM's commonest failure is an OOM kill while loading weights, seen as
+    ``CrashLoopBackOff`` with ``lastState.terminated.reason: OOMKilled``: the message
+    names both. Messages are the kubelet's own (they name a Secret, never its value).
+    """
+    found: list[PodFailure] = []
+    statuses = [
+        *(status.get("initContainerStatuses") or []),
+        *(status.get("containerStatuses") or []),
+    ]
+    for cs in statuses:
+        state, last = cs.get("state") or {}, cs.get("lastState") or {}
+        waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+        previous = last.get("terminated") or {}
+        why = ""
+        if previous.get("reason"):
+            why = f" (last exit: {previous['reason']}, code {previous.get('exitCode', '?')})"
+        name = cs.get("name", "?")
+        if waiting.get("reason") in FAILING_WAIT_REASONS:
+            reason = str(waiting["reason"])
+            text = str(waiting.get("message") or reason)
+            found.append(
+                PodFailure(
+                    reason,
+                    f"container {name}: {text}{why}",
+                    FAILING_WAIT_REASONS.index(reason),
+                )
+            )
+        elif terminated.get("reason") in ("OOMKilled", "Error") and not cs.get("ready"):
+            reason = str(terminated["reason"])
+            text = f"exit code {terminated.get('exitCode', '?')}"
+            found.append(PodFailure(reason, f"container {name}: {text}", len(FAILING_WAIT_REASONS)))
+        elif previous.get("reason") == "OOMKilled" and not cs.get("ready"):
+            found.append(
+                PodFailure(
+                    "OOMKilled",
+                    f"container {name} restarted {cs.get('restartCount', 0)} times{why}",
+                    len(FAILING_WAIT_REASONS),
+                )
+            )
+    return min(found, key=lambda f: f.severity) if found else None
+
+
+@dataclass(frozen=True)
 class PodInfo:
     name: str
     ready: bool
     unschedulable: str | None = None  # the scheduler's message when Unschedulable
     revision: str | None = None  # distillery.dev/revision: the pod template it runs
     track: str | None = None  # distillery.dev/track: stable or canary
+    failure: PodFailure | None = None  # a container that is not running, and why
+    terminating: bool = False  # deletionTimestamp set: it counts for nothing
 
 
 @dataclass(frozen=True)

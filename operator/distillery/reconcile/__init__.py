@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from distillery.api import conditions as cond
 from distillery.api.types import DistilledModelDeployment
-from distillery.autoscale.inputs import PodInfo
+from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
 from distillery.catalog import Catalog
 from distillery.reconcile.children import (
     APPLIED_HASH,
@@ -176,6 +176,8 @@ def _transition_events(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]
             events.append(Event("Warning", c["reason"], c["message"]))
         elif c["type"] == cond.READY and c["status"] == "True" and flipped:
             events.append(Event("Normal", "Ready", c["message"]))
+        elif c["type"] == cond.READY and c.get("reason") in POD_FAILURE_REASONS and changed:
+            events.append(Event("Warning", c["reason"], c["message"]))
         elif (
             c["type"] == cond.SIZED
             and c["status"] == "True"
@@ -239,8 +241,11 @@ def _deployment_conditions(
     rendered: Rendered,
     gen: int | None,
     unschedulable: str | None = None,
+    pods: Sequence[PodInfo] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Ready and Reconciling, from the Deployment's own status."""
+    """Ready and Reconciling, from the Deployment's own status and, when known, its
+    pods: a failing container names the reason (a missing Secret, a bad image, an OOM
+    kill) instead of a bare count, and terminating pods do not count as ready."""
     if dep is None:
         msg = "creating the serving Deployment"
         return (
@@ -255,23 +260,39 @@ def _deployment_conditions(
             cond.condition(cond.RECONCILING, True, "ProgressDeadlineExceeded", msg, gen),
         )
     behind = dep.observed_generation < dep.generation or dep.spec_replicas != desired_count
-    counts = f"{dep.ready_replicas}/{desired_count} replicas ready"
+    ready_replicas = dep.ready_replicas
+    if pods is not None:
+        live = [p for p in pods if (p.track or "stable") == "stable" and not p.terminating]
+        ready_replicas = min(ready_replicas, sum(p.ready for p in live))
+        failing = [(p.failure, p.name) for p in live if p.failure and not p.ready]
+    else:
+        failing = []
+    counts = f"{ready_replicas}/{desired_count} replicas ready"
+    if failing and ready_replicas < desired_count:
+        failure, pod = min(failing, key=lambda f: (f[0].severity, f[1]))
+        msg = f"{counts}; pod {pod}: {failure.reason}: {failure.message}"
+        if len(failing) > 1:
+            msg += f" ({len(failing)} pods failing)"
+        return (
+            cond.condition(cond.READY, False, failure.reason, msg, gen),
+            cond.condition(cond.RECONCILING, True, failure.reason, msg, gen),
+        )
     if behind or dep.updated_replicas < desired_count:
         reason = "RollingOut" if dep.updated_replicas < dep.replicas else "ScalingUp"
         if dep.spec_replicas is not None and dep.spec_replicas > desired_count:
             reason = "ScalingDown"
-        ready_now = dep.ready_replicas >= desired_count and not behind
+        ready_now = ready_replicas >= desired_count and not behind
         return (
             cond.condition(cond.READY, ready_now, reason, counts, gen),
             cond.condition(cond.RECONCILING, True, reason, f"{reason}: {counts}", gen),
         )
-    if dep.ready_replicas < desired_count and unschedulable:
+    if ready_replicas < desired_count and unschedulable:
         msg = f"{counts}; pods cannot be scheduled: {unschedulable}"
         return (
             cond.condition(cond.READY, False, "Unschedulable", msg, gen),
             cond.condition(cond.RECONCILING, True, "Unschedulable", msg, gen),
         )
-    if dep.ready_replicas < desired_count:
+    if ready_replicas < desired_count:
         msg = f"{counts}; new replicas load {rendered.startup_seconds:.0f}s of weights and engine"
         return (
             cond.condition(cond.READY, False, "WaitingForReplicas", msg, gen),
@@ -413,6 +434,8 @@ def desired_state(
     canary_ready = canary_child.ready_replicas if canary_child else 0
     running = (stable_child.replicas if stable_child else 0) + canary_live
     ready_count = (stable_child.ready_replicas if stable_child else 0) + canary_ready
+    if pods is not None:  # a pod being deleted in a scale-down is not ready capacity
+        ready_count = min(ready_count, sum(p.ready and not p.terminating for p in pods))
     if phase == ROLLED_BACK:
         why = decision.progressing[2]
         ready = cond.condition(cond.READY, False, "RolledBack", why, gen)
@@ -429,7 +452,7 @@ def desired_state(
         stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
     else:
         ready, reconciling = _deployment_conditions(
-            decision.stable_replicas, stable_child, rendered, gen, unschedulable
+            decision.stable_replicas, stable_child, rendered, gen, unschedulable, pods
         )
         stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
     precision = "bf16" if c.quantization == "none" else c.quantization
