@@ -231,6 +231,64 @@ def test_plans_fit_the_nodes_the_cluster_has(
     assert (placement["gpuType"], placement["gpuCount"]) == ("nvidia-l4", 1)
 
 
+def test_ready_names_the_failing_container(
+    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("oom", QWEN7B_H100))
+    out = cluster.kubectl(
+        "wait", "-n", namespace, "--for=condition=Ready", "dmd/oom", "--timeout=120s", check=False
+    )
+    assert "condition met" in out, operator.tail()
+    core = client.CoreV1Api(api_client)
+    selector = get_dmd(api_client, namespace, "oom")["status"]["selector"]
+    [pod] = core.list_namespaced_pod(namespace, label_selector=selector).items
+    # What the kubelet writes when vLLM is OOM-killed loading weights and restarts.
+    status = {
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+                {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+            ],
+            "containerStatuses": [
+                {
+                    "name": pod.spec.containers[0].name,
+                    "image": pod.spec.containers[0].image,
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 4,
+                    "started": False,
+                    "state": {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": "back-off 1m20s restarting failed container",
+                        }
+                    },
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ],
+        }
+    }
+    cluster.kubectl(
+        "patch", "pod", pod.metadata.name, "-n", namespace, "--subresource=status",
+        "--type=strategic", "-p", json.dumps(status),
+    )  # fmt: skip
+
+    def failing() -> dict[str, Any] | None:
+        ready = conditions(get_dmd(api_client, namespace, "oom"))["Ready"]
+        return ready if ready["reason"] == "CrashLoopBackOff" else None
+
+    ready = wait_for(failing, "Ready to name the crash loop", timeout=60)
+    assert ready["status"] == "False"
+    assert f"pod {pod.metadata.name}: CrashLoopBackOff" in ready["message"]
+    assert "last exit: OOMKilled, code 137" in ready["message"]
+    warnings = [
+        e
+        for e in core.list_namespaced_event(namespace).items
+        if e.involved_object.kind == "DistilledModelDeployment" and e.type == "Warning"
+    ]
+    assert any(e.reason == "CrashLoopBackOff" for e in warnings), warnings
+
+
 def test_restart_and_idle_cost_no_writes(
     cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
