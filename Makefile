@@ -24,6 +24,7 @@ tools:
 generate: venv                    ## regenerate the CRD from the API models
 	.venv/bin/distillery crd --output-dir crds --chart-dir charts/distillery/templates \
 	  --reference docs/crd-reference.md
+	$(PY) hack/gen_settings_doc.py
 
 lint: venv
 	.venv/bin/ruff check operator tests hack benchmarks

@@ -195,6 +195,11 @@ def render_plan_table(name: str, p: Plan, *, wide: bool = False, every: bool = F
         if c.cost_per_million_tokens is not None
         else "n/a"
     )
+    asked = (
+        f"asked {p.requirements.max_concurrency}"
+        if p.requirements.concurrency_explicit
+        else "maxConcurrency not set"
+    )
     lines = [
         f"{name}: {p.model.name}",
         f"  placement   {c.gpu_count}x {c.gpu.name} ({c.gpu.product}), tensor parallel "
@@ -203,7 +208,7 @@ def render_plan_table(name: str, p: Plan, *, wide: bool = False, every: bool = F
         f"overhead {c.overhead_gib:.1f} GiB of {c.budget_gib:.1f} GiB (free "
         f"{c.free_gib:.1f} GiB)",
         f"  capacity    {c.kv_cache_tokens} KV tokens, {c.max_concurrency} sequences of "
-        f"{p.requirements.typical_tokens} tokens (asked {p.requirements.max_concurrency}), "
+        f"{p.requirements.typical_tokens} tokens ({asked}), "
         f"~{c.decode_tokens_per_second:.0f} output tok/s",
         f"  cost        {c.cost_per_replica_hour:.2f} {cur}/replica-hour, ~{per_tok}",
     ]
@@ -361,18 +366,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
 
     from distillery.settings import PREFIX, Settings
 
-    overrides = {
-        "namespaces": args.namespace,
-        "prometheus_url": args.prometheus_url,
-        "autoscale_interval_seconds": args.autoscale_interval,
-        "rollout_interval_seconds": args.rollout_interval,
-        "catalog_files": args.catalog,
-        "metrics_port": args.metrics_port,
-        "health_port": args.health_port,
-        "peering": args.peering,
-        "kubeconfig": args.kubeconfig,
-        "log_level": args.log_level,
-    }
+    overrides = {name: getattr(args, name) for name in Settings.model_fields}
     settings = Settings.from_env(**overrides)
     # Handlers read their registration-time settings (timer intervals) from the
     # environment: export the merged settings before importing them.
@@ -792,6 +786,36 @@ def _output_arg(p: argparse.ArgumentParser, formats: Sequence[str] = OUTPUT_FORM
     p.add_argument("-o", "--output", choices=formats, default=formats[0], help="output format")
 
 
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per operator setting, generated from the Settings fields."""
+    from typing import get_args
+
+    from distillery.settings import PREFIX, Settings
+
+    for name, info in Settings.model_fields.items():
+        env = PREFIX + name.upper()
+        help_text = f"{info.description or name} (env {env})"
+        flag = Settings.flag(name)
+        names = [flag, "-n"] if name == "namespaces" else [flag]
+        choices = get_args(info.annotation)
+        if info.annotation is bool:
+            p.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif name in ("namespaces", "catalog_files"):
+            p.add_argument(
+                *names, dest=name, action="append", default=[], help=help_text + "; repeatable"
+            )
+        elif choices and all(isinstance(c, str) for c in choices):
+            p.add_argument(*names, dest=name, choices=choices, help=help_text)
+        elif name.endswith("_port"):
+            p.add_argument(*names, dest=name, type=number(int, ge=0, le=65535), help=help_text)
+        elif info.annotation is int:
+            p.add_argument(*names, dest=name, type=int, help=help_text)
+        elif info.annotation is float:
+            p.add_argument(*names, dest=name, type=number(gt=0), help=help_text)
+        else:
+            p.add_argument(*names, dest=name, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distillery", description="Serve distilled reasoning models on Kubernetes GPUs."
@@ -843,25 +867,10 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(r)
     r.set_defaults(func=cmd_render)
 
-    o = sub.add_parser("run", help="run the operator")
-    o.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        default=[],
-        help="namespace to watch, repeatable (default: all)",
+    o = sub.add_parser(
+        "run", help="run the operator (every setting: flag, else DISTILLERY_* environment)"
     )
-    o.add_argument("--prometheus-url", help="Prometheus base URL")
-    o.add_argument("--autoscale-interval", type=number(gt=0), help="seconds between decisions")
-    o.add_argument("--rollout-interval", type=number(gt=0), help="seconds between canary analyses")
-    _catalog_arg(o)
-    o.add_argument(
-        "--metrics-port", type=number(int, ge=0, le=65535), help="operator metrics port (0: off)"
-    )
-    o.add_argument("--health-port", type=number(int, ge=0, le=65535), help="liveness port (0: off)")
-    o.add_argument("--peering", help="kopf peering name for HA (default: standalone)")
-    o.add_argument("--kubeconfig", help="kubeconfig (default: in-cluster, then ~/.kube)")
-    o.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _settings_flags(o)
     o.set_defaults(func=cmd_run)
 
     m = sub.add_parser("simulate", help="replay a trace under each scaling policy")

@@ -1,8 +1,9 @@
 """Operator settings: one class, environment variables prefixed ``DISTILLERY_``.
 
-Every setting is also a ``distillery run`` flag (the flag wins); the Helm chart sets the
-environment. Lists are comma-separated in the environment (``DISTILLERY_NAMESPACES=a,b``)
-and repeatable as flags.
+Every setting is also a ``distillery run`` flag (the flag wins), generated from the
+fields below, as is the table in docs/operations.md; the Helm chart sets the environment.
+Lists are comma-separated in the environment (``DISTILLERY_NAMESPACES=a,b``) and
+repeatable as flags.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from distillery.render import RenderOptions
 
 PREFIX = "DISTILLERY_"
+# Flags named before the rest were generated; every other field is --field-name.
+FLAG_NAMES = {
+    "namespaces": "--namespace",
+    "autoscale_interval_seconds": "--autoscale-interval",
+    "rollout_interval_seconds": "--rollout-interval",
+    "catalog_files": "--catalog",
+}
 
 
 class Settings(BaseModel):
@@ -25,32 +33,54 @@ class Settings(BaseModel):
         default_factory=list, description="namespaces to watch (empty: all)"
     )
     prometheus_url: str = Field(default="", description="Prometheus base URL")
-    prometheus_bearer_token_file: str = ""
-    prometheus_ca_file: str = ""
-    prometheus_insecure_skip_verify: bool = False
-    autoscale_interval_seconds: float = Field(default=15.0, gt=0)
-    resync_interval_seconds: float = Field(default=300.0, gt=0)
+    prometheus_bearer_token_file: str = Field(
+        default="", description="file with a bearer token for Prometheus"
+    )
+    prometheus_ca_file: str = Field(default="", description="CA bundle for Prometheus TLS")
+    prometheus_insecure_skip_verify: bool = Field(
+        default=False, description="skip Prometheus TLS verification (testing only)"
+    )
+    autoscale_interval_seconds: float = Field(
+        default=15.0, gt=0, description="seconds between autoscaler decisions"
+    )
+    resync_interval_seconds: float = Field(
+        default=300.0, gt=0, description="seconds between full re-reconciles of every DMD"
+    )
     rollout_interval_seconds: float = Field(
         default=10.0, gt=0, description="seconds between canary analyses and pause checks"
     )
-    catalog_files: list[str] = Field(default_factory=list)
-    pod_monitor: Literal["auto", "true", "false"] = "auto"
-    model_cache_claim: str = ""
-    image_vllm: str = ""
-    image_sglang: str = ""
-    image_tgi: str = ""
-    image_llamacpp: str = ""
-    metrics_port: int = Field(default=8080, ge=0, le=65535)
+    catalog_files: list[str] = Field(
+        default_factory=list, description="extra catalog YAML files (models, GPUs, prices)"
+    )
+    pod_monitor: Literal["auto", "true", "false"] = Field(
+        default="auto", description="render PodMonitors (auto: when the CRD is installed)"
+    )
+    model_cache_claim: str = Field(
+        default="", description="shared RWX PVC that hf:// downloads go to"
+    )
+    image_vllm: str = Field(default="", description="vLLM image (empty: built-in default)")
+    image_sglang: str = Field(default="", description="SGLang image (empty: built-in default)")
+    image_tgi: str = Field(default="", description="TGI image (empty: built-in default)")
+    image_llamacpp: str = Field(default="", description="llama.cpp image (empty: built-in default)")
+    metrics_port: int = Field(
+        default=8080, ge=0, le=65535, description="operator metrics port (0: off)"
+    )
     metrics_bind: str = Field(
         default="0.0.0.0", description="address the metrics and liveness endpoints bind"
     )
-    health_port: int = Field(default=8081, ge=0, le=65535)
+    health_port: int = Field(
+        default=8081, ge=0, le=65535, description="liveness port, /healthz (0: off)"
+    )
     peering: str = Field(
         default="", description="kopf peering name; empty: standalone (one replica, Recreate)"
     )
-    priority: int = 0
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    kubeconfig: str = ""
+    priority: int = Field(default=0, description="kopf peering priority (higher wins)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log level"
+    )
+    kubeconfig: str = Field(
+        default="", description="kubeconfig file (empty: in-cluster, then ~/.kube/config)"
+    )
 
     @field_validator("namespaces", "catalog_files", mode="before")
     @classmethod
@@ -85,6 +115,28 @@ class Settings(BaseModel):
             http_route=http_route,
             model_cache_claim=self.model_cache_claim or None,
         )
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """The ``distillery run`` flag of a field."""
+        return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+    @classmethod
+    def markdown(cls) -> str:
+        """The settings table of docs/operations.md."""
+        rows = [
+            "<!-- settings: generated from distillery.settings.Settings by `make generate` -->",
+            "| environment | flag | default | meaning |",
+            "|---|---|---|---|",
+        ]
+        for name, info in cls.model_fields.items():
+            default = info.get_default(call_default_factory=True)
+            shown = ",".join(default) if isinstance(default, list) else str(default)
+            rows.append(
+                f"| `{PREFIX}{name.upper()}` | `{cls.flag(name)}` | `{shown or '(empty)'}` | "
+                f"{info.description or ''} |"
+            )
+        return "\n".join([*rows, "<!-- /settings -->"])
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

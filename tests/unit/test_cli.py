@@ -423,3 +423,32 @@ def test_run_without_a_cluster_says_so_in_one_line(
     assert exit_code("run", "--kubeconfig", str(tmp_path / "missing")) == 1
     assert "no Kubernetes credentials" in capsys.readouterr().err
     assert exit_code("run", "--metrics-port", "70000") == 2
+
+
+def test_readme_example_row_is_what_the_planner_chooses(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    f = tmp_path / "readme-dmd.yaml"
+    f.write_text(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    [doc] = json.loads(run("plan", str(f), "-o", "json")[1])
+    row = readme.split("$ kubectl get dmd\n", 1)[1].splitlines()[1].split()
+    gpu = f"{doc['placement']['gpuType']}x{doc['placement']['gpuCount']}"
+    assert row[2] == gpu and float(row[5]) == round(doc["costPerReplicaHour"], 2), row
+
+
+def test_every_setting_is_a_run_flag_and_documented() -> None:
+    from distillery.cli import build_parser
+    from distillery.settings import Settings
+
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    assert Settings.markdown() in ops, "docs/operations.md is stale: run make generate"
+    parser = build_parser()
+    for name, info in Settings.model_fields.items():
+        flag = Settings.flag(name)
+        if info.annotation is bool:
+            args = parser.parse_args(["run", flag])
+            assert getattr(args, name) is True, name
+            continue
+        value = "DEBUG" if name == "log_level" else "true" if name == "pod_monitor" else "7"
+        args = parser.parse_args(["run", flag, value])
+        got = getattr(args, name)
+        assert (got[0] if isinstance(got, list) else str(got)).startswith(value), name
