@@ -60,6 +60,12 @@ STALLED = Gauge(
     ["namespace", "name"],
     registry=REGISTRY,
 )
+BUDGET_LIMITED = Gauge(
+    "distillery_budget_limited",
+    "1 while the DMD wants more replicas than scaling.maxCostPerHour pays for.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
 SCALING_DECISIONS = Counter(
     "distillery_scaling_decisions_total",
     "Autoscaler decisions that changed replicas, by direction and reason.",
@@ -70,6 +76,7 @@ SCALING_DECISIONS = Counter(
 
 def forget(namespace: str, name: str) -> None:
     """Drop the per-DMD series of a deleted DMD."""
-    for gauge in (DESIRED_REPLICAS, CURRENT_REPLICAS, READY_REPLICAS, COST_PER_HOUR, STALLED):
+    gauges = (DESIRED_REPLICAS, CURRENT_REPLICAS, READY_REPLICAS, COST_PER_HOUR, STALLED)
+    for gauge in (*gauges, BUDGET_LIMITED):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)

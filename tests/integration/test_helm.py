@@ -257,3 +257,71 @@ def test_namespaced_mode_rbac(helm_cluster: Cluster) -> None:
     )["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "DISTILLERY_NAMESPACES", "value": "team-a"} in env
     helm(c, "uninstall", "scoped", "-n", NS, "--wait")
+
+
+def test_alerts_fire_as_documented(tmp_path: Path) -> None:
+    """The chart's alerts under `promtool test rules`: each fires on the series the
+    operator exports, with the DMD's namespace and name."""
+    proc = subprocess.run(
+        [str(BIN_DIR / "helm"), "template", "d", str(CHART), "--kube-version", "1.36.3",
+         "--set", "metrics.prometheusRule.enabled=true",
+         "--show-only", "templates/prometheusrule.yaml"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rule = yaml.safe_load(proc.stdout)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    labels = {"namespace": "team-a", "name": "r1"}
+    tests = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": 'distillery_budget_limited{namespace="team-a",name="r1"}',
+                     "values": "0 1x40"},
+                    {"series": 'distillery_budget_limited{namespace="team-a",name="ok"}',
+                     "values": "0x40"},
+                    {"series": 'distillery_stalled{namespace="team-a",name="r1"}',
+                     "values": "1x20"},
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "10m", "alertname": "DistilleryBudgetLimited", "exp_alerts": []},
+                    {
+                        "eval_time": "30m",
+                        "alertname": "DistilleryBudgetLimited",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**labels, "severity": "info"},
+                                "exp_annotations": {
+                                    "summary": "DMD team-a/r1 is held by its budget "
+                                    "(scaling.maxCostPerHour): the SLO may be missed."
+                                },
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "15m",
+                        "alertname": "DistilleryDeploymentStalled",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {**labels, "severity": "warning"},
+                                "exp_annotations": {
+                                    "summary": "DMD team-a/r1 is Stalled: see kubectl describe dmd."
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }  # fmt: skip
+    test_file = tmp_path / "tests.yaml"
+    test_file.write_text(yaml.safe_dump(tests))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: hack/install-deps.sh installs the prometheus package"
+    out = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

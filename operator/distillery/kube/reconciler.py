@@ -258,6 +258,13 @@ class Reconciler:
     def _record_metrics(self, namespace: str, name: str, desired: Desired) -> None:
         status = desired.status
         metrics.STALLED.labels(namespace, name).set(1 if desired.stalled_reason else 0)
+        limited = any(
+            c.get("type") == "ScalingLimited"
+            and c.get("status") == "True"
+            and c.get("reason") == "BudgetLimited"
+            for c in status.get("conditions") or []
+        )
+        metrics.BUDGET_LIMITED.labels(namespace, name).set(1 if limited else 0)
         if desired.stalled_reason:
             return
         metrics.CURRENT_REPLICAS.labels(namespace, name).set(status.get("replicas") or 0)
