@@ -88,6 +88,24 @@ class SecretKeyRef(_Model):
     )
 
 
+class ConfigMapKeyRef(_Model):
+    """A key in a ConfigMap in the DMD's namespace."""
+
+    name: str = Field(
+        description="Name of the ConfigMap.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    key: str = Field(
+        default="token",
+        description="Key within the ConfigMap.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
+
+
 class ModelArchitecture(_Model):
     """Architecture of a model that is not in the catalog (values from its config.json)."""
 
@@ -185,7 +203,7 @@ class EnvVarSource(_Model):
     """Source of an environment variable's value: a key of a Secret or ConfigMap."""
 
     secret_key_ref: SecretKeyRef | None = Field(default=None, description="A Secret key.")
-    config_map_key_ref: SecretKeyRef | None = Field(default=None, description="A ConfigMap key.")
+    config_map_key_ref: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap key.")
 
     model_config = ConfigDict(
         json_schema_extra=_rules(

@@ -167,8 +167,8 @@ def _env(dmd: DistilledModelDeployment, launch_: EngineLaunch, source: ModelSour
                 r = var.value_from.secret_key_ref
                 item["valueFrom"] = {"secretKeyRef": {"name": r.name, "key": r.key}}
             elif var.value_from.config_map_key_ref is not None:
-                r = var.value_from.config_map_key_ref
-                item["valueFrom"] = {"configMapKeyRef": {"name": r.name, "key": r.key}}
+                cm = var.value_from.config_map_key_ref
+                item["valueFrom"] = {"configMapKeyRef": {"name": cm.name, "key": cm.key}}
         else:
             item["value"] = var.value or ""
         env = [e for e in env if e["name"] != var.name] + [item]
