@@ -7,7 +7,6 @@ command to run, it never skips.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from kubernetes import client, config
 
 from localcluster import Cluster, start
 from localprom import Prometheus
+from tests.integration.waits import Dmds, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -60,23 +60,6 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
         prom.stop()
 
 
-def wait_for(
-    check: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.25
-) -> Any:
-    """Poll ``check`` until it returns something truthy without raising."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 - "not yet"
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
 @pytest.fixture(scope="session")
 def crd_installed(cluster: Cluster) -> None:
     from distillery.api.crd import CRD_FILE
@@ -109,3 +92,9 @@ def operator(
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def dmds(cluster: Cluster, api_client: client.ApiClient, namespace: str) -> Dmds:
+    """The test namespace's DMDs: apply, read, wait."""
+    return Dmds(api_client, namespace, cluster)

@@ -10,9 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+from distillery.cli import build_parser
+from distillery.settings import Settings
 from localcluster import Cluster
+from tests.integration.waits import Bounds
 
 ROOT = Path(__file__).resolve().parents[2]
+# Short enough that a missed watch event costs a test seconds, not the default 5 min.
+RESYNC_SECONDS = 20
 
 
 class OperatorProcess:
@@ -23,6 +28,20 @@ class OperatorProcess:
         self.starts = 0
 
     @property
+    def settings(self) -> Settings:
+        """The settings this process runs with, parsed by the CLI's own parser."""
+        args = build_parser().parse_args(["run", *self.extra])
+        overrides = {name: getattr(args, name) for name in Settings.model_fields}
+        return Settings.from_env(
+            {"DISTILLERY_RESYNC_INTERVAL_SECONDS": str(RESYNC_SECONDS)}, **overrides
+        )
+
+    @property
+    def bounds(self) -> Bounds:
+        """How long a test may wait on what this process does."""
+        return Bounds(self.settings)
+
+    @property
     def log(self) -> Path:
         return self.workdir / f"operator-{self.starts}.log"
 
@@ -30,7 +49,7 @@ class OperatorProcess:
         self.starts += 1
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
-        env["DISTILLERY_RESYNC_INTERVAL_SECONDS"] = "20"
+        env["DISTILLERY_RESYNC_INTERVAL_SECONDS"] = str(RESYNC_SECONDS)
         # As the operator image sets it: fewer malloc arenas, far less RSS with threads.
         env["MALLOC_ARENA_MAX"] = "2"
         with open(self.log, "wb") as log:

@@ -7,21 +7,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
-from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from localprom import Prometheus
-from tests.integration.conftest import wait_for
 from tests.integration.fake_engine import FakeEngines, serve
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import Dmds
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
+# The scale-down window asked for.
+WINDOW = 20
 SPEC = {
     "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
     "serving": {"maxConcurrency": 16},  # 16 slots; the exporter fills at most 16 per pod
@@ -31,7 +31,7 @@ SPEC = {
         "minReplicas": 1,
         "maxReplicas": 6,
         "startupSeconds": 5,
-        "scaleDown": {"stabilizationSeconds": 20},
+        "scaleDown": {"stabilizationSeconds": WINDOW},
     },
 }
 
@@ -65,20 +65,6 @@ class Load:
             self.stop.wait(0.5)
 
 
-def replicas(api_client: client.ApiClient, ns: str) -> int:
-    obj = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, "qwen"
-    )
-    return int(obj["spec"].get("replicas") or 0)
-
-
-def condition(api_client: client.ApiClient, ns: str, type_: str) -> dict[str, Any]:
-    obj = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, "qwen"
-    )
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
-
-
 @pytest.fixture
 def exporter() -> Iterator[tuple[FakeEngines, int]]:
     engines = FakeEngines()
@@ -108,6 +94,7 @@ def test_scales_with_load_and_holds_without_metrics(
     ).start()
     load = Load(engines, client.CoreV1Api(api_client), namespace)
     load.thread.start()
+    dmds, bounds = Dmds(api_client, namespace), op.bounds
     try:
         cluster.kubectl(
             "apply",
@@ -124,28 +111,19 @@ def test_scales_with_load_and_holds_without_metrics(
                 }
             ),
         )
-        cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
-        )
-        wait_for(
-            lambda: condition(api_client, namespace, "MetricsAvailable").get("status") == "True",
-            "MetricsAvailable=True",
-            timeout=60,
-        )
+        dmds.wait_condition("qwen", "Ready", bounds.ready)
+        dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
         # 36 outstanding sequences of 16 slots each: 16 run, 20 wait on one replica. The
         # demand (served work plus the queue) asks for three or more, never the
         # maximum: the queue is bounded by what it could occupy.
         load.total = 36
-        wait_for(lambda: replicas(api_client, namespace) >= 3, "scale up to 3+", timeout=90)
-        cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
-        )
-        time.sleep(6)  # a few more decisions on the spread load
-        up = replicas(api_client, namespace)
+        dmds.wait_replicas("qwen", lambda n: n >= 3, "scale up to 3+", bounds.scale_up)
+        dmds.wait_condition("qwen", "Ready", bounds.ready)
+        # A few more decisions on the spread load.
+        time.sleep(3 * op.settings.autoscale_interval_seconds)
+        up = dmds.replicas("qwen")
         assert 3 <= up <= 5, up
-        obj = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, "qwen"
-        )
+        obj = dmds.get("qwen")
         decisions = obj["status"]["autoscaling"]["lastDecisions"]
         ups = [d for d in decisions if d["to"] > d["from"]]
         assert ups and ups[0]["inputs"]["waiting"] >= 10, decisions
@@ -157,34 +135,26 @@ def test_scales_with_load_and_holds_without_metrics(
         assert inputs["demandReplicas"] > 0, inputs
         auto = obj["status"]["autoscaling"]
         assert auto["headroomLearned"] is False and 0.5 <= auto["utilizationScale"] <= 1.0
-        # Load falls: nothing happens inside the 20 s window, then it scales down.
+        # Load falls: nothing happens inside the window, then it scales down.
         load.total = 4
         t0 = time.monotonic()
-        time.sleep(10)
-        assert replicas(api_client, namespace) == up
-        wait_for(lambda: replicas(api_client, namespace) == 1, "scale down to 1", timeout=120)
-        assert time.monotonic() - t0 >= 18
+        time.sleep(WINDOW / 2)
+        assert dmds.replicas("qwen") == up, dmds.describe("qwen")
+        dmds.wait_replicas("qwen", lambda n: n == 1, "scale down to 1", bounds.scale_down(WINDOW))
+        assert time.monotonic() - t0 >= WINDOW - 2 * op.settings.autoscale_interval_seconds
         # Load rises again, then Prometheus goes away: hold, and say so.
         load.total = 30
-        wait_for(lambda: replicas(api_client, namespace) >= 2, "scale up to 2+", timeout=90)
+        dmds.wait_replicas("qwen", lambda n: n >= 2, "scale up to 2+", bounds.scale_up)
         load.total = 0
         prom.stop()
-        held = replicas(api_client, namespace)
-        wait_for(
-            lambda: condition(api_client, namespace, "MetricsAvailable").get("status") == "False",
-            "MetricsAvailable=False",
-            timeout=60,
-        )
-        assert "Prometheus" in condition(api_client, namespace, "MetricsAvailable")["message"]
-        time.sleep(30)  # longer than the scale-down window: still no scale-down
-        assert replicas(api_client, namespace) >= held
+        held = dmds.replicas("qwen")
+        gone = dmds.wait_condition("qwen", "MetricsAvailable", bounds.decisions(2), status="False")
+        assert "Prometheus" in gone["message"]
+        time.sleep(1.5 * WINDOW)  # longer than the scale-down window: still no scale-down
+        assert dmds.replicas("qwen") >= held, dmds.describe("qwen")
         # Prometheus back on the same port: metrics flow again.
         prom.start()
-        wait_for(
-            lambda: condition(api_client, namespace, "MetricsAvailable").get("status") == "True",
-            "MetricsAvailable=True again",
-            timeout=90,
-        )
+        dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
     finally:
         load.stop.set()
         load.thread.join(timeout=5)
@@ -222,6 +192,7 @@ def test_gpu_capacity_exhausted_stops_adding_and_says_why(
         "placement": {"gpuTypes": ["nvidia-l4"]},
         "scaling": {"minReplicas": 1, "maxReplicas": 8, "scaleUp": {"maxStep": 2}},
     }
+    dmds, bounds = Dmds(api_client, namespace), op.bounds
     try:
         cluster.kubectl(
             "apply",
@@ -238,25 +209,19 @@ def test_gpu_capacity_exhausted_stops_adding_and_says_why(
                 }
             ),
         )
-        cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
-        )
+        dmds.wait_condition("qwen", "Ready", bounds.ready)
         load.total = 200  # wants 8 replicas of 12; only 4 L4 GPUs exist
-        limited = wait_for(
-            lambda: (
-                (c := condition(api_client, namespace, "ScalingLimited")).get("status") == "True"
-                and c
-            ),
-            "ScalingLimited",
-            timeout=120,
+        # Up by two, pods Pending, the scheduler's verdict read on the next decisions.
+        limited = dmds.wait_condition(
+            "qwen", "ScalingLimited", bounds.scale_up + bounds.decisions(4)
         )
         assert limited["reason"] == "Unschedulable", limited
         assert "Insufficient nvidia.com/gpu" in limited["message"], limited
-        held = replicas(api_client, namespace)
+        held = dmds.replicas("qwen")
         assert held < 8, "it stopped adding replicas that cannot be scheduled"
         load.total = 400
-        time.sleep(15)
-        assert replicas(api_client, namespace) == held
+        time.sleep(5 * op.settings.autoscale_interval_seconds)  # five more decisions
+        assert dmds.replicas("qwen") == held, dmds.describe("qwen")
     finally:
         load.stop.set()
         load.thread.join(timeout=5)

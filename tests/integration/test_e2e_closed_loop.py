@@ -20,16 +20,17 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.simulate.workload import Request
 from localcluster import Cluster, free_port
 from localprom import Prometheus
-from tests.integration.conftest import wait_for
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import Dmds
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = 10.0  # the fleet runs 10x faster than wall time
+# The scale-down window: the stabilization asked, longer than two 3 s cold starts.
+WINDOW = 10
 sys.path.insert(0, str(ROOT / "hack"))
 
 from replay import Result, replay  # noqa: E402
@@ -44,21 +45,9 @@ def spec() -> dict[str, Any]:
             "minReplicas": 1,
             "maxReplicas": 4,
             "startupSeconds": 3,
-            "scaleDown": {"stabilizationSeconds": 10},
+            "scaleDown": {"stabilizationSeconds": WINDOW},
         },
     }
-
-
-def dmd(api_client: client.ApiClient, ns: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, "qwen"
-    )
-
-
-def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next(
-        (c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {}
-    )
 
 
 def steady(rate_per_trace_second: float, seconds: float) -> list[Request]:
@@ -108,6 +97,7 @@ def test_closed_loop(
         "1",
     ).start()
     results: list[Result] = []
+    dmds, bounds = Dmds(api_client, namespace), op.bounds
     try:
         cluster.kubectl(
             "apply",
@@ -124,16 +114,8 @@ def test_closed_loop(
                 }
             ),
         )
-        cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
-        )
-        wait_for(
-            lambda: (
-                condition(dmd(api_client, namespace), "MetricsAvailable").get("status") == "True"
-            ),
-            "metrics from the fleet",
-            timeout=60,
-        )
+        dmds.wait_condition("qwen", "Ready", bounds.ready)
+        dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
 
         # Step up: 1.5 requests/s of 2,000-token answers is 3,000 output tok/s, ~2.8
         # replicas of decode at 8 slots: at 85% utilization, 3 or 4 replicas.
@@ -143,61 +125,38 @@ def test_closed_loop(
             ),
             daemon=True,
         )
-        t0 = time.monotonic()
         load.start()
-        wait_for(
-            lambda: (dmd(api_client, namespace)["spec"].get("replicas") or 1) >= 3,
-            "scale-up",
-            timeout=120,
-        )
-        took = time.monotonic() - t0
-        cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
-        )
-        assert took < 90, f"scale-up took {took:.0f}s (autoscaler interval 1 s)"
+        dmds.wait_replicas("qwen", lambda n: n >= 3, "scale-up to 3+", bounds.scale_up)
+        dmds.wait_condition("qwen", "Ready", bounds.ready)
 
         # Prometheus gone while the load runs: hold, and say so; the load then ends and
         # the scale-down window passes, still no scale-down without metrics.
         prom.stop()
-        wait_for(
-            lambda: (
-                condition(dmd(api_client, namespace), "MetricsAvailable").get("status") == "False"
-            ),
-            "MetricsAvailable=False",
-            timeout=60,
-        )
-        held = dmd(api_client, namespace)["spec"]["replicas"]
+        dmds.wait_condition("qwen", "MetricsAvailable", bounds.decisions(2), status="False")
+        held = dmds.replicas("qwen")
         assert held >= 2
-        load.join(timeout=180)
+        load.join(timeout=bounds.within(900 / SCALE))
         served = [r for r in results if r.status == 200]
         assert len(served) >= 0.95 * len(results) > 0
         assert len({r.pod for r in served}) >= 2, "the front door spread the load"
-        time.sleep(20)
-        assert dmd(api_client, namespace)["spec"]["replicas"] == held
+        # Longer than the scale-down window (two 3 s cold starts, at least 10 s).
+        time.sleep(2 * WINDOW)
+        assert dmds.replicas("qwen") == held, dmds.describe("qwen")
 
         # Prometheus back: metrics return; the load is gone, so it scales down.
         prom.start()
-        wait_for(
-            lambda: (
-                condition(dmd(api_client, namespace), "MetricsAvailable").get("status") == "True"
-            ),
-            "metrics again",
-            timeout=90,
-        )
-        wait_for(
-            lambda: dmd(api_client, namespace)["spec"]["replicas"] == 1,
-            "scale-down after the window",
-            timeout=120,
-        )
+        dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
+        dmds.wait_replicas("qwen", lambda n: n == 1, "scale-down to 1", bounds.scale_down(WINDOW))
         # /scale is written before the decision lands in status: wait for both.
-        decisions = wait_for(
+        decisions = dmds.wait(
+            "qwen",
             lambda: (
-                (d := dmd(api_client, namespace)["status"]["autoscaling"]["lastDecisions"])
+                (d := dmds.get("qwen")["status"]["autoscaling"]["lastDecisions"])
                 and any(x["to"] < x["from"] for x in d)
                 and d
             ),
             "the scale-down decision in status",
-            timeout=30,
+            bounds.decisions(2),
         )
         assert any(d["to"] > d["from"] for d in decisions)
     finally:

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
 
 from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import Dmds
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +31,11 @@ def manifests() -> list[Path]:
 
 
 def test_examples_apply_and_dmds_become_ready(
-    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    crd_installed: None,
+    tmp_path: Path,
 ) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(DATA / "gitops-crds.yaml"))
     for crd in (
@@ -95,21 +101,10 @@ def test_examples_apply_and_dmds_become_ready(
     assert len(dmds) >= 9
     op = OperatorProcess(cluster, namespace, tmp_path / "op").start()
     try:
+        waits = Dmds(api_client, namespace)
         for name in dmds:
-            out = cluster.kubectl(
-                "wait",
-                "-n",
-                namespace,
-                "--for=condition=Ready",
-                f"dmd/{name}",
-                "--timeout=180s",
-                check=False,
-            )
-            assert "condition met" in out, (
-                name,
-                cluster.kubectl("get", "dmd", name, "-n", namespace, "-o", "yaml"),
-                op.tail(),
-            )
+            # All were applied at once: the last may wait for the others' reconciles.
+            waits.wait_condition(name, "Ready", op.bounds.ready + op.bounds.reconcile)
     finally:
         op.stop()
     cluster.kubectl("delete", "pv", f"gguf-{namespace}", "--wait=false", check=False)

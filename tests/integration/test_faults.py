@@ -17,12 +17,15 @@ from kubernetes import client, config
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster, node_manifests, start
-from tests.integration.conftest import wait_for
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import POD_START, Bounds, Dmds, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 NS = "faults"
+# A deleted node's pods: the pod garbage collector deletes pods bound to a node that no
+# longer exists after a 40 s quarantine, on its 20 s loop; the ReplicaSet replaces them.
+NODE_GONE = 40.0 + 20.0
 KILLS = 20
 
 
@@ -128,7 +131,13 @@ def test_sigkill_during_a_burst_of_changes(
             time.sleep(rng.uniform(0.0, 1.5))
             op.kill()
             op.start()
-        wait_for(lambda: converged(api, want), "every last change applied", timeout=180)
+        # Every DMD's last change: one reconcile each after the last start (kopf runs
+        # them concurrently), and the Deployments' pods restarted.
+        wait_for(
+            lambda: converged(api, want),
+            "every last change applied",
+            op.bounds.reconcile + op.bounds.ready,
+        )
         assert_no_duplicates_or_orphans(api, set(names))
         pods = client.CoreV1Api(api).list_namespaced_pod(NS).items
         running = [p for p in pods if not p.metadata.deletion_timestamp]
@@ -144,7 +153,7 @@ def test_sigkill_during_a_burst_of_changes(
                 == 3
             ),
             "exactly the 3 serving replicas",
-            timeout=120,
+            op.bounds.ready,
         )
         assert running is not None
     finally:
@@ -156,13 +165,16 @@ def test_api_server_restart(fault_cluster: Cluster, api: client.ApiClient, tmp_p
     op = OperatorProcess(c, NS, tmp_path / "op").start()
     try:
         apply(c, "m0", spec(0, "before-restart"))
-        wait_for(lambda: converged(api, {"m0": "before-restart"}), "reconciled", timeout=60)
+        wait_for(
+            lambda: converged(api, {"m0": "before-restart"}), "reconciled", op.bounds.reconcile
+        )
         c.kill_component("kube-apiserver")
         time.sleep(5)
         c.start_component("kube-apiserver")
         assert op.proc is not None and op.proc.poll() is None, "operator must survive"
         apply(c, "m0", spec(0, "after-restart"))
-        wait_for(lambda: converged(api, {"m0": "after-restart"}), "caught up", timeout=180)
+        # The watch reconnects on kopf's backoff; a missed event is caught at resync.
+        wait_for(lambda: converged(api, {"m0": "after-restart"}), "caught up", op.bounds.reconcile)
         assert op.proc is not None and op.proc.poll() is None
     finally:
         op.stop()
@@ -175,7 +187,7 @@ def test_foreign_edit_is_restored_unowned_left_alone(
     op = OperatorProcess(c, NS, tmp_path / "op").start()
     try:
         apply(c, "m1", spec(1, "stable"))
-        wait_for(lambda: converged(api, {"m1": "stable"}), "reconciled", timeout=60)
+        wait_for(lambda: converged(api, {"m1": "stable"}), "reconciled", op.bounds.reconcile)
         c.kubectl(
             "patch",
             "deployment",
@@ -204,7 +216,7 @@ def test_foreign_edit_is_restored_unowned_left_alone(
                 == "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
             )
 
-        wait_for(restored, "owned field restored", timeout=60)
+        wait_for(restored, "owned field restored", op.bounds.reconcile)
         dep = apps.read_namespaced_deployment("m1", NS)
         assert dep.metadata.annotations["team"] == "inference"
     finally:
@@ -217,7 +229,7 @@ def test_gpu_nodes_removed(fault_cluster: Cluster, api: client.ApiClient, tmp_pa
     op = OperatorProcess(c, NS, tmp_path / "op").start()
     try:
         apply(c, "m2", spec(2, "nodes"))
-        c.kubectl("wait", "-n", NS, "--for=condition=Ready", "dmd/m2", "--timeout=120s")
+        Dmds(api, NS).wait_condition("m2", "Ready", op.bounds.ready)
 
         def pod_node() -> str | None:
             pods = [
@@ -229,7 +241,7 @@ def test_gpu_nodes_removed(fault_cluster: Cluster, api: client.ApiClient, tmp_pa
             ]
             return pods[0].spec.node_name if len(pods) == 1 and pods[0].spec.node_name else None
 
-        first = wait_for(pod_node, "scheduled")
+        first = wait_for(pod_node, "scheduled", op.bounds.ready)
         assert first.startswith("h100-")
         c.kubectl("delete", "node", first)
 
@@ -237,7 +249,7 @@ def test_gpu_nodes_removed(fault_cluster: Cluster, api: client.ApiClient, tmp_pa
             node = pod_node()
             return node if node and node != first else None
 
-        second = wait_for(moved, "rescheduled", timeout=150)
+        second = wait_for(moved, "rescheduled", Bounds.within(NODE_GONE, POD_START))
         assert second.startswith("h100-") and second != first, second
         # No allowed GPU left: Pending, and the DMD says why.
         c.kubectl("delete", "node", second)
@@ -249,7 +261,7 @@ def test_gpu_nodes_removed(fault_cluster: Cluster, api: client.ApiClient, tmp_pa
                 )
             ),
             "Ready=False Unschedulable",
-            timeout=150,
+            Bounds.within(NODE_GONE, POD_START) + op.bounds.reconcile,
         )
         message = c.kubectl(
             "get", "dmd", "m2", "-n", NS, "-o", "jsonpath={.status.conditions[0].message}"

@@ -18,8 +18,8 @@ from kubernetes import client
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
-from tests.integration.conftest import wait_for
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import Dmds, wait_for
 
 pytestmark = pytest.mark.cluster
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -59,7 +59,12 @@ def test_impossible_specs_stall_and_create_nothing(
         return s if s and s["status"] == "True" else None
 
     for case in CASES:
-        cond = wait_for(lambda n=case["name"]: stalled(n), f"{case['name']} Stalled", timeout=60)
+        cond = wait_for(
+            lambda n=case["name"]: stalled(n),
+            f"{case['name']} Stalled",
+            operator.bounds.reconcile,
+            describe=lambda n=case["name"]: Dmds(api_client, namespace).describe(n),
+        )
         assert cond["reason"] == case["reason"], (case["name"], cond)
         assert cond["message"], case["name"]
     assert not client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items
@@ -89,9 +94,7 @@ def test_secret_values_never_leak(
         "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=dmd("secretive", spec))
-    cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Ready", "dmd/secretive", "--timeout=120s"
-    )
+    Dmds(api_client, namespace).wait_condition("secretive", "Ready", operator.bounds.ready)
     places = {
         "operator log": operator.log.read_text(errors="replace"),
         "events": cluster.kubectl("get", "events", "-n", namespace, "-o", "yaml"),

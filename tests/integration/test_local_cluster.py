@@ -10,7 +10,7 @@ import yaml
 from kubernetes import client
 
 from localcluster import Cluster, _versions, node_manifests, start
-from tests.integration.conftest import wait_for
+from tests.integration.waits import wait_for
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from localprom import Prometheus
-from tests.integration.conftest import wait_for
 from tests.integration.fake_engine import serve
+from tests.integration.waits import SCRAPE_INTERVAL, Bounds, wait_for
 
 pytestmark = pytest.mark.prometheus
 
@@ -36,14 +36,14 @@ def test_scrapes_and_answers(
     result = wait_for(
         lambda: prom.query('sum(vllm:num_requests_waiting{model_name="m"})'),
         "a scraped sample",
-        timeout=30,
+        Bounds.within(2 * SCRAPE_INTERVAL),
     )
     assert float(result[0]["value"][1]) == 7.0
     waiting.labels("m").set(2)
     wait_for(
         lambda: float(prom.query("sum(vllm:num_requests_waiting)")[0]["value"][1]) == 2,
         "the new value",
-        timeout=30,
+        Bounds.within(2 * SCRAPE_INTERVAL),
     )
     up = prom.query("up")
     assert [float(s["value"][1]) for s in up] == [1.0]

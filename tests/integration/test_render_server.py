@@ -12,7 +12,7 @@ from distillery.catalog import load_catalog
 from distillery.render import RenderOptions, manifests_yaml, render
 from distillery.sizing import plan
 from localcluster import Cluster
-from tests.integration.conftest import wait_for
+from tests.integration.waits import wait_for
 from tests.render_cases import CASES
 
 pytestmark = pytest.mark.cluster

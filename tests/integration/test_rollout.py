@@ -22,9 +22,9 @@ from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from localprom import Prometheus
 from tests.argocd import health
-from tests.integration.conftest import wait_for
 from tests.integration.fake_engine import RequestTraffic, serve
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import Bounds, Dmds, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -142,10 +142,23 @@ def traffic(
             op.stop()
 
 
-def deploy_v1(cluster: Cluster, api: client.ApiClient, ns: str, spec: dict[str, Any]) -> str:
+def wait(api: client.ApiClient, ns: str, check: Callable[[], Any], what: str, within: float) -> Any:
+    """Wait on the rollout; on timeout, say what the DMD's status last showed."""
+    return Dmds(api, ns).wait(NAME, check, what, within)
+
+
+def deploy_v1(
+    cluster: Cluster, api: client.ApiClient, ns: str, spec: dict[str, Any], bounds: Bounds
+) -> str:
     apply(cluster, ns, spec)
-    cluster.kubectl("wait", "-n", ns, "--for=condition=Ready", f"dmd/{NAME}", "--timeout=120s")
-    wait_for(lambda: rollout(api, ns).get("phase") == "Stable", "rollout Stable")
+    Dmds(api, ns).wait_condition(NAME, "Ready", bounds.ready)
+    wait(
+        api,
+        ns,
+        lambda: rollout(api, ns).get("phase") == "Stable",
+        "rollout Stable",
+        bounds.reconcile,
+    )
     v1 = rollout(api, ns)["stableRevision"]
     assert revision_of(deployment(api, ns, NAME)) == v1
     return str(v1)
@@ -157,13 +170,18 @@ def test_healthy_canary_is_promoted_through_every_step(
     namespace: str,
     traffic: tuple[RequestTraffic, OperatorProcess],
 ) -> None:
+    bounds = traffic[1].bounds
     steps = [{"weight": 25, "pauseSeconds": 6}, {"weight": 50, "pauseSeconds": 6}]
-    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps))
+    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
     apply(cluster, namespace, dmd_spec("v2", steps))
 
     # Step 1: a second Deployment runs the new revision, the stable one keeps v1.
-    ro = wait_for(
-        lambda: (r := rollout(api_client, namespace)).get("stepStartedAt") and r, "step 1"
+    ro = wait(
+        api_client,
+        namespace,
+        lambda: (r := rollout(api_client, namespace)).get("stepStartedAt") and r,
+        "step 1",
+        bounds.reconcile,
     )
     v2 = ro["canaryRevision"]
     assert v2 != v1 and ro["step"] == 1 and ro["stableRevision"] == v1
@@ -181,32 +199,45 @@ def test_healthy_canary_is_promoted_through_every_step(
     assert health(get(api_client, namespace))["status"] == "Progressing"
 
     # Step 2 after a passing analysis of step 1.
-    ro = wait_for(
-        lambda: (r := rollout(api_client, namespace)).get("step") == 2 and r, "step 2", timeout=60
+    ro = wait(
+        api_client,
+        namespace,
+        lambda: (r := rollout(api_client, namespace)).get("step") == 2 and r,
+        "step 2",
+        bounds.rollout(6),
     )
     first = ro["lastAnalysis"]
     assert first["step"] == 1 and first["result"] == "Pass", first
     assert first["canaryRequests"] >= 5 and first["canaryTTFTSeconds"] < 0.5
-    wait_for(
+    wait(
+        api_client,
+        namespace,
         lambda: deployment(api_client, namespace, f"{NAME}-canary").spec.replicas == 2,
         "canary at 2 of 4",
+        bounds.reconcile,
     )
 
     # Promoted: the stable Deployment runs v2 and the canary is gone.
-    wait_for(
+    wait(
+        api_client,
+        namespace,
         lambda: (
             rollout(api_client, namespace).get("phase") == "Stable"
             and rollout(api_client, namespace).get("stableRevision") == v2
         ),
         "promotion",
-        timeout=90,
+        bounds.rollout(6, 0),
     )
-    wait_for(lambda: deployment(api_client, namespace, f"{NAME}-canary") is None, "canary gone")
+    wait(
+        api_client,
+        namespace,
+        lambda: deployment(api_client, namespace, f"{NAME}-canary") is None,
+        "canary gone",
+        bounds.reconcile,
+    )
     stable = deployment(api_client, namespace, NAME)
     assert revision_of(stable) == v2 and stable.spec.replicas == 4
-    cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Ready", f"dmd/{NAME}", "--timeout=60s"
-    )
+    Dmds(api_client, namespace).wait_condition(NAME, "Ready", bounds.ready)
     assert health(get(api_client, namespace))["status"] == "Healthy"
     reasons = event_reasons(api_client, namespace)
     assert reasons.count("CanaryStepPassed") == 2, reasons
@@ -219,33 +250,49 @@ def test_canary_with_bad_latency_is_rolled_back(
     namespace: str,
     traffic: tuple[RequestTraffic, OperatorProcess],
 ) -> None:
-    load, _ = traffic
+    load, op = traffic
+    bounds = op.bounds
     steps = [{"weight": 25, "pauseSeconds": 30}, {"weight": 50, "pauseSeconds": 30}]
-    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps))
+    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
     load.ttft["canary"] = 3.0  # fifteen times the stable track's 0.2 s
     apply(cluster, namespace, dmd_spec("v2-slow", steps))
 
-    ro = wait_for(
+    # Within the first pause: enough canary requests to judge, then an analysis.
+    ro = wait(
+        api_client,
+        namespace,
         lambda: (r := rollout(api_client, namespace)).get("phase") == "RolledBack" and r,
         "automatic rollback",
-        timeout=60,
+        bounds.rollout(30),
     )
     analysis = ro["lastAnalysis"]
     assert analysis["result"] == "Fail" and analysis["canaryTTFTSeconds"] > 1.0
     assert analysis["stableTTFTSeconds"] < 0.5
     # Within the first pause: the analysis failed it early.
     assert ro["stableRevision"] == v1 and "maxTTFTRatio" in ro["message"]
-    wait_for(lambda: deployment(api_client, namespace, f"{NAME}-canary") is None, "canary gone")
+    wait(
+        api_client,
+        namespace,
+        lambda: deployment(api_client, namespace, f"{NAME}-canary") is None,
+        "canary gone",
+        bounds.reconcile,
+    )
     stable = deployment(api_client, namespace, NAME)
     assert revision_of(stable) == v1
-    wait_for(lambda: deployment(api_client, namespace, NAME).spec.replicas == 4, "stable back to 4")
+    wait(
+        api_client,
+        namespace,
+        lambda: deployment(api_client, namespace, NAME).spec.replicas == 4,
+        "stable back to 4",
+        bounds.reconcile,
+    )
     stalled = condition(api_client, namespace, "Stalled")
     assert stalled["status"] == "True" and stalled["reason"] == "RolledBack"
     assert condition(api_client, namespace, "RolloutProgressing")["reason"] == "RolledBack"
     assert "RolledBack" in event_reasons(api_client, namespace)
     assert health(get(api_client, namespace))["status"] == "Degraded"
     # And it stays so: no retry loop, the stable Deployment is left alone.
-    time.sleep(5)
+    time.sleep(5 * op.settings.rollout_interval_seconds)
     assert rollout(api_client, namespace)["phase"] == "RolledBack"
     assert revision_of(deployment(api_client, namespace, NAME)) == v1
     assert deployment(api_client, namespace, f"{NAME}-canary") is None
@@ -255,15 +302,22 @@ def test_canary_with_bad_latency_is_rolled_back(
     cluster.kubectl(
         "annotate", "-n", namespace, f"dmd/{NAME}", "distillery.dev/rollout=retry", "--overwrite"
     )
-    wait_for(
-        lambda: rollout(api_client, namespace).get("phase") == "Progressing", "retry", timeout=30
+    wait(
+        api_client,
+        namespace,
+        lambda: rollout(api_client, namespace).get("phase") == "Progressing",
+        "retry",
+        bounds.reconcile,
     )
-    wait_for(
+    wait(
+        api_client,
+        namespace,
         lambda: (
             "distillery.dev/rollout"
             not in (get(api_client, namespace)["metadata"].get("annotations") or {})
         ),
         "the command annotation consumed",
+        bounds.reconcile,
     )
 
 
@@ -274,29 +328,34 @@ def test_operator_killed_mid_rollout_resumes_at_the_same_step(
     traffic: tuple[RequestTraffic, OperatorProcess],
 ) -> None:
     _, op = traffic
+    bounds = op.bounds
     steps = [{"weight": 25, "pauseSeconds": 6}, {"weight": 50, "pauseSeconds": 25}]
-    deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps))
+    deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
     apply(cluster, namespace, dmd_spec("v2", steps))
-    ro = wait_for(
+    ro = wait(
+        api_client,
+        namespace,
         lambda: (
             (r := rollout(api_client, namespace)).get("step") == 2 and r.get("stepStartedAt") and r
         ),
         "step 2 started",
-        timeout=60,
+        bounds.rollout(6, 0),
     )
     canary_uid = deployment(api_client, namespace, f"{NAME}-canary").metadata.uid
     op.kill()
     time.sleep(3)
     op.start()
-    time.sleep(5)
+    time.sleep(5 * op.settings.rollout_interval_seconds)  # five rollout ticks
     after = rollout(api_client, namespace)
     assert after["phase"] == "Progressing"
     assert (after["step"], after["stepStartedAt"]) == (ro["step"], ro["stepStartedAt"])
     assert deployment(api_client, namespace, f"{NAME}-canary").metadata.uid == canary_uid
-    wait_for(
+    wait(
+        api_client,
+        namespace,
         lambda: rollout(api_client, namespace).get("phase") == "Stable",
         "promotion after the restart",
-        timeout=90,
+        bounds.rollout(25),
     )
     # Step 1 passed once: the restart did not run it again.
     assert event_reasons(api_client, namespace).count("CanaryStepPassed") == 2
@@ -334,26 +393,31 @@ def test_rolling_update_without_spare_gpus_completes(
         "placement": {"gpuTypes": ["nvidia-l4"], "gpusPerReplica": 1},
         "scaling": {"mode": "external", "minReplicas": replicas, "maxReplicas": replicas},
     }
+    bounds = traffic[1].bounds
     apply(cluster, namespace, spec)
-    cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Ready", f"dmd/{NAME}", "--timeout=120s"
-    )
+    Dmds(api_client, namespace).wait_condition(NAME, "Ready", bounds.ready)
     assert free_l4_gpus(api_client) == 0  # every L4 GPU is taken: no room for a surge pod
     apply(cluster, namespace, {**spec, "model": {**spec["model"], "revision": "v2"}})
-    v2 = wait_for(
+    v2 = wait(
+        api_client,
+        namespace,
         lambda: (
             (r := rollout(api_client, namespace)).get("phase") == "Progressing"
             and r["canaryRevision"]
         ),
         "rolling update started",
+        bounds.reconcile,
     )
-    wait_for(
+    # One pod at a time: each is replaced, started and seen ready before the next.
+    wait(
+        api_client,
+        namespace,
         lambda: (
             rollout(api_client, namespace).get("phase") == "Stable"
             and rollout(api_client, namespace).get("stableRevision") == v2
         ),
         "rolling update complete",
-        timeout=120,
+        bounds.rollout(*[0] * replicas) + bounds.reconcile,
     )
     dep = deployment(api_client, namespace, NAME)
     assert dep.status.updated_replicas == replicas and dep.status.ready_replicas == replicas
@@ -363,9 +427,12 @@ def test_rolling_update_without_spare_gpus_completes(
     reasons = event_reasons(api_client, namespace)
     assert "SurgeUnschedulable" in reasons and "RolloutComplete" in reasons
     # Back to a surge once done, for the next rollout on a cluster with room.
-    wait_for(
+    wait(
+        api_client,
+        namespace,
         lambda: deployment(api_client, namespace, NAME).spec.strategy.rolling_update.max_surge == 1,
         "surge restored",
+        bounds.reconcile,
     )
 
 
@@ -393,7 +460,8 @@ def test_httproute_weights_follow_the_steps(
         "parentRefs": [{"name": "inference-gateway"}],
         "hostnames": ["r1.example.com"],
     }
-    deploy_v1(cluster, api_client, namespace, spec)
+    bounds = op.bounds
+    deploy_v1(cluster, api_client, namespace, spec, bounds)
     assert route_weights(api_client, namespace) == (100, 0)
     assert rollout(api_client, namespace)["traffic"] == f"HTTPRoute {NAME}"
     core = client.CoreV1Api(api_client)
@@ -404,14 +472,34 @@ def test_httproute_weights_follow_the_steps(
     spec["model"]["revision"] = "v2"
     apply(cluster, namespace, spec)
     # Exact weights, whatever the replica split (1 of 4 replicas is 25%, not 20%).
-    wait_for(lambda: route_weights(api_client, namespace) == (80, 20), "20% by weight")
+    wait(
+        api_client,
+        namespace,
+        lambda: route_weights(api_client, namespace) == (80, 20),
+        "20% by weight",
+        bounds.reconcile,
+    )
     ro = rollout(api_client, namespace)
     assert ro["step"] == 1
     v2 = ro["canaryRevision"]
-    wait_for(lambda: route_weights(api_client, namespace) == (40, 60), "60% by weight")
-    wait_for(
+    wait(
+        api_client,
+        namespace,
+        lambda: route_weights(api_client, namespace) == (40, 60),
+        "60% by weight",
+        bounds.rollout(6),
+    )
+    wait(
+        api_client,
+        namespace,
         lambda: rollout(api_client, namespace).get("stableRevision") == v2,
         "promoted",
-        timeout=90,
+        bounds.rollout(6),
     )
-    wait_for(lambda: route_weights(api_client, namespace) == (100, 0), "all traffic to stable")
+    wait(
+        api_client,
+        namespace,
+        lambda: route_weights(api_client, namespace) == (100, 0),
+        "all traffic to stable",
+        bounds.reconcile,
+    )

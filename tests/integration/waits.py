@@ -1,0 +1,227 @@
+"""How long an integration test waits, and what it says when the wait runs out.
+
+A fixed ``timeout=120`` is wrong twice: on an idle machine it hides a hang for minutes,
+and on a busy 2-core CI machine it was once too short for a scale-up. Each bound here is
+the sum of the intervals that must pass before the condition can hold (resync, the
+autoscaler's interval, Prometheus' scrape and rate window, a pod's start), times a
+slowdown factor for a loaded machine, plus a fixed allowance for process start and API
+round trips. Change an interval and the bounds follow it.
+
+``DISTILLERY_TEST_SLOWDOWN`` (default 3) scales every bound: raise it on a slower
+machine rather than editing a test.
+
+When a wait runs out it fails with what it last saw: the DMD's conditions, replicas and
+the autoscaler's last decisions, not only "timed out".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.autoscale.policy import RATE_WINDOW
+from distillery.settings import Settings
+from localcluster import Cluster
+
+SLOWDOWN = float(os.environ.get("DISTILLERY_TEST_SLOWDOWN", "3"))
+# Seconds a loaded machine may add to any wait: a Python process starting, a few API
+# round trips, kubectl itself.
+ALLOWANCE = 15.0
+# kwok's "fast" stages: scheduled, bound and Running/Ready within a second or two; a
+# Deployment's rollout adds a controller-manager sync.
+POD_START = 5.0
+# The local Prometheus scrapes every second (localprom's default).
+SCRAPE_INTERVAL = 1.0
+
+
+def wait_for(
+    check: Callable[[], Any],
+    what: str,
+    timeout: float = 60.0,
+    interval: float = 0.25,
+    describe: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``check`` until it returns something truthy without raising.
+
+    On timeout the error shows ``check``'s last result and, when given, ``describe()``:
+    the state that explains why the condition never held.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - "not yet"
+            last = exc
+        time.sleep(interval)
+    seen = ""
+    if describe is not None:
+        try:
+            seen = "\n" + describe()
+        except Exception as exc:  # noqa: BLE001 - the failure matters more
+            seen = f"\n(could not describe: {exc!r})"
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}{seen}")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Wait bounds for an operator run with ``settings``."""
+
+    settings: Settings
+    scrape_interval: float = SCRAPE_INTERVAL
+
+    @staticmethod
+    def within(*seconds: float) -> float:
+        """The bound for a condition that needs ``seconds`` of intervals to pass."""
+        return SLOWDOWN * sum(seconds) + ALLOWANCE
+
+    @property
+    def reconcile(self) -> float:
+        """A change is reconciled: on its watch event, or at worst at the next resync."""
+        return self.within(self.settings.resync_interval_seconds)
+
+    @property
+    def ready(self) -> float:
+        """A DMD applied becomes Ready: reconciled, pods started, status updated."""
+        return self.within(self.settings.resync_interval_seconds, POD_START)
+
+    @property
+    def metrics(self) -> float:
+        """Metrics reach a decision: a scrape, then the autoscaler's next tick."""
+        return self.within(
+            self.scrape_interval, self.settings.autoscale_interval_seconds, POD_START
+        )
+
+    def decisions(self, count: int = 1) -> float:
+        """``count`` autoscaler decisions on metrics Prometheus has."""
+        return self.within(self.scrape_interval, count * self.settings.autoscale_interval_seconds)
+
+    @property
+    def scale_up(self) -> float:
+        """Load to a scale-up: the rate window fills, a decision, the pods start."""
+        return self.within(
+            RATE_WINDOW,
+            self.scrape_interval,
+            2 * self.settings.autoscale_interval_seconds,
+            POD_START,
+        )
+
+    def scale_down(self, window: float) -> float:
+        """Load gone to a scale-down: the rate window empties, then ``window`` passes."""
+        return self.within(
+            RATE_WINDOW, window, self.scrape_interval, 2 * self.settings.autoscale_interval_seconds
+        )
+
+    def rollout(self, *pauses: float) -> float:
+        """Rollout steps with these pauses pass: each pause, its pods start, the next
+        analysis runs on the rollout timer."""
+        per_step = self.settings.rollout_interval_seconds + POD_START
+        return self.within(*pauses, len(pauses) * per_step, self.settings.rollout_interval_seconds)
+
+
+class Dmds:
+    """Reads DistilledModelDeployments in one namespace and waits on them."""
+
+    def __init__(
+        self, api_client: client.ApiClient, namespace: str, cluster: Cluster | None = None
+    ):
+        self.api = client.CustomObjectsApi(api_client)
+        self.namespace, self.cluster = namespace, cluster
+
+    def apply(self, name: str, spec: dict[str, Any]) -> None:
+        """``kubectl apply`` a DMD, as a user would."""
+        assert self.cluster is not None, "Dmds(..., cluster) applies"
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=manifest(name, spec))
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        """``kubectl patch --type=merge`` a DMD."""
+        assert self.cluster is not None, "Dmds(..., cluster) patches"
+        self.cluster.kubectl(
+            "patch", "dmd", name, "-n", self.namespace, "--type=merge", "-p", json.dumps(patch)
+        )
+
+    def get(self, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.api.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return obj
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        return condition(self.get(name), type_)
+
+    def replicas(self, name: str) -> int:
+        return int(self.get(name)["spec"].get("replicas") or 0)
+
+    def describe(self, name: str) -> str:
+        """What ``kubectl describe`` would show that a failed wait needs."""
+        obj = self.get(name)
+        status = obj.get("status") or {}
+        lines = [f"dmd/{name}: spec.replicas={obj['spec'].get('replicas')}"]
+        lines += [
+            f"  {c['type']}={c['status']} {c.get('reason', '')}: {c.get('message', '')}"
+            for c in status.get("conditions", [])
+        ]
+        rollout = status.get("rollout") or {}
+        if rollout:
+            lines.append(
+                f"  rollout {rollout.get('phase')} step {rollout.get('step')}: "
+                f"{rollout.get('message', '')} (last analysis {rollout.get('lastAnalysis')})"
+            )
+        for d in (status.get("autoscaling") or {}).get("lastDecisions", [])[-3:]:
+            lines.append(f"  decision {d.get('from')}->{d.get('to')}: {d.get('reason', '')}")
+        return "\n".join(lines)
+
+    def wait(self, name: str, check: Callable[[], Any], what: str, within: float) -> Any:
+        return wait_for(check, f"dmd/{name}: {what}", within, describe=lambda: self.describe(name))
+
+    def wait_condition(
+        self, name: str, type_: str, within: float, status: str = "True"
+    ) -> dict[str, Any]:
+        """Wait until condition ``type_`` has ``status``; returns the condition."""
+        found: dict[str, Any] = self.wait(
+            name,
+            lambda: (c := self.condition(name, type_)).get("status") == status and c,
+            f"{type_}={status}",
+            within,
+        )
+        return found
+
+    def wait_replicas(
+        self, name: str, check: Callable[[int], bool], what: str, within: float
+    ) -> int:
+        """Wait until ``check(spec.replicas)``; returns the replicas."""
+
+        def holds() -> tuple[int] | None:
+            n = self.replicas(name)
+            return (n,) if check(n) else None
+
+        found: tuple[int] = self.wait(name, holds, what, within)
+        return found[0]
+
+
+def manifest(name: str, spec: dict[str, Any]) -> str:
+    """A DMD manifest, as YAML."""
+    return yaml.safe_dump(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "DistilledModelDeployment",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+    )
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    """The condition ``type_`` of an object, or {}."""
+    conditions = (obj.get("status") or {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == type_), {})
