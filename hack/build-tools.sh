@@ -53,12 +53,31 @@ build_kubernetes() {
   local t; for t in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do stamp "$t" "$want"; done
 }
 
-build_go_install() {  # NAME PACKAGE VERSION [LDFLAGS]
-  local name=$1 pkg=$2 version=$3 ld=${4:-"-s -w"}
-  if fresh "$name" "$version"; then log "$name $version: cached"; return; fi
+build_go_install() {  # NAME PACKAGE VERSION [LDFLAGS [STAMP]]
+  local name=$1 pkg=$2 version=$3 ld=${4:-"-s -w"} want=${5:-$3}
+  if fresh "$name" "$want"; then log "$name $version: cached"; return; fi
   log "building $name $version"
   (cd /tmp && GOFLAGS="-trimpath" GOBIN="$bin" go install -ldflags "$ld" "$pkg@$version")
-  stamp "$name" "$version"
+  stamp "$name" "$want"
+}
+
+build_helm() {
+  # As helm's own release build does: the version, and the Kubernetes version its
+  # client-go speaks (client-go v0.N is Kubernetes 1.N), which `helm template` and
+  # `helm lint` assume without a cluster. Without it they assume v1.20 and a chart's
+  # kubeVersion constraint refuses to render.
+  local gomod client_go major minor ld
+  gomod=$(cd /tmp && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+  client_go=$(awk '$1 == "k8s.io/client-go" {print $2}' "$gomod")
+  client_go=${client_go#v}
+  major=$(( ${client_go%%.*} + 1 )); minor=${client_go#*.}; minor=${minor%%.*}
+  ld="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  local pkg; for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$ld" "$HELM_VERSION+k8s-$major.$minor"
 }
 
 want=${*:-all}
@@ -66,12 +85,10 @@ for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
     kwok) build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" ;;
-    helm) build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
-            "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+    helm) build_helm ;;
     all) build_kubernetes
          build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-         build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
-           "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" ;;
+         build_helm ;;
     *) echo "unknown tool: $t (kubernetes|kwok|helm|all)" >&2; exit 2 ;;
   esac
 done

@@ -10,12 +10,16 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from localcluster import BIN_DIR, Cluster, _versions, start
-from tests.integration.conftest import wait_for
+from tests.integration.waits import POD_START, Bounds, wait_for
+
+# helm --wait: the chart applied, then the operator's pod scheduled and Ready.
+HELM_WAIT = f"{Bounds.within(10.0, POD_START):.0f}s"
 
 pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,13 +64,70 @@ def can_i(cluster: Cluster, verb: str, resource: str, namespace: str | None = No
     return out == "yes"
 
 
-def test_lint_strict() -> None:
+def template(*args: str) -> list[dict[str, Any]]:
+    """``helm template`` with no cluster and no --kube-version, as a user runs it."""
     proc = subprocess.run(
-        [str(BIN_DIR / "helm"), "lint", "--strict", str(CHART), "--kube-version", "1.36.3"],
+        [str(BIN_DIR / "helm"), "template", "d", str(CHART), *args],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def test_lint_strict() -> None:
+    proc = subprocess.run(
+        [str(BIN_DIR / "helm"), "lint", "--strict", str(CHART)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_template_without_a_cluster_knows_its_kubernetes_version() -> None:
+    """helm is built as its release is: without a cluster it assumes the Kubernetes
+    version of its client libraries, not v1.20, so the chart's kubeVersion holds."""
+    proc = subprocess.run(
+        [str(BIN_DIR / "helm"), "version", "--template", "{{.Version}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout == _versions()["HELM_VERSION"]
+    kinds = {d["kind"] for d in template()}
+    assert {"Deployment", "CustomResourceDefinition", "ServiceAccount"} <= kinds
+
+
+def test_values_shape_the_operator_pod() -> None:
+    """ServiceAccount annotations (workload identity), security contexts from values
+    (OpenShift assigns the user), and a parent chart's `global` accepted."""
+    role = "arn:aws:iam::123456789012:role/distillery"
+    docs = template(
+        "--set-json", f'serviceAccount.annotations={{"eks.amazonaws.com/role-arn": "{role}"}}',
+        "--set", "podSecurityContext.runAsUser=null",
+        "--set", "podSecurityContext.runAsGroup=null",
+        "--set", "securityContext.readOnlyRootFilesystem=true",
+        "--set", "global.imageRegistry=registry.example",
+    )  # fmt: skip
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": role}
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # The defaults: a fixed non-root user, no annotations.
+    docs = template()
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert "annotations" not in sa["metadata"]
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 65532
+    # A misspelt key is refused by the schema, naming it.
+    proc = subprocess.run(
+        [str(BIN_DIR / "helm"), "template", "d", str(CHART), "--set", "serviceAcount.x=1"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0 and "serviceAcount" in proc.stderr, proc.stderr
 
 
 def test_template_passes_server_dry_run(helm_cluster: Cluster) -> None:
@@ -112,7 +173,7 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         'gpuPrices={"nvidia-l40s": 1.25}',
         "--wait",
         "--timeout",
-        "120s",
+        HELM_WAIT,
     )
     dep = yaml.safe_load(c.kubectl("get", "deployment", "distillery", "-n", NS, "-o", "yaml"))
     assert dep["status"].get("readyReplicas") == 1
@@ -192,7 +253,7 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         1,
     )
     crd_file.write_text(text)
-    helm(c, "upgrade", "distillery", str(chart), "-n", NS, "--wait", "--timeout", "120s")
+    helm(c, "upgrade", "distillery", str(chart), "-n", NS, "--wait", "--timeout", HELM_WAIT)
     cols = yaml.safe_load(
         c.kubectl("get", "crd", "distilledmodeldeployments.distillery.dev", "-o", "yaml")
     )["spec"]["versions"][0]["additionalPrinterColumns"]
@@ -239,7 +300,7 @@ def test_namespaced_mode_rbac(helm_cluster: Cluster) -> None:
         "watchNamespaces={team-a}",
         "--wait",
         "--timeout",
-        "120s",
+        HELM_WAIT,
     )
     sa = f"system:serviceaccount:{NS}:scoped-distillery"
 
@@ -263,7 +324,7 @@ def test_alerts_fire_as_documented(tmp_path: Path) -> None:
     """The chart's alerts under `promtool test rules`: each fires on the series the
     operator exports, with the DMD's namespace and name."""
     proc = subprocess.run(
-        [str(BIN_DIR / "helm"), "template", "d", str(CHART), "--kube-version", "1.36.3",
+        [str(BIN_DIR / "helm"), "template", "d", str(CHART),
          "--set", "metrics.prometheusRule.enabled=true",
          "--show-only", "templates/prometheusrule.yaml"],
         capture_output=True, text=True, check=True,
