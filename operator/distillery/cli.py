@@ -1,4 +1,4 @@
-"""The ``distillery`` command: plan, crd (and, as they land, render, run, simulate).
+"""The ``distillery`` command: plan, render, run, simulate, recommend, crd.
 
 Sub-commands read manifests from files or standard input and print to standard output;
 errors go to standard error with exit code 1 (bad input) or 2 (usage), so they compose
@@ -108,18 +108,23 @@ def manifest_paths(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def load_manifests(
-    path: str, *, allow_empty: bool = False
-) -> list[tuple[str, DistilledModelDeployment]]:
-    """Every DistilledModelDeployment in a YAML stream; other kinds are skipped."""
+def read_documents(path: str) -> list[Any]:
+    """The documents of a YAML (or JSON) stream; ``-`` is standard input."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        return [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def load_manifests(
+    path: str, *, allow_empty: bool = False, documents: Sequence[Any] | None = None
+) -> list[tuple[str, DistilledModelDeployment]]:
+    """Every DistilledModelDeployment in a YAML stream; other kinds are skipped."""
+    docs = read_documents(path) if documents is None else documents
     out: list[tuple[str, DistilledModelDeployment]] = []
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
@@ -136,12 +141,17 @@ def load_manifests(
     return out
 
 
-def read_all_manifests(args: argparse.Namespace) -> list[tuple[str, DistilledModelDeployment]]:
-    """The DMDs of every path; a directory may hold other kinds, but not only them."""
+def read_all_manifests(
+    args: argparse.Namespace, documents: Mapping[str, Sequence[Any]] | None = None
+) -> list[tuple[str, DistilledModelDeployment]]:
+    """The DMDs of every path; a directory may hold other kinds, but not only them.
+
+    ``documents`` holds paths already read (standard input can be read only once)."""
     paths = manifest_paths(args)
     out: list[tuple[str, DistilledModelDeployment]] = []
     for path in paths:
-        out += load_manifests(path, allow_empty=len(paths) > 1)
+        docs = None if documents is None else documents.get(path)
+        out += load_manifests(path, allow_empty=len(paths) > 1, documents=docs)
     if not out:
         raise InputError(f"{', '.join(paths)}: no {KIND} found")
     return out
@@ -314,6 +324,17 @@ def _strip_namespace(obj: dict[str, Any]) -> dict[str, Any]:
 def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
     catalog = _catalog(args.catalog)
     options = render_options(args)
+    documents = {path: read_documents(path) for path in manifest_paths(args)}
+    # A templateRef's ConfigMap, from the manifests given (as the operator reads it from
+    # the namespace) or from --user-template NAME=FILE, which wins.
+    config_maps: dict[str, dict[str, str]] = {
+        (doc.get("metadata") or {}).get("name", ""): dict(doc.get("data") or {})
+        for docs in documents.values()
+        for doc in docs
+        if isinstance(doc, dict)
+        and doc.get("kind") == "ConfigMap"
+        and doc.get("apiVersion") == "v1"
+    }
     templates: dict[str, str] = {}
     for item in args.user_template:
         name, sep, path = item.partition("=")
@@ -325,7 +346,7 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     collected: list[dict[str, Any]] = []
     failed = False
-    for source, dmd in read_all_manifests(args):
+    for source, dmd in read_all_manifests(args, documents):
         # Like `helm template`: a manifest without a namespace renders without one, so
         # `distillery render f.yaml | kubectl -n team apply -f -` works; -n sets it.
         namespaced = bool(args.namespace or dmd.metadata.get("namespace"))
@@ -334,14 +355,23 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
         ref = dmd.spec.serving.template_ref
         user_template = None
         if ref is not None:
-            if ref.name not in templates:
+            if ref.name in templates:
+                user_template = templates[ref.name]
+            elif ref.key in config_maps.get(ref.name, {}):
+                user_template = config_maps[ref.name][ref.key]
+            else:
+                where = (
+                    f"ConfigMap {ref.name} in the manifests has no key {ref.key}"
+                    if ref.name in config_maps
+                    else f"ConfigMap {ref.name} is not in the manifests given"
+                )
                 print(
-                    f"{source}: templateRef {ref.name} needs --user-template {ref.name}=FILE",
+                    f"{source}: templateRef: {where}: add it, or pass "
+                    f"--user-template {ref.name}=FILE",
                     file=sys.stderr,
                 )
                 failed = True
                 continue
-            user_template = templates[ref.name]
         try:
             rendered = render(
                 dmd, plan(dmd.spec, catalog), options=options, user_template=user_template
@@ -364,16 +394,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     import logging
     import os
 
-    from distillery.settings import PREFIX, Settings
+    from distillery.settings import Settings
 
     overrides = {name: getattr(args, name) for name in Settings.model_fields}
     settings = Settings.from_env(**overrides)
-    # Handlers read their registration-time settings (timer intervals) from the
-    # environment: export the merged settings before importing them.
-    for name, value in settings.model_dump().items():
-        os.environ[PREFIX + name.upper()] = (
-            ",".join(value) if isinstance(value, list) else str(value)
-        )
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -862,7 +886,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CM=FILE",
-        help="content of a templateRef ConfigMap, repeatable",
+        help="content of a templateRef ConfigMap's key, repeatable (default: a ConfigMap "
+        "of that name in the manifests given)",
     )
     _catalog_arg(r)
     r.set_defaults(func=cmd_render)

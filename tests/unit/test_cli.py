@@ -340,6 +340,48 @@ def test_render_leaves_the_namespace_to_kubectl_unless_given(
     assert exit_code("render", str(f), "--image", "vlm=x") == 2
 
 
+USER_TEMPLATE = ROOT / "examples" / "templates" / "pod-overrides.yaml"
+
+
+def test_render_takes_the_template_configmap_from_the_manifests(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/templates.md's example, rendered as the operator would: the ConfigMap in the
+    same file supplies the template; --user-template overrides it; a missing one is named."""
+    code, out = run("render", str(USER_TEMPLATE))
+    assert code == 0
+    [dep] = [o for o in yaml.safe_load_all(out) if o["kind"] == "Deployment"]
+    pod = dep["spec"]["template"]
+    assert pod["metadata"]["annotations"]["gpu"] == "1xnvidia-l40s"
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    assert set(containers) == {"engine", "log-shipper"}
+    env = {e["name"]: e.get("value") for e in containers["engine"]["env"]}
+    assert env["VLLM_LOGGING_LEVEL"] == "WARNING"
+    assert {"key": "reserved-for", "operator": "Equal", "value": "reasoning",
+            "effect": "NoSchedule"} in pod["spec"]["tolerations"]  # fmt: skip
+    # The file given on the command line wins over the ConfigMap.
+    override = tmp_path / "pod.yaml.j2"
+    override.write_text("metadata: {annotations: {team: '{{ dmd.name }}'}}\n")
+    code, out = run("render", str(USER_TEMPLATE), "--user-template", f"r1-qwen-7b-pod={override}")
+    [dep] = [o for o in yaml.safe_load_all(out) if o["kind"] == "Deployment"]
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert code == 0 and annotations["team"] == "r1-qwen-7b-custom" and "gpu" not in annotations
+    # Only the DMD: the ConfigMap is not there, and the message says what to do.
+    docs = list(yaml.safe_load_all(USER_TEMPLATE.read_text()))
+    lone = tmp_path / "dmd.yaml"
+    lone.write_text(yaml.safe_dump(docs[1]))
+    capsys.readouterr()
+    assert run("render", str(lone))[0] == 1
+    err = capsys.readouterr().err
+    assert "ConfigMap r1-qwen-7b-pod is not in the manifests given" in err, err
+    assert "--user-template r1-qwen-7b-pod=FILE" in err
+    # A template that changes what distillery owns is refused with the reason.
+    owned = tmp_path / "owned.yaml.j2"
+    owned.write_text("spec: {containers: [{name: engine, args: [--evil]}]}\n")
+    assert run("render", str(lone), "--user-template", f"r1-qwen-7b-pod={owned}")[0] == 1
+    assert "changes the engine container's args" in capsys.readouterr().err
+
+
 def test_render_prints_the_canary_route_objects() -> None:
     code, out = run("render", str(CANARY), "-o", "name")
     assert code == 0

@@ -220,6 +220,18 @@ def test_user_template_merges() -> None:
     assert r.revision != plain.revision
 
 
+def test_user_template_adds_tolerations_and_keeps_the_gpu_one() -> None:
+    source = "spec: {tolerations: [{key: reserved-for, operator: Exists, effect: NoSchedule}]}"
+    _, plain = render_case(CASES["vllm-1xl4"])
+    _, r = render_case(CASES["vllm-1xl4"], user_template=source)
+    before = plain.deployment["spec"]["template"]["spec"]["tolerations"]
+    after = r.deployment["spec"]["template"]["spec"]["tolerations"]
+    assert before and after[: len(before)] == before
+    assert after[len(before) :] == [
+        {"key": "reserved-for", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
 @pytest.mark.parametrize(
     "source,message",
     [
@@ -246,6 +258,7 @@ def test_user_template_merges() -> None:
         ),
         ("spec: {containers: [{name: engine, args: ['--evil']}]}", "args"),
         ("spec: {affinity: {nodeAffinity: null}}", "node affinity"),
+        ("spec: {tolerations: null}", "removes a toleration"),
         ("metadata: {labels: {distillery.dev/deployment: someone-else}}", "labels"),
         ("spec: {containers: null}", "removed the 'engine' container"),
         ("spec: [unclosed", "valid YAML"),

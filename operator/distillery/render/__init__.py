@@ -537,7 +537,8 @@ def _engine(template: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_invariants(merged: Mapping[str, Any], rendered: Mapping[str, Any]) -> None:
     """A user template may add, never change what distillery owns: the engine's GPU
-    resources, image command line, the GPU placement and the pod's identity labels."""
+    resources, image command line, the GPU placement (node affinity, the GPU taint's
+    toleration) and the pod's identity labels."""
     before, after = _engine(rendered), _engine(merged)
     for key in ("resources", "args", "command"):
         if before.get(key) != after.get(key):
@@ -551,6 +552,12 @@ def _check_invariants(merged: Mapping[str, Any], rendered: Mapping[str, Any]) ->
         raise RenderError(
             "user template changes the pod's node affinity (the GPU placement), "
             "which distillery owns: use spec.placement"
+        )
+    kept = merged["spec"].get("tolerations") or []
+    if any(t not in kept for t in rendered["spec"].get("tolerations") or []):
+        raise RenderError(
+            "user template removes a toleration distillery set (the GPU nodes' taint), "
+            "which distillery owns: list only tolerations to add"
         )
     r_labels = rendered["metadata"]["labels"]
     m_labels = merged["metadata"].get("labels", {})

@@ -3,7 +3,8 @@
 ``spec.serving.templateRef`` names a ConfigMap key holding a Jinja2 template that
 renders a YAML *patch* for the pod template (``metadata`` and ``spec``), merged over
 what distillery rendered: maps merge key by key, lists of named items (containers,
-volumes, env, volumeMounts, ports) merge by ``name``, other lists are replaced.
+volumes, env, volumeMounts, ports, imagePullSecrets) merge by ``name``, tolerations and
+topology spread constraints are added to, other lists are replaced.
 
 The template is untrusted input from anyone who can write a ConfigMap, so:
 
@@ -136,7 +137,12 @@ def render_user_template(source: str, context: Mapping[str, Any]) -> dict[str, A
     return patch
 
 
-NAMED_LISTS = frozenset({"containers", "initContainers", "volumes", "env", "volumeMounts", "ports"})
+NAMED_LISTS = frozenset(
+    {"containers", "initContainers", "volumes", "env", "volumeMounts", "ports", "imagePullSecrets"}
+)
+# Lists whose items have no name, where a template adds and never takes away: a
+# toleration for a reserved pool must not drop the GPU taint's toleration distillery set.
+UNION_LISTS = frozenset({"tolerations", "topologySpreadConstraints"})
 
 
 def merge(base: Any, patch: Any, key: str | None = None) -> Any:
@@ -161,4 +167,6 @@ def merge(base: Any, patch: Any, key: str | None = None) -> Any:
                 merged[item["name"]] = item
                 order.append(item["name"])
         return [merged[n] for n in order]
+    if key in UNION_LISTS and isinstance(base, list) and isinstance(patch, list):
+        return base + [item for item in patch if item not in base]
     return patch
