@@ -29,6 +29,7 @@ from distillery.catalog import load_catalog
 from distillery.kube import Kube, NodeCatalog, in_thread, new_api_client
 from distillery.kube.autoscaler import Autoscaler
 from distillery.kube.reconciler import Reconciler
+from distillery.kube.retry import RetrySchedule
 from distillery.kube.rollout import CanaryAnalyzer, rollout_under_way
 from distillery.reconcile.children import (
     OWNER_LABEL,
@@ -42,7 +43,6 @@ from distillery.settings import Settings
 
 DMD = (GROUP, VERSION, PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "distillery"}
-SETTINGS = Settings.from_env()
 log = logging.getLogger("distillery")
 
 
@@ -50,7 +50,9 @@ log = logging.getLogger("distillery")
 async def startup(**kwargs: Any) -> None:
     settings: kopf.OperatorSettings = kwargs["settings"]
     memo: kopf.Memo = kwargs["memo"]
-    cfg: Settings = getattr(memo, "settings", None) or SETTINGS
+    # `distillery run` passes its settings in the memo; `kopf run` on this module reads
+    # the environment.
+    cfg: Settings = getattr(memo, "settings", None) or Settings.from_env()
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
@@ -90,6 +92,7 @@ async def startup(**kwargs: Any) -> None:
     # kopf gives each object a shallow copy of the memo: a dict set here is shared by all
     # of them, so handlers can hand the live indices to the operator-level loops.
     memo.shared = {"indices": None}
+    memo.retries = RetrySchedule()
     memo.resync_task = asyncio.create_task(_resync_loop(memo, cfg.resync_interval_seconds))
     source = None
     if cfg.prometheus_url:
@@ -217,6 +220,7 @@ async def _reconcile(body: Any, kwargs: dict[str, Any]) -> None:
     stuck = [p.unschedulable for p in pods if p.unschedulable]
     memo = kwargs["memo"]
     analyzer: CanaryAnalyzer | None = getattr(memo, "analyzer", None)
+    retries: RetrySchedule = memo.retries
     try:
         await memo.reconciler.reconcile(
             body,
@@ -226,9 +230,28 @@ async def _reconcile(body: Any, kwargs: dict[str, Any]) -> None:
             measurement=analyzer.latest.get((ns, name)) if analyzer else None,
             analysis_configured=analyzer is not None and analyzer.configured,
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - retried below, never lost
         metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-        raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=10) from exc
+        delay = retries.failed((ns, name), lambda: _retry(memo, ns, name))
+        log.warning(
+            "reconcile of %s/%s failed (%d in a row): %s%s",
+            ns,
+            name,
+            retries.failures((ns, name)),
+            exc,
+            f"; retrying in {delay:.1f}s" if delay is not None else "",
+        )
+        return
+    retries.succeeded((ns, name))
+
+
+async def _retry(memo: kopf.Memo, namespace: str, name: str) -> None:
+    """Reconcile a DMD again from the latest body the index holds (none: it is gone)."""
+    indices = memo.shared["indices"]
+    if indices is None:
+        return
+    for body in list(indices["dmd_bodies"].get((namespace, name), [])):
+        await _reconcile(body, {**indices, "memo": memo})
 
 
 # ---- handlers ---------------------------------------------------------------------------
@@ -250,6 +273,7 @@ async def dmd_event(**kwargs: Any) -> None:
         kwargs["memo"].reconciler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         kwargs["memo"].autoscaler.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         kwargs["memo"].analyzer.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        kwargs["memo"].retries.forget((body["metadata"]["namespace"], body["metadata"]["name"]))
         return
     await _reconcile(body, kwargs)
 
@@ -287,17 +311,14 @@ async def _rollout_loop(memo: kopf.Memo, interval: float) -> None:
         except Exception as exc:  # noqa: BLE001 - the loop must survive anything
             log.warning("canary analysis pass failed: %s", exc)
         for body in active:
-            try:
-                await _reconcile(body, {**indices, "memo": memo})
-            except kopf.TemporaryError as exc:
-                log.warning("rollout step of %s failed: %s", body["metadata"].get("name"), exc)
+            await _reconcile(body, {**indices, "memo": memo})
 
 
 async def _resync_loop(memo: kopf.Memo, interval: float) -> None:
-    """Reconcile every DMD now and then: retries what failed and repairs drift that no
-    event reported. An operator-level task over the index, not a kopf timer: kopf puts
-    a finalizer on objects with timers, and a finalizer would block deletes while the
-    operator is down."""
+    """Reconcile every DMD now and then: repairs drift that no event reported (failures
+    are retried sooner, on the retry schedule). An operator-level task over the index,
+    not a kopf timer: kopf puts a finalizer on objects with timers, and a finalizer would
+    block deletes while the operator is down."""
     while True:
         await asyncio.sleep(interval)
         indices = memo.shared["indices"]
@@ -305,12 +326,7 @@ async def _resync_loop(memo: kopf.Memo, interval: float) -> None:
             continue
         for store in list(indices["dmd_bodies"].values()):
             for body in list(store):
-                try:
-                    await _reconcile(body, {**indices, "memo": memo})
-                except kopf.TemporaryError as exc:
-                    log.warning(
-                        "resync of %s failed: %s", body.get("metadata", {}).get("name"), exc
-                    )
+                await _reconcile(body, {**indices, "memo": memo})
 
 
 async def _on_child(**kwargs: Any) -> None:
@@ -341,6 +357,9 @@ async def cleanup(**kwargs: Any) -> None:
         task = getattr(kwargs["memo"], name, None)
         if task is not None:
             task.cancel()
+    retries: RetrySchedule | None = getattr(kwargs["memo"], "retries", None)
+    if retries is not None:
+        await retries.close()
 
 
 @kopf.on.probe(id="reconciler")

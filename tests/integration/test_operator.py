@@ -8,26 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
-from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.kube.retry import RetrySchedule
 from localcluster import Cluster
-from tests.integration.conftest import wait_for
 from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import POD_START, Bounds, Dmds, wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-def manifest(name: str, spec: dict[str, Any]) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "distillery.dev/v1alpha1",
-            "kind": "DistilledModelDeployment",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
+# The retry schedule's longest wait (distillery.kube.retry.RetrySchedule).
+RETRY_CAP_SECONDS = RetrySchedule().cap
 
 
 QWEN7B_H100 = {
@@ -37,25 +27,20 @@ QWEN7B_H100 = {
 }
 
 
-def get_dmd(api_client: client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    return client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, name
-    )
-
-
 def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
 
 
 def test_create_children_and_ready(
-    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    dmds: Dmds,
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
-    out = cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s", check=False
-    )
-    assert "condition met" in out, operator.tail()
-    dmd = get_dmd(api_client, namespace, "qwen")
+    dmds.apply("qwen", QWEN7B_H100)
+    dmds.wait_condition("qwen", "Ready", operator.bounds.ready)
+    dmd = dmds.get("qwen")
     apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
     dep = apps.read_namespaced_deployment("qwen", namespace)
     svc = core.read_namespaced_service("qwen", namespace)
@@ -93,23 +78,19 @@ def test_create_children_and_ready(
 
 
 def test_roll_scale_and_delete(
-    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    dmds: Dmds,
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
-    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s")
+    bounds = operator.bounds
+    dmds.apply("qwen", QWEN7B_H100)
+    dmds.wait_condition("qwen", "Ready", bounds.ready)
     apps = client.AppsV1Api(api_client)
-    before = get_dmd(api_client, namespace, "qwen")["status"]["revision"]
+    before = dmds.get("qwen")["status"]["revision"]
     # A new model revision rolls the pods.
-    cluster.kubectl(
-        "patch",
-        "dmd",
-        "qwen",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"model": {"revision": "v2"}}}),
-    )
+    dmds.patch("qwen", {"spec": {"model": {"revision": "v2"}}})
 
     def rolled() -> bool:
         dep = apps.read_namespaced_deployment("qwen", namespace)
@@ -118,33 +99,46 @@ def test_roll_scale_and_delete(
             dep.status.updated_replicas == 1 and dep.status.ready_replicas == 1
         )
 
-    wait_for(rolled, "rolled to v2", timeout=90)
-    wait_for(
-        lambda: get_dmd(api_client, namespace, "qwen")["status"]["revision"] != before,
+    dmds.wait("qwen", rolled, "rolled to v2", bounds.ready)
+    dmds.wait(
+        "qwen",
+        lambda: dmds.get("qwen")["status"]["revision"] != before,
         "status revision updated",
+        bounds.reconcile,
     )
     # Raising minReplicas raises the replicas.
-    cluster.kubectl(
-        "patch",
-        "dmd",
+    dmds.patch("qwen", {"spec": {"scaling": {"minReplicas": 2}}})
+    dmds.wait(
         "qwen",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"scaling": {"minReplicas": 2}}}),
-    )
-    wait_for(
-        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 2, "2 replicas"
+        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 2,
+        "Deployment at 2 replicas",
+        bounds.reconcile,
     )
     # kubectl scale goes through /scale; above maxReplicas it is clamped.
     cluster.kubectl("scale", "dmd/qwen", "-n", namespace, "--replicas=3")
-    wait_for(
-        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3, "3 replicas"
+    dmds.wait(
+        "qwen",
+        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3,
+        "Deployment at 3 replicas",
+        bounds.reconcile,
     )
-    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s")
-    assert get_dmd(api_client, namespace, "qwen")["status"]["readyReplicas"] == 3
+    dmds.wait(
+        "qwen",
+        lambda: dmds.get("qwen")["status"].get("readyReplicas") == 3,
+        "3 ready replicas",
+        bounds.ready,
+    )
     cluster.kubectl("scale", "dmd/qwen", "-n", namespace, "--replicas=9")
+    # The clamp is the reconcile's answer to the change: one reconcile later, still 3.
+    dmds.wait(
+        "qwen",
+        lambda: (
+            dmds.get("qwen")["metadata"]["generation"]
+            == dmds.get("qwen")["status"]["observedGeneration"]
+        ),
+        "the /scale change observed",
+        bounds.reconcile,
+    )
     time.sleep(3)
     assert apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3
     # Delete: children are garbage-collected.
@@ -157,47 +151,43 @@ def test_roll_scale_and_delete(
             and not core.list_namespaced_pod(namespace).items
         ),
         "children collected",
-        timeout=90,
+        bounds.reconcile,
     )
 
 
 def test_does_not_fit_stalls_then_recovers(
-    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    dmds: Dmds,
 ) -> None:
     spec = {
         "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "quantization": "none"},
         "placement": {"gpuTypes": ["nvidia-t4"]},
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("big", spec))
-    out = cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Stalled", "dmd/big", "--timeout=60s", check=False
-    )
-    assert "condition met" in out, operator.tail()
-    conds = conditions(get_dmd(api_client, namespace, "big"))
+    dmds.apply("big", spec)
+    dmds.wait_condition("big", "Stalled", operator.bounds.reconcile)
+    conds = conditions(dmds.get("big"))
     assert conds["Stalled"]["reason"] == "DoesNotFit"
     assert "does not fit nvidia-t4" in conds["Stalled"]["message"]
     assert "Would fit" in conds["Stalled"]["message"]
     assert conds["Ready"]["status"] == "False"
     assert not client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items
     # Fix the spec: it recovers.
-    cluster.kubectl(
-        "patch",
-        "dmd",
-        "big",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"placement": {"gpuTypes": ["nvidia-h100-80gb"]}}}),
-    )
-    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/big", "--timeout=120s")
-    conds = conditions(get_dmd(api_client, namespace, "big"))
+    dmds.patch("big", {"spec": {"placement": {"gpuTypes": ["nvidia-h100-80gb"]}}})
+    dmds.wait_condition("big", "Ready", operator.bounds.ready)
+    conds = conditions(dmds.get("big"))
     assert conds["Stalled"]["status"] == "False"
-    assert get_dmd(api_client, namespace, "big")["status"]["placement"]["gpuCount"] == 4
+    assert dmds.get("big")["status"]["placement"]["gpuCount"] == 4
 
 
 def test_plans_fit_the_nodes_the_cluster_has(
-    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    dmds: Dmds,
 ) -> None:
     # The local cluster's L4 nodes carry one GPU each (hack/inventory.yaml); the catalog
     # allows 8 per node. A 14B needs two L4s: no node offers them, so it stalls with the
@@ -206,13 +196,8 @@ def test_plans_fit_the_nodes_the_cluster_has(
         "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "quantization": "none"},
         "placement": {"gpuTypes": ["nvidia-l4"]},
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("l4-14b", big))
-    out = cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Stalled", "dmd/l4-14b", "--timeout=60s",
-        check=False,
-    )  # fmt: skip
-    assert "condition met" in out, operator.tail()
-    message = conditions(get_dmd(api_client, namespace, "l4-14b"))["Stalled"]["message"]
+    dmds.apply("l4-14b", big)
+    message = dmds.wait_condition("l4-14b", "Stalled", operator.bounds.reconcile)["message"]
     assert "does not fit nvidia-l4" in message, message
     assert "2 GPUs exceed the 1 nvidia-l4 this cluster's largest node offers" in message, message
     # A 7B at 16k context with no maxConcurrency written fits one L4 and serves.
@@ -221,26 +206,23 @@ def test_plans_fit_the_nodes_the_cluster_has(
         "serving": {"maxModelLen": 16384},
         "placement": {"gpuTypes": ["nvidia-l4"]},
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("l4-7b", small))
-    out = cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Ready", "dmd/l4-7b", "--timeout=120s",
-        check=False,
-    )  # fmt: skip
-    assert "condition met" in out, operator.tail()
-    placement = get_dmd(api_client, namespace, "l4-7b")["status"]["placement"]
+    dmds.apply("l4-7b", small)
+    dmds.wait_condition("l4-7b", "Ready", operator.bounds.ready)
+    placement = dmds.get("l4-7b")["status"]["placement"]
     assert (placement["gpuType"], placement["gpuCount"]) == ("nvidia-l4", 1)
 
 
 def test_ready_names_the_failing_container(
-    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    dmds: Dmds,
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("oom", QWEN7B_H100))
-    out = cluster.kubectl(
-        "wait", "-n", namespace, "--for=condition=Ready", "dmd/oom", "--timeout=120s", check=False
-    )
-    assert "condition met" in out, operator.tail()
+    dmds.apply("oom", QWEN7B_H100)
+    dmds.wait_condition("oom", "Ready", operator.bounds.ready)
     core = client.CoreV1Api(api_client)
-    selector = get_dmd(api_client, namespace, "oom")["status"]["selector"]
+    selector = dmds.get("oom")["status"]["selector"]
     [pod] = core.list_namespaced_pod(namespace, label_selector=selector).items
     # What the kubelet writes when vLLM is OOM-killed loading weights and restarts.
     status = {
@@ -274,10 +256,10 @@ def test_ready_names_the_failing_container(
     )  # fmt: skip
 
     def failing() -> dict[str, Any] | None:
-        ready = conditions(get_dmd(api_client, namespace, "oom"))["Ready"]
+        ready = conditions(dmds.get("oom"))["Ready"]
         return ready if ready["reason"] == "CrashLoopBackOff" else None
 
-    ready = wait_for(failing, "Ready to name the crash loop", timeout=60)
+    ready = dmds.wait("oom", failing, "Ready to name the crash loop", operator.bounds.reconcile)
     assert ready["status"] == "False"
     assert f"pod {pod.metadata.name}: CrashLoopBackOff" in ready["message"]
     assert "last exit: OOMKilled, code 137" in ready["message"]
@@ -290,27 +272,28 @@ def test_ready_names_the_failing_container(
 
 
 def test_restart_and_idle_cost_no_writes(
-    cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    dmds: Dmds,
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
-    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s")
-    # Let the autoscaler's first pass (15 s interval) and the status it causes land.
-    wait_for(
-        lambda: (
-            conditions(get_dmd(api_client, namespace, "qwen"))
-            .get("MetricsAvailable", {})
-            .get("reason")
-            == "MetricsMissing"
-        ),
+    bounds = operator.bounds
+    dmds.apply("qwen", QWEN7B_H100)
+    dmds.wait_condition("qwen", "Ready", bounds.ready)
+    # Let the autoscaler's first pass and the status it causes land.
+    dmds.wait(
+        "qwen",
+        lambda: dmds.condition("qwen", "MetricsAvailable").get("reason") == "MetricsMissing",
         "the autoscaler's first pass",
-        timeout=60,
+        bounds.metrics,
     )
     time.sleep(5)
 
     def versions() -> dict[str, str]:
         apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
         return {
-            "dmd": get_dmd(api_client, namespace, "qwen")["metadata"]["resourceVersion"],
+            "dmd": dmds.get("qwen")["metadata"]["resourceVersion"],
             "deployment": apps.read_namespaced_deployment(
                 "qwen", namespace
             ).metadata.resource_version,
@@ -322,7 +305,9 @@ def test_restart_and_idle_cost_no_writes(
     assert writes_before > 0  # the audit log does see the operator's writes
     operator.kill()
     operator.start()
-    time.sleep(60)  # restart, then a minute idle (three resync periods)
+    # Restart, then idle for three resync periods and three autoscaler decisions.
+    settings = operator.settings
+    time.sleep(3 * max(settings.resync_interval_seconds, settings.autoscale_interval_seconds))
     writes = cluster.operator_writes(namespace)[writes_before:]
     assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
     assert versions() == before
@@ -332,7 +317,7 @@ def test_restart_and_idle_cost_no_writes(
 
 
 def test_metrics_and_liveness_endpoints(
-    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path
+    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path, dmds: Dmds
 ) -> None:
     import urllib.request
 
@@ -349,10 +334,8 @@ def test_metrics_and_liveness_endpoints(
         str(health_port),
     ).start()
     try:
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest("qwen", QWEN7B_H100))
-        cluster.kubectl(
-            "wait", "-n", namespace, "--for=condition=Ready", "dmd/qwen", "--timeout=120s"
-        )
+        dmds.apply("qwen", QWEN7B_H100)
+        dmds.wait_condition("qwen", "Ready", op.bounds.ready)
 
         def scrape() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
@@ -364,11 +347,41 @@ def test_metrics_and_liveness_endpoints(
             text = scrape()
             return text if f"distillery_cost_per_hour{series} 6.88" in text else None
 
-        text = wait_for(costed, "the DMD's cost in the operator's metrics")
+        text = wait_for(costed, "the DMD's cost in the operator's metrics", op.bounds.reconcile)
         assert "distillery_reconcile_duration_seconds_count" in text
         assert f"distillery_ready_replicas{series}" in text
         assert 'distillery_api_writes_total{kind="Deployment",verb="apply"}' in text
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5) as r:
             assert r.status == 200
+    finally:
+        op.stop()
+
+
+def test_a_failed_apply_is_retried_without_waiting_for_a_resync(
+    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path, dmds: Dmds
+) -> None:
+    """kopf never retries event handlers: the operator's own backoff must. A quota that
+    admits no Deployment makes the apply fail; once it is gone, nothing else happens to
+    the DMD (no event, resync and autoscaler an hour away), yet the children are applied."""
+    cluster.kubectl(
+        "create", "quota", "no-deployments", "-n", namespace, "--hard=count/deployments.apps=0"
+    )
+    # Nothing else may reconcile it: no resync, and no autoscaler pass (whose status
+    # write is itself an event of the DMD).
+    op = OperatorProcess(
+        cluster, namespace, tmp_path / "op",
+        "--resync-interval-seconds", "3600", "--autoscale-interval", "3600",
+    ).start()  # fmt: skip
+    try:
+        dmds.apply("qwen", QWEN7B_H100)
+        wait_for(
+            lambda: "retrying in" in op.log.read_text(errors="replace"),
+            "the operator to log a failed reconcile and its retry",
+            Bounds.within(POD_START),
+            describe=op.tail,
+        )
+        assert "reconcile of" in op.log.read_text() and "qwen" in op.log.read_text()
+        cluster.kubectl("delete", "quota", "no-deployments", "-n", namespace)
+        dmds.wait_condition("qwen", "Ready", Bounds.within(RETRY_CAP_SECONDS, POD_START))
     finally:
         op.stop()

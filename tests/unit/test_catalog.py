@@ -9,7 +9,7 @@ from distillery.catalog import CatalogError, load_catalog
 
 def test_builtin_catalog_has_the_design_facts() -> None:
     cat = load_catalog()
-    facts = {  # name: (params B, layers, kv heads), from DESIGN §3
+    facts = {  # name: (params B, layers, kv heads), from each model's published config.json
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": (1.78, 28, 2),
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B": (7.62, 28, 4),
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B": (14.77, 48, 8),

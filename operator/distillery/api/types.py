@@ -4,8 +4,8 @@ These models are the single source of truth. The CRD in ``crds/`` (and in the He
 is generated from them by :mod:`distillery.api.crd`; field descriptions become
 ``kubectl explain`` text; cross-field rules are declared here as CEL
 (``x-kubernetes-validations``) so the API server rejects bad input before the operator
-sees it, and are checked again by :func:`validate_spec` for manifests read from files
-(``distillery plan``/``render``), so both paths give the same message.
+sees it, and are checked again by the models' own validators for manifests read from
+files (``distillery plan``/``render``), so both paths give the same message.
 
 Field names are the camelCase wire names; Python attributes are snake_case. Models
 forbid unknown fields so a typo in a manifest is an error, not a silently ignored key.
@@ -33,14 +33,11 @@ Objective = Literal["latency", "balanced", "cost"]
 ScalingMode = Literal["operator", "external"]
 RolloutStrategy = Literal["RollingUpdate", "Canary"]
 
-# Kubernetes object names and label values: at most 63 characters for a DMD name, since
-# it becomes a label value (distillery.dev/deployment) and a Service name.
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 GPU_TYPE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_URI = r"^(hf|pvc|s3|gs|oci)://[^\s]+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
-# One CEL rule: the apiserver checks it; validate_spec mirrors it in Python.
+# One CEL rule: the apiserver checks it; a model validator mirrors it in Python.
 Rule = dict[str, str]
 
 

@@ -21,7 +21,7 @@ from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
-from distillery.kube import WRITES, Kube, NodeCatalog, in_thread
+from distillery.kube import Kube, NodeCatalog, in_thread
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
 from distillery.reconcile.children import (
     APPLIED_HASH,
@@ -166,7 +166,6 @@ class Reconciler:
                 desired.apply_reasons.get(child, ""),
             )
             await in_thread(self.kube.apply, obj)
-            metrics.API_WRITES.labels("apply", obj["kind"]).inc()
             self._applied[(namespace, name, child)] = obj["metadata"]["annotations"][APPLIED_HASH]
             if obj["kind"] == "Deployment":
                 self._applied_replicas[(namespace, name, child)] = obj["spec"]["replicas"]
@@ -176,7 +175,6 @@ class Reconciler:
                 (body.get("metadata") or {}).get("annotations", {}).get(COMMAND_ANNOTATION)
             )
             await in_thread(self.kube.remove_dmd_annotation, namespace, name, COMMAND_ANNOTATION)
-            metrics.API_WRITES.labels("patch", "DistilledModelDeployment").inc()
             self._consumed[key] = command
         if desired.status_changed:
             owned = {k: v for k, v in desired.status.items() if k in OWNED_STATUS}
@@ -184,7 +182,6 @@ class Reconciler:
                 self._status.get(key), sort_keys=True
             ):
                 await in_thread(self.kube.patch_dmd_status, namespace, name, owned)
-                metrics.API_WRITES.labels("patch-status", "DistilledModelDeployment").inc()
                 self._status[key] = owned
         for event in desired.events:
             try:
@@ -224,7 +221,6 @@ class Reconciler:
                 continue  # written; the watch has not caught up
             log.info("scaling Deployment %s/%s to %d (rollout split)", namespace, dep, replicas)
             await in_thread(self.kube.scale_deployment, namespace, dep, replicas)
-            metrics.API_WRITES.labels("scale", "Deployment").inc()
             self._scaled[(namespace, name, dep)] = replicas
         for k in [k for k in self._scaled if k[:2] == (namespace, name)]:
             if k[2] not in desired.scale:
@@ -236,7 +232,6 @@ class Reconciler:
                 continue  # deleted; the watch has not caught up
             log.info("deleting retired canary %s %s/%s", kind, namespace, dep)
             await in_thread(self.kube.delete_deployment, namespace, dep)
-            metrics.API_WRITES.labels("delete", kind).inc()
             self._deleted.add((namespace, name, dep))
         gone = {dep for _, dep in desired.delete}
         self._deleted = {k for k in self._deleted if k[:2] != (namespace, name) or k[2] in gone}
@@ -274,7 +269,3 @@ class Reconciler:
         if desired.rendered is not None:
             replicas = desired.rendered.deployment["spec"]["replicas"]
             metrics.DESIRED_REPLICAS.labels(namespace, name).set(replicas)
-
-
-def total_writes() -> int:
-    return sum(WRITES.values())

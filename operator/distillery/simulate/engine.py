@@ -30,12 +30,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from distillery.autoscale.inputs import placement_capacity
 from distillery.autoscale.policy import Capacity, Limits
-from distillery.catalog import GpuType, ModelEntry
+from distillery.catalog import ModelEntry
 from distillery.simulate.fleet import Fleet, ReplicaModel
 from distillery.simulate.policies import (
     AIBrixAPA,
@@ -449,16 +449,3 @@ def simulate(
             result["targetRunningPerReplica"] = round(policy.capacity.target_running, 2)
         out[name] = result
     return out
-
-
-def scenario_for(
-    model: ModelEntry, option: Option, gpu: GpuType | None = None, **kwargs: Any
-) -> Scenario:
-    base = Scenario(
-        model=model,
-        option=option,
-        max_concurrency=kwargs.pop("max_concurrency", 64),
-        typical_tokens=kwargs.pop("typical_tokens", 4096),
-        slo_ttft=kwargs.pop("slo_ttft", 2.0),
-    )
-    return replace(base, **kwargs)
