@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup deps tools venv check lint typecheck imports generate test test-unit \
+.PHONY: setup deps tools venv check lint fmt typecheck imports generate test test-unit \
         cluster cluster-down demo bench image clean
 
 setup: deps venv tools            ## everything a fresh machine needs
@@ -29,6 +29,10 @@ generate: venv                    ## regenerate the CRD from the API models
 lint: venv
 	.venv/bin/ruff check operator tests hack benchmarks
 	.venv/bin/ruff format --check operator tests hack benchmarks
+
+fmt: venv                         ## fix what ruff can: formatting and import order
+	.venv/bin/ruff check --fix operator tests hack benchmarks
+	.venv/bin/ruff format operator tests hack benchmarks
 
 typecheck: venv
 	.venv/bin/mypy
