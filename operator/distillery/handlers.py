@@ -27,10 +27,10 @@ from distillery.autoscale.inputs import PodInfo, pod_failure
 from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
 from distillery.kube import Kube, NodeCatalog, in_thread, new_api_client
-from distillery.kube.autoscaler import Autoscaler
-from distillery.kube.reconciler import Reconciler
+from distillery.kube.autoscale_controller import Autoscaler
+from distillery.kube.canary_controller import CanaryAnalyzer, rollout_under_way
+from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
-from distillery.kube.rollout import CanaryAnalyzer, rollout_under_way
 from distillery.reconcile.children import (
     OWNER_LABEL,
     REVISION_ANNOTATION,

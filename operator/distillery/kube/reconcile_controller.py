@@ -21,7 +21,7 @@ from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
-from distillery.kube import Kube, NodeCatalog, in_thread
+from distillery.kube.client import Kube, NodeCatalog, in_thread
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
 from distillery.reconcile.children import (
     APPLIED_HASH,

@@ -24,8 +24,8 @@ from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits,
 from distillery.autoscale.policy import Capacity, History, decide
 from distillery.autoscale.source import MetricsUnavailableError, PrometheusSource
 from distillery.catalog import Catalog
-from distillery.kube import Kube, NodeCatalog, in_thread
-from distillery.kube.reconciler import now_rfc3339
+from distillery.kube.client import Kube, NodeCatalog, in_thread
+from distillery.kube.reconcile_controller import now_rfc3339
 from distillery.reconcile import parse
 from distillery.render import desired_replicas
 from distillery.render.source import ModelSource

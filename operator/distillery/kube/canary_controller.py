@@ -23,9 +23,9 @@ from distillery.autoscale.source import (
     MetricsUnavailableError,
     PrometheusSource,
 )
-from distillery.kube import in_thread
-from distillery.rollout import PROGRESSING, PROMOTING
+from distillery.kube.client import in_thread
 from distillery.rollout.analysis import Measurement, measure
+from distillery.rollout.strategy import PROGRESSING, PROMOTING
 
 log = logging.getLogger("distillery.rollout")
 Key = tuple[str, str]

@@ -1,0 +1,315 @@
+"""The Kubernetes edge: server-side apply of children, status patches, reads, events.
+
+Everything here talks to the API server through the synchronous ``kubernetes`` client,
+so every call runs in a worker thread (``asyncio.to_thread``), never on kopf's event
+loop. Writes go through one field manager, ``distillery``; the autoscaler writes
+``spec.replicas`` through ``/scale`` as ``distillery-autoscaler``. Every write is counted
+here, in ``distillery_api_writes_total``, so a steady state can be shown to cost none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from distillery import metrics
+from distillery.api.types import GROUP, PLURAL, VERSION
+from distillery.catalog import Catalog
+from distillery.reconcile.children import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
+
+AUTOSCALER_FIELD_MANAGER = "distillery-autoscaler"
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+
+
+def _count(verb: str, kind: str) -> None:
+    metrics.API_WRITES.labels(verb, kind).inc()
+
+
+class Kube:
+    """A thin wrapper over the API groups distillery uses."""
+
+    def __init__(self, api_client: client.ApiClient | None = None):
+        self.api = api_client or new_api_client()
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.policy = client.PolicyV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    # ---- writes ------------------------------------------------------------------------
+
+    def apply(self, obj: Mapping[str, Any]) -> None:
+        """Server-side apply one child under the distillery field manager (force: the
+        operator owns these fields; another writer's edit is taken back)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        name, ns = meta["name"], meta["namespace"]
+        kwargs: dict[str, Any] = {
+            "field_manager": FIELD_MANAGER,
+            "force": True,
+            "_content_type": APPLY,
+        }
+        body = dict(obj)
+        if kind == "Deployment":
+            self.apps.patch_namespaced_deployment(name, ns, body, **kwargs)
+        elif kind == "Service":
+            self.core.patch_namespaced_service(name, ns, body, **kwargs)
+        elif kind == "PodDisruptionBudget":
+            self.policy.patch_namespaced_pod_disruption_budget(name, ns, body, **kwargs)
+        elif kind == "HTTPRoute":
+            self.custom.patch_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", ns, "httproutes", name, body, **kwargs
+            )
+        elif kind == "PodMonitor":
+            self.custom.patch_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", ns, "podmonitors", name, body, **kwargs
+            )
+        else:
+            raise ValueError(f"distillery does not apply {kind}")
+        _count("apply", kind)
+
+    def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE,
+        )
+        _count("patch-status", "DistilledModelDeployment")
+
+    def scale_dmd(self, namespace: str, name: str, replicas: int) -> None:
+        """Write spec.replicas through /scale as the autoscaler."""
+        self.custom.patch_namespaced_custom_object_scale(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"spec": {"replicas": replicas}},
+            field_manager=AUTOSCALER_FIELD_MANAGER,
+            _content_type=MERGE,
+        )
+        _count("scale", "DistilledModelDeployment")
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Resize a Deployment without touching its template (the stable track while a
+        canary runs)."""
+        self.apps.patch_namespaced_deployment_scale(
+            name,
+            namespace,
+            {"spec": {"replicas": replicas}},
+            field_manager=FIELD_MANAGER,
+            _content_type=MERGE,
+        )
+        _count("scale", "Deployment")
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        """Delete a retired canary Deployment (already gone is fine)."""
+        try:
+            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        _count("delete", "Deployment")
+
+    def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None:
+        """Consume a one-shot command annotation (``distillery.dev/rollout``)."""
+        self.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"metadata": {"annotations": {key: None}}},
+            _content_type=MERGE,
+        )
+        _count("patch", "DistilledModelDeployment")
+
+    def post_event(
+        self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
+    ) -> None:
+        meta = dmd["metadata"]
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{meta['name']}.", namespace=meta["namespace"]
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind="DistilledModelDeployment",
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="distillery"),
+            reporting_component="distillery.dev/operator",
+            reporting_instance="distillery",
+        )
+        self.core.create_namespaced_event(meta["namespace"], event)
+        _count("create", "Event")
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None:
+        try:
+            cm = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return (cm.data or {}).get(key)
+
+    def node_gpu_counts(self) -> dict[str, int]:
+        """The most allocatable ``nvidia.com/gpu`` any one node offers, per GPU product
+        label (``nvidia.com/gpu.product``, as GPU Feature Discovery sets it)."""
+        nodes = self.core.list_node(label_selector=GPU_PRODUCT_LABEL)
+        out: dict[str, int] = {}
+        for node in nodes.items:
+            labels = (node.metadata.labels if node.metadata else None) or {}
+            product = labels.get(GPU_PRODUCT_LABEL)
+            allocatable = (node.status.allocatable or {}) if node.status else {}
+            try:
+                count = int(str(allocatable.get(GPU_RESOURCE, "0")))
+            except ValueError:
+                continue
+            if product and count > 0:
+                out[product] = max(out.get(product, 0), count)
+        return out
+
+    def podmonitor_api_present(self) -> bool:
+        return self._group_present("monitoring.coreos.com")
+
+    def httproute_api_present(self) -> bool:
+        """The Gateway API's HTTPRoute is served (gateway.networking.k8s.io/v1)."""
+        if not self._group_present("gateway.networking.k8s.io"):
+            return False
+        try:
+            found = self.custom.get_api_resources("gateway.networking.k8s.io", "v1")
+        except ApiException:
+            return False
+        return any(r.name == "httproutes" for r in (found.resources or []))
+
+    def _group_present(self, group: str) -> bool:
+        try:
+            groups = client.ApisApi(self.api).get_api_versions().groups or []
+        except ApiException:
+            return False
+        return any(g.name == group for g in groups)
+
+
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+class NodeCatalog:
+    """The catalog with ``maxPerNode`` taken from the cluster's nodes, re-read at most
+    every ``ttl_seconds``; the reconciler and the autoscaler plan with ``latest``.
+
+    Without permission to list nodes (a namespaced install) the catalog's figures stand,
+    and the operator says so once.
+    """
+
+    def __init__(self, kube: Kube, base: Catalog, ttl_seconds: float = 60.0) -> None:
+        self.kube, self.base, self.ttl_seconds = kube, base, ttl_seconds
+        self.latest = base
+        self._read_at = -math.inf
+        self._denied = False
+
+    async def refresh(self) -> Catalog:
+        if self._denied or time.monotonic() - self._read_at < self.ttl_seconds:
+            return self.latest
+        self._read_at = time.monotonic()
+        try:
+            counts = await in_thread(self.kube.node_gpu_counts)
+        except ApiException as exc:
+            if exc.status in (401, 403):
+                self._denied = True
+                log.warning(
+                    "cannot list nodes (%s): plans use the catalog's GPUs per node", exc.status
+                )
+            else:
+                log.warning("listing nodes failed (%s): keeping the last GPU counts", exc.status)
+            return self.latest
+        fresh = self.base.with_node_gpus(counts)
+        if fresh != self.latest:
+            log.info("GPUs per node from the cluster: %s", counts)
+            self.latest = fresh
+        return self.latest
+
+
+def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig."""
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    cfg = client.Configuration()
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, client_configuration=cfg
+    )
+    return client.ApiClient(cfg)
+
+
+def unreachable_reason(kubeconfig: str | None = None, timeout: float = 10.0) -> str | None:
+    """Why the API server cannot be used, in one line, or None when it answers.
+
+    ``distillery run`` asks this once before starting kopf, which would otherwise log a
+    traceback per watch and retry forever against a cluster that is not there.
+    """
+    try:
+        api = new_api_client(kubeconfig)
+    except (config.ConfigException, OSError) as exc:
+        return f"no Kubernetes credentials: {exc} (set --kubeconfig, KUBECONFIG, or run in a pod)"
+    host = api.configuration.host
+    # urllib3 logs a warning per retry; the one line below says it all.
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        client.VersionApi(api).get_code(_request_timeout=timeout)
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            return f"the API server at {host} refused the credentials ({exc.status} {exc.reason})"
+        return None  # it answered: anything else is kopf's to report
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        reason = str(getattr(exc, "reason", None) or exc)
+        # urllib3 prefixes its connection object's repr: keep the cause at the end.
+        return f"cannot reach the API server at {host}: {reason.rpartition('): ')[2] or reason}"
+    finally:
+        pool_log.setLevel(level)
+        api.close()  # type: ignore[no-untyped-call]
+    return None
+
+
+async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+__all__ = [
+    "AUTOSCALER_FIELD_MANAGER",
+    "ApiException",
+    "Kube",
+    "NodeCatalog",
+    "in_thread",
+    "new_api_client",
+    "unreachable_reason",
+]

@@ -1,0 +1,575 @@
+"""The reconciler's decision, as a pure function of what is observed.
+
+Given a DMD object and the live state of its children, :func:`desired_state` says which
+children to apply, what the DMD's status should be, and which events are worth posting.
+It is level-triggered: it recomputes everything from scratch each time, so it does not
+matter which event woke it. The kube layer executes the result and writes only what
+differs, which makes a steady state cost no writes.
+
+Nothing that serves is ever deleted here. A spec that stops fitting (or a template that
+breaks) leaves the running workload as it is and marks the DMD ``Stalled``: a bad commit
+must not take down a serving model. The one deletion is a canary Deployment that
+:mod:`distillery.rollout` retired (scaled to zero, its traffic back on the stable track).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from distillery.api import conditions as cond
+from distillery.api.types import DistilledModelDeployment
+from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
+from distillery.catalog import Catalog
+from distillery.reconcile.children import (
+    APPLIED_HASH,
+    CANARY,
+    ChildState,
+    child_key,
+    edited_by,
+)
+from distillery.render.workload import (
+    ONE_AT_A_TIME,
+    Rendered,
+    RenderError,
+    RenderOptions,
+    canary_deployment,
+    desired_replicas,
+    render,
+    set_route_weights,
+)
+from distillery.rollout.strategy import (
+    COMMAND_ANNOTATION,
+    COMMANDS,
+    PROGRESSING,
+    PROMOTING,
+    ROLLED_BACK,
+    Criteria,
+    Measurement,
+    RolloutDecision,
+    RolloutInput,
+    TrackState,
+    decide,
+    route_weights,
+)
+from distillery.sizing import Plan, PlanError, UnknownModelError, plan
+
+# Status fields the reconciler owns; the autoscaler and rollouts own theirs.
+OWNED_STATUS = (
+    "observedGeneration",
+    "conditions",
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "placement",
+    "cost",
+    "endpoint",
+    "revision",
+    "rollout",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the DMD and its children should look like."""
+
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    status_changed: bool = False
+    events: list[Event] = field(default_factory=list)
+    stalled_reason: str | None = None
+    plan: Plan | None = None
+    rendered: Rendered | None = None
+    apply_reasons: dict[str, str] = field(default_factory=dict)
+    # Deployments whose replicas change without a new template (the stable track while a
+    # canary runs): name -> replicas, through the scale subresource.
+    scale: dict[str, int] = field(default_factory=dict)
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    clear_command: bool = False  # remove the distillery.dev/rollout annotation
+    rollout: RolloutDecision | None = None
+
+
+def content_hash(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object with the hash of its content in an annotation."""
+    digest = content_hash(obj)
+    meta = obj.setdefault("metadata", {})
+    meta.setdefault("annotations", {})[APPLIED_HASH] = digest
+    return obj
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        path = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def parse(body: Mapping[str, Any]) -> DistilledModelDeployment:
+    meta = body.get("metadata") or {}
+    return DistilledModelDeployment.model_validate(
+        {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta
+            },
+            "spec": body.get("spec") or {},
+        }
+    )
+
+
+def _stalled(
+    body: Mapping[str, Any], reason: str, message: str, now: str, sized: bool | None
+) -> Desired:
+    meta = body.get("metadata") or {}
+    gen = meta.get("generation")
+    old = (body.get("status") or {}).get("conditions") or []
+    desired = [
+        cond.condition(cond.READY, False, reason, message, gen),
+        cond.condition(cond.RECONCILING, False, reason, "waiting for a spec change", gen),
+        cond.condition(cond.STALLED, True, reason, message, gen),
+    ]
+    if sized is not None:
+        desired.append(cond.condition(cond.SIZED, sized, reason, message, gen))
+    status = dict(body.get("status") or {})
+    status["observedGeneration"] = gen
+    status["conditions"] = cond.merge_conditions(old, desired, now)
+    events = _transition_events(old, status["conditions"])
+    return Desired(
+        status=_owned(status),
+        status_changed=_owned(status) != _owned(body.get("status") or {}),
+        events=events,
+        stalled_reason=reason,
+    )
+
+
+def _owned(status: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: status[k] for k in OWNED_STATUS if k in status and status[k] is not None}
+
+
+def _transition_events(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> list[Event]:
+    events: list[Event] = []
+    before = {c["type"]: c for c in old}
+    for c in new:
+        prev = before.get(c["type"])
+        flipped = prev is None or prev.get("status") != c["status"]
+        changed = flipped or (prev or {}).get("reason") != c.get("reason")
+        if c["type"] == cond.STALLED and c["status"] == "True" and changed:
+            events.append(Event("Warning", c["reason"], c["message"]))
+        elif c["type"] == cond.READY and c["status"] == "True" and flipped:
+            events.append(Event("Normal", "Ready", c["message"]))
+        elif c["type"] == cond.READY and c.get("reason") in POD_FAILURE_REASONS and changed:
+            events.append(Event("Warning", c["reason"], c["message"]))
+        elif (
+            c["type"] == cond.SIZED
+            and c["status"] == "True"
+            and (flipped or (prev or {}).get("message") != c.get("message"))
+        ):
+            events.append(Event("Normal", "Planned", c["message"]))
+    return events
+
+
+def _autoscaling_conditions(
+    dmd: DistilledModelDeployment, auto: Mapping[str, Any], gen: int | None
+) -> list[dict[str, Any]]:
+    """MetricsAvailable and ScalingLimited, from what the autoscaler recorded."""
+    if dmd.spec.scaling.mode == "external":
+        msg = "spec.replicas is left to an external scaler (HPA/KEDA) through /scale"
+        return [
+            cond.condition(cond.METRICS_AVAILABLE, None, "ExternalScaler", msg, gen),
+            cond.condition(cond.SCALING_LIMITED, False, "ExternalScaler", msg, gen),
+        ]
+    available = auto.get("metricsAvailable")
+    message = str(auto.get("metricsMessage") or "")
+    if available is None:
+        metrics_cond = cond.condition(
+            cond.METRICS_AVAILABLE,
+            None,
+            "NotEvaluated",
+            "the autoscaler has not evaluated this DMD yet",
+            gen,
+        )
+    elif available:
+        metrics_cond = cond.condition(cond.METRICS_AVAILABLE, True, "MetricsFresh", message, gen)
+    else:
+        metrics_cond = cond.condition(
+            cond.METRICS_AVAILABLE,
+            False,
+            "MetricsMissing",
+            message or "no fresh metrics: holding replicas",
+            gen,
+        )
+    limited = auto.get("limitedBy")
+    if limited:
+        text = str(limited)
+        reason = (
+            "BudgetLimited"
+            if text.startswith("budget")
+            else "MaxReplicas"
+            if text.startswith("maxReplicas")
+            else "Unschedulable"
+            if "unschedulable" in text
+            else "Limited"
+        )
+        limit_cond = cond.condition(cond.SCALING_LIMITED, True, reason, text, gen)
+    else:
+        limit_cond = cond.condition(cond.SCALING_LIMITED, False, "WithinLimits", "", gen)
+    return [metrics_cond, limit_cond]
+
+
+def _deployment_conditions(
+    desired_count: int,
+    dep: ChildState | None,
+    rendered: Rendered,
+    gen: int | None,
+    unschedulable: str | None = None,
+    pods: Sequence[PodInfo] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ready and Reconciling, from the Deployment's own status and, when known, its
+    pods: a failing container names the reason (a missing Secret, a bad image, an OOM
+    kill) instead of a bare count, and terminating pods do not count as ready."""
+    if dep is None:
+        msg = "creating the serving Deployment"
+        return (
+            cond.condition(cond.READY, False, "Creating", msg, gen),
+            cond.condition(cond.RECONCILING, True, "Creating", msg, gen),
+        )
+    progressing = dep.condition("Progressing")
+    if progressing is not None and progressing[1] == "ProgressDeadlineExceeded":
+        msg = f"rollout stuck: {progressing[2]}"
+        return (
+            cond.condition(cond.READY, False, "ProgressDeadlineExceeded", msg, gen),
+            cond.condition(cond.RECONCILING, True, "ProgressDeadlineExceeded", msg, gen),
+        )
+    behind = dep.observed_generation < dep.generation or dep.spec_replicas != desired_count
+    ready_replicas = dep.ready_replicas
+    if pods is not None:
+        live = [p for p in pods if (p.track or "stable") == "stable" and not p.terminating]
+        ready_replicas = min(ready_replicas, sum(p.ready for p in live))
+        failing = [(p.failure, p.name) for p in live if p.failure and not p.ready]
+    else:
+        failing = []
+    counts = f"{ready_replicas}/{desired_count} replicas ready"
+    if failing and ready_replicas < desired_count:
+        failure, pod = min(failing, key=lambda f: (f[0].severity, f[1]))
+        msg = f"{counts}; pod {pod}: {failure.reason}: {failure.message}"
+        if len(failing) > 1:
+            msg += f" ({len(failing)} pods failing)"
+        return (
+            cond.condition(cond.READY, False, failure.reason, msg, gen),
+            cond.condition(cond.RECONCILING, True, failure.reason, msg, gen),
+        )
+    if behind or dep.updated_replicas < desired_count:
+        reason = "RollingOut" if dep.updated_replicas < dep.replicas else "ScalingUp"
+        if dep.spec_replicas is not None and dep.spec_replicas > desired_count:
+            reason = "ScalingDown"
+        ready_now = ready_replicas >= desired_count and not behind
+        return (
+            cond.condition(cond.READY, ready_now, reason, counts, gen),
+            cond.condition(cond.RECONCILING, True, reason, f"{reason}: {counts}", gen),
+        )
+    if ready_replicas < desired_count and unschedulable:
+        msg = f"{counts}; pods cannot be scheduled: {unschedulable}"
+        return (
+            cond.condition(cond.READY, False, "Unschedulable", msg, gen),
+            cond.condition(cond.RECONCILING, True, "Unschedulable", msg, gen),
+        )
+    if ready_replicas < desired_count:
+        msg = f"{counts}; new replicas load {rendered.startup_seconds:.0f}s of weights and engine"
+        return (
+            cond.condition(cond.READY, False, "WaitingForReplicas", msg, gen),
+            cond.condition(cond.RECONCILING, True, "WaitingForReplicas", msg, gen),
+        )
+    if dep.replicas > desired_count:
+        return (
+            cond.condition(cond.READY, True, "ScalingDown", counts, gen),
+            cond.condition(cond.RECONCILING, True, "ScalingDown", counts, gen),
+        )
+    reason = "ScaledToZero" if desired_count == 0 else "Ready"
+    return (
+        cond.condition(cond.READY, True, reason, counts, gen),
+        cond.condition(cond.RECONCILING, False, reason, counts, gen),
+    )
+
+
+def desired_state(
+    body: Mapping[str, Any],
+    children: Mapping[str, ChildState],
+    catalog: Catalog,
+    *,
+    now: str,
+    options: RenderOptions | None = None,
+    user_template: str | None = None,
+    user_template_error: str | None = None,
+    unschedulable: str | None = None,
+    pods: Sequence[PodInfo] | None = None,
+    measurement: Measurement | None = None,
+    analysis_configured: bool = False,
+) -> Desired:
+    """Decide the children and the status of one DMD. ``children`` maps
+    :func:`~distillery.reconcile.children.child_key` to state; ``unschedulable`` is the
+    scheduler's message when some of its pods cannot be placed; ``pods`` tell the
+    revisions apart during a rollout; ``measurement`` is the latest canary analysis
+    window (``analysis_configured``: whether one can come at all)."""
+    meta = body.get("metadata") or {}
+    gen = meta.get("generation")
+    try:
+        dmd = parse(body)
+    except ValidationError as exc:
+        return _stalled(body, "InvalidSpec", _format_validation(exc), now, None)
+    try:
+        chosen_plan = plan(dmd.spec, catalog)
+    except (PlanError, UnknownModelError) as exc:
+        return _stalled(
+            body,
+            "DoesNotFit" if isinstance(exc, PlanError) else "UnknownModel",
+            str(exc),
+            now,
+            False,
+        )
+    if user_template_error is not None:
+        return _stalled(body, "TemplateNotFound", user_template_error, now, True)
+    try:
+        rendered = render(
+            dmd,
+            chosen_plan,
+            options=options,
+            owner_uid=str(meta.get("uid") or "") or None,
+            user_template=user_template,
+        )
+    except RenderError as exc:
+        return _stalled(body, "RenderFailed", str(exc), now, True)
+
+    old_status = body.get("status") or {}
+    count = desired_replicas(dmd)
+    raw_command = ((meta.get("annotations") or {}).get(COMMAND_ANNOTATION) or "").strip()
+    command = raw_command if raw_command in COMMANDS else None
+    stable_child = children.get("Deployment")
+    name = dmd.name
+    canary_child = children.get(child_key("Deployment", f"{name}-{CANARY}", name))
+    decision = decide(
+        RolloutInput(
+            spec=dmd.spec.rollout,
+            desired_revision=rendered.revision,
+            total=count,
+            stable=_track(stable_child, pods, "stable", rendered.revision),
+            canary=_track(canary_child, pods, CANARY, rendered.revision),
+            status=old_status.get("rollout") or {},
+            now=now,
+            criteria=_criteria(dmd),
+            measurement=measurement,
+            analysis_configured=analysis_configured,
+            command=command,
+        )
+    )
+    deployment = rendered.deployment
+    deployment["spec"]["replicas"] = decision.stable_replicas
+    if decision.one_at_a_time:
+        deployment["spec"]["strategy"] = copy.deepcopy(ONE_AT_A_TIME)
+    if rendered.http_route is not None:
+        set_route_weights(rendered.http_route, *route_weights(dmd.spec.rollout, decision))
+        decision.status["traffic"] = f"HTTPRoute {rendered.http_route['metadata']['name']}"
+    elif dmd.spec.rollout.strategy == "Canary":
+        decision.status["traffic"] = "replica ratio behind Service " + str(
+            rendered.service["metadata"]["name"]
+        )
+    objects = rendered.objects()
+    scale: dict[str, int] = {}
+    if not decision.stable_takes_desired:
+        # The stable track keeps the template it runs; only its size follows the split.
+        objects = [o for o in objects if o is not deployment]
+        if stable_child is not None and stable_child.spec_replicas != decision.stable_replicas:
+            scale[stable_child.name] = decision.stable_replicas
+    delete: list[tuple[str, str]] = []
+    if decision.canary_replicas > 0:
+        objects.append(canary_deployment(rendered, decision.canary_replicas))
+    elif canary_child is not None:
+        delete.append(("Deployment", canary_child.name))
+
+    apply: list[dict[str, Any]] = []
+    reasons: dict[str, str] = {}
+    for obj in objects:
+        stamped = stamp(obj)
+        key = child_key(obj["kind"], obj["metadata"]["name"], name)
+        live = children.get(key)
+        want = stamped["metadata"]["annotations"][APPLIED_HASH]
+        if live is None:
+            reasons[key] = "missing"
+        elif live.applied_hash != want:
+            reasons[key] = "changed"
+        elif obj["kind"] == "Deployment" and live.spec_replicas not in (
+            None,
+            obj["spec"]["replicas"],
+        ):
+            # Resized through /scale (by a canary split, or by hand): the hash is stale.
+            reasons[key] = "replicas"
+        elif live.conflicts or edited_by(live.foreign, stamped):
+            editors = sorted(set(live.conflicts) | set(edited_by(live.foreign, stamped)))
+            reasons[key] = "edited by " + ", ".join(editors)
+        else:
+            continue
+        apply.append(stamped)
+
+    c = chosen_plan.chosen
+    phase = decision.status.get("phase")
+    canary_live = canary_child.replicas if canary_child else 0
+    canary_ready = canary_child.ready_replicas if canary_child else 0
+    running = (stable_child.replicas if stable_child else 0) + canary_live
+    ready_count = (stable_child.ready_replicas if stable_child else 0) + canary_ready
+    if pods is not None:  # a pod being deleted in a scale-down is not ready capacity
+        ready_count = min(ready_count, sum(p.ready and not p.terminating for p in pods))
+    if phase == ROLLED_BACK:
+        why = decision.progressing[2]
+        ready = cond.condition(cond.READY, False, "RolledBack", why, gen)
+        reconciling = cond.condition(
+            cond.RECONCILING, False, "RolledBack", "waiting for a new revision", gen
+        )
+        stalled = cond.condition(cond.STALLED, True, "RolledBack", why, gen)
+    elif phase in (PROGRESSING, PROMOTING) and decision.status.get("strategy") == "Canary":
+        counts = f"{ready_count}/{count} replicas ready across the stable and canary tracks"
+        ready = cond.condition(cond.READY, ready_count >= count, "RolloutInProgress", counts, gen)
+        reconciling = cond.condition(
+            cond.RECONCILING, True, "RolloutInProgress", decision.progressing[2], gen
+        )
+        stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
+    else:
+        ready, reconciling = _deployment_conditions(
+            decision.stable_replicas, stable_child, rendered, gen, unschedulable, pods
+        )
+        stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
+    precision = "bf16" if c.quantization == "none" else c.quantization
+    where = "CPU-only nodes" if c.gpus == 0 else f"{c.gpu_count}x {c.gpu.name}"
+    sized_msg = (
+        f"{where} (tensor parallel {c.tensor_parallel}, {precision}): "
+        f"{c.max_concurrency} sequences of {chosen_plan.requirements.typical_tokens} tokens, "
+        f"{c.cost_per_replica_hour:.2f} {chosen_plan.currency}/h per replica"
+    )
+    progressing_status, progressing_reason, progressing_msg = decision.progressing
+    desired_conds = [
+        ready,
+        reconciling,
+        stalled,
+        cond.condition(cond.SIZED, True, "Planned", sized_msg, gen),
+        *_autoscaling_conditions(dmd, old_status.get("autoscaling") or {}, gen),
+        cond.condition(
+            cond.ROLLOUT_PROGRESSING, progressing_status, progressing_reason, progressing_msg, gen
+        ),
+    ]
+    old_conds = old_status.get("conditions") or []
+    placement: dict[str, Any] = c.to_json(chosen_plan.currency)
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "conditions": cond.merge_conditions(old_conds, desired_conds, now),
+        "replicas": running,
+        "readyReplicas": ready_count,
+        "selector": rendered.selector,
+        "placement": {
+            **placement["placement"],
+            "summary": c.summary,
+            "memory": placement["memory"],
+            "kvCacheTokens": c.kv_cache_tokens,
+            "maxConcurrency": c.max_concurrency,
+        },
+        "cost": {
+            "currency": chosen_plan.currency,
+            "perReplicaHour": round(c.cost_per_replica_hour, 4),
+            "currentPerHour": round(c.cost_per_replica_hour * running, 4),
+        },
+        "endpoint": rendered.endpoint,
+        "revision": rendered.revision,
+        "rollout": decision.status,
+    }
+    owned_old = _owned(old_status)
+    # Keep fields the reconciler does not compute this time (e.g. measured cost per token).
+    if isinstance(owned_old.get("cost"), Mapping) and "perMillionTokens" in owned_old["cost"]:
+        status["cost"]["perMillionTokens"] = owned_old["cost"]["perMillionTokens"]
+    events = _transition_events(old_conds, status["conditions"])
+    events += [Event(t, r, m) for t, r, m in decision.events]
+    if raw_command and command is None:
+        events.append(
+            Event(
+                "Warning",
+                "RolloutCommandIgnored",
+                f"{COMMAND_ANNOTATION}={raw_command[:64]!r} is not one of {', '.join(COMMANDS)}",
+            )
+        )
+    return Desired(
+        apply=apply,
+        status=status,
+        status_changed=_owned(status) != owned_old,
+        events=events,
+        plan=chosen_plan,
+        rendered=rendered,
+        apply_reasons=reasons,
+        scale=scale,
+        delete=delete,
+        clear_command=bool(raw_command),
+        rollout=decision,
+    )
+
+
+def _track(
+    child: ChildState | None, pods: Sequence[PodInfo] | None, track: str, revision: str
+) -> TrackState | None:
+    """A Deployment and the pods of the desired revision on its track."""
+    if child is None:
+        return None
+    progressing = child.condition("Progressing")
+    if pods is None:
+        # Without a pod view, trust the Deployment's counts for its own revision.
+        mine_ready = min(child.ready_replicas, child.updated_replicas)
+        new_ready = mine_ready if child.revision == revision else 0
+        stuck: list[str] = []
+    else:
+        mine = [p for p in pods if (p.track or "stable") == track and p.revision == revision]
+        new_ready = sum(1 for p in mine if p.ready)
+        stuck = [p.unschedulable for p in mine if p.unschedulable]
+    return TrackState(
+        revision=child.revision,
+        spec_replicas=child.spec_replicas,
+        replicas=child.replicas,
+        ready=child.ready_replicas,
+        updated=child.updated_replicas,
+        generation=child.generation,
+        observed_generation=child.observed_generation,
+        deadline_exceeded=progressing is not None and progressing[1] == "ProgressDeadlineExceeded",
+        one_at_a_time=child.one_at_a_time,
+        new_ready=new_ready,
+        new_unschedulable=len(stuck),
+        unschedulable_message=stuck[0] if stuck else "",
+    )
+
+
+def _criteria(dmd: DistilledModelDeployment) -> Criteria | None:
+    canary = dmd.spec.rollout.canary
+    if canary is None:
+        return None
+    slo = dmd.spec.scaling.slo
+    return Criteria(
+        max_ttft_ratio=canary.analysis.max_ttft_ratio,
+        max_error_rate=canary.analysis.max_error_rate,
+        min_requests=canary.analysis.min_requests,
+        percentile=slo.percentile,
+        slo_ttft_seconds=slo.ttft_seconds,
+    )
+
+
+__all__ = ["Desired", "Event", "content_hash", "desired_state", "parse", "stamp"]
