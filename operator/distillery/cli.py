@@ -13,7 +13,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
 import yaml
 from pydantic import ValidationError
@@ -29,6 +29,10 @@ from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelD
 from distillery.catalog import Catalog, CatalogError, load_catalog
 from distillery.render import DEFAULT_IMAGES, RenderError, RenderOptions, objects_text, render
 from distillery.sizing import Option, Plan, PlanError, UnknownModelError, plan
+
+if TYPE_CHECKING:  # recommend pulls in the simulator: imported when the command runs
+    from distillery.recommend import Candidate, QualityTable
+    from distillery.recommend import Requirements as RecommendRequirements
 
 
 class InputError(ValueError):
@@ -592,71 +596,10 @@ def _pairs(
 
 def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
     """Rank (model, quantization, GPUs) for the requirements; emit the winner's DMD."""
-    from distillery.recommend import (
-        Requirements,
-        floors_for,
-        load_quality,
-        manifest,
-        recommend,
-        tiered,
-    )
+    from distillery.recommend import manifest, recommend, tiered
 
     catalog = _catalog(args.catalog)
-    extra = []
-    for path in args.quality:
-        try:
-            extra.append(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
-    if args.quant_penalty:
-        extra.append(
-            yaml.safe_dump(
-                {"quantizationPenalty": _pairs(args.quant_penalty, "--quant-penalty", high=1.0)}
-            )
-        )
-    quality = load_quality(extra)
-    explicit = _pairs(args.floor, "--floor")
-    try:
-        floors = floors_for(args.domain, explicit, quality, args.domain_floor)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
-    if not floors:
-        raise InputError(
-            "give at least one quality floor: --floor BENCH=SCORE or --domain with --domain-floor"
-        )
-    if args.mean_rps is not None and args.mean_rps > args.peak_rps:
-        raise UsageError(
-            f"--mean-rps {args.mean_rps:g} exceeds --peak-rps {args.peak_rps:g}: "
-            "the mean cannot be above the peak"
-        )
-    if args.tiers is None and args.hard_floor:
-        raise UsageError("--hard-floor only applies with --tiers HARD_SHARE")
-    if args.tiers is not None and not args.hard_floor:
-        raise UsageError(
-            "--tiers needs --hard-floor BENCH=SCORE: the floor the hard share must clear "
-            "(above the routine --floor), or the hard tier is just the cheapest model"
-        )
-    try:
-        req = Requirements(
-            floors=floors,
-            peak_rps=args.peak_rps,
-            mean_rps=args.mean_rps or args.peak_rps / 2,
-            input_tokens=args.input_tokens,
-            output_tokens=args.output_tokens,
-            slo_ttft=args.slo_ttft,
-            gpu_types=tuple(args.gpu_type),
-            max_cost_per_hour=args.budget,
-            max_model_len=args.max_model_len,
-            max_concurrency=args.max_concurrency,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    unknown = [g for g in args.gpu_type if catalog.gpu(g) is None]
-    if unknown:
-        raise UsageError(
-            f"--gpu-type {', '.join(unknown)}: not in the catalog; one of "
-            f"{', '.join(sorted(catalog.gpus))}"
-        )
+    quality, floors, req = _recommend_inputs(args, catalog)
     if args.tiers is not None:
         hard_floors = _pairs(args.hard_floor, "--hard-floor")
         try:
@@ -692,11 +635,84 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
             "manifest": dmd,
         }
         write_structured(doc, args.output, out)
-        return 0 if winners else 1
-    if args.output == "name":
+    elif args.output == "name":
         out.write("".join(f"{c.model}\n" for c in winners))
-        return 0 if winners else 1
-    wide = args.output == "wide"
+    else:
+        out.write(_candidates_table(ranked, catalog.currency, wide=args.output == "wide"))
+    return 0 if winners else 1
+
+
+def _recommend_inputs(
+    args: argparse.Namespace, catalog: Catalog
+) -> tuple[QualityTable, dict[str, float], RecommendRequirements]:
+    """Quality scores, floors and requirements from the flags; every rule checked."""
+    from distillery.recommend import Requirements, floors_for, load_quality
+
+    extra = []
+    for path in args.quality:
+        try:
+            extra.append(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    if args.quant_penalty:
+        extra.append(
+            yaml.safe_dump(
+                {"quantizationPenalty": _pairs(args.quant_penalty, "--quant-penalty", high=1.0)}
+            )
+        )
+    quality = load_quality(extra)
+    explicit = _pairs(args.floor, "--floor")
+    try:
+        floors = floors_for(args.domain, explicit, quality, args.domain_floor)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    if not floors:
+        raise InputError(
+            "give at least one quality floor: --floor BENCH=SCORE or --domain with --domain-floor"
+        )
+    _check_recommend_flags(args, catalog)
+    try:
+        req = Requirements(
+            floors=floors,
+            peak_rps=args.peak_rps,
+            mean_rps=args.mean_rps or args.peak_rps / 2,
+            input_tokens=args.input_tokens,
+            output_tokens=args.output_tokens,
+            slo_ttft=args.slo_ttft,
+            gpu_types=tuple(args.gpu_type),
+            max_cost_per_hour=args.budget,
+            max_model_len=args.max_model_len,
+            max_concurrency=args.max_concurrency,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return quality, floors, req
+
+
+def _check_recommend_flags(args: argparse.Namespace, catalog: Catalog) -> None:
+    """Rules across flags, each a usage error that names them."""
+    if args.mean_rps is not None and args.mean_rps > args.peak_rps:
+        raise UsageError(
+            f"--mean-rps {args.mean_rps:g} exceeds --peak-rps {args.peak_rps:g}: "
+            "the mean cannot be above the peak"
+        )
+    if args.tiers is None and args.hard_floor:
+        raise UsageError("--hard-floor only applies with --tiers HARD_SHARE")
+    if args.tiers is not None and not args.hard_floor:
+        raise UsageError(
+            "--tiers needs --hard-floor BENCH=SCORE: the floor the hard share must clear "
+            "(above the routine --floor), or the hard tier is just the cheapest model"
+        )
+    unknown = [g for g in args.gpu_type if catalog.gpu(g) is None]
+    if unknown:
+        raise UsageError(
+            f"--gpu-type {', '.join(unknown)}: not in the catalog; one of "
+            f"{', '.join(sorted(catalog.gpus))}"
+        )
+
+
+def _candidates_table(ranked: Sequence[Candidate], currency: str, *, wide: bool) -> str:
+    """The ranked candidates that meet the requirements, then the excluded and why."""
     rows = [
         [
             "#",
@@ -706,11 +722,12 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
             "REPL PEAK/MEAN",
             "COST/H MEAN",
             "COST/H PEAK",
-            f"{catalog.currency}/MTOK",
+            f"{currency}/MTOK",
             "SLO EST",
             "SCORES",
         ]
     ]
+    winners = [c for c in ranked if not c.excluded]
     for i, c in enumerate(winners, 1):
         rows.append(
             [
@@ -726,12 +743,12 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
                 ", ".join(f"{k} {v:.1f}" for k, v in c.scores.items()),
             ]
         )
-    out.write(_table(rows) + "\n\nexcluded:\n")
+    text = _table(rows) + "\n\nexcluded:\n"
     for c in ranked:
         if c.excluded:
             name = c.model if wide else c.model.split("/")[-1]
-            out.write(f"  {name} {c.quantization}: {c.excluded}\n")
-    return 0 if winners else 1
+            text += f"  {name} {c.quantization}: {c.excluded}\n"
+    return text
 
 
 def _tiers_table(doc: Mapping[str, Any], currency: str) -> str:
@@ -845,6 +862,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distillery", description="Serve distilled reasoning models on Kubernetes GPUs."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    subcommands = (
+        _plan_parser, _render_parser, _run_parser, _simulate_parser, _recommend_parser, _crd_parser
+    )  # fmt: skip
+    for add in subcommands:
+        add(sub)
+    return parser
+
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _plan_parser(sub: Subparsers) -> None:
     p = sub.add_parser("plan", help="size DMD manifests onto the cheapest GPUs that fit")
     _manifest_args(p)
     _output_arg(p)
@@ -854,6 +883,8 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(p)
     p.set_defaults(func=cmd_plan)
 
+
+def _render_parser(sub: Subparsers) -> None:
     r = sub.add_parser("render", help="print what the operator applies for DMDs")
     _manifest_args(r)
     _output_arg(r, ("yaml", "json", "name"))
@@ -892,12 +923,16 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(r)
     r.set_defaults(func=cmd_render)
 
+
+def _run_parser(sub: Subparsers) -> None:
     o = sub.add_parser(
         "run", help="run the operator (every setting: flag, else DISTILLERY_* environment)"
     )
     _settings_flags(o)
     o.set_defaults(func=cmd_run)
 
+
+def _simulate_parser(sub: Subparsers) -> None:
     m = sub.add_parser("simulate", help="replay a trace under each scaling policy")
     m.add_argument("--trace", required=True, help="trace file (or ServeGen folder)")
     m.add_argument("--format", required=True, choices=["azure", "servegen", "jsonl", "csv"])
@@ -935,6 +970,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", dest="progress", action="store_false")
     m.set_defaults(func=cmd_simulate)
 
+
+def _recommend_parser(sub: Subparsers) -> None:
     rc = sub.add_parser("recommend", help="choose model, quantization and GPUs from needs")
     rc.add_argument(
         "--floor",
@@ -980,12 +1017,13 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(rc)
     rc.set_defaults(func=cmd_recommend)
 
+
+def _crd_parser(sub: Subparsers) -> None:
     c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
     c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
     c.add_argument("--reference", help="also write the field reference (Markdown) here")
     c.add_argument("--chart-dir", help=f"also write the Helm template {CHART_CRD_FILE} here")
     c.set_defaults(func=cmd_crd)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

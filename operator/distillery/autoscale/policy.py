@@ -443,6 +443,28 @@ def recommend(
         candidates.append((_ceil(cluster.ready * sample.kv_usage / cap.kv_target), "kv-cache"))
     if sample.ttft_percentile is not None:
         inputs["ttftPercentile"] = round(sample.ttft_percentile, 4)
+    history = _ttft_guard(sample, history, cap, cluster, now, demand=demand, rho=rho, want=want)
+    if now <= history.guard_until and history.guard_added > 0:
+        inputs["ttftGuardReplicas"] = float(history.guard_added)
+        candidates.append((_ceil(want) + history.guard_added, "ttft-slo"))
+    value, reason = max(candidates, key=lambda c: c[0])
+    return value, reason, inputs, history
+
+
+def _ttft_guard(
+    sample: LoadSample,
+    history: History,
+    cap: Capacity,
+    cluster: Cluster,
+    now: float,
+    *,
+    demand: float,
+    rho: float,
+    want: float,
+) -> History:
+    """The TTFT guard: a proven SLO breach under contention adds replicas for an
+    episode and, when the capacity asked for was serving, lowers the utilization target;
+    an SLO met relaxes it again."""
     proven = slo_breach_proven(sample.ttft_buckets, cap.slo_ttft_seconds, cap.slo_percentile)
     current = max(cluster.current, 0)
     elapsed = 0.0 if history.last_time is None else max(0.0, now - history.last_time)
@@ -469,11 +491,7 @@ def recommend(
         if bounds is not None and bounds[0] >= cap.slo_percentile / 100.0:
             scale = min(1.0, history.utilization_scale + RELAX_PER_MINUTE * elapsed / 60.0)
             history = replace(history, utilization_scale=scale)
-    if now <= history.guard_until and history.guard_added > 0:
-        inputs["ttftGuardReplicas"] = float(history.guard_added)
-        candidates.append((_ceil(want) + history.guard_added, "ttft-slo"))
-    value, reason = max(candidates, key=lambda c: c[0])
-    return value, reason, inputs, history
+    return history
 
 
 def decide(

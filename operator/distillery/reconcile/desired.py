@@ -328,9 +328,62 @@ def desired_state(
     :func:`~distillery.reconcile.children.child_key` to state; ``unschedulable`` is the
     scheduler's message when some of its pods cannot be placed; ``pods`` tell the
     revisions apart during a rollout; ``measurement`` is the latest canary analysis
-    window (``analysis_configured``: whether one can come at all)."""
+    window (``analysis_configured``: whether one can come at all).
+
+    The steps: resolve (parse, plan, render: a failure stalls), roll out (the rollout's
+    step shapes the objects), diff (what to apply and why), then status and events."""
+    resolved = _resolve(body, catalog, now, options, user_template, user_template_error)
+    if isinstance(resolved, Desired):
+        return resolved
+    dmd, chosen_plan, rendered = resolved
     meta = body.get("metadata") or {}
-    gen = meta.get("generation")
+    old_status = body.get("status") or {}
+    raw_command = ((meta.get("annotations") or {}).get(COMMAND_ANNOTATION) or "").strip()
+    command = raw_command if raw_command in COMMANDS else None
+    step = _rollout_step(
+        dmd, rendered, children, pods, old_status, now, measurement, analysis_configured, command
+    )
+    apply, reasons = _diff(step.objects, children, dmd.name)
+    status = _status(
+        dmd, chosen_plan, rendered, step, old_status, meta.get("generation"), now,
+        unschedulable, pods,
+    )  # fmt: skip
+    old_conds = old_status.get("conditions") or []
+    events = _transition_events(old_conds, status["conditions"])
+    events += [Event(t, r, m) for t, r, m in step.decision.events]
+    if raw_command and command is None:
+        events.append(
+            Event(
+                "Warning",
+                "RolloutCommandIgnored",
+                f"{COMMAND_ANNOTATION}={raw_command[:64]!r} is not one of {', '.join(COMMANDS)}",
+            )
+        )
+    return Desired(
+        apply=apply,
+        status=status,
+        status_changed=_owned(status) != _owned(old_status),
+        events=events,
+        plan=chosen_plan,
+        rendered=rendered,
+        apply_reasons=reasons,
+        scale=step.scale,
+        delete=step.delete,
+        clear_command=bool(raw_command),
+        rollout=step.decision,
+    )
+
+
+def _resolve(
+    body: Mapping[str, Any],
+    catalog: Catalog,
+    now: str,
+    options: RenderOptions | None,
+    user_template: str | None,
+    user_template_error: str | None,
+) -> tuple[DistilledModelDeployment, Plan, Rendered] | Desired:
+    """Parse, plan and render; any failure is a Stalled DMD that keeps what runs."""
+    meta = body.get("metadata") or {}
     try:
         dmd = parse(body)
     except ValidationError as exc:
@@ -338,13 +391,8 @@ def desired_state(
     try:
         chosen_plan = plan(dmd.spec, catalog)
     except (PlanError, UnknownModelError) as exc:
-        return _stalled(
-            body,
-            "DoesNotFit" if isinstance(exc, PlanError) else "UnknownModel",
-            str(exc),
-            now,
-            False,
-        )
+        reason = "DoesNotFit" if isinstance(exc, PlanError) else "UnknownModel"
+        return _stalled(body, reason, str(exc), now, False)
     if user_template_error is not None:
         return _stalled(body, "TemplateNotFound", user_template_error, now, True)
     try:
@@ -357,13 +405,37 @@ def desired_state(
         )
     except RenderError as exc:
         return _stalled(body, "RenderFailed", str(exc), now, True)
+    return dmd, chosen_plan, rendered
 
-    old_status = body.get("status") or {}
+
+@dataclass(frozen=True, kw_only=True)
+class _RolloutStep:
+    """The rollout's decision and the objects, resizes and deletes it leads to."""
+
+    decision: RolloutDecision
+    count: int
+    stable_child: ChildState | None
+    canary_child: ChildState | None
+    objects: list[dict[str, Any]]
+    scale: dict[str, int]
+    delete: list[tuple[str, str]]
+
+
+def _rollout_step(
+    dmd: DistilledModelDeployment,
+    rendered: Rendered,
+    children: Mapping[str, ChildState],
+    pods: Sequence[PodInfo] | None,
+    old_status: Mapping[str, Any],
+    now: str,
+    measurement: Measurement | None,
+    analysis_configured: bool,
+    command: str | None,
+) -> _RolloutStep:
+    """Where the rollout stands, and what the rendered objects become at this step."""
     count = desired_replicas(dmd)
-    raw_command = ((meta.get("annotations") or {}).get(COMMAND_ANNOTATION) or "").strip()
-    command = raw_command if raw_command in COMMANDS else None
-    stable_child = children.get("Deployment")
     name = dmd.name
+    stable_child = children.get("Deployment")
     canary_child = children.get(child_key("Deployment", f"{name}-{CANARY}", name))
     decision = decide(
         RolloutInput(
@@ -403,7 +475,21 @@ def desired_state(
         objects.append(canary_deployment(rendered, decision.canary_replicas))
     elif canary_child is not None:
         delete.append(("Deployment", canary_child.name))
+    return _RolloutStep(
+        decision=decision,
+        count=count,
+        stable_child=stable_child,
+        canary_child=canary_child,
+        objects=objects,
+        scale=scale,
+        delete=delete,
+    )
 
+
+def _diff(
+    objects: Sequence[dict[str, Any]], children: Mapping[str, ChildState], name: str
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The objects to apply, stamped with their hash, and why each one is applied."""
     apply: list[dict[str, Any]] = []
     reasons: dict[str, str] = {}
     for obj in objects:
@@ -427,57 +513,94 @@ def desired_state(
         else:
             continue
         apply.append(stamped)
+    return apply, reasons
 
-    c = chosen_plan.chosen
+
+def _serving_conditions(
+    step: _RolloutStep,
+    rendered: Rendered,
+    ready_count: int,
+    gen: Any,
+    unschedulable: str | None,
+    pods: Sequence[PodInfo] | None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Ready, Reconciling and Stalled, from the rollout's phase and the Deployments."""
+    decision, count = step.decision, step.count
     phase = decision.status.get("phase")
+    if phase == ROLLED_BACK:
+        why = decision.progressing[2]
+        return (
+            cond.condition(cond.READY, False, "RolledBack", why, gen),
+            cond.condition(
+                cond.RECONCILING, False, "RolledBack", "waiting for a new revision", gen
+            ),
+            cond.condition(cond.STALLED, True, "RolledBack", why, gen),
+        )
+    stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
+    if phase in (PROGRESSING, PROMOTING) and decision.status.get("strategy") == "Canary":
+        counts = f"{ready_count}/{count} replicas ready across the stable and canary tracks"
+        return (
+            cond.condition(cond.READY, ready_count >= count, "RolloutInProgress", counts, gen),
+            cond.condition(
+                cond.RECONCILING, True, "RolloutInProgress", decision.progressing[2], gen
+            ),
+            stalled,
+        )
+    ready, reconciling = _deployment_conditions(
+        decision.stable_replicas, step.stable_child, rendered, gen, unschedulable, pods
+    )
+    return ready, reconciling, stalled
+
+
+def _sized_message(chosen_plan: Plan) -> str:
+    c = chosen_plan.chosen
+    precision = "bf16" if c.quantization == "none" else c.quantization
+    where = "CPU-only nodes" if c.gpus == 0 else f"{c.gpu_count}x {c.gpu.name}"
+    return (
+        f"{where} (tensor parallel {c.tensor_parallel}, {precision}): "
+        f"{c.max_concurrency} sequences of {chosen_plan.requirements.typical_tokens} tokens, "
+        f"{c.cost_per_replica_hour:.2f} {chosen_plan.currency}/h per replica"
+    )
+
+
+def _status(
+    dmd: DistilledModelDeployment,
+    chosen_plan: Plan,
+    rendered: Rendered,
+    step: _RolloutStep,
+    old_status: Mapping[str, Any],
+    gen: Any,
+    now: str,
+    unschedulable: str | None,
+    pods: Sequence[PodInfo] | None,
+) -> dict[str, Any]:
+    """The status the reconciler owns, conditions merged with the old ones."""
+    stable_child, canary_child = step.stable_child, step.canary_child
     canary_live = canary_child.replicas if canary_child else 0
     canary_ready = canary_child.ready_replicas if canary_child else 0
     running = (stable_child.replicas if stable_child else 0) + canary_live
     ready_count = (stable_child.ready_replicas if stable_child else 0) + canary_ready
     if pods is not None:  # a pod being deleted in a scale-down is not ready capacity
         ready_count = min(ready_count, sum(p.ready and not p.terminating for p in pods))
-    if phase == ROLLED_BACK:
-        why = decision.progressing[2]
-        ready = cond.condition(cond.READY, False, "RolledBack", why, gen)
-        reconciling = cond.condition(
-            cond.RECONCILING, False, "RolledBack", "waiting for a new revision", gen
-        )
-        stalled = cond.condition(cond.STALLED, True, "RolledBack", why, gen)
-    elif phase in (PROGRESSING, PROMOTING) and decision.status.get("strategy") == "Canary":
-        counts = f"{ready_count}/{count} replicas ready across the stable and canary tracks"
-        ready = cond.condition(cond.READY, ready_count >= count, "RolloutInProgress", counts, gen)
-        reconciling = cond.condition(
-            cond.RECONCILING, True, "RolloutInProgress", decision.progressing[2], gen
-        )
-        stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
-    else:
-        ready, reconciling = _deployment_conditions(
-            decision.stable_replicas, stable_child, rendered, gen, unschedulable, pods
-        )
-        stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
-    precision = "bf16" if c.quantization == "none" else c.quantization
-    where = "CPU-only nodes" if c.gpus == 0 else f"{c.gpu_count}x {c.gpu.name}"
-    sized_msg = (
-        f"{where} (tensor parallel {c.tensor_parallel}, {precision}): "
-        f"{c.max_concurrency} sequences of {chosen_plan.requirements.typical_tokens} tokens, "
-        f"{c.cost_per_replica_hour:.2f} {chosen_plan.currency}/h per replica"
+    ready, reconciling, stalled = _serving_conditions(
+        step, rendered, ready_count, gen, unschedulable, pods
     )
-    progressing_status, progressing_reason, progressing_msg = decision.progressing
+    progressing_status, progressing_reason, progressing_msg = step.decision.progressing
     desired_conds = [
         ready,
         reconciling,
         stalled,
-        cond.condition(cond.SIZED, True, "Planned", sized_msg, gen),
+        cond.condition(cond.SIZED, True, "Planned", _sized_message(chosen_plan), gen),
         *_autoscaling_conditions(dmd, old_status.get("autoscaling") or {}, gen),
         cond.condition(
             cond.ROLLOUT_PROGRESSING, progressing_status, progressing_reason, progressing_msg, gen
         ),
     ]
-    old_conds = old_status.get("conditions") or []
+    c = chosen_plan.chosen
     placement: dict[str, Any] = c.to_json(chosen_plan.currency)
     status: dict[str, Any] = {
         "observedGeneration": gen,
-        "conditions": cond.merge_conditions(old_conds, desired_conds, now),
+        "conditions": cond.merge_conditions(old_status.get("conditions") or [], desired_conds, now),
         "replicas": running,
         "readyReplicas": ready_count,
         "selector": rendered.selector,
@@ -495,35 +618,13 @@ def desired_state(
         },
         "endpoint": rendered.endpoint,
         "revision": rendered.revision,
-        "rollout": decision.status,
+        "rollout": step.decision.status,
     }
     owned_old = _owned(old_status)
     # Keep fields the reconciler does not compute this time (e.g. measured cost per token).
     if isinstance(owned_old.get("cost"), Mapping) and "perMillionTokens" in owned_old["cost"]:
         status["cost"]["perMillionTokens"] = owned_old["cost"]["perMillionTokens"]
-    events = _transition_events(old_conds, status["conditions"])
-    events += [Event(t, r, m) for t, r, m in decision.events]
-    if raw_command and command is None:
-        events.append(
-            Event(
-                "Warning",
-                "RolloutCommandIgnored",
-                f"{COMMAND_ANNOTATION}={raw_command[:64]!r} is not one of {', '.join(COMMANDS)}",
-            )
-        )
-    return Desired(
-        apply=apply,
-        status=status,
-        status_changed=_owned(status) != owned_old,
-        events=events,
-        plan=chosen_plan,
-        rendered=rendered,
-        apply_reasons=reasons,
-        scale=scale,
-        delete=delete,
-        clear_command=bool(raw_command),
-        rollout=decision,
-    )
+    return status
 
 
 def _track(
