@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from distillery.api import conditions as cond
+from distillery.api.events import Event
 from distillery.api.types import DistilledModelDeployment
 from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
 from distillery.catalog import Catalog
@@ -73,13 +74,6 @@ OWNED_STATUS = (
     "revision",
     "rollout",
 )
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -350,7 +344,7 @@ def desired_state(
     )  # fmt: skip
     old_conds = old_status.get("conditions") or []
     events = _transition_events(old_conds, status["conditions"])
-    events += [Event(t, r, m) for t, r, m in step.decision.events]
+    events += step.decision.events
     if raw_command and command is None:
         events.append(
             Event(

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from distillery.api.conditions import parse_rfc3339, rfc3339
+from distillery.api.events import Event
 from distillery.api.types import RolloutSpec
 from distillery.rollout.analysis import Criteria, Measurement, Verdict, judge
 
@@ -100,7 +101,7 @@ class RolloutInput:
     command: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RolloutDecision:
     stable_replicas: int
     canary_replicas: int  # 0 retires the canary Deployment
@@ -108,7 +109,7 @@ class RolloutDecision:
     one_at_a_time: bool  # render the stable Deployment with maxSurge 0
     status: dict[str, Any]
     progressing: tuple[bool, str, str]  # RolloutProgressing: status, reason, message
-    events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
+    events: tuple[Event, ...] = ()
     consume_command: bool = False
 
 
@@ -162,11 +163,11 @@ def route_weights(spec: RolloutSpec, decision: RolloutDecision) -> tuple[int, in
 
 def _rolling(inp: RolloutInput) -> RolloutDecision:
     old, stable, n, rev = inp.status, inp.stable, inp.total, inp.desired_revision
-    events: list[tuple[str, str, str]] = []
+    events: list[Event] = []
     consume = inp.command is not None
     if consume:
         events.append(
-            (
+            Event(
                 "Warning",
                 "RolloutCommandIgnored",
                 f"{COMMAND_ANNOTATION}={inp.command}: only Canary rollouts take commands",
@@ -182,16 +183,16 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
     if stable is None or (stable.revision == rev and not in_flight):
         settled = {"strategy": "RollingUpdate", "phase": STABLE, "stableRevision": rev}
         if old.get("phase") == PROGRESSING and old.get("strategy") == "RollingUpdate":
-            events.append(("Normal", "RolloutComplete", f"all replicas run revision {rev}"))
+            events.append(Event("Normal", "RolloutComplete", f"all replicas run revision {rev}"))
         return RolloutDecision(
-            n,
-            canary,
-            True,
-            False,
-            settled,
-            (False, "RolloutComplete", f"serving {rev}"),
-            tuple(events),
-            consume,
+            stable_replicas=n,
+            canary_replicas=canary,
+            stable_takes_desired=True,
+            one_at_a_time=False,
+            status=settled,
+            progressing=(False, "RolloutComplete", f"serving {rev}"),
+            events=tuple(events),
+            consume_command=consume,
         )
     # The stable Deployment rolls to the desired revision (or is about to).
     previous = old.get("stableRevision") if old.get("stableRevision") != rev else None
@@ -209,10 +210,10 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
         "message": message,
     }
     if old.get("phase") != PROGRESSING or old.get("canaryRevision") != rev:
-        events.append(("Normal", "RolloutStarted", f"rolling update to revision {rev}"))
+        events.append(Event("Normal", "RolloutStarted", f"rolling update to revision {rev}"))
     if fallback and not stable.one_at_a_time:
         events.append(
-            (
+            Event(
                 "Warning",
                 "SurgeUnschedulable",
                 f"a surge pod cannot be scheduled ({stable.unschedulable_message or 'no GPU'}):"
@@ -220,14 +221,14 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
             )
         )
     return RolloutDecision(
-        n,
-        canary,
-        True,
-        fallback,
-        _clean(status),
-        (True, "RollingUpdate", message),
-        tuple(events),
-        consume,
+        stable_replicas=n,
+        canary_replicas=canary,
+        stable_takes_desired=True,
+        one_at_a_time=fallback,
+        status=_clean(status),
+        progressing=(True, "RollingUpdate", message),
+        events=tuple(events),
+        consume_command=consume,
     )
 
 
@@ -254,7 +255,12 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
         # First deployment: nothing to compare a canary with.
         status = {"strategy": "Canary", "phase": STABLE, "stableRevision": rev}
         return RolloutDecision(
-            inp.total, 0, True, False, status, (False, "RolloutComplete", f"serving {rev}")
+            stable_replicas=inp.total,
+            canary_replicas=0,
+            stable_takes_desired=True,
+            one_at_a_time=False,
+            status=status,
+            progressing=(False, "RolloutComplete", f"serving {rev}"),
         )
     if stable.revision == rev and not (phase == PROMOTING and same):
         return _canary_settled(inp)
@@ -264,14 +270,16 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
         status = {"strategy": "Canary", "phase": STABLE, "stableRevision": rev}
         message = f"scaled to zero: revision {rev} taken without a canary"
         return RolloutDecision(
-            0,
-            0,
-            True,
-            False,
-            {**status, "message": message},
-            (False, "RolloutComplete", message),
-            (("Normal", "RolloutComplete", message),) if old.get("stableRevision") != rev else (),
-            inp.command is not None,
+            stable_replicas=0,
+            canary_replicas=0,
+            stable_takes_desired=True,
+            one_at_a_time=False,
+            status={**status, "message": message},
+            progressing=(False, "RolloutComplete", message),
+            events=(Event("Normal", "RolloutComplete", message),)
+            if old.get("stableRevision") != rev
+            else (),
+            consume_command=inp.command is not None,
         )
     if phase == PROMOTING and same:
         return _promoting(inp)
@@ -307,7 +315,7 @@ def _start(inp: RolloutInput, why: str | None) -> RolloutDecision:
         stable_rev = inp.stable.revision
     status = {**_base(inp, stable_rev), "lastAnalysis": None, "verdict": None}
     events = [
-        (
+        Event(
             "Normal",
             "RolloutStarted",
             f"canary of revision {inp.desired_revision} against {stable_rev}"
@@ -322,7 +330,7 @@ def _progress(
     step: int,
     *,
     status: dict[str, Any] | None = None,
-    events: list[tuple[str, str, str]] | None = None,
+    events: list[Event] | None = None,
     fresh: bool = False,
 ) -> RolloutDecision:
     assert inp.spec.canary is not None and inp.stable is not None
@@ -336,7 +344,9 @@ def _progress(
     if inp.command == "promote":
         return _promote(inp, status, events, "promote requested")
     if inp.command == "retry":
-        events.append(("Warning", "RolloutCommandIgnored", "retry: the rollout is already running"))
+        events.append(
+            Event("Warning", "RolloutCommandIgnored", "retry: the rollout is already running")
+        )
     canary, stable, n = inp.canary, inp.stable, inp.total
     weight = steps[step - 1].weight
     pause = steps[step - 1].pause_seconds
@@ -427,32 +437,32 @@ def _decision(
     status: dict[str, Any],
     stable_n: int,
     canary_n: int,
-    events: list[tuple[str, str, str]],
+    events: list[Event],
     consume: bool,
     message: str,
 ) -> RolloutDecision:
     return RolloutDecision(
-        stable_n,
-        canary_n,
-        False,
-        False,
-        _clean(status),
-        (True, "CanaryStep", message),
-        tuple(events),
-        consume,
+        stable_replicas=stable_n,
+        canary_replicas=canary_n,
+        stable_takes_desired=False,
+        one_at_a_time=False,
+        status=_clean(status),
+        progressing=(True, "CanaryStep", message),
+        events=tuple(events),
+        consume_command=consume,
     )
 
 
 def _advance(
     inp: RolloutInput,
     status: dict[str, Any],
-    events: list[tuple[str, str, str]],
+    events: list[Event],
     step: int,
     why: str,
 ) -> RolloutDecision:
     assert inp.spec.canary is not None
     steps = inp.spec.canary.steps
-    events.append(("Normal", "CanaryStepPassed", f"step {step}/{len(steps)} passed: {why}"))
+    events.append(Event("Normal", "CanaryStepPassed", f"step {step}/{len(steps)} passed: {why}"))
     if step >= len(steps):
         return _promote(inp, status, events, "all steps passed")
     nxt = replace(inp, status={**status, "stepStartedAt": None})
@@ -462,10 +472,10 @@ def _advance(
 def _promote(
     inp: RolloutInput,
     status: dict[str, Any],
-    events: list[tuple[str, str, str]],
+    events: list[Event],
     why: str,
 ) -> RolloutDecision:
-    events.append(("Normal", "Promoting", f"promoting revision {inp.desired_revision}: {why}"))
+    events.append(Event("Normal", "Promoting", f"promoting revision {inp.desired_revision}: {why}"))
     status = {**status, "phase": PROMOTING, "stepStartedAt": None}
     decision = _promoting(replace(inp, status=status, command=None))
     return replace(
@@ -483,10 +493,10 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
     stable, canary, n, rev = inp.stable, inp.canary, inp.total, inp.desired_revision
     status = {**_base(inp, inp.status.get("stableRevision")), **dict(inp.status)}
     consume = inp.command is not None
-    events: list[tuple[str, str, str]] = []
+    events: list[Event] = []
     if consume:
         events.append(
-            ("Warning", "RolloutCommandIgnored", f"{inp.command}: the rollout is promoting")
+            Event("Warning", "RolloutCommandIgnored", f"{inp.command}: the rollout is promoting")
         )
     current = (canary.spec_replicas or 0) if canary is not None else 0
     on_new = stable.new_ready if stable.revision == rev else 0
@@ -501,7 +511,7 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
         and canary_n == 0
         and (canary is None or canary.replicas == 0 or canary.spec_replicas == 0)
     ):
-        events.append(("Normal", "Promoted", f"revision {rev} is stable"))
+        events.append(Event("Normal", "Promoted", f"revision {rev} is stable"))
         done = {
             "strategy": "Canary",
             "phase": STABLE,
@@ -512,14 +522,14 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
             "message": f"promoted {rev}",
         }
         return RolloutDecision(
-            n,
-            0,
-            True,
-            False,
-            _clean(done),
-            (False, "RolloutComplete", f"serving {rev}"),
-            tuple(events),
-            consume,
+            stable_replicas=n,
+            canary_replicas=0,
+            stable_takes_desired=True,
+            one_at_a_time=False,
+            status=_clean(done),
+            progressing=(False, "RolloutComplete", f"serving {rev}"),
+            events=tuple(events),
+            consume_command=consume,
         )
     message = f"promoting {rev}: {on_new}/{n} stable replicas on the new revision"
     status.update(
@@ -534,21 +544,21 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
     )
     fallback = stable.surge_blocked(rev)
     return RolloutDecision(
-        n,
-        canary_n,
-        True,
-        fallback,
-        _clean(status),
-        (True, "Promoting", message),
-        tuple(events),
-        consume,
+        stable_replicas=n,
+        canary_replicas=canary_n,
+        stable_takes_desired=True,
+        one_at_a_time=fallback,
+        status=_clean(status),
+        progressing=(True, "Promoting", message),
+        events=tuple(events),
+        consume_command=consume,
     )
 
 
 def _roll_back(
     inp: RolloutInput,
     status: dict[str, Any],
-    events: list[tuple[str, str, str]],
+    events: list[Event],
     reason: str,
     why: str,
 ) -> RolloutDecision:
@@ -556,7 +566,7 @@ def _roll_back(
         f"rolled back to {status.get('stableRevision')}: canary {inp.desired_revision} "
         f"{'aborted' if reason == 'Aborted' else 'failed'}: {why}"
     )
-    events.append(("Warning", "RolledBack", message))
+    events.append(Event("Warning", "RolledBack", message))
     status = {**status, "phase": ROLLED_BACK, "message": message}
     decision = _rolled_back(replace(inp, status=status, command=None))
     return replace(decision, events=tuple(events), consume_command=inp.command is not None)
@@ -577,19 +587,19 @@ def _rolled_back(inp: RolloutInput) -> RolloutDecision:
             "stepStartedAt": None,
         }
     )
-    events: list[tuple[str, str, str]] = []
+    events: list[Event] = []
     consume = inp.command is not None
     if inp.command == "abort":
-        events.append(("Warning", "RolloutCommandIgnored", "abort: already rolled back"))
+        events.append(Event("Warning", "RolloutCommandIgnored", "abort: already rolled back"))
     return RolloutDecision(
-        inp.total,
-        0,
-        False,
-        False,
-        _clean(status),
-        (False, "RolledBack", message),
-        tuple(events),
-        consume,
+        stable_replicas=inp.total,
+        canary_replicas=0,
+        stable_takes_desired=False,
+        one_at_a_time=False,
+        status=_clean(status),
+        progressing=(False, "RolledBack", message),
+        events=tuple(events),
+        consume_command=consume,
     )
 
 
@@ -598,15 +608,15 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
     promoted, or Git went back to the stable one during a canary)."""
     assert inp.stable is not None
     old, rev = inp.status, inp.desired_revision
-    events: list[tuple[str, str, str]] = []
+    events: list[Event] = []
     consume = inp.command is not None
     if consume:
         events.append(
-            ("Warning", "RolloutCommandIgnored", f"{inp.command}: no rollout in progress")
+            Event("Warning", "RolloutCommandIgnored", f"{inp.command}: no rollout in progress")
         )
     if old.get("phase") in (PROGRESSING, ROLLED_BACK) and old.get("canaryRevision") != rev:
         events.append(
-            ("Normal", "RolloutCancelled", f"the spec went back to the stable revision {rev}")
+            Event("Normal", "RolloutCancelled", f"the spec went back to the stable revision {rev}")
         )
     status = {
         "strategy": "Canary",
@@ -619,14 +629,14 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
     canary_n = _retire(inp.canary, inp.stable, inp.total)
     fallback = inp.stable.rolling() and inp.stable.surge_blocked(rev)
     return RolloutDecision(
-        inp.total,
-        canary_n,
-        True,
-        fallback,
-        _clean(status),
-        (False, "RolloutComplete", f"serving {rev}"),
-        tuple(events),
-        consume,
+        stable_replicas=inp.total,
+        canary_replicas=canary_n,
+        stable_takes_desired=True,
+        one_at_a_time=fallback,
+        status=_clean(status),
+        progressing=(False, "RolloutComplete", f"serving {rev}"),
+        events=tuple(events),
+        consume_command=consume,
     )
 
 
