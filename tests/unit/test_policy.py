@@ -16,6 +16,7 @@ from distillery.autoscale.policy import (
     Capacity,
     Cluster,
     History,
+    Limit,
     Limits,
     LoadSample,
     capacity_for,
@@ -245,13 +246,15 @@ def test_holds_without_fresh_metrics() -> None:
 def test_limits_budget_and_unschedulable() -> None:
     big = sample(0, gen=100_000, prompt=0, done=50, running=500)
     d = decide(big, History(), CAP, Limits(1, 8), Cluster(current=1, ready=1), 0)
-    assert d.desired == 8 and d.limited_by == "maxReplicas 8"
+    assert d.desired == 8 and d.limited_by == Limit("MaxReplicas", "maxReplicas 8")
     budget = Limits(1, 100, max_cost_per_hour=30.0)  # affords 4 at 6.88
     d = decide(big, History(), CAP, budget, Cluster(current=1, ready=1), 0)
-    assert d.desired == 4 and d.limited_by and "budget" in d.limited_by
+    assert d.desired == 4 and d.limited_by and d.limited_by.reason == "BudgetLimited"
+    assert d.limited_by.message == "budget 30/h affords 4 replicas at 6.88/h"
     stuck = Cluster(current=3, ready=2, unschedulable=1, unschedulable_reason="Insufficient gpu")
     d = decide(big, History(), CAP, LIMITS, stuck, 0)
-    assert d.desired == 3 and d.limited_by and "unschedulable" in d.limited_by
+    assert d.desired == 3 and d.limited_by and d.limited_by.reason == "Unschedulable"
+    assert "Insufficient gpu" in d.limited_by.message
 
 
 def test_capacity_from_objective_and_targets() -> None:

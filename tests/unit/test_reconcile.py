@@ -298,3 +298,22 @@ def test_terminating_pods_are_not_ready_capacity() -> None:
     assert d.status["readyReplicas"] == 2
     ready = {c["type"]: c for c in d.status["conditions"]}["Ready"]
     assert ready["message"] == "2/2 replicas ready"
+
+
+def test_scaling_limited_takes_its_reason_from_the_autoscaler() -> None:
+    """The autoscaler says what holds it (limitedReason) and the reconciler shows it; a
+    status from before limitedReason existed shows a generic reason, never a guess."""
+
+    def limited(auto: dict[str, Any]) -> dict[str, Any]:
+        d = desired_state(dmd(status={"autoscaling": auto}), {}, CATALOG, now=NOW)
+        return next(c for c in d.status["conditions"] if c["type"] == "ScalingLimited")
+
+    budget = {"limitedBy": "budget 30/h affords 4 replicas", "limitedReason": "BudgetLimited"}
+    c = limited(budget)
+    assert (c["status"], c["reason"], c["message"]) == (
+        "True",
+        "BudgetLimited",
+        "budget 30/h affords 4 replicas",
+    )
+    assert limited({"limitedBy": "budget 30/h affords 4 replicas"})["reason"] == "Limited"
+    assert limited({})["reason"] == "WithinLimits"

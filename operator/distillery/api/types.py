@@ -32,6 +32,8 @@ Quantization = Literal["auto", "none", "fp8", "int8", "awq", "gptq"]
 Objective = Literal["latency", "balanced", "cost"]
 ScalingMode = Literal["operator", "external"]
 RolloutStrategy = Literal["RollingUpdate", "Canary"]
+# Why the autoscaler holds below what the load asks: ScalingLimited's reason.
+LimitReason = Literal["MaxReplicas", "BudgetLimited", "Unschedulable"]
 
 GPU_TYPE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_URI = r"^(hf|pvc|s3|gs|oci)://[^\s]+$"
@@ -716,7 +718,12 @@ class AutoscalingStatus(_Model):
     desired_replicas: int | None = None
     metrics_available: bool | None = None
     metrics_message: str | None = Field(default=None, max_length=1024)
-    limited_by: str | None = Field(default=None, max_length=1024)
+    limited_by: str | None = Field(
+        default=None, max_length=1024, description="What holds the replicas below the load."
+    )
+    limited_reason: LimitReason | None = Field(
+        default=None, description="limitedBy's kind: ScalingLimited's reason."
+    )
     headroom_replicas: float | None = Field(
         default=None,
         description="Replicas of demand held above the current level: how far this DMD's "

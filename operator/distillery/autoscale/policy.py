@@ -68,6 +68,8 @@ from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from distillery.api.types import LimitReason
+
 # Target GPU-time utilization by objective: headroom for bursts within a minute
 # (latency) versus cost.
 OBJECTIVE_UTILIZATION = {"latency": 0.70, "balanced": 0.85, "cost": 0.92}
@@ -202,10 +204,18 @@ class History:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """What holds the replicas below what the load asks, and why."""
+
+    reason: LimitReason
+    message: str
+
+
+@dataclass(frozen=True)
 class Decision:
     desired: int
     reason: str
-    limited_by: str | None = None
+    limited_by: Limit | None = None
     metrics_available: bool = True
     recommendation: int = 0
     inputs: dict[str, float] = field(default_factory=dict)
@@ -551,22 +561,26 @@ def decide(
     else:
         target = current
 
-    limited_by: str | None = None
+    limited_by: Limit | None = None
     bounded = max(limits.min_replicas, min(limits.max_replicas, target))
     if target > limits.max_replicas:
-        limited_by = f"maxReplicas {limits.max_replicas}"
+        limited_by = Limit("MaxReplicas", f"maxReplicas {limits.max_replicas}")
     if limits.max_cost_per_hour and cap.price_per_replica_hour > 0:
         affordable = int(limits.max_cost_per_hour // cap.price_per_replica_hour)
         if bounded > affordable:
             # minReplicas is the floor the user asked for, even above the budget.
             bounded = max(affordable, limits.min_replicas)
-            limited_by = (
+            limited_by = Limit(
+                "BudgetLimited",
                 f"budget {limits.max_cost_per_hour:g}/h affords {affordable} "
-                f"replicas at {cap.price_per_replica_hour:g}/h"
+                f"replicas at {cap.price_per_replica_hour:g}/h",
             )
     if cluster.unschedulable > 0 and bounded > current:
         bounded = current
-        limited_by = f"{cluster.unschedulable} pod(s) unschedulable: {cluster.unschedulable_reason}"
+        limited_by = Limit(
+            "Unschedulable",
+            f"{cluster.unschedulable} pod(s) unschedulable: {cluster.unschedulable_reason}",
+        )
     inputs["recommendation"] = raw
     return Decision(
         desired=bounded,

@@ -153,7 +153,8 @@ class Autoscaler:
             "desiredReplicas": desired,
             "metricsAvailable": decision.metrics_available,
             "metricsMessage": message,
-            "limitedBy": decision.limited_by,
+            "limitedBy": decision.limited_by.message if decision.limited_by else None,
+            "limitedReason": decision.limited_by.reason if decision.limited_by else None,
             "lastDecisions": list(old.get("lastDecisions") or []),
         }
         h = decision.history

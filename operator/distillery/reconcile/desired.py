@@ -213,17 +213,9 @@ def _autoscaling_conditions(
         )
     limited = auto.get("limitedBy")
     if limited:
-        text = str(limited)
-        reason = (
-            "BudgetLimited"
-            if text.startswith("budget")
-            else "MaxReplicas"
-            if text.startswith("maxReplicas")
-            else "Unschedulable"
-            if "unschedulable" in text
-            else "Limited"
-        )
-        limit_cond = cond.condition(cond.SCALING_LIMITED, True, reason, text, gen)
+        # "Limited": a status written before limitedReason existed, until the next pass.
+        reason = str(auto.get("limitedReason") or "Limited")
+        limit_cond = cond.condition(cond.SCALING_LIMITED, True, reason, str(limited), gen)
     else:
         limit_cond = cond.condition(cond.SCALING_LIMITED, False, "WithinLimits", "", gen)
     return [metrics_cond, limit_cond]
