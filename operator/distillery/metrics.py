@@ -32,7 +32,13 @@ API_WRITES = Counter(
 )
 DESIRED_REPLICAS = Gauge(
     "distillery_desired_replicas",
-    "Desired replicas per DMD.",
+    "Replicas the serving Deployment is rendered with (spec.replicas within its bounds).",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+AUTOSCALER_DESIRED_REPLICAS = Gauge(
+    "distillery_autoscaler_desired_replicas",
+    "Replicas the autoscaler's last decision asked for, after damping and limits.",
     ["namespace", "name"],
     registry=REGISTRY,
 )
@@ -76,7 +82,14 @@ SCALING_DECISIONS = Counter(
 
 def forget(namespace: str, name: str) -> None:
     """Drop the per-DMD series of a deleted DMD."""
-    gauges = (DESIRED_REPLICAS, CURRENT_REPLICAS, READY_REPLICAS, COST_PER_HOUR, STALLED)
+    gauges = (
+        DESIRED_REPLICAS,
+        AUTOSCALER_DESIRED_REPLICAS,
+        CURRENT_REPLICAS,
+        READY_REPLICAS,
+        COST_PER_HOUR,
+        STALLED,
+    )
     for gauge in (*gauges, BUDGET_LIMITED):
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)

@@ -27,11 +27,8 @@ from distillery.catalog import Catalog
 from distillery.kube.client import Kube, NodeCatalog, in_thread
 from distillery.kube.reconcile_controller import now_rfc3339
 from distillery.reconcile import parse
-from distillery.render import desired_replicas
-from distillery.render.source import ModelSource
+from distillery.render import desired_replicas, replica_startup_seconds
 from distillery.sizing import PlanError, UnknownModelError, plan
-from distillery.sizing.memory import GIB
-from distillery.sizing.startup import cold_start_seconds
 
 log = logging.getLogger("distillery.autoscaler")
 Key = tuple[str, str]
@@ -65,13 +62,7 @@ class Autoscaler:
             p = plan(dmd.spec, catalog)
         except (ValidationError, PlanError, UnknownModelError):
             return None
-        source = ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name)
-        startup = float(
-            dmd.spec.scaling.startup_seconds
-            or cold_start_seconds(
-                p.chosen.weights_gib * GIB, source.scheme, dmd.spec.serving.engine
-            )
-        )
+        startup = replica_startup_seconds(dmd, p)
         self._capacity = {k: v for k, v in self._capacity.items() if k[:2] != key[:2]}
         self._capacity[key] = (capacity(dmd.spec, p, startup), dmd)
         return self._capacity[key]
@@ -147,7 +138,7 @@ class Autoscaler:
         if partial and desired < current:
             desired = current  # never scale down on a partial view
         self.histories[(ns, name)] = decision.history
-        metrics.DESIRED_REPLICAS.labels(ns, name).set(desired)
+        metrics.AUTOSCALER_DESIRED_REPLICAS.labels(ns, name).set(desired)
         old = (body.get("status") or {}).get("autoscaling") or {}
         status: dict[str, Any] = {
             "desiredReplicas": desired,

@@ -20,6 +20,7 @@ from distillery.render.workload import (
     manifests_yaml,
     objects_text,
     render,
+    replica_startup_seconds,
     set_route_weights,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "manifests_yaml",
     "objects_text",
     "render",
+    "replica_startup_seconds",
     "set_route_weights",
 ]

@@ -145,6 +145,17 @@ def label_value(text: str) -> str:
     return cleaned
 
 
+def replica_startup_seconds(dmd: DistilledModelDeployment, p: Plan) -> float:
+    """Seconds from a new replica's start to serving: spec.scaling.startupSeconds, else
+    the estimate from the chosen placement's weights, their source and the engine. The
+    autoscaler and the rendered probes use this one figure."""
+    spec = dmd.spec
+    if spec.scaling.startup_seconds:
+        return float(spec.scaling.startup_seconds)
+    source = ModelSource.parse(spec.model.uri, spec.model.name)
+    return cold_start_seconds(p.chosen.weights_gib * GIB, source.scheme, spec.serving.engine)
+
+
 def desired_replicas(dmd: DistilledModelDeployment) -> int:
     """spec.replicas clamped to [minReplicas, maxReplicas]; minReplicas when unset."""
     scaling = dmd.spec.scaling
@@ -384,10 +395,7 @@ def render(
     )
     if not image:
         raise RenderError(f"no image for engine {engine}: set spec.serving.image")
-    startup = float(
-        spec.scaling.startup_seconds
-        or cold_start_seconds(c.weights_gib * GIB, source.scheme, engine)
-    )
+    startup = replica_startup_seconds(dmd, plan)
     selector = {LABEL_DEPLOYMENT: name, LABEL_TRACK: "stable"}
     service_selector = {LABEL_DEPLOYMENT: name}
     labels = {
@@ -595,5 +603,6 @@ __all__ = [
     "manifests_yaml",
     "objects_text",
     "render",
+    "replica_startup_seconds",
     "set_route_weights",
 ]
