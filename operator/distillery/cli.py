@@ -25,6 +25,7 @@ from distillery.api.crd import (
     crd_yaml,
     reference_markdown,
 )
+from distillery.api.errors import validation_problems
 from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
 from distillery.render import DEFAULT_IMAGES, RenderError, RenderOptions, objects_text, render
@@ -86,10 +87,7 @@ def number(
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem, naming the field path the way a manifest spells it."""
     lines = [f"{source}: invalid DistilledModelDeployment:"]
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(root)"
-        msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {msg}")
+    lines += [f"  {problem}" for problem in validation_problems(exc)]
     return "\n".join(lines)
 
 

@@ -15,8 +15,6 @@ must not take down a serving model. The one deletion is a canary Deployment that
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +22,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from distillery.api import conditions as cond
+from distillery.api.errors import validation_summary
 from distillery.api.events import Event
+from distillery.api.hashing import content_hash
 from distillery.api.types import DistilledModelDeployment
 from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
 from distillery.catalog import Catalog
@@ -96,24 +96,12 @@ class Desired:
     rollout: RolloutDecision | None = None
 
 
-def content_hash(obj: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def stamp(obj: dict[str, Any]) -> dict[str, Any]:
     """The object with the hash of its content in an annotation."""
     digest = content_hash(obj)
     meta = obj.setdefault("metadata", {})
     meta.setdefault("annotations", {})[APPLIED_HASH] = digest
     return obj
-
-
-def _format_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        path = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
 
 
 def parse(body: Mapping[str, Any]) -> DistilledModelDeployment:
@@ -373,7 +361,7 @@ def _resolve(
     try:
         dmd = parse(body)
     except ValidationError as exc:
-        return _stalled(body, "InvalidSpec", _format_validation(exc), now, None)
+        return _stalled(body, "InvalidSpec", validation_summary(exc), now, None)
     try:
         chosen_plan = plan(dmd.spec, catalog)
     except (PlanError, UnknownModelError) as exc:

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from distillery.api.hashing import content_hash
 from distillery.api.types import API_VERSION, KIND, DistilledModelDeployment
 from distillery.render.engines import EngineInputs, EngineLaunch, launch
 from distillery.render.source import ModelSource, SourceError
@@ -346,8 +347,12 @@ def canary_deployment(rendered: Rendered, replicas: int) -> dict[str, Any]:
     return dep
 
 
+# A revision is a label value users read: short.
+REVISION_LENGTH = 10
+
+
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:10]
+    return content_hash(obj, REVISION_LENGTH)
 
 
 def render(
