@@ -43,8 +43,8 @@ sys.path.insert(0, str(ROOT / "hack"))
 from kubernetes import client, config  # noqa: E402
 
 from distillery.catalog import load_catalog  # noqa: E402
+from distillery.engines import ModelSource  # noqa: E402
 from distillery.reconcile import parse  # noqa: E402
-from distillery.render.source import ModelSource  # noqa: E402
 from distillery.simulate.engine import Scenario, replica_model  # noqa: E402
 from distillery.simulate.fleet import (  # noqa: E402
     VLLM_TTFT_BUCKETS,

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distillery.api.types import DistilledModelDeployment
+from distillery.api.types import DistilledModelDeployment, Engine
 from distillery.catalog import load_catalog
+from distillery.engines import ENGINES
 from distillery.render import Rendered, RenderError, RenderOptions, manifests_yaml, render
-from distillery.render.engines import BUILDERS
 from distillery.sizing import PlanError, plan
 from tests.render_cases import CASES
 
@@ -184,8 +184,14 @@ def test_same_spec_renders_identically_and_revision_tracks_pod_template() -> Non
     assert rolled.revision != a.revision
 
 
-def test_every_engine_has_a_builder() -> None:
-    assert set(BUILDERS) == {"vllm", "sglang", "tgi", "llamacpp"}
+def test_every_engine_of_the_api_has_one_record() -> None:
+    """The CRD's engine enum and the engine records agree: adding an engine is its module,
+    its registry line and its name in the API."""
+    assert set(get_args(Engine)) == set(ENGINES)
+    for name, engine in ENGINES.items():
+        assert engine.name == name and engine.image and engine.start_seconds > 0
+        assert "none" in engine.quantizations
+        assert engine.queries.running.startswith("sum by (namespace, pod)")
 
 
 # ---- user templates -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Engine metrics from Prometheus, for every DMD at once (I/O).
 
-Each engine's PromQL lives in :data:`ENGINE_QUERIES`, one entry per engine. A pass runs
+Each engine's PromQL lives in its record (:mod:`distillery.engines`). A pass runs
 one query per metric for all pods of all DMDs (``sum by (namespace, pod)``), so 1,000
 DMDs cost the same handful of queries as one. Pods map to DMDs through the ``namespace``
 and ``pod`` labels that Kubernetes service discovery and PodMonitors attach.
@@ -22,106 +22,11 @@ from typing import Any
 from prometheus_api_client import PrometheusConnect
 
 from distillery.autoscale.inputs import PodCounts, PodKey, PodMetrics
+from distillery.engines import ENGINES, AnalysisQueries, EngineQueries
 
-
-@dataclass(frozen=True)
-class EngineQueries:
-    running: str
-    waiting: str
-    kv_usage: str | None
-    prompt_tokens_rate: str | None
-    ttft_buckets: str | None
-    freshness: str
-    completions_rate: str | None = None
-    generation_tokens_rate: str | None = None
-    # Prompt tokens the engine computed (prefix-cache hits excluded), where it says so.
-    computed_prompt_tokens_rate: str | None = None
-
-
-def _q(metric: str, agg: str = "sum") -> str:
-    return f"{agg} by (namespace, pod) ({metric})"
-
-
-ENGINE_QUERIES: dict[str, EngineQueries] = {
-    "vllm": EngineQueries(
-        running=_q("vllm:num_requests_running"),
-        waiting=_q("vllm:num_requests_waiting"),
-        # Older vLLM releases export gpu_cache_usage_perc instead.
-        kv_usage=_q('{__name__=~"vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc"}', "avg"),
-        prompt_tokens_rate=_q("rate(vllm:prompt_tokens_total[1m])"),
-        ttft_buckets="sum by (namespace, pod, le) "
-        "(rate(vllm:time_to_first_token_seconds_bucket[1m]))",
-        freshness=_q("timestamp(vllm:num_requests_running)", "max"),
-        # Finished requests of every finished_reason (stop, length, abort, ...).
-        completions_rate=_q("rate(vllm:request_success_total[1m])"),
-        generation_tokens_rate=_q("rate(vllm:generation_tokens_total[1m])"),
-        # prompt_tokens_total counts prefix-cache hits; current vLLM splits it by source.
-        computed_prompt_tokens_rate=_q(
-            'rate(vllm:prompt_tokens_by_source_total{source="local_compute"}[1m])'
-        ),
-    ),
-    "sglang": EngineQueries(
-        running=_q("sglang:num_running_reqs"),
-        waiting=_q("sglang:num_queue_reqs"),
-        kv_usage=_q("sglang:token_usage", "avg"),
-        prompt_tokens_rate=_q("rate(sglang:prompt_tokens_total[1m])"),
-        ttft_buckets="sum by (namespace, pod, le) "
-        "(rate(sglang:time_to_first_token_seconds_bucket[1m]))",
-        freshness=_q("timestamp(sglang:num_running_reqs)", "max"),
-        completions_rate=_q("rate(sglang:num_requests_total[1m])"),
-        generation_tokens_rate=_q("rate(sglang:generation_tokens_total[1m])"),
-    ),
-    "tgi": EngineQueries(
-        running=_q("tgi_batch_current_size"),
-        waiting=_q("tgi_queue_size"),
-        kv_usage=None,
-        prompt_tokens_rate=_q("rate(tgi_request_input_length_sum[1m])"),
-        ttft_buckets=None,  # TGI exports no time to first token
-        freshness=_q("timestamp(tgi_queue_size)", "max"),
-        completions_rate=_q("rate(tgi_request_success[1m])"),
-        generation_tokens_rate=_q("rate(tgi_request_generated_tokens_sum[1m])"),
-    ),
-    "llamacpp": EngineQueries(
-        running=_q("llamacpp:requests_processing"),
-        waiting=_q("llamacpp:requests_deferred"),
-        kv_usage=_q("llamacpp:kv_cache_usage_ratio", "avg"),
-        prompt_tokens_rate=_q("rate(llamacpp:prompt_tokens_total[1m])"),
-        ttft_buckets=None,
-        freshness=_q("timestamp(llamacpp:requests_processing)", "max"),
-        generation_tokens_rate=_q("rate(llamacpp:tokens_predicted_total[1m])"),
-    ),
-}
-
-
-@dataclass(frozen=True)
-class AnalysisQueries:
-    """Counters a canary analysis compares between tracks: (metric, extra matchers)."""
-
-    requests: tuple[str, str] | None
-    failures: tuple[str, str] | None
-    ttft_buckets: tuple[str, str] | None
-
-
-ANALYSIS_QUERIES: dict[str, AnalysisQueries] = {
-    # vLLM counts every finished request by finished_reason; aborted ones (engine errors,
-    # timeouts, dropped connections) are the failures it exports.
-    "vllm": AnalysisQueries(
-        requests=("vllm:request_success_total", ""),
-        failures=("vllm:request_success_total", 'finished_reason=~"abort|error"'),
-        ttft_buckets=("vllm:time_to_first_token_seconds_bucket", ""),
-    ),
-    "sglang": AnalysisQueries(
-        requests=("sglang:num_requests_total", ""),
-        failures=None,
-        ttft_buckets=("sglang:time_to_first_token_seconds_bucket", ""),
-    ),
-    "tgi": AnalysisQueries(
-        requests=("tgi_request_count", ""),
-        failures=("tgi_request_failure", ""),
-        ttft_buckets=None,
-    ),
-    "llamacpp": AnalysisQueries(requests=None, failures=None, ttft_buckets=None),
-}
+# One entry per engine, from its record in distillery.engines.
+ENGINE_QUERIES: dict[str, EngineQueries] = {name: e.queries for name, e in ENGINES.items()}
+ANALYSIS_QUERIES: dict[str, AnalysisQueries] = {name: e.analysis for name, e in ENGINES.items()}
 
 
 class MetricsUnavailableError(RuntimeError):

@@ -5,8 +5,8 @@ Inputs are the DMD, the placement the planner chose, and operator options (defau
 images, model cache); the output is plain manifests, the same ones ``distillery render``
 prints for GitOps pipelines and the reconciler applies with server-side apply. The
 templates under ``templates/`` lay the objects out; everything they contain is computed
-here or in :mod:`distillery.render.engines`, and emitted through ``tojson`` so no value
-can change a document's structure.
+here or in the engine's record (:mod:`distillery.engines`), and emitted through
+``tojson`` so no value can change a document's structure.
 
 A revision hash of the pod template labels every pod: the reconciler and rollouts tell
 revisions apart by it, and an unchanged spec renders byte-identical objects, so a steady
@@ -29,8 +29,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from distillery.api.hashing import content_hash
 from distillery.api.types import API_VERSION, KIND, DistilledModelDeployment
-from distillery.render.engines import EngineInputs, EngineLaunch, launch
-from distillery.render.source import ModelSource, SourceError
+from distillery.engines import ENGINES, EngineInputs, EngineLaunch, ModelSource, SourceError
 from distillery.render.user_template import UserTemplateError, merge, render_user_template
 from distillery.sizing import Plan
 from distillery.sizing.memory import GIB
@@ -44,13 +43,10 @@ LABEL_REVISION = "distillery.dev/revision"
 LABEL_TRACK = "distillery.dev/track"
 MANAGED_BY = "distillery"
 
-DEFAULT_IMAGES: Mapping[str, str] = {
-    "vllm": "vllm/vllm-openai:v0.11.0",
-    "sglang": "lmsysorg/sglang:v0.5.3-cu126",
-    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.6",
-    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server-cuda-b6700",
+DEFAULT_IMAGES: Mapping[str, str] = {name: e.image for name, e in ENGINES.items()}
+DEFAULT_CPU_IMAGES: Mapping[str, str] = {
+    name: e.cpu_image for name, e in ENGINES.items() if e.cpu_image
 }
-DEFAULT_CPU_IMAGES: Mapping[str, str] = {"llamacpp": "ghcr.io/ggml-org/llama.cpp:server-b6700"}
 # Spot/preemptible node taints tolerated when placement.spot is true.
 SPOT_TOLERATIONS: list[dict[str, str]] = [
     {"key": "cloud.google.com/gke-spot", "operator": "Exists", "effect": "NoSchedule"},
@@ -377,8 +373,7 @@ def render(
     engine = spec.serving.engine
     if engine == "llamacpp" and source.scheme in ("s3", "gs", "oci", "pvc") and not source.location:
         raise RenderError("llama.cpp needs a GGUF file path in model.uri")
-    launch_ = launch(
-        engine,
+    launch_ = ENGINES[engine].launch(
         EngineInputs(
             source=source,
             served_name=spec.model.name,

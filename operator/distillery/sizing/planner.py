@@ -31,19 +31,17 @@ from dataclasses import dataclass, field, replace
 
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, GpuType, ModelEntry
+from distillery.engines import ENGINES
 from distillery.sizing import memory
 
 TP_SIZES = (1, 2, 4, 8)
-# Engines that can quantize a bf16 checkpoint to fp8 at load time.
-ONLINE_FP8_ENGINES = frozenset({"vllm", "sglang", "tgi"})
+# From each engine's record (distillery.engines): which quantize a bf16 checkpoint to
+# fp8 at load time, which quantizations each serves, which run on CPU-only nodes.
+ONLINE_FP8_ENGINES = frozenset(name for name, e in ENGINES.items() if e.online_fp8)
 ENGINE_QUANTIZATIONS: dict[str, frozenset[str]] = {
-    "vllm": frozenset({"none", "fp8", "int8", "awq", "gptq"}),
-    "sglang": frozenset({"none", "fp8", "int8", "awq", "gptq"}),
-    "tgi": frozenset({"none", "fp8", "awq", "gptq"}),
-    "llamacpp": frozenset({"none", "int8"}),
+    name: e.quantizations for name, e in ENGINES.items()
 }
-# Engines that can serve from CPU-only nodes.
-CPU_ENGINES = frozenset({"llamacpp"})
+CPU_ENGINES = frozenset(name for name, e in ENGINES.items() if e.cpu_image)
 # Preference among equally priced options: keep precision.
 QUANT_RANK = {"none": 0, "fp8": 1, "int8": 2, "awq": 3, "gptq": 3}
 

@@ -9,6 +9,8 @@ by both (and by the simulator).
 
 from __future__ import annotations
 
+from distillery.engines import ENGINES
+
 # Bytes per second a replica reads weights at, by where they come from. hf:// downloads
 # over the network on first start; s3:// and gs:// are fetched by an init container and
 # then read from local disk; pvc:// and oci:// (image volume) read from attached storage.
@@ -21,12 +23,7 @@ LOAD_BYTES_PER_SECOND: dict[str, float] = {
 }
 # Engine start after the weights are in memory: CUDA graph capture, torch.compile,
 # KV-cache profiling (vLLM, SGLang), shard warm-up (TGI); llama.cpp maps the file.
-ENGINE_START_SECONDS: dict[str, float] = {
-    "vllm": 90.0,
-    "sglang": 75.0,
-    "tgi": 60.0,
-    "llamacpp": 10.0,
-}
+ENGINE_START_SECONDS: dict[str, float] = {name: e.start_seconds for name, e in ENGINES.items()}
 
 
 def cold_start_seconds(weights_bytes: float, source_scheme: str, engine: str) -> float:

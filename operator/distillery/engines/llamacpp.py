@@ -1,0 +1,57 @@
+"""llama.cpp's server: GGUF on GPUs or CPU-only nodes, and its ``llamacpp:`` metrics."""
+
+from __future__ import annotations
+
+from distillery.engines.model import (
+    PORT,
+    AnalysisQueries,
+    EngineInputs,
+    EngineLaunch,
+    EngineQueries,
+    ServingEngine,
+)
+from distillery.engines.model import promql_by_pod as q
+
+
+def launch(i: EngineInputs) -> EngineLaunch:
+    # llama.cpp splits its context across slots: -c is the total over --parallel slots.
+    args = [
+        *i.source.llamacpp_model_args,
+        "--alias", i.served_name,
+        "--host", "0.0.0.0",
+        "--port", str(PORT),
+        "--ctx-size", str(i.max_model_len * i.max_concurrency),
+        "--parallel", str(i.max_concurrency),
+        "--n-gpu-layers", "999" if i.gpus else "0",
+        "--metrics",
+    ]  # fmt: skip
+    if i.kv_cache_dtype == "fp8":
+        args += ["--cache-type-k", "q8_0", "--cache-type-v", "q8_0"]
+    return EngineLaunch(
+        command=["/app/llama-server"],
+        args=args + list(i.extra_args),
+        env={"LLAMA_CACHE": "/models/llama.cpp"},
+        run_as_non_root=True,
+    )
+
+
+ENGINE = ServingEngine(
+    name="llamacpp",
+    launch=launch,
+    image="ghcr.io/ggml-org/llama.cpp:server-cuda-b6700",
+    cpu_image="ghcr.io/ggml-org/llama.cpp:server-b6700",
+    quantizations=frozenset({"none", "int8"}),
+    online_fp8=False,
+    # llama.cpp maps the file: no graph capture or profiling.
+    start_seconds=10.0,
+    queries=EngineQueries(
+        running=q("llamacpp:requests_processing"),
+        waiting=q("llamacpp:requests_deferred"),
+        kv_usage=q("llamacpp:kv_cache_usage_ratio", "avg"),
+        prompt_tokens_rate=q("rate(llamacpp:prompt_tokens_total[1m])"),
+        ttft_buckets=None,
+        freshness=q("timestamp(llamacpp:requests_processing)", "max"),
+        generation_tokens_rate=q("rate(llamacpp:tokens_predicted_total[1m])"),
+    ),
+    analysis=AnalysisQueries(requests=None, failures=None, ttft_buckets=None),
+)

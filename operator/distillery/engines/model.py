@@ -1,0 +1,99 @@
+"""What distillery knows about a serving engine, as one record (pure).
+
+A :class:`ServingEngine` holds everything engine-specific: how to start it (argv, port,
+probes), the image, the quantizations it serves, how long it takes to start once the
+weights are in memory, and the PromQL for its load and latency metrics. Each engine is
+one module of this package; :mod:`distillery.engines.registry` lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from distillery.engines.source import ModelSource
+
+PORT = 8000
+
+
+@dataclass(frozen=True)
+class EngineInputs:
+    """What every engine needs to know to start."""
+
+    source: ModelSource
+    served_name: str
+    revision: str
+    tensor_parallel: int
+    gpus: int  # 0 on CPU-only nodes
+    quantization: str  # none | fp8 | int8 | awq | gptq
+    max_model_len: int
+    max_concurrency: int
+    gpu_memory_utilization: float
+    kv_cache_dtype: str  # auto | fp8
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """The container's command line and how to probe and scrape it."""
+
+    command: list[str]
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = PORT
+    health_path: str = "/health"
+    metrics_path: str = "/metrics"
+    run_as_non_root: bool = False
+
+
+@dataclass(frozen=True)
+class EngineQueries:
+    """PromQL for the autoscaler, each summed (or averaged) by namespace and pod."""
+
+    running: str
+    waiting: str
+    kv_usage: str | None
+    prompt_tokens_rate: str | None
+    ttft_buckets: str | None
+    freshness: str
+    completions_rate: str | None = None
+    generation_tokens_rate: str | None = None
+    # Prompt tokens the engine computed (prefix-cache hits excluded), where it says so.
+    computed_prompt_tokens_rate: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisQueries:
+    """Counters a canary analysis compares between tracks: (metric, extra matchers)."""
+
+    requests: tuple[str, str] | None
+    failures: tuple[str, str] | None
+    ttft_buckets: tuple[str, str] | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingEngine:
+    """One engine: everything distillery does differently for it."""
+
+    name: str
+    launch: Callable[[EngineInputs], EngineLaunch]
+    image: str
+    # The image for CPU-only nodes; None: the engine needs a GPU.
+    cpu_image: str | None = None
+    quantizations: frozenset[str]
+    # Quantizes a bf16 checkpoint to fp8 at load time.
+    online_fp8: bool
+    # Start after the weights are in memory: CUDA graphs, compilation, KV profiling.
+    start_seconds: float
+    queries: EngineQueries
+    analysis: AnalysisQueries
+
+
+def promql_by_pod(metric: str, agg: str = "sum") -> str:
+    """``agg by (namespace, pod) (metric)``: one series per pod, for every DMD at once."""
+    return f"{agg} by (namespace, pod) ({metric})"
+
+
+def fmt_fraction(x: float) -> str:
+    """0.9 -> "0.9", 0.85 -> "0.85": how engines take a memory fraction."""
+    return f"{x:.2f}".rstrip("0").rstrip(".")
