@@ -91,3 +91,32 @@ def test_cel_rules_present() -> None:
         "self.strategy != 'Canary'",
     ):
         assert rule in text, rule
+
+
+def test_every_cross_field_rule_is_in_the_crd_and_checked_in_python() -> None:
+    """A rule is declared once: its CEL reaches the CRD with its message, and the model
+    refuses what it refuses, with the same message."""
+    import pydantic
+
+    from distillery.api import types
+
+    models = [
+        m
+        for m in vars(types).values()
+        if isinstance(m, type) and issubclass(m, pydantic.BaseModel) and getattr(m, "RULES", ())
+    ]
+    assert len(models) >= 6
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    entries = [r for _, node in _walk(schema) for r in node.get("x-kubernetes-validations", [])]
+    for model in models:
+        for rule in model.RULES:
+            assert {"rule": rule.cel, "message": rule.message} in [
+                {"rule": e["rule"], "message": e["message"]} for e in entries
+            ], (model.__name__, rule.cel)
+    bad = {"minReplicas": 3, "maxReplicas": 2}
+    try:
+        types.ScalingSpec.model_validate(bad)
+    except pydantic.ValidationError as exc:
+        assert "minReplicas must be less than or equal to maxReplicas" in str(exc)
+    else:
+        raise AssertionError("ScalingSpec accepted minReplicas > maxReplicas")

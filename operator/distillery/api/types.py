@@ -13,7 +13,9 @@ forbid unknown fields so a typo in a manifest is an error, not a silently ignore
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic.alias_generators import to_camel
@@ -39,12 +41,27 @@ GPU_TYPE_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MODEL_URI = r"^(hf|pvc|s3|gs|oci)://[^\s]+$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 
-# One CEL rule: the apiserver checks it; a model validator mirrors it in Python.
-Rule = dict[str, str]
+
+@dataclass(frozen=True)
+class CrossFieldRule:
+    """A rule across fields, declared once: the API server checks ``cel`` (an
+    ``x-kubernetes-validations`` entry of the generated CRD), the models check ``holds``
+    for manifests read from files, and both answer with ``message``."""
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def schema(self) -> dict[str, str]:
+        entry = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            entry["fieldPath"] = self.field_path
+        return entry
 
 
-def _rules(*rules: Rule) -> dict[str, Any]:
-    return {"x-kubernetes-validations": list(rules)}
+def _rules(*rules: CrossFieldRule) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [r.schema() for r in rules]}
 
 
 class _Model(BaseModel):
@@ -55,6 +72,15 @@ class _Model(BaseModel):
         validate_default=True,
         frozen=True,
     )
+    # The model's cross-field rules; their CEL goes into the CRD through model_config.
+    RULES: ClassVar[tuple[CrossFieldRule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Self:
+        for rule in type(self).RULES:
+            if not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
 
     def to_wire(self) -> dict[str, Any]:
         """The object as it appears in a manifest: camelCase, unset optionals omitted."""
@@ -131,21 +157,15 @@ class ModelArchitecture(_Model):
         default=131072, description="max_position_embeddings.", ge=128, le=10_000_000
     )
 
-    model_config = ConfigDict(
-        json_schema_extra=_rules(
-            {
-                "rule": "self.kvHeads <= self.attentionHeads",
-                "message": "kvHeads must not exceed attentionHeads",
-                "fieldPath": ".kvHeads",
-            },
-        )
+    RULES = (
+        CrossFieldRule(
+            cel="self.kvHeads <= self.attentionHeads",
+            message="kvHeads must not exceed attentionHeads",
+            holds=lambda m: m.kv_heads <= m.attention_heads,
+            field_path=".kvHeads",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _kv_heads(self) -> ModelArchitecture:
-        if self.kv_heads > self.attention_heads:
-            raise ValueError("kvHeads must not exceed attentionHeads")
-        return self
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 class ModelSpec(_Model):
@@ -204,20 +224,14 @@ class EnvVarSource(_Model):
     secret_key_ref: SecretKeyRef | None = Field(default=None, description="A Secret key.")
     config_map_key_ref: ConfigMapKeyRef | None = Field(default=None, description="A ConfigMap key.")
 
-    model_config = ConfigDict(
-        json_schema_extra=_rules(
-            {
-                "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
-                "message": "valueFrom needs exactly one of secretKeyRef or configMapKeyRef",
-            },
-        )
+    RULES = (
+        CrossFieldRule(
+            cel="has(self.secretKeyRef) != has(self.configMapKeyRef)",
+            message="valueFrom needs exactly one of secretKeyRef or configMapKeyRef",
+            holds=lambda m: (m.secret_key_ref is None) != (m.config_map_key_ref is None),
+        ),
     )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> EnvVarSource:
-        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
-            raise ValueError("valueFrom needs exactly one of secretKeyRef or configMapKeyRef")
-        return self
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 class EnvVar(_Model):
@@ -229,20 +243,14 @@ class EnvVar(_Model):
         default=None, description="Value from a Secret or ConfigMap key."
     )
 
-    model_config = ConfigDict(
-        json_schema_extra=_rules(
-            {
-                "rule": "!(has(self.value) && has(self.valueFrom))",
-                "message": "set value or valueFrom, not both",
-            },
-        )
+    RULES = (
+        CrossFieldRule(
+            cel="!(has(self.value) && has(self.valueFrom))",
+            message="set value or valueFrom, not both",
+            holds=lambda m: m.value is None or m.value_from is None,
+        ),
     )
-
-    @model_validator(mode="after")
-    def _value_or_from(self) -> EnvVar:
-        if self.value is not None and self.value_from is not None:
-            raise ValueError("set value or valueFrom, not both")
-        return self
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 class TemplateRef(_Model):
@@ -360,29 +368,24 @@ class PlacementSpec(_Model):
     )
     spot: bool = Field(default=False, description="Allow spot/preemptible GPU nodes.")
 
-    model_config = ConfigDict(
-        json_schema_extra=_rules(
-            {
-                "rule": "!('auto' in self.gpuTypes) || size(self.gpuTypes) == 1",
-                "message": "gpuTypes: auto cannot be combined with named GPU types",
-                "fieldPath": ".gpuTypes",
-            },
-            {
-                "rule": "type(self.gpusPerReplica) == int ? (self.gpusPerReplica >= 1 && "
-                "self.gpusPerReplica <= 64) : self.gpusPerReplica == 'auto'",
-                "message": "gpusPerReplica must be auto or an integer from 1 to 64",
-                "fieldPath": ".gpusPerReplica",
-            },
-        )
+    RULES = (
+        CrossFieldRule(
+            cel="!('auto' in self.gpuTypes) || size(self.gpuTypes) == 1",
+            message="gpuTypes: auto cannot be combined with named GPU types",
+            holds=lambda m: "auto" not in m.gpu_types or len(m.gpu_types) == 1,
+            field_path=".gpuTypes",
+        ),
+        CrossFieldRule(
+            cel="type(self.gpusPerReplica) == int ? (self.gpusPerReplica >= 1 && "
+            "self.gpusPerReplica <= 64) : self.gpusPerReplica == 'auto'",
+            message="gpusPerReplica must be auto or an integer from 1 to 64",
+            holds=lambda m: (
+                not isinstance(m.gpus_per_replica, int) or 1 <= m.gpus_per_replica <= 64
+            ),
+            field_path=".gpusPerReplica",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _placement_rules(self) -> PlacementSpec:
-        if "auto" in self.gpu_types and len(self.gpu_types) != 1:
-            raise ValueError("gpuTypes: auto cannot be combined with named GPU types")
-        if isinstance(self.gpus_per_replica, int) and not 1 <= self.gpus_per_replica <= 64:
-            raise ValueError("gpusPerReplica must be auto or an integer from 1 to 64")
-        return self
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 class SLO(_Model):
@@ -491,33 +494,22 @@ class ScalingSpec(_Model):
         max_length=4096,
     )
 
-    model_config = ConfigDict(
-        json_schema_extra=_rules(
-            {
-                "rule": "self.minReplicas <= self.maxReplicas",
-                "message": "minReplicas must be less than or equal to maxReplicas",
-                "fieldPath": ".minReplicas",
-            },
-            {
-                "rule": "self.minReplicas > 0 || (has(self.demandQuery) && "
-                "size(self.demandQuery) > 0)",
-                "message": "minReplicas: 0 needs scaling.demandQuery, a demand metric that exists "
-                "while no replica runs (e.g. a gateway's request rate)",
-                "fieldPath": ".minReplicas",
-            },
-        )
+    RULES = (
+        CrossFieldRule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            holds=lambda m: m.min_replicas <= m.max_replicas,
+            field_path=".minReplicas",
+        ),
+        CrossFieldRule(
+            cel="self.minReplicas > 0 || (has(self.demandQuery) && size(self.demandQuery) > 0)",
+            message="minReplicas: 0 needs scaling.demandQuery, a demand metric that exists "
+            "while no replica runs (e.g. a gateway's request rate)",
+            holds=lambda m: m.min_replicas > 0 or bool(m.demand_query),
+            field_path=".minReplicas",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _scaling_rules(self) -> ScalingSpec:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("minReplicas must be less than or equal to maxReplicas")
-        if self.min_replicas == 0 and not self.demand_query:
-            raise ValueError(
-                "minReplicas: 0 needs scaling.demandQuery, a demand metric that exists "
-                "while no replica runs (e.g. a gateway's request rate)"
-            )
-        return self
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 class CanaryStep(_Model):
@@ -609,21 +601,15 @@ class RolloutSpec(_Model):
     )
     canary: CanarySpec | None = Field(default=None, description="Canary settings.")
 
-    model_config = ConfigDict(
-        json_schema_extra=_rules(
-            {
-                "rule": "self.strategy != 'Canary' || has(self.canary)",
-                "message": "strategy Canary needs rollout.canary with its steps",
-                "fieldPath": ".canary",
-            },
-        )
+    RULES = (
+        CrossFieldRule(
+            cel="self.strategy != 'Canary' || has(self.canary)",
+            message="strategy Canary needs rollout.canary with its steps",
+            holds=lambda m: m.strategy != "Canary" or m.canary is not None,
+            field_path=".canary",
+        ),
     )
-
-    @model_validator(mode="after")
-    def _canary_needs_steps(self) -> RolloutSpec:
-        if self.strategy == "Canary" and self.canary is None:
-            raise ValueError("strategy Canary needs rollout.canary with its steps")
-        return self
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 class DistilledModelDeploymentSpec(_Model):
@@ -643,14 +629,14 @@ class DistilledModelDeploymentSpec(_Model):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Autoscaling.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout strategy.")
 
-    model_config = ConfigDict(
-        json_schema_extra=_rules(
-            {
-                "rule": "self.serving.maxModelLen <= 10000000",
-                "message": "serving.maxModelLen is too large",
-            },
-        )
+    RULES = (
+        CrossFieldRule(
+            cel="self.serving.maxModelLen <= 10000000",
+            message="serving.maxModelLen is too large",
+            holds=lambda m: m.serving.max_model_len <= 10_000_000,
+        ),
     )
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 # ---- status ---------------------------------------------------------------------------
