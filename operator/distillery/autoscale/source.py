@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_api_client import PrometheusConnect
 
@@ -27,6 +27,13 @@ from distillery.engines import ENGINES, AnalysisQueries, EngineQueries
 # One entry per engine, from its record in distillery.engines.
 ENGINE_QUERIES: dict[str, EngineQueries] = {name: e.queries for name, e in ENGINES.items()}
 ANALYSIS_QUERIES: dict[str, AnalysisQueries] = {name: e.analysis for name, e in ENGINES.items()}
+
+
+class MetricsSource(Protocol):
+    """Where the autoscaler reads engine metrics: Prometheus, or a fake in tests."""
+
+    def collect(self, engines: Iterable[str]) -> dict[PodKey, PodMetrics]: ...
+    def fresh(self, metrics: PodMetrics, now: float | None = None) -> bool: ...
 
 
 class MetricsUnavailableError(RuntimeError):

@@ -6,6 +6,7 @@ pure decisions (:mod:`.reconcile_controller`, :mod:`.autoscale_controller`,
 from distillery.kube.client import (
     AUTOSCALER_FIELD_MANAGER,
     ApiException,
+    ClusterClient,
     Kube,
     NodeCatalog,
     in_thread,
@@ -16,6 +17,7 @@ from distillery.kube.client import (
 __all__ = [
     "AUTOSCALER_FIELD_MANAGER",
     "ApiException",
+    "ClusterClient",
     "Kube",
     "NodeCatalog",
     "in_thread",

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from distillery import metrics
 from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
 from distillery.autoscale.policy import Capacity, History, decide
-from distillery.autoscale.source import MetricsUnavailableError, PrometheusSource
+from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
 from distillery.catalog import Catalog
-from distillery.kube.client import Kube, NodeCatalog, in_thread
+from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
 from distillery.kube.reconcile_controller import now_rfc3339
 from distillery.reconcile import parse
 from distillery.render import desired_replicas, replica_startup_seconds
@@ -37,9 +37,9 @@ MAX_DECISIONS = 10
 
 @dataclass
 class Autoscaler:
-    kube: Kube
+    kube: ClusterClient
     catalog: Catalog
-    source: PrometheusSource | None
+    source: MetricsSource | None
     nodes: NodeCatalog | None = None  # the reconciler's view of GPUs per node
     histories: dict[Key, History] = field(default_factory=dict)
     _capacity: dict[tuple[str, str, Any, int], tuple[Capacity, Any]] = field(default_factory=dict)

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import urllib3
 from kubernetes import client, config
@@ -34,6 +34,23 @@ MERGE = "application/merge-patch+json"
 
 def _count(verb: str, kind: str) -> None:
     metrics.API_WRITES.labels(verb, kind).inc()
+
+
+class ClusterClient(Protocol):
+    """What the controllers ask of the cluster: the seam between them and the API server.
+    :class:`Kube` is the real one; tests use an in-memory fake (tests/support)."""
+
+    def apply(self, obj: Mapping[str, Any]) -> None: ...
+    def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    def scale_dmd(self, namespace: str, name: str, replicas: int) -> None: ...
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
+    def delete_deployment(self, namespace: str, name: str) -> None: ...
+    def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None: ...
+    def post_event(
+        self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
+    ) -> None: ...
+    def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None: ...
+    def node_gpu_counts(self) -> dict[str, int]: ...
 
 
 class Kube:
@@ -226,7 +243,7 @@ class NodeCatalog:
     and the operator says so once.
     """
 
-    def __init__(self, kube: Kube, base: Catalog, ttl_seconds: float = 60.0) -> None:
+    def __init__(self, kube: ClusterClient, base: Catalog, ttl_seconds: float = 60.0) -> None:
         self.kube, self.base, self.ttl_seconds = kube, base, ttl_seconds
         self.latest = base
         self._read_at = -math.inf
@@ -307,6 +324,7 @@ async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
 __all__ = [
     "AUTOSCALER_FIELD_MANAGER",
     "ApiException",
+    "ClusterClient",
     "Kube",
     "NodeCatalog",
     "in_thread",

@@ -21,10 +21,11 @@ from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
-from distillery.kube.client import Kube, NodeCatalog, in_thread
+from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
 from distillery.reconcile.children import (
     APPLIED_HASH,
+    REVISION_ANNOTATION,
     ChildState,
     child_key,
 )
@@ -42,7 +43,7 @@ def now_rfc3339() -> str:
 
 @dataclass
 class Reconciler:
-    kube: Kube
+    kube: ClusterClient
     catalog: Catalog
     options: RenderOptions
     nodes: NodeCatalog | None = None  # GPUs per node from the cluster, when readable
@@ -53,12 +54,13 @@ class Reconciler:
     _consumed: dict[Key, str] = field(default_factory=dict)
     _deleted: set[tuple[str, str, str]] = field(default_factory=set)
     _applied_replicas: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    _applied_revision: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
         self._status.pop((namespace, name), None)
         self._consumed.pop((namespace, name), None)
-        for table in (self._applied, self._scaled, self._applied_replicas):
+        for table in (self._applied, self._scaled, self._applied_replicas, self._applied_revision):
             for key in [k for k in table if k[:2] == (namespace, name)]:
                 table.pop(key, None)
         metrics.forget(namespace, name)
@@ -77,19 +79,29 @@ class Reconciler:
             ):
                 # The watch has not seen our last apply yet (nor the replicas it set).
                 replicas = self._applied_replicas.get((namespace, name, key), state.spec_replicas)
+                revision = self._applied_revision.get((namespace, name, key), state.revision)
                 out[key] = ChildState(
-                    **{**state.__dict__, "applied_hash": mine, "spec_replicas": replicas}
+                    **{
+                        **state.__dict__,
+                        "applied_hash": mine,
+                        "spec_replicas": replicas,
+                        "revision": revision,
+                    }
                 )
         for (ns, n, key), digest in self._applied.items():
             if (ns, n) == (namespace, name) and key not in out:
                 # Applied but not yet in the watch cache.
                 kind, _, suffix = key.partition("/")
+                # What we applied, as the watch will show it: its revision and replicas
+                # (else a rollout would see a Deployment of no revision and start one).
                 out[key] = ChildState(
                     kind=kind,
                     name=f"{name}-{suffix}" if suffix else name,
                     namespace=ns,
                     owner=name,
                     applied_hash=digest,
+                    revision=self._applied_revision.get((ns, n, key)),
+                    spec_replicas=self._applied_replicas.get((ns, n, key)),
                 )
         return out
 
@@ -169,6 +181,9 @@ class Reconciler:
             self._applied[(namespace, name, child)] = obj["metadata"]["annotations"][APPLIED_HASH]
             if obj["kind"] == "Deployment":
                 self._applied_replicas[(namespace, name, child)] = obj["spec"]["replicas"]
+                self._applied_revision[(namespace, name, child)] = (
+                    obj["metadata"].get("annotations") or {}
+                ).get(REVISION_ANNOTATION)
         await self._resize_and_retire(namespace, name, desired)
         if desired.clear_command:
             command = str(
@@ -228,6 +243,7 @@ class Reconciler:
         for kind, dep in desired.delete:
             self._applied.pop((namespace, name, child_key(kind, dep, name)), None)
             self._applied_replicas.pop((namespace, name, child_key(kind, dep, name)), None)
+            self._applied_revision.pop((namespace, name, child_key(kind, dep, name)), None)
             if (namespace, name, dep) in self._deleted:
                 continue  # deleted; the watch has not caught up
             log.info("deleting retired canary %s %s/%s", kind, namespace, dep)

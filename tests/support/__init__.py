@@ -1,0 +1,1 @@
+"""Shared test support: an in-memory cluster for the controllers."""

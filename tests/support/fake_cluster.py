@@ -1,0 +1,117 @@
+"""An in-memory cluster behind the controllers' seam (``kube.ClusterClient``).
+
+It keeps what was applied, the DMD status written, events and ConfigMaps, records every
+call in order, and fails a named call on demand, so the controllers' own logic (what
+they remember, when they write, how they recover) is tested without an API server. The
+integration tiers test the same controllers against a real one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from distillery.reconcile.children import child_key, child_state
+
+WRITES = (
+    "apply",
+    "patch_dmd_status",
+    "scale_dmd",
+    "scale_deployment",
+    "delete_deployment",
+    "remove_dmd_annotation",
+    "post_event",
+)
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name)
+        self.status: dict[tuple[str, str], dict[str, Any]] = {}
+        self.replicas: dict[tuple[str, str], int] = {}
+        self.events: list[tuple[str, str, str]] = []
+        self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
+        self.gpus_per_node: dict[str, int] = {}
+        self._failures: dict[str, Exception] = {}
+
+    def fail_next(self, method: str, error: Exception) -> None:
+        """The next call of ``method`` raises ``error``."""
+        self._failures[method] = error
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [c for c in self.calls if c[0] in WRITES]
+
+    def _call(self, method: str, what: str) -> None:
+        self.calls.append((method, what))
+        error = self._failures.pop(method, None)
+        if error is not None:
+            raise error
+
+    # ---- ClusterClient ---------------------------------------------------------------
+
+    def apply(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self._call("apply", f"{obj['kind']}/{meta['name']}")
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = copy.deepcopy(dict(obj))
+
+    def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self._call("patch_dmd_status", name)
+        merged = self.status.setdefault((namespace, name), {})
+        merged.update(copy.deepcopy(dict(status)))
+
+    def scale_dmd(self, namespace: str, name: str, replicas: int) -> None:
+        self._call("scale_dmd", f"{name}={replicas}")
+        self.replicas[(namespace, name)] = replicas
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self._call("scale_deployment", f"{name}={replicas}")
+        self.objects[("Deployment", namespace, name)]["spec"]["replicas"] = replicas
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        self._call("delete_deployment", name)
+        self.objects.pop(("Deployment", namespace, name), None)
+
+    def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None:
+        self._call("remove_dmd_annotation", f"{name}:{key}")
+
+    def post_event(
+        self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
+    ) -> None:
+        self._call("post_event", reason)
+        self.events.append((type_, reason, message))
+
+    def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None:
+        self._call("read_config_map_key", name)
+        return self.config_maps.get((namespace, name), {}).get(key)
+
+    def node_gpu_counts(self) -> dict[str, int]:
+        self._call("node_gpu_counts", "")
+        return dict(self.gpus_per_node)
+
+    # ---- what a watch would show ------------------------------------------------------
+
+    def children(self, namespace: str, owner: str, ready: bool = True) -> dict[str, Any]:
+        """The owner's children as kopf's indices would hold them once the watch caught
+        up: the applied objects, Deployments with every replica ``ready`` or none."""
+        out = {}
+        for (kind, ns, name), obj in self.objects.items():
+            if (
+                ns != namespace
+                or (obj["metadata"].get("labels") or {}).get("distillery.dev/deployment") != owner
+            ):
+                continue
+            body = copy.deepcopy(obj)
+            if kind == "Deployment":
+                want = body["spec"]["replicas"]
+                body["metadata"]["generation"] = 1
+                body["status"] = {
+                    "observedGeneration": 1,
+                    "replicas": want,
+                    "readyReplicas": want if ready else 0,
+                    "updatedReplicas": want,
+                    "availableReplicas": want if ready else 0,
+                }
+            out[child_key(kind, name, owner)] = child_state(body)
+        return out

@@ -1,0 +1,222 @@
+"""The controllers (kube/*_controller.py) against an in-memory cluster: what they write,
+what they remember between reconciles, how they recover from a failed write, and what
+the autoscaler does when metrics are missing."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+from distillery.autoscale.inputs import PodInfo, PodKey, PodMetrics
+from distillery.autoscale.source import MetricsUnavailableError
+from distillery.catalog import load_catalog
+from distillery.kube import ApiException
+from distillery.kube.autoscale_controller import Autoscaler
+from distillery.kube.client import NodeCatalog
+from distillery.kube.reconcile_controller import Reconciler
+from distillery.render import RenderOptions
+from tests.support.fake_cluster import FakeCluster
+
+CATALOG = load_catalog()
+NS = "team-a"
+
+
+def body(name: str = "m", status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    dmd: dict[str, Any] = {
+        "apiVersion": "distillery.dev/v1alpha1",
+        "kind": "DistilledModelDeployment",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+            "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+            "scaling": {"minReplicas": 1, "maxReplicas": 4},
+            **spec,
+        },
+    }
+    if status is not None:
+        dmd["status"] = status
+    return dmd
+
+
+def reconciler(cluster: FakeCluster) -> Reconciler:
+    return Reconciler(kube=cluster, catalog=CATALOG, options=RenderOptions())
+
+
+def test_a_new_dmd_is_applied_once_and_a_steady_state_writes_nothing() -> None:
+    cluster = FakeCluster()
+    r = reconciler(cluster)
+
+    async def scenario() -> None:
+        await r.reconcile(body(), {})
+        applied = sorted(w for m, w in cluster.writes() if m == "apply")
+        assert applied == ["Deployment/m", "PodDisruptionBudget/m", "Service/m"]
+        assert ("patch_dmd_status", "m") in cluster.writes()
+        assert [e[1] for e in cluster.events] == ["Planned"]
+        # The watch has not caught up (no children, old status): nothing is applied again,
+        # and no rollout is started for a Deployment the watch does not show yet (the
+        # status moves on from Creating, once).
+        before = len(cluster.writes())
+        await r.reconcile(body(), {})
+        assert [w[0] for w in cluster.writes()[before:]] == ["patch_dmd_status"]
+        assert [e[1] for e in cluster.events] == ["Planned"]
+        rollout = cluster.status[(NS, "m")]["rollout"]
+        assert rollout["phase"] == "Stable", rollout
+        again = len(cluster.writes())
+        await r.reconcile(body(), {})
+        assert cluster.writes()[again:] == []
+        # The watch catches up and the pods are ready: status and a Ready event, once.
+        status = copy.deepcopy(cluster.status[(NS, "m")])
+        await r.reconcile(body(status=status), cluster.children(NS, "m"))
+        assert [e[1] for e in cluster.events] == ["Planned", "Ready"]
+        assert not [w for w in cluster.writes()[before:] if w[0] == "apply"]
+        settled = len(cluster.writes())
+        status = copy.deepcopy(cluster.status[(NS, "m")])
+        for _ in range(3):
+            await r.reconcile(body(status=status), cluster.children(NS, "m"))
+        assert cluster.writes()[settled:] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_apply_is_not_remembered_as_done() -> None:
+    cluster = FakeCluster()
+    r = reconciler(cluster)
+    cluster.fail_next("apply", ApiException(status=500, reason="etcd leader changed"))
+
+    async def scenario() -> None:
+        with pytest.raises(ApiException):
+            await r.reconcile(body(), {})
+        assert not cluster.objects
+        await r.reconcile(body(), {})
+        kinds = sorted(kind for kind, _, _ in cluster.objects)
+        assert kinds == ["Deployment", "PodDisruptionBudget", "Service"]
+
+    asyncio.run(scenario())
+
+
+def test_a_template_configmap_is_read_on_each_reconcile() -> None:
+    cluster = FakeCluster()
+    r = reconciler(cluster)
+    spec = {"serving": {"templateRef": {"name": "pod-extra"}}}
+
+    async def scenario() -> None:
+        desired = await r.reconcile(body(**spec), {})
+        assert desired.stalled_reason == "TemplateNotFound" and not cluster.objects
+        conditions = {c["type"]: c for c in cluster.status[(NS, "m")]["conditions"]}
+        assert (
+            "ConfigMap pod-extra with key pod.yaml.j2 not found"
+            in (conditions["Stalled"]["message"])
+        )
+        cluster.config_maps[(NS, "pod-extra")] = {
+            "pod.yaml.j2": "metadata: {annotations: {team: '{{ dmd.name }}-owners'}}"
+        }
+        status = copy.deepcopy(cluster.status[(NS, "m")])
+        await r.reconcile(body(status=status, **spec), {})
+        deployment = cluster.objects[("Deployment", NS, "m")]
+        assert deployment["spec"]["template"]["metadata"]["annotations"]["team"] == "m-owners"
+
+    asyncio.run(scenario())
+
+
+def test_plans_use_the_gpus_nodes_offer_and_keep_them_when_nodes_cannot_be_listed() -> None:
+    cluster = FakeCluster()
+    cluster.gpus_per_node = {"NVIDIA-L4": 1}
+    nodes = NodeCatalog(cluster, CATALOG, ttl_seconds=3600)
+    r = Reconciler(kube=cluster, catalog=CATALOG, options=RenderOptions(), nodes=nodes)
+    big = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "quantization": "none"},
+        "placement": {"gpuTypes": ["nvidia-l4"]},
+    }
+
+    async def scenario() -> None:
+        desired = await r.reconcile(body(**big), {})
+        assert desired.stalled_reason == "DoesNotFit"
+        assert not cluster.objects
+        # Read once per TTL, not per reconcile.
+        await r.reconcile(body(**big), {})
+        assert [c for c in cluster.calls if c[0] == "node_gpu_counts"] == [("node_gpu_counts", "")]
+
+    asyncio.run(scenario())
+
+
+class FakeSource:
+    """Metrics as Prometheus would return them, or an outage."""
+
+    def __init__(self, metrics: dict[PodKey, PodMetrics] | None = None) -> None:
+        self.metrics = metrics or {}
+        self.down = False
+
+    def collect(self, engines: Iterable[str]) -> dict[PodKey, PodMetrics]:
+        if self.down:
+            raise MetricsUnavailableError("Prometheus at http://prom did not answer: Timeout")
+        return self.metrics
+
+    def fresh(self, metrics: PodMetrics, now: float | None = None) -> bool:
+        return True
+
+
+def ready_pods(n: int) -> dict[tuple[str, str], list[PodInfo]]:
+    return {(NS, "m"): [PodInfo(name=f"m-{i}", ready=True) for i in range(n)]}
+
+
+def test_the_autoscaler_holds_and_says_why_when_metrics_are_missing() -> None:
+    cluster = FakeCluster()
+    source = FakeSource()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=source)
+    dmd = body(replicas=3)
+
+    async def scenario() -> None:
+        source.down = True
+        await scaler.run_pass([dmd], ready_pods(3))
+        auto = cluster.status[(NS, "m")]["autoscaling"]
+        assert auto["metricsAvailable"] is False
+        assert "did not answer" in auto["metricsMessage"] and "holding" in auto["metricsMessage"]
+        # Ready pods but none reporting: hold too, never scale down on missing data.
+        source.down = False
+        await scaler.run_pass([dmd], ready_pods(3))
+        assert not [w for w in cluster.writes() if w[0] == "scale_dmd"]
+        no_source = Autoscaler(kube=cluster, catalog=CATALOG, source=None)
+        await no_source.run_pass([dmd], ready_pods(3))
+        assert (
+            "no Prometheus configured" in cluster.status[(NS, "m")]["autoscaling"]["metricsMessage"]
+        )
+        assert not [w for w in cluster.writes() if w[0] == "scale_dmd"]
+
+    asyncio.run(scenario())
+
+
+def test_the_autoscaler_scales_up_on_load_through_scale_and_says_why() -> None:
+    now = time.time()
+    # Three ready replicas with full batches and a queue behind them.
+    load = {
+        (NS, f"m-{i}"): PodMetrics(
+            running=64.0,
+            waiting=40.0,
+            kv_usage=0.95,
+            generation_tokens_rate=3000.0,
+            prompt_tokens_rate=2000.0,
+            completions_rate=1.5,
+            last_sample=now,
+        )
+        for i in range(3)
+    }
+    cluster = FakeCluster()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=FakeSource(load))
+    dmd = body(replicas=3, scaling={"minReplicas": 1, "maxReplicas": 8})
+
+    async def scenario() -> None:
+        await scaler.run_pass([dmd], ready_pods(3))
+        scaled = [w for w in cluster.writes() if w[0] == "scale_dmd"]
+        assert len(scaled) == 1 and cluster.replicas[(NS, "m")] > 3, cluster.calls
+        auto = cluster.status[(NS, "m")]["autoscaling"]
+        [decision] = auto["lastDecisions"]
+        assert decision["from"] == 3 and decision["to"] == cluster.replicas[(NS, "m")]
+        assert decision["inputs"]["waiting"] == pytest.approx(120.0)
+        assert [e[1] for e in cluster.events] == ["ScaledUp"]
+
+    asyncio.run(scenario())
