@@ -347,8 +347,15 @@ def test_operator_killed_mid_rollout_resumes_at_the_same_step(
     op.start()
     time.sleep(5 * op.settings.rollout_interval_seconds)  # five rollout ticks
     after = rollout(api_client, namespace)
-    assert after["phase"] == "Progressing"
-    assert (after["step"], after["stepStartedAt"]) == (ro["step"], ro["stepStartedAt"])
+    # Each operator's rollout transitions, for a failure's message.
+    history = "\n".join(
+        f"{log.name}: {line}"
+        for log in sorted(op.workdir.glob("operator-*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if "rollout of" in line or "Signal" in line
+    )
+    assert after["phase"] == "Progressing", history
+    assert (after["step"], after["stepStartedAt"]) == (ro["step"], ro["stepStartedAt"]), history
     assert deployment(api_client, namespace, f"{NAME}-canary").metadata.uid == canary_uid
     wait(
         api_client,

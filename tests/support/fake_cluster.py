@@ -12,6 +12,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from distillery.api.merge_patch import apply_merge_patch
 from distillery.reconcile.children import child_key, child_state
 
 WRITES = (
@@ -58,8 +59,9 @@ class FakeCluster:
 
     def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self._call("patch_dmd_status", name)
-        merged = self.status.setdefault((namespace, name), {})
-        merged.update(copy.deepcopy(dict(status)))
+        # As the API server treats a merge patch: null deletes.
+        current = self.status.get((namespace, name), {})
+        self.status[(namespace, name)] = apply_merge_patch(current, copy.deepcopy(dict(status)))
 
     def scale_dmd(self, namespace: str, name: str, replicas: int) -> None:
         self._call("scale_dmd", f"{name}={replicas}")

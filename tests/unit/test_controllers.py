@@ -220,3 +220,27 @@ def test_the_autoscaler_scales_up_on_load_through_scale_and_says_why() -> None:
         assert [e[1] for e in cluster.events] == ["ScaledUp"]
 
     asyncio.run(scenario())
+
+
+def test_status_fields_no_longer_computed_are_cleared() -> None:
+    """A merge patch keeps what it does not mention: what the new status lacks is sent
+    as null (a rollout that moved on must not keep the last step's start)."""
+    cluster = FakeCluster()
+    r = reconciler(cluster)
+    stale = {
+        "rollout": {
+            "strategy": "RollingUpdate",
+            "phase": "Progressing",
+            "canaryRevision": "old",
+            "stepStartedAt": "2026-01-01T00:00:00Z",
+        }
+    }
+    cluster.status[(NS, "m")] = copy.deepcopy(stale)
+
+    async def scenario() -> None:
+        await r.reconcile(body(status=copy.deepcopy(stale)), {})
+        rollout = cluster.status[(NS, "m")]["rollout"]
+        assert "stepStartedAt" not in rollout and rollout["phase"] == "Stable", rollout
+        assert "canaryRevision" not in rollout, rollout
+
+    asyncio.run(scenario())

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from distillery import metrics
+from distillery.api.merge_patch import merge_patch
 from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
 from distillery.autoscale.policy import Capacity, History, decide
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
@@ -180,7 +181,9 @@ class Autoscaler:
                 )
             except Exception as exc:  # noqa: BLE001 - an event is never worth a failure
                 log.warning("could not post event: %s", exc)
-        before = self._written.get((ns, name)) or {k: old.get(k) for k in status}
-        if status != before:
-            await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": status})
+        status = {k: v for k, v in status.items() if v is not None}
+        before = self._written.get((ns, name), old)
+        patch = merge_patch(before, status)
+        if patch:
+            await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": patch})
             self._written[(ns, name)] = status

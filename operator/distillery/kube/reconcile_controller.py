@@ -10,7 +10,6 @@ annotations and status are the reference, so a restart costs reads, not writes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from distillery import metrics
 from distillery.api.conditions import rfc3339
+from distillery.api.merge_patch import merge_patch
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
@@ -39,6 +39,19 @@ Key = tuple[str, str]
 
 def now_rfc3339() -> str:
     return rfc3339(time.time())
+
+
+def _log_rollout_change(
+    namespace: str, name: str, before: Mapping[str, Any], after: Mapping[str, Any]
+) -> None:
+    """One line per rollout transition: phase, step and when the step started."""
+
+    def where(status: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+        ro = status.get("rollout") or {}
+        return ro.get("phase"), ro.get("step"), ro.get("stepStartedAt")
+
+    if where(before) != where(after):
+        log.info("rollout of %s/%s: %s -> %s", namespace, name, where(before), where(after))
 
 
 @dataclass
@@ -193,11 +206,13 @@ class Reconciler:
             self._consumed[key] = command
         if desired.status_changed:
             owned = {k: v for k, v in desired.status.items() if k in OWNED_STATUS}
-            if json.dumps(owned, sort_keys=True) != json.dumps(
-                self._status.get(key), sort_keys=True
-            ):
-                await in_thread(self.kube.patch_dmd_status, namespace, name, owned)
+            live = effective.get("status") or {}
+            # Null for what the new status no longer has: a merge patch keeps it otherwise.
+            patch = merge_patch({k: v for k, v in live.items() if k in OWNED_STATUS}, owned)
+            if patch:
+                await in_thread(self.kube.patch_dmd_status, namespace, name, patch)
                 self._status[key] = owned
+                _log_rollout_change(namespace, name, live, owned)
         for event in desired.events:
             try:
                 await in_thread(
