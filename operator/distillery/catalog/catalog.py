@@ -179,6 +179,3 @@ def load_catalog(extra: Iterable[tuple[str, str]] = ()) -> Catalog:
     except ValueError as exc:
         raise CatalogError(f"catalog entry is invalid: {exc}") from exc
     return Catalog(models, gpus, currency, price_date, tuple(s for s, _ in docs))
-
-
-__all__ = ["Catalog", "CatalogError", "GpuType", "ModelEntry", "load_catalog"]

@@ -3,9 +3,10 @@ pure decisions (:mod:`.reconcile_controller`, :mod:`.autoscale_controller`,
 :mod:`.canary_controller`) and the retry schedule (:mod:`.retry`).
 """
 
+from kubernetes.client.exceptions import ApiException
+
 from distillery.kube.client import (
     AUTOSCALER_FIELD_MANAGER,
-    ApiException,
     ClusterClient,
     Kube,
     NodeCatalog,

@@ -319,15 +319,3 @@ def unreachable_reason(kubeconfig: str | None = None, timeout: float = 10.0) -> 
 
 async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-__all__ = [
-    "AUTOSCALER_FIELD_MANAGER",
-    "ApiException",
-    "ClusterClient",
-    "Kube",
-    "NodeCatalog",
-    "in_thread",
-    "new_api_client",
-    "unreachable_reason",
-]

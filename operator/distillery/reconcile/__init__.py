@@ -2,11 +2,11 @@
 and events out (:mod:`.desired`); what a live child looks like (:mod:`.children`).
 """
 
+from distillery.api.events import Event
+from distillery.api.hashing import content_hash
 from distillery.reconcile.desired import (
     OWNED_STATUS,
     Desired,
-    Event,
-    content_hash,
     desired_state,
     parse,
     stamp,

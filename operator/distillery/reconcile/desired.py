@@ -45,14 +45,13 @@ from distillery.render.workload import (
     render,
     set_route_weights,
 )
+from distillery.rollout.analysis import Criteria, Measurement
 from distillery.rollout.strategy import (
     COMMAND_ANNOTATION,
     COMMANDS,
     PROGRESSING,
     PROMOTING,
     ROLLED_BACK,
-    Criteria,
-    Measurement,
     RolloutDecision,
     RolloutInput,
     TrackState,
@@ -645,6 +644,3 @@ def _criteria(dmd: DistilledModelDeployment) -> Criteria | None:
         percentile=slo.percentile,
         slo_ttft_seconds=slo.ttft_seconds,
     )
-
-
-__all__ = ["Desired", "Event", "content_hash", "desired_state", "parse", "stamp"]

@@ -586,23 +586,3 @@ def objects_text(objects: Sequence[Mapping[str, Any]], fmt: str = "yaml") -> str
         doc = {"apiVersion": "v1", "kind": "List", "items": [dict(o) for o in objects]}
         return json.dumps(doc, indent=2) + "\n"
     return yaml.safe_dump_all([copy.deepcopy(dict(o)) for o in objects], sort_keys=False, width=100)
-
-
-__all__ = [
-    "DEFAULT_IMAGES",
-    "LABEL_DEPLOYMENT",
-    "LABEL_REVISION",
-    "LABEL_TRACK",
-    "ONE_AT_A_TIME",
-    "RenderError",
-    "RenderOptions",
-    "Rendered",
-    "canary_deployment",
-    "desired_replicas",
-    "label_value",
-    "manifests_yaml",
-    "objects_text",
-    "render",
-    "replica_startup_seconds",
-    "set_route_weights",
-]

@@ -4,11 +4,10 @@ The strategies and their steps are in :mod:`.strategy`; canary analysis verdicts
 :mod:`.analysis`.
 """
 
+from distillery.rollout.analysis import Criteria, Measurement
 from distillery.rollout.strategy import (
     COMMAND_ANNOTATION,
     COMMANDS,
-    Criteria,
-    Measurement,
     RolloutDecision,
     RolloutInput,
     TrackState,

@@ -653,17 +653,3 @@ def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> dict[str, A
 
 def _clean(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if v is not None}
-
-
-__all__ = [
-    "COMMANDS",
-    "COMMAND_ANNOTATION",
-    "Criteria",
-    "Measurement",
-    "RolloutDecision",
-    "RolloutInput",
-    "TrackState",
-    "canary_split",
-    "decide",
-    "route_weights",
-]
