@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.dmds import dmd
+
 DATA = Path(__file__).resolve().parent / "data"
 BASE_SPEC: dict[str, Any] = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}}
 
@@ -19,9 +21,4 @@ def invalid_cases() -> list[dict[str, Any]]:
 def manifest(name: str, spec_sections: dict[str, Any]) -> dict[str, Any]:
     spec = copy.deepcopy(BASE_SPEC)
     spec.update(copy.deepcopy(spec_sections))
-    return {
-        "apiVersion": "distillery.dev/v1alpha1",
-        "kind": "DistilledModelDeployment",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+    return dmd(name, spec)

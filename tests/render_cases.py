@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.support.dmds import dmd as support_dmd
+
 
 def dmd(name: str, spec: dict[str, Any], namespace: str = "models") -> dict[str, Any]:
-    return {
-        "apiVersion": "distillery.dev/v1alpha1",
-        "kind": "DistilledModelDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    }
+    return support_dmd(name, spec, namespace=namespace)
 
 
 CASES: dict[str, dict[str, Any]] = {

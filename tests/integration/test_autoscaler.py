@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client
 
 from localcluster import Cluster
@@ -17,6 +16,7 @@ from localprom import Prometheus
 from tests.integration.fake_engine import FakeEngines, serve
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import Dmds
+from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -102,14 +102,7 @@ def test_scales_with_load_and_holds_without_metrics(
             namespace,
             "-f",
             "-",
-            input=yaml.safe_dump(
-                {
-                    "apiVersion": "distillery.dev/v1alpha1",
-                    "kind": "DistilledModelDeployment",
-                    "metadata": {"name": "qwen"},
-                    "spec": SPEC,
-                }
-            ),
+            input=dmd_yaml("qwen", SPEC),
         )
         dmds.wait_condition("qwen", "Ready", bounds.ready)
         dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
@@ -200,14 +193,7 @@ def test_gpu_capacity_exhausted_stops_adding_and_says_why(
             namespace,
             "-f",
             "-",
-            input=yaml.safe_dump(
-                {
-                    "apiVersion": "distillery.dev/v1alpha1",
-                    "kind": "DistilledModelDeployment",
-                    "metadata": {"name": "qwen"},
-                    "spec": spec,
-                }
-            ),
+            input=dmd_yaml("qwen", spec),
         )
         dmds.wait_condition("qwen", "Ready", bounds.ready)
         load.total = 200  # wants 8 replicas of 12; only 4 L4 GPUs exist

@@ -8,7 +8,6 @@ metrics return and, the load being gone, it scales down after its window."""
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from localcluster import Cluster, free_port
 from localprom import Prometheus
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import Dmds
+from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,14 +105,7 @@ def test_closed_loop(
             namespace,
             "-f",
             "-",
-            input=json.dumps(
-                {
-                    "apiVersion": "distillery.dev/v1alpha1",
-                    "kind": "DistilledModelDeployment",
-                    "metadata": {"name": "qwen"},
-                    "spec": spec(),
-                }
-            ),
+            input=dmd_yaml("qwen", spec()),
         )
         dmds.wait_condition("qwen", "Ready", bounds.ready)
         dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)

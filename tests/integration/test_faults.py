@@ -19,6 +19,7 @@ from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster, node_manifests, start
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import POD_START, Bounds, Dmds, wait_for
+from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,14 +74,7 @@ def apply(c: Cluster, name: str, body_spec: dict[str, Any]) -> None:
         NS,
         "-f",
         "-",
-        input=json.dumps(
-            {
-                "apiVersion": "distillery.dev/v1alpha1",
-                "kind": "DistilledModelDeployment",
-                "metadata": {"name": name},
-                "spec": body_spec,
-            }
-        ),
+        input=dmd_yaml(name, body_spec),
     )
 
 

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import Dmds, wait_for
+from tests.support.dmds import dmd_yaml
 
 pytestmark = pytest.mark.cluster
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -27,14 +27,7 @@ CASES: list[dict[str, Any]] = yaml.safe_load((DATA / "stalled_dmds.yaml").read_t
 
 
 def dmd(name: str, spec: dict[str, Any]) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "distillery.dev/v1alpha1",
-            "kind": "DistilledModelDeployment",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
+    return dmd_yaml(name, spec)
 
 
 def test_impossible_specs_stall_and_create_nothing(

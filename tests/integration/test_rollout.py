@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from distillery.api.types import GROUP, PLURAL, VERSION
@@ -25,6 +24,7 @@ from tests.argocd import health
 from tests.integration.fake_engine import RequestTraffic, serve
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import Bounds, Dmds, wait_for
+from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -49,13 +49,7 @@ def dmd_spec(revision: str, steps: list[dict[str, int]], replicas: int = 4) -> d
 
 
 def apply(cluster: Cluster, ns: str, spec: dict[str, Any]) -> None:
-    manifest = {
-        "apiVersion": "distillery.dev/v1alpha1",
-        "kind": "DistilledModelDeployment",
-        "metadata": {"name": NAME},
-        "spec": spec,
-    }
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=dmd_yaml(NAME, spec))
 
 
 def get(api: client.ApiClient, ns: str) -> dict[str, Any]:

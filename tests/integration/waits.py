@@ -23,13 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from kubernetes import client
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.autoscale.policy import RATE_WINDOW
 from distillery.settings import Settings
 from localcluster import Cluster
+from tests.support.dmds import dmd_yaml
 
 SLOWDOWN = float(os.environ.get("DISTILLERY_TEST_SLOWDOWN", "3"))
 # Seconds a loaded machine may add to any wait: a Python process starting, a few API
@@ -211,14 +211,7 @@ class Dmds:
 
 def manifest(name: str, spec: dict[str, Any]) -> str:
     """A DMD manifest, as YAML."""
-    return yaml.safe_dump(
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "DistilledModelDeployment",
-            "metadata": {"name": name},
-            "spec": spec,
-        }
-    )
+    return dmd_yaml(name, spec)
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from distillery.kube.autoscale_controller import Autoscaler
 from distillery.kube.client import NodeCatalog
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.render import RenderOptions
+from tests.support.dmds import dmd
 from tests.support.fake_cluster import FakeCluster
 
 CATALOG = load_catalog()
@@ -27,20 +28,12 @@ NS = "team-a"
 
 
 def body(name: str = "m", status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    dmd: dict[str, Any] = {
-        "apiVersion": "distillery.dev/v1alpha1",
-        "kind": "DistilledModelDeployment",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
-        "spec": {
-            "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-            "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
-            "scaling": {"minReplicas": 1, "maxReplicas": 4},
-            **spec,
-        },
+    base = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+        "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+        "scaling": {"minReplicas": 1, "maxReplicas": 4},
     }
-    if status is not None:
-        dmd["status"] = status
-    return dmd
+    return dmd(name, {**base, **spec}, namespace=NS, status=status, uid=f"uid-{name}", generation=1)
 
 
 def reconciler(cluster: FakeCluster) -> Reconciler:

@@ -11,6 +11,7 @@ from distillery.autoscale.inputs import PodInfo, pod_failure
 from distillery.catalog import load_catalog
 from distillery.reconcile import desired_state
 from distillery.reconcile.children import APPLIED_HASH, ChildState, child_state, foreign_conflicts
+from tests.support.dmds import dmd as support_dmd
 
 CATALOG = load_catalog()
 NOW = "2026-11-27T12:00:00Z"
@@ -18,20 +19,12 @@ LATER = "2026-11-27T12:05:00Z"
 
 
 def dmd(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "distillery.dev/v1alpha1",
-        "kind": "DistilledModelDeployment",
-        "metadata": {"name": "m", "namespace": "ns", "uid": "u-1", "generation": 2},
-        "spec": spec
-        or {
-            "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
-            "placement": {"gpuTypes": ["nvidia-l4"]},
-            "scaling": {"minReplicas": 2, "maxReplicas": 4},
-        },
+    default = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
+        "placement": {"gpuTypes": ["nvidia-l4"]},
+        "scaling": {"minReplicas": 2, "maxReplicas": 4},
     }
-    if status is not None:
-        body["status"] = status
-    return body
+    return support_dmd("m", spec or default, namespace="ns", status=status, uid="u-1", generation=2)
 
 
 def live(objects: list[dict[str, Any]], ready: int) -> dict[str, ChildState]:
