@@ -17,8 +17,11 @@ from distillery.autoscale.source import MetricsUnavailableError
 from distillery.catalog import load_catalog
 from distillery.kube import ApiException
 from distillery.kube.autoscale_controller import Autoscaler
+from distillery.kube.canary_controller import CanaryAnalyzer
 from distillery.kube.client import NodeCatalog
 from distillery.kube.reconcile_controller import Reconciler
+from distillery.kube.retry import RetrySchedule
+from distillery.kube.runtime import Runtime
 from distillery.render import RenderOptions
 from tests.support.dmds import dmd
 from tests.support.fake_cluster import FakeCluster
@@ -235,5 +238,82 @@ def test_status_fields_no_longer_computed_are_cleared() -> None:
         rollout = cluster.status[(NS, "m")]["rollout"]
         assert "stepStartedAt" not in rollout and rollout["phase"] == "Stable", rollout
         assert "canaryRevision" not in rollout, rollout
+
+    asyncio.run(scenario())
+
+
+def runtime_for(cluster: FakeCluster) -> Runtime:
+    return Runtime(
+        reconciler=reconciler(cluster),
+        autoscaler=Autoscaler(kube=cluster, catalog=CATALOG, source=None),
+        analyzer=CanaryAnalyzer(None),
+        retries=RetrySchedule(base=0.01, cap=0.05),
+    )
+
+
+def indices_with(*bodies: dict[str, Any]) -> dict[str, Any]:
+    """kopf's indices as the runtime reads them: stores of values by (namespace, name)."""
+    return {
+        "dmd_bodies": {(b["metadata"]["namespace"], b["metadata"]["name"]): [b] for b in bodies},
+        "dmd_pods": {},
+        "child_deployments": {},
+        "child_services": {},
+        "child_pdbs": {},
+        "child_routes": {},
+    }
+
+
+def test_the_runtime_retries_a_failed_reconcile_from_the_latest_body() -> None:
+    cluster = FakeCluster()
+    runtime = runtime_for(cluster)
+    runtime.indices = indices_with(body())
+    cluster.fail_next("apply", ApiException(status=403, reason="exceeded quota"))
+
+    async def scenario() -> None:
+        await runtime.reconcile(body(), runtime.indices or {})
+        assert runtime.retries.failures((NS, "m")) == 1 and not cluster.objects
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if cluster.objects:
+                break
+        kinds = sorted(kind for kind, _, _ in cluster.objects)
+        assert kinds == ["Deployment", "PodDisruptionBudget", "Service"]
+        assert runtime.retries.failures((NS, "m")) == 0 and not runtime.retries.pending()
+        runtime.forget(NS, "m")
+        await runtime.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_loops_wait_for_the_indices_and_reconcile_only_rollouts_under_way() -> None:
+    cluster = FakeCluster()
+    runtime = runtime_for(cluster)
+
+    async def scenario() -> None:
+        # Before any handler ran there is nothing to loop over.
+        await runtime.resync_pass()
+        await runtime.rollout_pass()
+        await runtime.autoscale_pass()
+        assert cluster.calls == []
+        runtime.indices = indices_with(body())
+        await runtime.rollout_pass()  # a Stable DMD: no rollout under way
+        assert cluster.writes() == []
+        await runtime.resync_pass()
+        assert ("apply", "Deployment/m") in cluster.writes()
+
+    asyncio.run(scenario())
+
+
+def test_the_autoscaler_status_is_what_the_crd_schema_keeps() -> None:
+    from distillery.api.types import AutoscalingStatus
+
+    now = time.time()
+    load = {(NS, "m-0"): PodMetrics(running=64.0, waiting=40.0, last_sample=now)}
+    cluster = FakeCluster()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=FakeSource(load))
+
+    async def scenario() -> None:
+        await scaler.run_pass([body(replicas=1)], ready_pods(1))
+        AutoscalingStatus.model_validate(cluster.status[(NS, "m")]["autoscaling"])
 
     asyncio.run(scenario())

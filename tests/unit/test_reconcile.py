@@ -310,3 +310,24 @@ def test_scaling_limited_takes_its_reason_from_the_autoscaler() -> None:
     )
     assert limited({"limitedBy": "budget 30/h affords 4 replicas"})["reason"] == "Limited"
     assert limited({})["reason"] == "WithinLimits"
+
+
+def test_the_status_written_is_what_the_crd_schema_keeps() -> None:
+    """The API server prunes status fields its schema does not have, silently: every
+    status the reconciler computes must validate against the status model the CRD is
+    generated from (which forbids unknown fields)."""
+    from distillery.api.types import DistilledModelDeploymentStatus
+    from tests.render_cases import CASES
+
+    for name, case in CASES.items():
+        first = desired_state(case, {}, CATALOG, now=NOW)
+        if first.stalled_reason:
+            continue
+        DistilledModelDeploymentStatus.model_validate(first.status)
+        settled = desired_state(
+            {**case, "status": roundtrip(first.status)},
+            live(first.apply, ready=1),
+            CATALOG,
+            now=LATER,
+        )
+        DistilledModelDeploymentStatus.model_validate(settled.status)

@@ -1,0 +1,213 @@
+"""The running operator: its controllers, built once from the settings, and the loops
+that drive them besides kopf's events.
+
+kopf calls the handlers in :mod:`distillery.handlers` on watch events; everything they
+do goes through one :class:`Runtime`: reconcile a DMD (retrying a failure on its own
+backoff, since kopf never retries event handlers), forget a deleted one. Three loops run
+beside the events, over kopf's in-memory indices: the autoscaler's pass, canary analysis
+with the reconciles of rollouts in a step, and the slow resync that repairs drift no
+event reported. The resync is a loop over the index, not a kopf timer: kopf puts a
+finalizer on objects with timers, and a finalizer would block deletes while the
+operator is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from distillery import metrics
+from distillery.autoscale.inputs import PodInfo
+from distillery.autoscale.source import PrometheusOptions, PrometheusSource
+from distillery.catalog import load_catalog
+from distillery.kube.autoscale_controller import Autoscaler
+from distillery.kube.canary_controller import CanaryAnalyzer, rollout_under_way
+from distillery.kube.client import Kube, NodeCatalog, in_thread, new_api_client
+from distillery.kube.reconcile_controller import Reconciler
+from distillery.kube.retry import RetrySchedule
+from distillery.reconcile.children import ChildState
+from distillery.settings import Settings
+
+log = logging.getLogger("distillery")
+Key = tuple[str, str]
+# kopf's indices by name: each maps (namespace, DMD name) to a store of values.
+Indices = Mapping[str, Mapping[Any, Any]]
+CHILD_INDICES = ("child_deployments", "child_services", "child_pdbs", "child_routes")
+
+
+@dataclass
+class Runtime:
+    reconciler: Reconciler
+    autoscaler: Autoscaler
+    analyzer: CanaryAnalyzer
+    retries: RetrySchedule = field(default_factory=RetrySchedule)
+    # kopf's live index objects, handed over by the first handler that runs.
+    indices: Indices | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, cfg: Settings) -> Runtime:
+        """Build the controllers from the settings and start the loops."""
+        extra = []
+        for path in cfg.catalog_files:
+            with open(path, encoding="utf-8") as f:
+                extra.append((path, f.read()))
+        catalog = load_catalog(extra)
+        kube = Kube(new_api_client(cfg.kubeconfig or None))
+        pod_monitor = cfg.pod_monitor == "true" or (
+            cfg.pod_monitor == "auto" and await in_thread(kube.podmonitor_api_present)
+        )
+        http_route = await in_thread(kube.httproute_api_present)
+        nodes = NodeCatalog(kube, catalog, ttl_seconds=max(30.0, cfg.autoscale_interval_seconds))
+        source = None
+        if cfg.prometheus_url:
+            source = PrometheusSource(
+                PrometheusOptions(
+                    url=cfg.prometheus_url,
+                    bearer_token_file=cfg.prometheus_bearer_token_file,
+                    ca_file=cfg.prometheus_ca_file,
+                    insecure_skip_verify=cfg.prometheus_insecure_skip_verify,
+                    stale_after_seconds=max(60.0, 4 * cfg.autoscale_interval_seconds),
+                )
+            )
+        runtime = cls(
+            reconciler=Reconciler(
+                kube=kube,
+                catalog=catalog,
+                options=cfg.render_options(pod_monitor=pod_monitor, http_route=http_route),
+                nodes=nodes,
+            ),
+            autoscaler=Autoscaler(kube=kube, catalog=catalog, source=source, nodes=nodes),
+            analyzer=CanaryAnalyzer(source),
+        )
+        runtime.tasks = [
+            asyncio.create_task(_every(cfg.resync_interval_seconds, runtime.resync_pass)),
+            asyncio.create_task(_every(cfg.autoscale_interval_seconds, runtime.autoscale_pass)),
+            asyncio.create_task(_every(cfg.rollout_interval_seconds, runtime.rollout_pass)),
+        ]
+        if cfg.metrics_port:
+            start_http_server(cfg.metrics_port, addr=cfg.metrics_bind, registry=metrics.REGISTRY)
+        log.info(
+            "distillery started: namespaces=%s pod_monitor=%s http_route=%s "
+            "catalog=%d models/%d gpus",
+            cfg.namespaces or "all",
+            pod_monitor,
+            http_route,
+            len(catalog.models),
+            len(catalog.gpus),
+        )
+        return runtime
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await self.retries.close()
+
+    # ---- one DMD ------------------------------------------------------------------
+
+    async def reconcile(self, body: Mapping[str, Any], indices: Indices) -> None:
+        """Reconcile one DMD from what the indices hold; a failure is retried."""
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return
+        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        pods: list[PodInfo] = list(indices["dmd_pods"].get((ns, name), []))
+        stuck = [p.unschedulable for p in pods if p.unschedulable]
+        try:
+            await self.reconciler.reconcile(
+                body,
+                _children(ns, name, indices),
+                stuck[0] if stuck else None,
+                pods=pods,
+                measurement=self.analyzer.latest.get((ns, name)),
+                analysis_configured=self.analyzer.configured,
+            )
+        except Exception as exc:  # noqa: BLE001 - retried below, never lost
+            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+            delay = self.retries.failed((ns, name), lambda: self._retry(ns, name))
+            log.warning(
+                "reconcile of %s/%s failed (%d in a row): %s%s",
+                ns,
+                name,
+                self.retries.failures((ns, name)),
+                exc,
+                f"; retrying in {delay:.1f}s" if delay is not None else "",
+            )
+            return
+        self.retries.succeeded((ns, name))
+
+    async def _retry(self, namespace: str, name: str) -> None:
+        """Reconcile a DMD again from the latest body the index holds (none: it is gone)."""
+        if self.indices is None:
+            return
+        for body in list(self.indices["dmd_bodies"].get((namespace, name), [])):
+            await self.reconcile(body, self.indices)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """A DMD was deleted: drop what every controller remembers of it."""
+        self.reconciler.forget(namespace, name)
+        self.autoscaler.forget(namespace, name)
+        self.analyzer.forget(namespace, name)
+        self.retries.forget((namespace, name))
+
+    # ---- the loops ----------------------------------------------------------------
+
+    def _bodies(self) -> list[Mapping[str, Any]]:
+        assert self.indices is not None
+        return [b for store in list(self.indices["dmd_bodies"].values()) for b in store]
+
+    def _pods(self) -> dict[Key, list[PodInfo]]:
+        assert self.indices is not None
+        return {key: list(store) for key, store in list(self.indices["dmd_pods"].items())}
+
+    async def autoscale_pass(self) -> None:
+        """One autoscaler pass over all DMDs (one query per metric)."""
+        if self.indices is None:
+            return
+        await self.autoscaler.run_pass(self._bodies(), self._pods())
+
+    async def rollout_pass(self) -> None:
+        """Measure the canaries that are in a step, then reconcile every DMD with a
+        rollout under way: pauses end and analyses land without any watch event."""
+        if self.indices is None:
+            return
+        active = [b for b in self._bodies() if rollout_under_way(b)]
+        if not active:
+            return
+        try:
+            await self.analyzer.run_pass(active, self._pods())
+        except Exception as exc:  # noqa: BLE001 - the reconciles below still run
+            log.warning("canary analysis pass failed: %s", exc)
+        for body in active:
+            await self.reconcile(body, self.indices)
+
+    async def resync_pass(self) -> None:
+        """Reconcile every DMD: repairs drift that no event reported."""
+        if self.indices is None:
+            return
+        for body in self._bodies():
+            await self.reconcile(body, self.indices)
+
+
+def _children(namespace: str, name: str, indices: Indices) -> dict[str, ChildState]:
+    out: dict[str, ChildState] = {}
+    for index_name in CHILD_INDICES:
+        for state in indices[index_name].get((namespace, name), []):
+            if state.name == name or state.name.startswith(name + "-"):
+                out[state.key] = state
+    return out
+
+
+async def _every(interval: float, work: Callable[[], Awaitable[None]]) -> None:
+    """Run ``work`` every ``interval`` seconds; a failure is logged, the loop goes on."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await work()
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+            log.warning("%s failed: %s", getattr(work, "__name__", "loop"), exc)
