@@ -319,7 +319,7 @@ def test_the_status_written_is_what_the_crd_schema_keeps() -> None:
     from distillery.api.types import DistilledModelDeploymentStatus
     from tests.render_cases import CASES
 
-    for name, case in CASES.items():
+    for case in CASES.values():
         first = desired_state(case, {}, CATALOG, now=NOW)
         if first.stalled_reason:
             continue
