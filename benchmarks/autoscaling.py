@@ -118,7 +118,9 @@ def verdict(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ours, ref = results["distillery"], results["clairvoyant"]
 
     def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        return a["cost"] <= b["cost"] and a["sloAttainmentFeasible"] >= b["sloAttainmentFeasible"]
+        return bool(
+            a["cost"] <= b["cost"] and a["sloAttainmentFeasible"] >= b["sloAttainmentFeasible"]
+        )
 
     anchors = [n for n in results if n.removesuffix("-tuned") in ANCHORS]
     return {

@@ -18,8 +18,10 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from distillery.sizing.steptime import FITTED, StepConstants
 from reference_runs import METRICS, evaluate, load
@@ -36,7 +38,11 @@ def constants(x: list[float], names: list[str], held: dict[str, float]) -> StepC
 
 
 def loss(
-    doc: dict, stages: list[dict], x: list[float], names: list[str], held: dict[str, float]
+    doc: dict[str, Any],
+    stages: list[dict[str, Any]],
+    x: list[float],
+    names: list[str],
+    held: dict[str, float],
 ) -> float:
     c = constants(x, names, held)
     total = 0.0
@@ -48,7 +54,9 @@ def loss(
     return total / (len(stages) * len(METRICS))
 
 
-def nelder_mead(f, x0: list[float], step: float, iterations: int) -> tuple[list[float], float]:
+def nelder_mead(
+    f: Callable[[list[float]], float], x0: list[float], step: float, iterations: int
+) -> tuple[list[float], float]:
     n = len(x0)
     simplex = [x0] + [[v + (step if i == j else 0.0) for j, v in enumerate(x0)] for i in range(n)]
     values = [f(p) for p in simplex]

@@ -74,7 +74,9 @@ def pct(values: list[float], q: float) -> float:
 class Bench:
     def __init__(self, cluster: Cluster, workdir: Path):
         self.cluster = cluster
-        self.api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+        self.api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(cluster.kubeconfig)
+        )
         self.custom = client.CustomObjectsApi(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -114,7 +116,9 @@ class Bench:
                         return False
 
                 def ready(n: str = name) -> bool:
-                    obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, n)
+                    obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
+                        GROUP, VERSION, ns, PLURAL, n
+                    )
                     return any(
                         c["type"] == "Ready" and c["status"] == "True"
                         for c in (obj.get("status") or {}).get("conditions", [])

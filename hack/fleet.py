@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -111,7 +111,7 @@ class Fleet:
             body = self.custom.get_namespaced_custom_object(
                 "distillery.dev", "v1alpha1", ns, "distilledmodeldeployments", dmd_name
             )
-            dmd = parse(body)
+            dmd = parse(cast(Mapping[str, Any], body))
             p = plan(dmd.spec, self.catalog)
         except Exception as exc:  # noqa: BLE001
             log.warning("cannot model %s/%s: %s", ns, dmd_name, exc)
@@ -147,7 +147,7 @@ class Fleet:
                 )
                 if not ready or pod.metadata.deletion_timestamp:
                     continue
-                key = (ns, pod.metadata.name)
+                key = (ns, str(pod.metadata.name))
                 seen.add(key)
                 if key in self.pods:
                     continue
@@ -158,7 +158,7 @@ class Fleet:
                 now = self.now()
                 pr = PodReplica(
                     ns,
-                    pod.metadata.name,
+                    str(pod.metadata.name),
                     pod.metadata.labels[LABEL],
                     served,
                     # Each pod has its own counters, as each vLLM process does.
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleet: %(message)s")
-    api = config.new_client_from_config(config_file=args.kubeconfig)
+    api = config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
     fleet = Fleet(api, args.namespace, args.sd_file, args.time_scale)
     args.sd_file.write_text("[]")
 
@@ -377,4 +377,4 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__: Mapping[str, Any] | list[str] = ["Fleet", "serve"]
+__all__ = ["Fleet", "serve"]

@@ -37,6 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,7 +331,11 @@ def _spawn(state_dir: Path, name: str, args: list[str]) -> subprocess.Popen[byte
 
 
 def _wait(
-    what: str, check: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0
+    what: str,
+    check: Callable[[], Any],
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 120.0,
 ) -> None:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -457,7 +462,11 @@ def start(
     ):
         _write_kubeconfig(state_dir / f"{name}.kubeconfig", server, pki / "ca.crt", name, tok)
     logs = state_dir / "logs"
-    say = (lambda msg: None) if quiet else (lambda msg: print(f"[cluster] {msg}", flush=True))
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(f"[cluster] {msg}", flush=True)
+
     t0 = time.monotonic()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client, config
+from kubernetes import client
 
 from localcluster import Cluster, start
 from localprom import Prometheus
-from tests.integration.waits import Dmds, wait_for
+from tests.integration.waits import Dmds, new_api_client, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def api_client(cluster: Cluster) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    return new_api_client(str(cluster.kubeconfig))
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ class Load:
                 each = self.total / len(pods)
                 running = min(each, 16.0)
                 self.engines.set(
-                    {(self.ns, p): (running, each - running, running / 16) for p in pods}
+                    {(self.ns, str(p)): (running, each - running, running / 16) for p in pods}
                 )
             self.stop.wait(0.5)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
@@ -99,5 +99,5 @@ def test_server_rejects_invalid(
         create(api_client, namespace, manifest(case["name"], case["spec"]))
     # 422 for schema and CEL violations; 400 for unknown fields under strict validation.
     assert err.value.status in (400, 422), err.value.body
-    message = json.loads(err.value.body)["message"]
+    message = json.loads(str(err.value.body))["message"]
     assert case["field"] in message, message

@@ -90,7 +90,7 @@ def test_examples_apply_and_dmds_become_ready(
     for path in paths:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         own_ns = {(d.get("metadata") or {}).get("namespace") for d in docs} - {None}
-        target = own_ns.pop() if own_ns else namespace
+        target = str(own_ns.pop()) if own_ns else namespace
         out = cluster.kubectl("apply", "-n", target, "-f", str(path))
         assert "created" in out or "configured" in out, (path, out)
         dmds += [

@@ -9,16 +9,16 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
-from kubernetes import client, config
+from kubernetes import client
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster, node_manifests, start
 from tests.integration.operator_process import OperatorProcess
-from tests.integration.waits import POD_START, Bounds, Dmds, wait_for
+from tests.integration.waits import POD_START, Bounds, Dmds, new_api_client, wait_for
 from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -50,7 +50,7 @@ def fault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
 
 @pytest.fixture(scope="module")
 def api(fault_cluster: Cluster) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(fault_cluster.kubeconfig))
+    return new_api_client(str(fault_cluster.kubeconfig))
 
 
 def spec(i: int, revision: str) -> dict[str, Any]:
@@ -82,7 +82,9 @@ def converged(api: client.ApiClient, want: dict[str, str]) -> bool:
     apps = client.AppsV1Api(api)
     custom = client.CustomObjectsApi(api)
     for name, revision in want.items():
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        obj = cast(
+            dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+        )
         if (obj.get("status") or {}).get("observedGeneration") != obj["metadata"]["generation"]:
             return False
         dep = apps.read_namespaced_deployment(name, NS)
@@ -102,7 +104,7 @@ def assert_no_duplicates_or_orphans(api: client.ApiClient, names: set[str]) -> N
     ):
         owners = [i.metadata.owner_references[0].name for i in items]
         assert sorted(owners) == sorted(names), (kind, owners)  # one each, none orphaned
-        assert sorted(i.metadata.name for i in items) == sorted(names), kind
+        assert sorted(str(i.metadata.name) for i in items) == sorted(names), kind
 
 
 def test_sigkill_during_a_burst_of_changes(

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -46,17 +47,20 @@ def test_impossible_specs_stall_and_create_nothing(
     custom = client.CustomObjectsApi(api_client)
 
     def stalled(name: str) -> dict[str, Any] | None:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        obj = cast(
+            dict[str, Any],
+            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+        )
         conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
         s = conds.get("Stalled")
         return s if s and s["status"] == "True" else None
 
     for case in CASES:
         cond = wait_for(
-            lambda n=case["name"]: stalled(n),
+            functools.partial(stalled, case["name"]),
             f"{case['name']} Stalled",
             operator.bounds.reconcile,
-            describe=lambda n=case["name"]: Dmds(api_client, namespace).describe(n),
+            describe=functools.partial(Dmds(api_client, namespace).describe, case["name"]),
         )
         assert cond["reason"] == case["reason"], (case["name"], cond)
         assert cond["message"], case["name"]

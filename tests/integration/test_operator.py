@@ -251,7 +251,7 @@ def test_ready_names_the_failing_container(
         }
     }
     cluster.kubectl(
-        "patch", "pod", pod.metadata.name, "-n", namespace, "--subresource=status",
+        "patch", "pod", str(pod.metadata.name), "-n", namespace, "--subresource=status",
         "--type=strategic", "-p", json.dumps(status),
     )  # fmt: skip
 
@@ -293,11 +293,13 @@ def test_restart_and_idle_cost_no_writes(
     def versions() -> dict[str, str]:
         apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
         return {
-            "dmd": dmds.get("qwen")["metadata"]["resourceVersion"],
-            "deployment": apps.read_namespaced_deployment(
-                "qwen", namespace
-            ).metadata.resource_version,
-            "service": core.read_namespaced_service("qwen", namespace).metadata.resource_version,
+            "dmd": str(dmds.get("qwen")["metadata"]["resourceVersion"]),
+            "deployment": str(
+                apps.read_namespaced_deployment("qwen", namespace).metadata.resource_version
+            ),
+            "service": str(
+                core.read_namespaced_service("qwen", namespace).metadata.resource_version
+            ),
         }
 
     before = versions()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -53,8 +53,9 @@ def apply(cluster: Cluster, ns: str, spec: dict[str, Any]) -> None:
 
 
 def get(api: client.ApiClient, ns: str) -> dict[str, Any]:
-    obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURAL, NAME
+    obj = cast(
+        dict[str, Any],
+        client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME),
     )
     return obj
 
@@ -84,8 +85,8 @@ def revision_of(dep: client.V1Deployment | None) -> str | None:
 def event_reasons(api: client.ApiClient, ns: str) -> list[str]:
     items = client.CoreV1Api(api).list_namespaced_event(ns).items
     items = [e for e in items if e.involved_object.kind == "DistilledModelDeployment"]
-    items.sort(key=lambda e: e.last_timestamp or e.metadata.creation_timestamp)
-    return [e.reason for e in items]
+    items.sort(key=lambda e: str(e.last_timestamp or e.metadata.creation_timestamp))
+    return [str(e.reason) for e in items]
 
 
 @pytest.fixture(scope="session")
@@ -371,12 +372,13 @@ def free_l4_gpus(api: client.ApiClient) -> int:
         pods = core.list_pod_for_all_namespaces(
             field_selector=f"spec.nodeName={node.metadata.name}"
         ).items
-        used = sum(
-            int((c.resources.limits or {}).get("nvidia.com/gpu", "0"))
+        taken: list[int] = [
+            int(str((c.resources.limits or {}).get("nvidia.com/gpu", "0")))
             for p in pods
-            if p.status.phase not in ("Succeeded", "Failed")
+            if str(p.status.phase) not in ("Succeeded", "Failed")
             for c in p.spec.containers
-        )
+        ]
+        used = sum(taken)
         free += max(0, total - used)
     return free
 
@@ -398,7 +400,11 @@ def test_rolling_update_without_spare_gpus_completes(
     apply(cluster, namespace, spec)
     Dmds(api_client, namespace).wait_condition(NAME, "Ready", bounds.ready)
     assert free_l4_gpus(api_client) == 0  # every L4 GPU is taken: no room for a surge pod
-    apply(cluster, namespace, {**spec, "model": {**spec["model"], "revision": "v2"}})
+    apply(
+        cluster,
+        namespace,
+        {**spec, "model": {**cast(dict[str, Any], spec["model"]), "revision": "v2"}},
+    )
     v2 = wait(
         api_client,
         namespace,

@@ -21,9 +21,9 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from kubernetes import client
+from kubernetes import client, config
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.autoscale.policy import RATE_WINDOW
@@ -40,6 +40,14 @@ ALLOWANCE = 15.0
 POD_START = 5.0
 # The local Prometheus scrapes every second (localprom's default).
 SCRAPE_INTERVAL = 1.0
+
+
+def new_api_client(kubeconfig: str) -> client.ApiClient:
+    """A Kubernetes API client for a kubeconfig file (the client's own is untyped)."""
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig
+    )
+    return api
 
 
 def wait_for(
@@ -151,10 +159,8 @@ class Dmds:
         )
 
     def get(self, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = self.api.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name
-        )
-        return obj
+        obj = self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        return cast(dict[str, Any], obj)
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
         return condition(self.get(name), type_)

@@ -98,7 +98,7 @@ def test_a_failed_apply_is_not_remembered_as_done() -> None:
 def test_a_template_configmap_is_read_on_each_reconcile() -> None:
     cluster = FakeCluster()
     r = reconciler(cluster)
-    spec = {"serving": {"templateRef": {"name": "pod-extra"}}}
+    spec: dict[str, Any] = {"serving": {"templateRef": {"name": "pod-extra"}}}
 
     async def scenario() -> None:
         desired = await r.reconcile(body(**spec), {})
@@ -124,7 +124,7 @@ def test_plans_use_the_gpus_nodes_offer_and_keep_them_when_nodes_cannot_be_liste
     cluster.gpus_per_node = {"NVIDIA-L4": 1}
     nodes = NodeCatalog(cluster, CATALOG, ttl_seconds=3600)
     r = Reconciler(kube=cluster, catalog=CATALOG, options=RenderOptions(), nodes=nodes)
-    big = {
+    big: dict[str, Any] = {
         "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "quantization": "none"},
         "placement": {"gpuTypes": ["nvidia-l4"]},
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -82,7 +83,7 @@ def run(
 
 def test_demand_is_served_work_in_replicas() -> None:
     # 6,000 output tok/s is 3 replicas of decode; 12,000 prompt tok/s is one of prefill.
-    s = dict(gen=6000.0, prompt=12_000.0, done=10.0, running=120)
+    s: dict[str, Any] = dict(gen=6000.0, prompt=12_000.0, done=10.0, running=120)
     _, history, _ = run([sample(t, **s) for t in range(0, 75, 15)])
     d = decide(sample(75, **s), history, CAP, LIMITS, Cluster(current=1, ready=1), 75)
     assert d.inputs["demandReplicas"] == pytest.approx(4.0)
@@ -92,7 +93,7 @@ def test_demand_is_served_work_in_replicas() -> None:
 
 
 def test_a_growing_queue_is_demand_a_standing_queue_is_backlog() -> None:
-    base = dict(gen=2000.0, prompt=0.0, done=5.0, running=64)
+    base: dict[str, Any] = dict(gen=2000.0, prompt=0.0, done=5.0, running=64)
     # After a minute of steady serving, the queue grows by 300 requests in 60 s: 5 req/s
     # arrived unserved, 0.2 s of work each.
     samples = [sample(t, waiting=0, **base) for t in range(0, 75, 15)]
@@ -109,7 +110,7 @@ def test_a_growing_queue_is_demand_a_standing_queue_is_backlog() -> None:
 def test_backlog_alone_is_bounded_by_the_drain_rule() -> None:
     # A huge queue that is not growing: at most what drains it within a cold start,
     # never one replica per waiting request.
-    steady = dict(gen=2000.0, prompt=0.0, done=5.0, running=64, waiting=5000)
+    steady: dict[str, Any] = dict(gen=2000.0, prompt=0.0, done=5.0, running=64, waiting=5000)
     _, _, counts = run([sample(t, **steady) for t in range(0, 180, 15)])
     work = 2000 / 2000 / 5.0  # GPU-seconds per request
     bound = math.ceil(1.0 * 1.2 / CAP.utilization + 5000 * work / (2 * CAP.startup_seconds))
@@ -258,7 +259,7 @@ def test_limits_budget_and_unschedulable() -> None:
 
 
 def test_capacity_from_objective_and_targets() -> None:
-    base = dict(
+    base: dict[str, Any] = dict(
         max_concurrency=64,
         kv_concurrency=100,
         prefill_tokens_per_second=1.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from distillery.api.types import DistilledModelDeploymentStatus
@@ -48,7 +49,8 @@ def live(objects: list[dict[str, Any]], ready: int) -> dict[str, ChildState]:
 
 
 def roundtrip(status: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(status))
+    out: dict[str, Any] = json.loads(json.dumps(status))
+    return out
 
 
 def test_first_reconcile_creates_children_and_says_so() -> None:
@@ -130,20 +132,20 @@ def test_missing_template_is_stalled() -> None:
 
 
 def test_foreign_edit_is_taken_back() -> None:
-    ours = {
+    ours: dict[str, Any] = {
         "f:spec": {
             "f:template": {
                 "f:spec": {"f:containers": {'k:{"name":"engine"}': {"f:args": {}, "f:image": {}}}}
             }
         }
     }
-    theirs = {
+    theirs: dict[str, Any] = {
         "f:spec": {
             "f:template": {"f:spec": {"f:containers": {'k:{"name":"engine"}': {"f:args": {}}}}}
         }
     }
-    unrelated = {"f:metadata": {"f:annotations": {"f:team": {}}}}
-    entries = [
+    unrelated: dict[str, Any] = {"f:metadata": {"f:annotations": {"f:team": {}}}}
+    entries: list[Mapping[str, Any]] = [
         {"manager": "distillery", "operation": "Apply", "fieldsV1": ours},
         {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": theirs},
         {"manager": "someone", "operation": "Update", "fieldsV1": unrelated},
@@ -178,7 +180,7 @@ def test_an_update_that_took_ownership_is_still_seen() -> None:
     distillery owns no longer shows it; what distillery wants does."""
     from distillery.reconcile.children import edited_by, foreign_fields
 
-    entries = [
+    entries: list[Mapping[str, Any]] = [
         {
             "manager": "kubectl-patch",
             "operation": "Update",

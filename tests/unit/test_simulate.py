@@ -9,6 +9,7 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ TRACES = Path(__file__).resolve().parents[2] / "benchmarks" / "traces"
 SEVEN_B = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 
 
-def scenario(model: str = SEVEN_B, gpu: str = "nvidia-l40s", **kw: object) -> Scenario:
+def scenario(model: str = SEVEN_B, gpu: str = "nvidia-l40s", **kw: Any) -> Scenario:
     spec = DistilledModelDeploymentSpec.model_validate(
         {"model": {"name": model, "quantization": "none"}, "placement": {"gpuTypes": [gpu]}}
     )
@@ -66,7 +67,7 @@ def scenario(model: str = SEVEN_B, gpu: str = "nvidia-l40s", **kw: object) -> Sc
         typical_tokens=p.requirements.typical_tokens,
         slo_ttft=2.0,
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 def synthetic(n: int = 1500, rate: float = 2.0, seed: int = 1) -> list[Request]:
@@ -100,6 +101,7 @@ def test_first_token_at_the_end_of_prefill() -> None:
     assert ttfts == [(s.outcome.first_token, s.outcome.ttft)]
     # Four more tokens, one decode step each.
     step = rm.steps.seconds(1, 0, 3002)
+    assert s.outcome.first_token is not None
     assert s.outcome.finish == pytest.approx(
         s.outcome.first_token + 4 * step, rel=0.01
     )  # KV grows by a token a step: within 1%
