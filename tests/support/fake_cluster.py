@@ -36,18 +36,23 @@ class FakeCluster:
         self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
         self.gpus_per_node: dict[str, int] = {}
         self._failures: dict[str, Exception] = {}
+        self._times: dict[str, int] = {}
 
-    def fail_next(self, method: str, error: Exception) -> None:
-        """The next call of ``method`` raises ``error``."""
+    def fail_next(self, method: str, error: Exception, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` raise ``error``."""
         self._failures[method] = error
+        self._times[method] = times
 
     def writes(self) -> list[tuple[str, str]]:
         return [c for c in self.calls if c[0] in WRITES]
 
     def _call(self, method: str, what: str) -> None:
         self.calls.append((method, what))
-        error = self._failures.pop(method, None)
+        error = self._failures.get(method)
         if error is not None:
+            self._times[method] -= 1
+            if self._times[method] <= 0:
+                del self._failures[method]
             raise error
 
     # ---- ClusterClient ---------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -317,3 +318,31 @@ def test_the_autoscaler_status_is_what_the_crd_schema_keeps() -> None:
         AutoscalingStatus.model_validate(cluster.status[(NS, "m")]["autoscaling"])
 
     asyncio.run(scenario())
+
+
+def test_a_reconcile_that_keeps_failing_says_why_on_the_dmd_once() -> None:
+    cluster = FakeCluster()
+    runtime = runtime_for(cluster)
+    runtime.indices = indices_with(body())
+    quota = ApiException(status=403, reason="Forbidden")
+    quota.body = json.dumps(
+        {"message": 'deployments.apps "m" is forbidden: exceeded quota: no-deployments'}
+    )
+    cluster.fail_next("apply", quota, times=4)
+
+    async def scenario() -> None:
+        await runtime.reconcile(body(), runtime.indices or {})
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if cluster.objects:
+                break
+        await runtime.stop()
+
+    asyncio.run(scenario())
+    warnings = [e for e in cluster.events if e[1] == "ReconcileFailed"]
+    assert len(warnings) == 1, cluster.events
+    assert warnings[0][0] == "Warning"
+    assert "3 reconciles in a row failed" in warnings[0][2]
+    assert "API 403 Forbidden: deployments.apps" in warnings[0][2]
+    assert "exceeded quota" in warnings[0][2] and "HTTP response headers" not in warnings[0][2]
+    assert ("Deployment", NS, "m") in cluster.objects  # and then it went through

@@ -14,14 +14,18 @@ operator is down.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from distillery import metrics
+from distillery.api.conditions import rfc3339
 from distillery.autoscale.inputs import PodInfo
 from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
@@ -34,6 +38,23 @@ from distillery.reconcile.children import ChildState
 from distillery.settings import Settings
 
 log = logging.getLogger("distillery")
+# Consecutive failures before the DMD gets a Warning event: a blip stays in the log.
+REPORT_AFTER_FAILURES = 3
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line for a failure: an API error's status, reason and message, not its
+    headers and body."""
+    if isinstance(exc, ApiException):
+        message = ""
+        try:
+            message = str(json.loads(exc.body or "{}").get("message") or "")
+        except (ValueError, AttributeError):
+            message = ""
+        return f"API {exc.status} {exc.reason}" + (f": {message}" if message else "")
+    return f"{type(exc).__name__}: {exc}"[:512]
+
+
 Key = tuple[str, str]
 # kopf's indices by name: each maps (namespace, DMD name) to a store of values.
 Indices = Mapping[str, Mapping[Any, Any]]
@@ -130,16 +151,34 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - retried below, never lost
             metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
             delay = self.retries.failed((ns, name), lambda: self._retry(ns, name))
+            failures, why = self.retries.failures((ns, name)), error_summary(exc)
             log.warning(
                 "reconcile of %s/%s failed (%d in a row): %s%s",
                 ns,
                 name,
-                self.retries.failures((ns, name)),
-                exc,
+                failures,
+                why,
                 f"; retrying in {delay:.1f}s" if delay is not None else "",
             )
+            if failures == REPORT_AFTER_FAILURES:
+                await self._report(body, failures, why)
             return
         self.retries.succeeded((ns, name))
+
+    async def _report(self, body: Mapping[str, Any], failures: int, why: str) -> None:
+        """Say on the DMD (kubectl describe) that its changes are not being applied."""
+        message = f"{failures} reconciles in a row failed, retrying with backoff: {why}"
+        try:
+            await in_thread(
+                self.reconciler.kube.post_event,
+                body,
+                "Warning",
+                "ReconcileFailed",
+                message,
+                rfc3339(time.time()),
+            )
+        except Exception as exc:  # noqa: BLE001 - the log line above already says it
+            log.warning("could not post the ReconcileFailed event: %s", error_summary(exc))
 
     async def _retry(self, namespace: str, name: str) -> None:
         """Reconcile a DMD again from the latest body the index holds (none: it is gone)."""
