@@ -383,6 +383,20 @@ def test_a_failed_apply_is_retried_without_waiting_for_a_resync(
             describe=op.tail,
         )
         assert "reconcile of" in op.log.read_text() and "qwen" in op.log.read_text()
+        # Three failures in a row (1 s, then 2 s apart): the DMD says why, once.
+        core = client.CoreV1Api(dmds.api.api_client)
+
+        def reported() -> list[Any]:
+            return [
+                e
+                for e in core.list_namespaced_event(namespace).items
+                if e.involved_object.name == "qwen" and e.reason == "ReconcileFailed"
+            ]
+
+        [event] = wait_for(
+            reported, "a ReconcileFailed event", Bounds.within(1 + 2 + 4), describe=op.tail
+        )
+        assert event.type == "Warning" and "exceeded quota" in event.message, event.message
         cluster.kubectl("delete", "quota", "no-deployments", "-n", namespace)
         dmds.wait_condition("qwen", "Ready", Bounds.within(RETRY_CAP_SECONDS, POD_START))
     finally:
