@@ -346,3 +346,34 @@ def test_a_reconcile_that_keeps_failing_says_why_on_the_dmd_once() -> None:
     assert "API 403 Forbidden: deployments.apps" in warnings[0][2]
     assert "exceeded quota" in warnings[0][2] and "HTTP response headers" not in warnings[0][2]
     assert ("Deployment", NS, "m") in cluster.objects  # and then it went through
+
+
+def test_long_scheduler_messages_are_clipped_to_what_the_schema_keeps() -> None:
+    """A status field longer than the CRD's maxLength makes the whole patch fail: the
+    scheduler's message for a large cluster can be that long."""
+    from distillery.api.types import STATUS_MESSAGE_LIMIT, AutoscalingStatus
+
+    now = time.time()
+    reason = "0/900 nodes are available: " + ", ".join(
+        f"{i} node(s) had untolerated taint {{pool-{i}: reserved}}" for i in range(200)
+    )
+    load = {
+        (NS, "m-0"): PodMetrics(running=64.0, waiting=400.0, last_sample=now),
+    }
+    pods = {
+        (NS, "m"): [
+            PodInfo(name="m-0", ready=True),
+            PodInfo(name="m-1", ready=False, unschedulable=reason),
+        ]
+    }
+    cluster = FakeCluster()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=FakeSource(load))
+
+    async def scenario() -> None:
+        await scaler.run_pass([body(replicas=2)], pods)
+
+    asyncio.run(scenario())
+    auto = cluster.status[(NS, "m")]["autoscaling"]
+    assert auto["limitedReason"] == "Unschedulable"
+    assert len(auto["limitedBy"]) == STATUS_MESSAGE_LIMIT and auto["limitedBy"].endswith("...")
+    AutoscalingStatus.model_validate(auto)

@@ -34,6 +34,9 @@ Quantization = Literal["auto", "none", "fp8", "int8", "awq", "gptq"]
 Objective = Literal["latency", "balanced", "cost"]
 ScalingMode = Literal["operator", "external"]
 RolloutStrategy = Literal["RollingUpdate", "Canary"]
+# The longest message a status field keeps (the CRD's maxLength): a longer one would
+# make the whole status patch fail, so writers clip to it (see clip()).
+STATUS_MESSAGE_LIMIT = 1024
 # Why the autoscaler holds below what the load asks: ScalingLimited's reason.
 LimitReason = Literal["MaxReplicas", "BudgetLimited", "Unschedulable"]
 
@@ -62,6 +65,11 @@ class CrossFieldRule:
 
 def _rules(*rules: CrossFieldRule) -> dict[str, Any]:
     return {"x-kubernetes-validations": [r.schema() for r in rules]}
+
+
+def clip(text: str, limit: int = STATUS_MESSAGE_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, marked when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Model(BaseModel):
@@ -649,7 +657,7 @@ class Condition(_Model):
 
     type: str = Field(max_length=316)
     status: ConditionStatus
-    reason: str = Field(max_length=1024)
+    reason: str = Field(max_length=STATUS_MESSAGE_LIMIT)
     message: str = Field(default="", max_length=32768)
     observed_generation: int | None = Field(default=None, ge=0)
     last_transition_time: str = Field(description="RFC 3339 time.")
@@ -694,7 +702,7 @@ class ScalingDecision(_Model):
     time: str
     from_: int = Field(alias="from")
     to: int
-    reason: str = Field(max_length=1024)
+    reason: str = Field(max_length=STATUS_MESSAGE_LIMIT)
     inputs: dict[str, float] = Field(default_factory=dict)
 
 
@@ -703,9 +711,11 @@ class AutoscalingStatus(_Model):
 
     desired_replicas: int | None = None
     metrics_available: bool | None = None
-    metrics_message: str | None = Field(default=None, max_length=1024)
+    metrics_message: str | None = Field(default=None, max_length=STATUS_MESSAGE_LIMIT)
     limited_by: str | None = Field(
-        default=None, max_length=1024, description="What holds the replicas below the load."
+        default=None,
+        max_length=STATUS_MESSAGE_LIMIT,
+        description="What holds the replicas below the load.",
     )
     limited_reason: LimitReason | None = Field(
         default=None, description="limitedBy's kind: ScalingLimited's reason."
@@ -734,7 +744,7 @@ class CanaryAnalysisStatus(_Model):
     time: str
     step: int
     result: Literal["Pass", "Fail", "Inconclusive"]
-    message: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=STATUS_MESSAGE_LIMIT)
     window_seconds: float | None = None
     canary_requests: float | None = None
     stable_requests: float | None = None
@@ -765,7 +775,7 @@ class RolloutStatus(_Model):
         default=None, description="How traffic is split: replica ratio or HTTPRoute weights."
     )
     verdict: str | None = Field(default=None, description="Result of the last analysis.")
-    message: str | None = Field(default=None, max_length=1024)
+    message: str | None = Field(default=None, max_length=STATUS_MESSAGE_LIMIT)
     last_analysis: CanaryAnalysisStatus | None = None
 
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from distillery import metrics
 from distillery.api.merge_patch import merge_patch
+from distillery.api.types import clip
 from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
 from distillery.autoscale.policy import Capacity, History, decide
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
@@ -144,8 +145,8 @@ class Autoscaler:
         status: dict[str, Any] = {
             "desiredReplicas": desired,
             "metricsAvailable": decision.metrics_available,
-            "metricsMessage": message,
-            "limitedBy": decision.limited_by.message if decision.limited_by else None,
+            "metricsMessage": clip(message),
+            "limitedBy": clip(decision.limited_by.message) if decision.limited_by else None,
             "limitedReason": decision.limited_by.reason if decision.limited_by else None,
             "lastDecisions": list(old.get("lastDecisions") or []),
         }
@@ -163,7 +164,7 @@ class Autoscaler:
                 "time": now_rfc3339(),
                 "from": current,
                 "to": desired,
-                "reason": decision.reason,
+                "reason": clip(decision.reason),
                 "inputs": {k: float(v) for k, v in decision.inputs.items()},
             }
             status["lastDecisions"] = (status["lastDecisions"] + [entry])[-MAX_DECISIONS:]

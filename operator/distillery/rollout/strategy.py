@@ -39,7 +39,7 @@ from typing import Any
 
 from distillery.api.conditions import parse_rfc3339, rfc3339
 from distillery.api.events import Event
-from distillery.api.types import RolloutSpec
+from distillery.api.types import RolloutSpec, clip
 from distillery.rollout.analysis import Criteria, Measurement, Verdict, judge
 
 COMMAND_ANNOTATION = "distillery.dev/rollout"
@@ -652,4 +652,7 @@ def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> dict[str, A
 
 
 def _clean(status: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in status.items() if v is not None}
+    out = {k: v for k, v in status.items() if v is not None}
+    if isinstance(out.get("message"), str):
+        out["message"] = clip(out["message"])
+    return out
