@@ -20,6 +20,7 @@ from distillery.kube import ApiException
 from distillery.kube.autoscale_controller import Autoscaler
 from distillery.kube.canary_controller import CanaryAnalyzer
 from distillery.kube.client import NodeCatalog
+from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
 from distillery.kube.runtime import Runtime
@@ -377,3 +378,32 @@ def test_long_scheduler_messages_are_clipped_to_what_the_schema_keeps() -> None:
     assert auto["limitedReason"] == "Unschedulable"
     assert len(auto["limitedBy"]) == STATUS_MESSAGE_LIMIT and auto["limitedBy"].endswith("...")
     AutoscalingStatus.model_validate(auto)
+
+
+def test_both_loops_share_one_plan_per_generation_and_node_catalog() -> None:
+    cluster = FakeCluster()
+    plans = PlanCache()
+    r = Reconciler(kube=cluster, catalog=CATALOG, options=RenderOptions(), plans=plans)
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=None, plans=plans)
+    dmd = body()
+
+    async def scenario() -> None:
+        await r.reconcile(dmd, {})
+        await scaler.run_pass([dmd], ready_pods(1))
+        await r.reconcile(dmd, {})
+        assert plans.plans_made == 1
+        # A spec change bumps the generation: planned again, once.
+        changed = {**dmd, "metadata": {**dmd["metadata"], "generation": 2}}
+        await r.reconcile(changed, {})
+        await scaler.run_pass([changed], ready_pods(1))
+        assert plans.plans_made == 2
+        # New GPU counts from the nodes are a new catalog: planned again.
+        assert plans.resolve(changed, CATALOG.with_node_gpus({"NVIDIA-H100-80GB-HBM3": 8}))
+        assert plans.plans_made == 3
+
+    asyncio.run(scenario())
+    # An invalid spec is not cached as a plan: the reconciler still says why.
+    bad = body(scaling={"minReplicas": 5, "maxReplicas": 2})
+    assert plans.resolve(bad, CATALOG) is None
+    desired = asyncio.run(r.reconcile(bad, {}))
+    assert desired.stalled_reason == "InvalidSpec"

@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from distillery import metrics
 from distillery.api.merge_patch import merge_patch
 from distillery.api.types import clip
@@ -27,10 +25,9 @@ from distillery.autoscale.policy import Capacity, History, decide
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
 from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
+from distillery.kube.plans import PlanCache, Resolved
 from distillery.kube.reconcile_controller import now_rfc3339
-from distillery.reconcile import parse
 from distillery.render import desired_replicas, replica_startup_seconds
-from distillery.sizing import PlanError, UnknownModelError, plan
 
 log = logging.getLogger("distillery.autoscaler")
 Key = tuple[str, str]
@@ -44,30 +41,31 @@ class Autoscaler:
     source: MetricsSource | None
     nodes: NodeCatalog | None = None  # the reconciler's view of GPUs per node
     histories: dict[Key, History] = field(default_factory=dict)
-    _capacity: dict[tuple[str, str, Any, int], tuple[Capacity, Any]] = field(default_factory=dict)
+    # Parse and plan, shared with the reconciler; the capacity derived from each plan.
+    plans: PlanCache = field(default_factory=PlanCache)
+    _capacity: dict[Key, tuple[Resolved, Capacity]] = field(default_factory=dict)
     _written: dict[Key, dict[str, Any]] = field(default_factory=dict)
     passes: int = 0
 
     def forget(self, namespace: str, name: str) -> None:
         self.histories.pop((namespace, name), None)
         self._written.pop((namespace, name), None)
+        self._capacity.pop((namespace, name), None)
 
     def _capacity_for(self, body: Mapping[str, Any]) -> tuple[Capacity, Any] | None:
-        meta = body.get("metadata") or {}
         catalog = self.nodes.latest if self.nodes else self.catalog
-        # The catalog is part of the key: node GPU counts can change a plan.
-        key = (meta.get("namespace", ""), meta.get("name", ""), meta.get("generation"), id(catalog))
-        if key in self._capacity:
-            return self._capacity[key]
-        try:
-            dmd = parse(body)
-            p = plan(dmd.spec, catalog)
-        except (ValidationError, PlanError, UnknownModelError):
+        resolved = self.plans.resolve(body, catalog)
+        if resolved is None:
             return None
-        startup = replica_startup_seconds(dmd, p)
-        self._capacity = {k: v for k, v in self._capacity.items() if k[:2] != key[:2]}
-        self._capacity[key] = (capacity(dmd.spec, p, startup), dmd)
-        return self._capacity[key]
+        meta = body.get("metadata") or {}
+        name = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        cached = self._capacity.get(name)
+        if cached is not None and cached[0] is resolved:
+            return cached[1], resolved[0]
+        dmd, p = resolved
+        cap = capacity(dmd.spec, p, replica_startup_seconds(dmd, p))
+        self._capacity[name] = (resolved, cap)
+        return cap, dmd
 
     async def run_pass(
         self, bodies: Iterable[Mapping[str, Any]], pods: Mapping[Key, list[PodInfo]]

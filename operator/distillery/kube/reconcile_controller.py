@@ -22,6 +22,7 @@ from distillery.api.merge_patch import merge_patch
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
+from distillery.kube.plans import PlanCache
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
 from distillery.reconcile.children import (
     APPLIED_HASH,
@@ -60,6 +61,7 @@ class Reconciler:
     catalog: Catalog
     options: RenderOptions
     nodes: NodeCatalog | None = None  # GPUs per node from the cluster, when readable
+    plans: PlanCache = field(default_factory=PlanCache)  # shared with the autoscaler
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _status: dict[Key, dict[str, Any]] = field(default_factory=dict)
@@ -73,6 +75,7 @@ class Reconciler:
         self._locks.pop((namespace, name), None)
         self._status.pop((namespace, name), None)
         self._consumed.pop((namespace, name), None)
+        self.plans.forget(namespace, name)
         for table in (self._applied, self._scaled, self._applied_replicas, self._applied_revision):
             for key in [k for k in table if k[:2] == (namespace, name)]:
                 table.pop(key, None)
@@ -180,6 +183,7 @@ class Reconciler:
             pods=pods,
             measurement=measurement,
             analysis_configured=analysis_configured,
+            resolved=self.plans.resolve(effective, catalog),
         )
         for obj in desired.apply:
             child = child_key(obj["kind"], obj["metadata"]["name"], name)

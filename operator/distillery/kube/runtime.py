@@ -32,6 +32,7 @@ from distillery.catalog import load_catalog
 from distillery.kube.autoscale_controller import Autoscaler
 from distillery.kube.canary_controller import CanaryAnalyzer, rollout_under_way
 from distillery.kube.client import Kube, NodeCatalog, in_thread, new_api_client
+from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
 from distillery.reconcile.children import ChildState
@@ -96,14 +97,18 @@ class Runtime:
                     stale_after_seconds=max(60.0, 4 * cfg.autoscale_interval_seconds),
                 )
             )
+        plans = PlanCache()  # one parse and plan per DMD generation, for both loops
         runtime = cls(
             reconciler=Reconciler(
                 kube=kube,
                 catalog=catalog,
                 options=cfg.render_options(pod_monitor=pod_monitor, http_route=http_route),
                 nodes=nodes,
+                plans=plans,
             ),
-            autoscaler=Autoscaler(kube=kube, catalog=catalog, source=source, nodes=nodes),
+            autoscaler=Autoscaler(
+                kube=kube, catalog=catalog, source=source, nodes=nodes, plans=plans
+            ),
             analyzer=CanaryAnalyzer(source),
         )
         runtime.tasks = [

@@ -296,19 +296,21 @@ def desired_state(
     pods: Sequence[PodInfo] | None = None,
     measurement: Measurement | None = None,
     analysis_configured: bool = False,
+    resolved: tuple[DistilledModelDeployment, Plan] | None = None,
 ) -> Desired:
     """Decide the children and the status of one DMD. ``children`` maps
     :func:`~distillery.reconcile.children.child_key` to state; ``unschedulable`` is the
     scheduler's message when some of its pods cannot be placed; ``pods`` tell the
     revisions apart during a rollout; ``measurement`` is the latest canary analysis
-    window (``analysis_configured``: whether one can come at all).
+    window (``analysis_configured``: whether one can come at all); ``resolved`` is the
+    DMD parsed and planned already for this generation and catalog (a shared cache).
 
     The steps: resolve (parse, plan, render: a failure stalls), roll out (the rollout's
     step shapes the objects), diff (what to apply and why), then status and events."""
-    resolved = _resolve(body, catalog, now, options, user_template, user_template_error)
-    if isinstance(resolved, Desired):
-        return resolved
-    dmd, chosen_plan, rendered = resolved
+    outcome = _resolve(body, catalog, now, options, user_template, user_template_error, resolved)
+    if isinstance(outcome, Desired):
+        return outcome
+    dmd, chosen_plan, rendered = outcome
     meta = body.get("metadata") or {}
     old_status = body.get("status") or {}
     raw_command = ((meta.get("annotations") or {}).get(COMMAND_ANNOTATION) or "").strip()
@@ -354,18 +356,22 @@ def _resolve(
     options: RenderOptions | None,
     user_template: str | None,
     user_template_error: str | None,
+    resolved: tuple[DistilledModelDeployment, Plan] | None = None,
 ) -> tuple[DistilledModelDeployment, Plan, Rendered] | Desired:
     """Parse, plan and render; any failure is a Stalled DMD that keeps what runs."""
     meta = body.get("metadata") or {}
-    try:
-        dmd = parse(body)
-    except ValidationError as exc:
-        return _stalled(body, "InvalidSpec", validation_summary(exc), now, None)
-    try:
-        chosen_plan = plan(dmd.spec, catalog)
-    except (PlanError, UnknownModelError) as exc:
-        reason = "DoesNotFit" if isinstance(exc, PlanError) else "UnknownModel"
-        return _stalled(body, reason, str(exc), now, False)
+    if resolved is not None:
+        dmd, chosen_plan = resolved
+    else:
+        try:
+            dmd = parse(body)
+        except ValidationError as exc:
+            return _stalled(body, "InvalidSpec", validation_summary(exc), now, None)
+        try:
+            chosen_plan = plan(dmd.spec, catalog)
+        except (PlanError, UnknownModelError) as exc:
+            reason = "DoesNotFit" if isinstance(exc, PlanError) else "UnknownModel"
+            return _stalled(body, reason, str(exc), now, False)
     if user_template_error is not None:
         return _stalled(body, "TemplateNotFound", user_template_error, now, True)
     try:
