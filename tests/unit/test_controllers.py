@@ -407,3 +407,31 @@ def test_both_loops_share_one_plan_per_generation_and_node_catalog() -> None:
     assert plans.resolve(bad, CATALOG) is None
     desired = asyncio.run(r.reconcile(bad, {}))
     assert desired.stalled_reason == "InvalidSpec"
+
+
+def test_a_rollout_is_not_complete_before_the_watch_sees_the_new_revision() -> None:
+    cluster = FakeCluster()
+    r = reconciler(cluster)
+    v1 = body()
+    v2 = body(model={"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "revision": "v2"})
+    v2["metadata"]["generation"] = 2
+
+    async def scenario() -> None:
+        await r.reconcile(v1, {})
+        seen = cluster.children(NS, "m")  # the watch at v1, every replica ready
+        await r.reconcile(body(status=copy.deepcopy(cluster.status[(NS, "m")])), seen)
+        assert cluster.status[(NS, "m")]["rollout"]["phase"] == "Stable"
+        v2["status"] = copy.deepcopy(cluster.status[(NS, "m")])
+        await r.reconcile(v2, seen)
+        assert cluster.status[(NS, "m")]["rollout"]["phase"] == "Progressing"
+        # The watch still shows v1 (our apply not seen yet): still rolling, not done.
+        v2["status"] = copy.deepcopy(cluster.status[(NS, "m")])
+        await r.reconcile(v2, seen)
+        rollout = cluster.status[(NS, "m")]["rollout"]
+        assert rollout["phase"] == "Progressing", rollout
+        # The watch catches up: every replica of v2 ready, and the rollout completes.
+        v2["status"] = copy.deepcopy(cluster.status[(NS, "m")])
+        await r.reconcile(v2, cluster.children(NS, "m"))
+        assert cluster.status[(NS, "m")]["rollout"]["phase"] == "Stable"
+
+    asyncio.run(scenario())

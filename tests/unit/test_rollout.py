@@ -509,3 +509,28 @@ def test_a_dmd_scaled_to_zero_takes_a_new_revision_without_a_canary() -> None:
     assert "Deployment/canary" not in world.children
     assert world.revision_of("Deployment") == world.status["revision"]
     assert world.rollout()["phase"] == "Stable" and world.replicas() == (0, None)
+
+
+def test_a_rolling_update_completes_when_every_new_replica_is_ready() -> None:
+    """As `kubectl rollout status` waits for: all replicas updated is not enough while the
+    last one still starts; a scale-up of a settled revision is never a rollout."""
+    from distillery.api.types import RolloutSpec
+    from distillery.rollout import RolloutInput, TrackState, decide
+
+    rolling = {"strategy": "RollingUpdate", "phase": "Progressing", "canaryRevision": "r2"}
+
+    def phase(ready: int, status: dict[str, Any]) -> str:
+        stable = TrackState(
+            revision="r2", spec_replicas=4, replicas=4, ready=ready, updated=4,
+            generation=3, observed_generation=3,
+        )  # fmt: skip
+        inp = RolloutInput(
+            spec=RolloutSpec(), desired_revision="r2", total=4, stable=stable, canary=None,
+            status=status, now=at(0),
+        )  # fmt: skip
+        return str(decide(inp).status["phase"])
+
+    assert phase(3, rolling) == "Progressing"
+    assert phase(4, rolling) == "Stable"
+    settled = {"strategy": "RollingUpdate", "phase": "Stable", "stableRevision": "r2"}
+    assert phase(3, settled) == "Stable"  # one replica starting after a scale-up

@@ -94,15 +94,12 @@ class Reconciler:
                 and not state.foreign
             ):
                 # The watch has not seen our last apply yet (nor the replicas it set).
+                # Its revision stays the live one: the counts beside it are the old
+                # template's, and a new revision with old counts would read as a rollout
+                # already complete.
                 replicas = self._applied_replicas.get((namespace, name, key), state.spec_replicas)
-                revision = self._applied_revision.get((namespace, name, key), state.revision)
                 out[key] = ChildState(
-                    **{
-                        **state.__dict__,
-                        "applied_hash": mine,
-                        "spec_replicas": replicas,
-                        "revision": revision,
-                    }
+                    **{**state.__dict__, "applied_hash": mine, "spec_replicas": replicas}
                 )
         for (ns, n, key), digest in self._applied.items():
             if (ns, n) == (namespace, name) and key not in out:

@@ -176,9 +176,13 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
     canary = _retire(inp.canary, stable, n)
     # Right after an apply the controller has not counted the new pods yet: a generation
     # it has not observed is a rollout only if the recorded revision is another one.
+    # A rolling update under way is complete when every replica runs the new revision
+    # and is ready, as `kubectl rollout status` waits for; a scale-up is never a rollout.
+    rolling = old.get("phase") == PROGRESSING and old.get("canaryRevision") == rev
     in_flight = stable is not None and (
         stable.updated < stable.replicas
         or (stable.observed_generation < stable.generation and old.get("stableRevision") != rev)
+        or (rolling and stable.ready < stable.replicas)
     )
     if stable is None or (stable.revision == rev and not in_flight):
         settled = {"strategy": "RollingUpdate", "phase": STABLE, "stableRevision": rev}
