@@ -34,10 +34,10 @@ fmt: venv                         ## fix what ruff can: formatting and import or
 	.venv/bin/ruff check --fix operator tests hack benchmarks
 	.venv/bin/ruff format operator tests hack benchmarks
 
+# Tests, scripts and benchmarks too, strict but for the kubernetes client's Optional
+# model fields (union-attr, index): a test would only assert what the server returned.
 typecheck: venv
 	.venv/bin/mypy
-	# Tests, scripts and benchmarks too, strict but for the kubernetes client's Optional
-	# model fields (union-attr, index): a test would only assert what the server returned.
 	MYPYPATH=operator:hack:benchmarks .venv/bin/mypy --strict --explicit-package-bases \
 	  --disable-error-code union-attr --disable-error-code index tests hack/*.py benchmarks/*.py
 
