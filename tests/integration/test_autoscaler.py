@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,6 @@ from localprom import Prometheus
 from tests.integration.fake_engine import FakeEngines, serve
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import Dmds
-from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -65,150 +65,114 @@ class Load:
             self.stop.wait(0.5)
 
 
+@dataclass
+class Setup:
+    """An exporter of fake engine metrics behind a real Prometheus, the operator reading
+    it, and a load spread over the DMD's ready pods."""
+
+    prom: Prometheus
+    op: OperatorProcess
+    load: Load
+    dmds: Dmds
+
+
 @pytest.fixture
-def exporter() -> Iterator[tuple[FakeEngines, int]]:
+def setup(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    crd_installed: None,
+    tmp_path: Path,
+    prometheus: Callable[..., Prometheus],
+) -> Iterator[Setup]:
     engines = FakeEngines()
     with serve(engines.exposition) as port:
-        yield engines, port
+        prom = prometheus(static_targets=[f"127.0.0.1:{port}"], honor_labels=True)
+        op = OperatorProcess(
+            cluster, namespace, tmp_path / "op",
+            "--prometheus-url", prom.url, "--autoscale-interval", "2",
+        ).start()  # fmt: skip
+        load = Load(engines, client.CoreV1Api(api_client), namespace)
+        load.thread.start()
+        try:
+            yield Setup(prom, op, load, Dmds(api_client, namespace, cluster))
+        finally:
+            load.stop.set()
+            load.thread.join(timeout=5)
+            op.stop()
 
 
-def test_scales_with_load_and_holds_without_metrics(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
-    crd_installed: None,
-    tmp_path: Path,
-    exporter: tuple[FakeEngines, int],
-    prometheus: Callable[..., Prometheus],
-) -> None:
-    engines, port = exporter
-    prom = prometheus(static_targets=[f"127.0.0.1:{port}"], honor_labels=True)
-    op = OperatorProcess(
-        cluster,
-        namespace,
-        tmp_path / "op",
-        "--prometheus-url",
-        prom.url,
-        "--autoscale-interval",
-        "2",
-    ).start()
-    load = Load(engines, client.CoreV1Api(api_client), namespace)
-    load.thread.start()
-    dmds, bounds = Dmds(api_client, namespace), op.bounds
-    try:
-        cluster.kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=dmd_yaml("qwen", SPEC),
-        )
-        dmds.wait_condition("qwen", "Ready", bounds.ready)
-        dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
-        # 36 outstanding sequences of 16 slots each: 16 run, 20 wait on one replica. The
-        # demand (served work plus the queue) asks for three or more, never the
-        # maximum: the queue is bounded by what it could occupy.
-        load.total = 36
-        dmds.wait_replicas("qwen", lambda n: n >= 3, "scale up to 3+", bounds.scale_up)
-        dmds.wait_condition("qwen", "Ready", bounds.ready)
-        # A few more decisions on the spread load.
-        time.sleep(3 * op.settings.autoscale_interval_seconds)
-        up = dmds.replicas("qwen")
-        assert 3 <= up <= 5, up
-        obj = dmds.get("qwen")
-        decisions = obj["status"]["autoscaling"]["lastDecisions"]
-        ups = [d for d in decisions if d["to"] > d["from"]]
-        assert ups and ups[0]["inputs"]["waiting"] >= 10, decisions
-        # The counters went through Prometheus' rate(): both grow with the running
-        # sequences, so whatever the window caught, a request is 80 tok/s x 10 s.
-        inputs = ups[-1]["inputs"]
-        per_request = inputs["generationTokensPerSecond"] / inputs["completionsPerSecond"]
-        assert per_request == pytest.approx(800, rel=0.15), inputs
-        assert inputs["demandReplicas"] > 0, inputs
-        auto = obj["status"]["autoscaling"]
-        assert auto["headroomLearned"] is False and 0.5 <= auto["utilizationScale"] <= 1.0
-        # Load falls: nothing happens inside the window, then it scales down.
-        load.total = 4
-        t0 = time.monotonic()
-        time.sleep(WINDOW / 2)
-        assert dmds.replicas("qwen") == up, dmds.describe("qwen")
-        dmds.wait_replicas("qwen", lambda n: n == 1, "scale down to 1", bounds.scale_down(WINDOW))
-        assert time.monotonic() - t0 >= WINDOW - 2 * op.settings.autoscale_interval_seconds
-        # Load rises again, then Prometheus goes away: hold, and say so.
-        load.total = 30
-        dmds.wait_replicas("qwen", lambda n: n >= 2, "scale up to 2+", bounds.scale_up)
-        load.total = 0
-        prom.stop()
-        held = dmds.replicas("qwen")
-        gone = dmds.wait_condition("qwen", "MetricsAvailable", bounds.decisions(2), status="False")
-        assert "Prometheus" in gone["message"]
-        time.sleep(1.5 * WINDOW)  # longer than the scale-down window: still no scale-down
-        assert dmds.replicas("qwen") >= held, dmds.describe("qwen")
-        # Prometheus back on the same port: metrics flow again.
-        prom.start()
-        dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
-    finally:
-        load.stop.set()
-        load.thread.join(timeout=5)
-        op.stop()
+def test_scales_with_load_and_holds_without_metrics(setup: Setup) -> None:
+    prom, op, load, dmds = setup.prom, setup.op, setup.load, setup.dmds
+    bounds = op.bounds
+    dmds.apply("qwen", SPEC)
+    dmds.wait_condition("qwen", "Ready", bounds.ready)
+    dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
+    # 36 outstanding sequences of 16 slots each: 16 run, 20 wait on one replica. The
+    # demand (served work plus the queue) asks for three or more, never the
+    # maximum: the queue is bounded by what it could occupy.
+    load.total = 36
+    dmds.wait_replicas("qwen", lambda n: n >= 3, "scale up to 3+", bounds.scale_up)
+    dmds.wait_condition("qwen", "Ready", bounds.ready)
+    # A few more decisions on the spread load.
+    time.sleep(3 * op.settings.autoscale_interval_seconds)
+    up = dmds.replicas("qwen")
+    assert 3 <= up <= 5, up
+    obj = dmds.get("qwen")
+    decisions = obj["status"]["autoscaling"]["lastDecisions"]
+    ups = [d for d in decisions if d["to"] > d["from"]]
+    assert ups and ups[0]["inputs"]["waiting"] >= 10, decisions
+    # The counters went through Prometheus' rate(): both grow with the running
+    # sequences, so whatever the window caught, a request is 80 tok/s x 10 s.
+    inputs = ups[-1]["inputs"]
+    per_request = inputs["generationTokensPerSecond"] / inputs["completionsPerSecond"]
+    assert per_request == pytest.approx(800, rel=0.15), inputs
+    assert inputs["demandReplicas"] > 0, inputs
+    auto = obj["status"]["autoscaling"]
+    assert auto["headroomLearned"] is False and 0.5 <= auto["utilizationScale"] <= 1.0
+    # Load falls: nothing happens inside the window, then it scales down.
+    load.total = 4
+    t0 = time.monotonic()
+    time.sleep(WINDOW / 2)
+    assert dmds.replicas("qwen") == up, dmds.describe("qwen")
+    dmds.wait_replicas("qwen", lambda n: n == 1, "scale down to 1", bounds.scale_down(WINDOW))
+    assert time.monotonic() - t0 >= WINDOW - 2 * op.settings.autoscale_interval_seconds
+    # Load rises again, then Prometheus goes away: hold, and say so.
+    load.total = 30
+    dmds.wait_replicas("qwen", lambda n: n >= 2, "scale up to 2+", bounds.scale_up)
+    load.total = 0
+    prom.stop()
+    held = dmds.replicas("qwen")
+    gone = dmds.wait_condition("qwen", "MetricsAvailable", bounds.decisions(2), status="False")
+    assert "Prometheus" in gone["message"]
+    time.sleep(1.5 * WINDOW)  # longer than the scale-down window: still no scale-down
+    assert dmds.replicas("qwen") >= held, dmds.describe("qwen")
+    # Prometheus back on the same port: metrics flow again.
+    prom.start()
+    dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
 
 
-def test_gpu_capacity_exhausted_stops_adding_and_says_why(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
-    crd_installed: None,
-    tmp_path: Path,
-    exporter: tuple[FakeEngines, int],
-    prometheus: Callable[..., Prometheus],
-) -> None:
+def test_gpu_capacity_exhausted_stops_adding_and_says_why(setup: Setup) -> None:
     """Four L4 nodes of one GPU each: the load asks for more than fit. The autoscaler
     stops at what it asked once the scheduler says no, and ScalingLimited carries the
     scheduler's reason."""
-    engines, port = exporter
-    prom = prometheus(static_targets=[f"127.0.0.1:{port}"], honor_labels=True)
-    op = OperatorProcess(
-        cluster,
-        namespace,
-        tmp_path / "op",
-        "--prometheus-url",
-        prom.url,
-        "--autoscale-interval",
-        "2",
-    ).start()
-    load = Load(engines, client.CoreV1Api(api_client), namespace)
-    load.thread.start()
+    op, load, dmds = setup.op, setup.load, setup.dmds
+    bounds = op.bounds
     spec = {
         "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
         "serving": {"maxConcurrency": 16},
         "placement": {"gpuTypes": ["nvidia-l4"]},
         "scaling": {"minReplicas": 1, "maxReplicas": 8, "scaleUp": {"maxStep": 2}},
     }
-    dmds, bounds = Dmds(api_client, namespace), op.bounds
-    try:
-        cluster.kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=dmd_yaml("qwen", spec),
-        )
-        dmds.wait_condition("qwen", "Ready", bounds.ready)
-        load.total = 200  # wants 8 replicas of 12; only 4 L4 GPUs exist
-        # Up by two, pods Pending, the scheduler's verdict read on the next decisions.
-        limited = dmds.wait_condition(
-            "qwen", "ScalingLimited", bounds.scale_up + bounds.decisions(4)
-        )
-        assert limited["reason"] == "Unschedulable", limited
-        assert "Insufficient nvidia.com/gpu" in limited["message"], limited
-        held = dmds.replicas("qwen")
-        assert held < 8, "it stopped adding replicas that cannot be scheduled"
-        load.total = 400
-        time.sleep(5 * op.settings.autoscale_interval_seconds)  # five more decisions
-        assert dmds.replicas("qwen") == held, dmds.describe("qwen")
-    finally:
-        load.stop.set()
-        load.thread.join(timeout=5)
-        op.stop()
+    dmds.apply("qwen", spec)
+    dmds.wait_condition("qwen", "Ready", bounds.ready)
+    load.total = 200  # wants 8 replicas of 12; only 4 L4 GPUs exist
+    # Up by two, pods Pending, the scheduler's verdict read on the next decisions.
+    limited = dmds.wait_condition("qwen", "ScalingLimited", bounds.scale_up + bounds.decisions(4))
+    assert limited["reason"] == "Unschedulable", limited
+    assert "Insufficient nvidia.com/gpu" in limited["message"], limited
+    held = dmds.replicas("qwen")
+    assert held < 8, "it stopped adding replicas that cannot be scheduled"
+    load.total = 400
+    time.sleep(5 * op.settings.autoscale_interval_seconds)  # five more decisions
+    assert dmds.replicas("qwen") == held, dmds.describe("qwen")
