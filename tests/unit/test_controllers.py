@@ -435,3 +435,24 @@ def test_a_rollout_is_not_complete_before_the_watch_sees_the_new_revision() -> N
         assert cluster.status[(NS, "m")]["rollout"]["phase"] == "Stable"
 
     asyncio.run(scenario())
+
+
+def test_the_autoscaler_status_is_built_from_its_model_and_survives_old_shapes() -> None:
+    """A decision recorded in another shape (an older operator, a hand edit) is dropped
+    with a warning; the autoscaler keeps deciding and the status it writes parses."""
+    from distillery.api.types import AutoscalingStatus
+
+    now = time.time()
+    load = {(NS, "m-0"): PodMetrics(running=64.0, waiting=400.0, last_sample=now)}
+    cluster = FakeCluster()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=FakeSource(load))
+    old = {"autoscaling": {"lastDecisions": [{"when": "yesterday"}, {"from": 1}]}}
+
+    async def scenario() -> None:
+        await scaler.run_pass([body(status=old, replicas=1)], ready_pods(1))
+
+    asyncio.run(scenario())
+    auto = cluster.status[(NS, "m")]["autoscaling"]
+    AutoscalingStatus.model_validate(auto)
+    [decision] = auto["lastDecisions"]
+    assert decision["from"] == 1 and decision["to"] > 1

@@ -17,11 +17,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from distillery import metrics
 from distillery.api.merge_patch import merge_patch
-from distillery.api.types import clip
+from distillery.api.types import AutoscalingStatus, ScalingDecision, clip
 from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
-from distillery.autoscale.policy import Capacity, History, decide
+from distillery.autoscale.policy import Capacity, Decision, History, decide
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
 from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
@@ -140,32 +142,18 @@ class Autoscaler:
         self.histories[(ns, name)] = decision.history
         metrics.AUTOSCALER_DESIRED_REPLICAS.labels(ns, name).set(desired)
         old = (body.get("status") or {}).get("autoscaling") or {}
-        status: dict[str, Any] = {
-            "desiredReplicas": desired,
-            "metricsAvailable": decision.metrics_available,
-            "metricsMessage": clip(message),
-            "limitedBy": clip(decision.limited_by.message) if decision.limited_by else None,
-            "limitedReason": decision.limited_by.reason if decision.limited_by else None,
-            "lastDecisions": list(old.get("lastDecisions") or []),
-        }
-        h = decision.history
-        if h.started is not None:
-            # Rounded: these move slowly, and status is written only when it changes.
-            learned = h.learned_rise is not None
-            if learned:
-                status["headroomReplicas"] = round(float(h.learned_rise or 0.0), 1)
-            status["headroomLearned"] = learned
-            status["utilizationScale"] = round(h.utilization_scale * 20) / 20
+        decisions = _recorded_decisions(old)
         if desired != current:
             direction = "up" if desired > current else "down"
-            entry = {
-                "time": now_rfc3339(),
-                "from": current,
-                "to": desired,
-                "reason": clip(decision.reason),
-                "inputs": {k: float(v) for k, v in decision.inputs.items()},
-            }
-            status["lastDecisions"] = (status["lastDecisions"] + [entry])[-MAX_DECISIONS:]
+            decisions.append(
+                ScalingDecision(
+                    time=now_rfc3339(),
+                    from_=current,
+                    to=desired,
+                    reason=clip(decision.reason),
+                    inputs={k: float(v) for k, v in decision.inputs.items()},
+                )
+            )
             log.info("scaling %s/%s %d -> %d: %s", ns, name, current, desired, decision.reason)
             await in_thread(self.kube.scale_dmd, ns, name, desired)
             metrics.SCALING_DECISIONS.labels(direction, decision.reason.split(" ")[0]).inc()
@@ -180,9 +168,42 @@ class Autoscaler:
                 )
             except Exception as exc:  # noqa: BLE001 - an event is never worth a failure
                 log.warning("could not post event: %s", exc)
-        status = {k: v for k, v in status.items() if v is not None}
+        status = _status(decision, desired, message, decisions[-MAX_DECISIONS:])
         before = self._written.get((ns, name), old)
         patch = merge_patch(before, status)
         if patch:
             await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": patch})
             self._written[(ns, name)] = status
+
+
+def _recorded_decisions(old: Mapping[str, Any]) -> list[ScalingDecision]:
+    """The decisions status already records; one an older operator wrote in another
+    shape is dropped rather than stopping the autoscaler."""
+    out = []
+    for entry in old.get("lastDecisions") or []:
+        try:
+            out.append(ScalingDecision.model_validate(entry))
+        except ValidationError:
+            log.warning("dropping a recorded scaling decision that does not parse: %s", entry)
+    return out
+
+
+def _status(
+    decision: Decision, desired: int, message: str, decisions: list[ScalingDecision]
+) -> dict[str, Any]:
+    """status.autoscaling, built from its model (what the CRD keeps, nothing else)."""
+    h = decision.history
+    # Rounded: these move slowly, and status is written only when it changes.
+    started = h.started is not None
+    learned = h.learned_rise is not None
+    return AutoscalingStatus(
+        desired_replicas=desired,
+        metrics_available=decision.metrics_available,
+        metrics_message=clip(message),
+        limited_by=clip(decision.limited_by.message) if decision.limited_by else None,
+        limited_reason=decision.limited_by.reason if decision.limited_by else None,
+        headroom_replicas=round(float(h.learned_rise or 0.0), 1) if started and learned else None,
+        headroom_learned=learned if started else None,
+        utilization_scale=round(h.utilization_scale * 20) / 20 if started else None,
+        last_decisions=decisions,
+    ).to_wire()
