@@ -27,10 +27,6 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 CASES: list[dict[str, Any]] = yaml.safe_load((DATA / "stalled_dmds.yaml").read_text())
 
 
-def dmd(name: str, spec: dict[str, Any]) -> str:
-    return dmd_yaml(name, spec)
-
-
 def test_impossible_specs_stall_and_create_nothing(
     cluster: Cluster, api_client: client.ApiClient, namespace: str, operator: OperatorProcess
 ) -> None:
@@ -43,7 +39,9 @@ def test_impossible_specs_stall_and_create_nothing(
         "--from-literal=pod.yaml.j2={{ ''.__class__.__mro__[1].__subclasses__() }}",
     )
     for case in CASES:
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=dmd(case["name"], case["spec"]))
+        cluster.kubectl(
+            "apply", "-n", namespace, "-f", "-", input=dmd_yaml(case["name"], case["spec"])
+        )
     custom = client.CustomObjectsApi(api_client)
 
     def stalled(name: str) -> dict[str, Any] | None:
@@ -90,7 +88,7 @@ def test_secret_values_never_leak(
         },
         "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=dmd("secretive", spec))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=dmd_yaml("secretive", spec))
     Dmds(api_client, namespace).wait_condition("secretive", "Ready", operator.bounds.ready)
     places = {
         "operator log": operator.log.read_text(errors="replace"),

@@ -149,7 +149,7 @@ class Dmds:
     def apply(self, name: str, spec: dict[str, Any]) -> None:
         """``kubectl apply`` a DMD, as a user would."""
         assert self.cluster is not None, "Dmds(..., cluster) applies"
-        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=manifest(name, spec))
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=dmd_yaml(name, spec))
 
     def patch(self, name: str, patch: dict[str, Any]) -> None:
         """``kubectl patch --type=merge`` a DMD."""
@@ -213,11 +213,6 @@ class Dmds:
 
         found: tuple[int] = self.wait(name, holds, what, within)
         return found[0]
-
-
-def manifest(name: str, spec: dict[str, Any]) -> str:
-    """A DMD manifest, as YAML."""
-    return dmd_yaml(name, spec)
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from distillery.api.merge_patch import apply_merge_patch
-from distillery.reconcile.children import child_key, child_state
+from distillery.reconcile.children import OWNER_LABEL, child_key, child_state
 
 WRITES = (
     "apply",
@@ -104,10 +104,7 @@ class FakeCluster:
         up: the applied objects, Deployments with every replica ``ready`` or none."""
         out = {}
         for (kind, ns, name), obj in self.objects.items():
-            if (
-                ns != namespace
-                or (obj["metadata"].get("labels") or {}).get("distillery.dev/deployment") != owner
-            ):
+            if ns != namespace or (obj["metadata"].get("labels") or {}).get(OWNER_LABEL) != owner:
                 continue
             body = copy.deepcopy(obj)
             if kind == "Deployment":

@@ -26,7 +26,7 @@ from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits,
 from distillery.autoscale.policy import Capacity, Decision, History, decide
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
 from distillery.catalog import Catalog
-from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
+from distillery.kube.client import ClusterClient, NodeCatalog, error_summary, in_thread
 from distillery.kube.plans import PlanCache, Resolved
 from distillery.kube.reconcile_controller import now_rfc3339
 from distillery.render import desired_replicas, replica_startup_seconds
@@ -100,7 +100,9 @@ class Autoscaler:
             except Exception as exc:  # noqa: BLE001 - one DMD must not stop the others
                 metrics.RECONCILE_ERRORS.labels(f"autoscale:{type(exc).__name__}").inc()
                 log.warning(
-                    "autoscaling %s failed: %s", (body.get("metadata") or {}).get("name"), exc
+                    "autoscaling %s failed: %s",
+                    (body.get("metadata") or {}).get("name"),
+                    error_summary(exc),
                 )
 
     async def _one(

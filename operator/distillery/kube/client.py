@@ -10,6 +10,7 @@ here, in ``distillery_api_writes_total``, so a steady state can be shown to cost
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -34,6 +35,19 @@ MERGE = "application/merge-patch+json"
 
 def _count(verb: str, kind: str) -> None:
     metrics.API_WRITES.labels(verb, kind).inc()
+
+
+def error_summary(exc: BaseException) -> str:
+    """One line for a failure: an API error's status, reason and message, not its
+    headers and body."""
+    if isinstance(exc, ApiException):
+        message = ""
+        try:
+            message = str(json.loads(exc.body or "{}").get("message") or "")
+        except (ValueError, AttributeError):
+            message = ""
+        return f"API {exc.status} {exc.reason}" + (f": {message}" if message else "")
+    return f"{type(exc).__name__}: {exc}"[:512]
 
 
 class ClusterClient(Protocol):

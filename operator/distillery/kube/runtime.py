@@ -14,14 +14,12 @@ operator is down.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import start_http_server
 
 from distillery import metrics
@@ -31,7 +29,7 @@ from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
 from distillery.kube.autoscale_controller import Autoscaler
 from distillery.kube.canary_controller import CanaryAnalyzer, rollout_under_way
-from distillery.kube.client import Kube, NodeCatalog, in_thread, new_api_client
+from distillery.kube.client import Kube, NodeCatalog, error_summary, in_thread, new_api_client
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
@@ -41,19 +39,6 @@ from distillery.settings import Settings
 log = logging.getLogger("distillery")
 # Consecutive failures before the DMD gets a Warning event: a blip stays in the log.
 REPORT_AFTER_FAILURES = 3
-
-
-def error_summary(exc: BaseException) -> str:
-    """One line for a failure: an API error's status, reason and message, not its
-    headers and body."""
-    if isinstance(exc, ApiException):
-        message = ""
-        try:
-            message = str(json.loads(exc.body or "{}").get("message") or "")
-        except (ValueError, AttributeError):
-            message = ""
-        return f"API {exc.status} {exc.reason}" + (f": {message}" if message else "")
-    return f"{type(exc).__name__}: {exc}"[:512]
 
 
 Key = tuple[str, str]
@@ -226,7 +211,7 @@ class Runtime:
         try:
             await self.analyzer.run_pass(active, self._pods())
         except Exception as exc:  # noqa: BLE001 - the reconciles below still run
-            log.warning("canary analysis pass failed: %s", exc)
+            log.warning("canary analysis pass failed: %s", error_summary(exc))
         for body in active:
             await self.reconcile(body, self.indices)
 
@@ -254,4 +239,4 @@ async def _every(interval: float, work: Callable[[], Awaitable[None]]) -> None:
         try:
             await work()
         except Exception as exc:  # noqa: BLE001 - the loop must survive anything
-            log.warning("%s failed: %s", getattr(work, "__name__", "loop"), exc)
+            log.warning("%s failed: %s", getattr(work, "__name__", "loop"), error_summary(exc))

@@ -649,7 +649,7 @@ def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> dict[str, A
         "time": rfc3339(m.end),
         "step": step,
         "result": verdict.result,
-        "message": verdict.message[:1024],
+        "message": clip(verdict.message),
     }
     out.update(verdict.numbers)
     return out
