@@ -46,8 +46,8 @@ from distillery.catalog import load_catalog  # noqa: E402
 from distillery.engines import ModelSource  # noqa: E402
 from distillery.reconcile import parse  # noqa: E402
 from distillery.simulate.engine import Scenario, replica_model  # noqa: E402
+from distillery.simulate.exposition import VllmPod, exposition  # noqa: E402
 from distillery.simulate.fleet import (  # noqa: E402
-    VLLM_TTFT_BUCKETS,
     Counters,
     Outcome,
     Replica,
@@ -201,32 +201,19 @@ class Fleet:
         r, c = pr.replica, self.c
         k = r.counters
         serving = r.ready(self.now())
-        name = f'model_name="{pr.served_name}"'
-        lines = [
-            "# TYPE vllm:num_requests_running gauge",
-            f"vllm:num_requests_running{{{name}}} {r.running if serving else 0}",
-            "# TYPE vllm:num_requests_waiting gauge",
-            f"vllm:num_requests_waiting{{{name}}} {r.queued if serving else 0}",
-            "# TYPE vllm:kv_cache_usage_perc gauge",
-            f"vllm:kv_cache_usage_perc{{{name}}} {r.kv_usage:.6f}",
-            "# TYPE vllm:prompt_tokens_total counter",
-            f"vllm:prompt_tokens_total{{{name}}} {k.prompt_tokens / c:.3f}",
-            "# TYPE vllm:generation_tokens_total counter",
-            f"vllm:generation_tokens_total{{{name}}} {k.generation_tokens / c:.3f}",
-            "# TYPE vllm:request_success_total counter",
-            f"vllm:request_success_total{{{name}}} {k.finished / c:.3f}",
-            "# TYPE vllm:time_to_first_token_seconds histogram",
-        ]
-        acc = 0
-        for le, n in zip(VLLM_TTFT_BUCKETS, k.ttft_buckets, strict=True):
-            acc += n
-            le_s = "+Inf" if le == float("inf") else f"{le}"
-            lines.append(
-                f'vllm:time_to_first_token_seconds_bucket{{{name},le="{le_s}"}} {acc / c:.3f}'
-            )
-        lines.append(f"vllm:time_to_first_token_seconds_sum{{{name}}} {k.ttft_sum / c:.3f}")
-        lines.append(f"vllm:time_to_first_token_seconds_count{{{name}}} {acc / c:.3f}")
-        return "\n".join(lines) + "\n"
+        values = VllmPod(
+            running=r.running if serving else 0,
+            waiting=r.queued if serving else 0,
+            kv_usage=r.kv_usage,
+            prompt_tokens=k.prompt_tokens / c,
+            computed_prompt_tokens=k.computed_prompt_tokens / c,
+            generation_tokens=k.generation_tokens / c,
+            finished={"stop": k.finished / c},
+            ttft_counts=[n / c for n in k.ttft_buckets],
+            ttft_sum=k.ttft_sum / c,
+            responses={"2xx": k.finished / c},
+        )
+        return exposition([({}, values)], pr.served_name)
 
     # ---- time ---------------------------------------------------------------------------
 

@@ -1,15 +1,23 @@
-"""A test exporter that serves vLLM-named metrics for the pods of a DMD, with the
+"""A test exporter that serves vLLM's metrics for the pods of a DMD, with the
 ``namespace`` and ``pod`` labels Prometheus' Kubernetes discovery would attach (scraped
-with ``honor_labels``). Classic text exposition (0.0.4), as vLLM serves it."""
+with ``honor_labels``). Classic text exposition (0.0.4), written by the same function
+as the local fleet's, which a unit test holds to the pinned vLLM release's metric list."""
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from distillery.engines import vllm
+from distillery.simulate.exposition import VllmPod, exposition
+
+MODEL_NAME = "m"
+N_BUCKETS = len(vllm.TTFT_BUCKETS) + 1
 
 
 class FakeEngines:
@@ -49,44 +57,38 @@ class FakeEngines:
             c[2] += finished * prompt
 
     def exposition(self) -> bytes:
-        lines = []
         with self.lock:
             self._advance()
             items = sorted(self.pods.items())
             counters = {k: list(v) for k, v in self.counters.items()}
-        for name, idx in (
-            ("vllm:num_requests_running", 0),
-            ("vllm:num_requests_waiting", 1),
-            ("vllm:kv_cache_usage_perc", 2),
-        ):
-            lines.append(f"# TYPE {name} gauge")
-            for (ns, pod), values in items:
-                lines.append(f'{name}{{namespace="{ns}",pod="{pod}",model_name="m"}} {values[idx]}')
-        for name, idx, extra in (
-            ("vllm:generation_tokens_total", 0, ""),
-            ("vllm:request_success_total", 1, ',finished_reason="stop"'),
-            ("vllm:prompt_tokens_total", 2, ""),
-        ):
-            lines.append(f"# TYPE {name} counter")
-            for (ns, pod), _ in items:
-                value = counters.get((ns, pod), [0.0, 0.0, 0.0])[idx]
-                labels = f'namespace="{ns}",pod="{pod}",model_name="m"{extra}'
-                lines.append(f"{name}{{{labels}}} {value:.3f}")
-        return ("\n".join(lines) + "\n").encode()
-
-
-TTFT_BUCKETS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+        pods = []
+        for (ns, pod), (running, waiting, kv) in items:
+            generated, finished, prompt = counters.get((ns, pod), [0.0, 0.0, 0.0])
+            values = VllmPod(
+                running=running,
+                waiting=waiting,
+                kv_usage=kv,
+                prompt_tokens=prompt,
+                generation_tokens=generated,
+                finished={"stop": finished},
+                responses={"2xx": finished},
+            )
+            pods.append(({"namespace": ns, "pod": pod}, values))
+        return exposition(pods, MODEL_NAME).encode()
 
 
 class RequestTraffic:
-    """Finished-request counters and a TTFT histogram per ready pod, as vLLM exports
-    them, growing with time: every ready pod serves ``rate`` requests per second with
-    the TTFT its track is given (``ttft["canary"] = 3.0`` makes a slow canary). Pods are
-    listed from the API server, so new replicas start reporting when they are ready."""
+    """vLLM's request counters and TTFT histogram per ready pod, growing with time:
+    every ready pod answers ``rate`` requests per second with the TTFT its track is
+    given (``ttft["canary"] = 3.0`` makes a slow canary), and a share ``errors[track]``
+    of them with an HTTP 500 (counted where vLLM counts it: ``http_requests_total``,
+    never in ``request_success_total`` or the TTFT histogram). Pods are listed from the
+    API server, so new replicas start reporting when they are ready."""
 
     def __init__(self, core: Any, namespace: str, rate: float = 5.0) -> None:
         self.core, self.namespace, self.rate = core, namespace, rate
         self.ttft: dict[str, float] = {"stable": 0.2, "canary": 0.2}
+        self.errors: dict[str, float] = {"stable": 0.0, "canary": 0.0}
         self.lock = threading.Lock()
         self.counts: dict[str, dict[str, Any]] = {}
         self.stop = threading.Event()
@@ -121,38 +123,32 @@ class RequestTraffic:
                     ttft = self.ttft.get(track, 0.2)
                     c = self.counts.setdefault(
                         pod.metadata.name,
-                        {"n": 0.0, "sum": 0.0, "le": dict.fromkeys(TTFT_BUCKETS, 0.0)},
+                        {"ok": 0.0, "failed": 0.0, "sum": 0.0, "buckets": [0.0] * N_BUCKETS},
                     )
                     n = self.rate * dt
-                    c["n"] += n
-                    c["sum"] += n * ttft
-                    for le in TTFT_BUCKETS:
-                        if ttft <= le:
-                            c["le"][le] += n
+                    failed = n * self.errors.get(track, 0.0)
+                    ok = n - failed
+                    c["ok"] += ok
+                    c["failed"] += failed
+                    c["sum"] += ok * ttft
+                    c["buckets"][bisect.bisect_left(vllm.TTFT_BUCKETS, ttft)] += ok
 
     def exposition(self) -> bytes:
-        ns = self.namespace
-        lines = [
-            "# TYPE vllm:request_success_total counter",
-            "# TYPE vllm:time_to_first_token_seconds histogram",
-        ]
         with self.lock:
-            items = sorted(self.counts.items())
-            for pod, c in items:
-                labels = f'namespace="{ns}",pod="{pod}",model_name="m"'
-                lines.append(
-                    f'vllm:request_success_total{{{labels},finished_reason="stop"}} {c["n"]}'
-                )
-                for le, v in c["le"].items():
-                    lines.append(
-                        f'vllm:time_to_first_token_seconds_bucket{{{labels},le="{le}"}} {v}'
-                    )
-                lines.append(
-                    f'vllm:time_to_first_token_seconds_bucket{{{labels},le="+Inf"}} {c["n"]}'
-                )
-                lines.append(f"vllm:time_to_first_token_seconds_count{{{labels}}} {c['n']}")
-                lines.append(f"vllm:time_to_first_token_seconds_sum{{{labels}}} {c['sum']}")
-        return ("\n".join(lines) + "\n").encode()
+            items = sorted((pod, dict(c)) for pod, c in self.counts.items())
+        pods = [
+            (
+                {"namespace": self.namespace, "pod": pod},
+                VllmPod(
+                    finished={"stop": c["ok"]},
+                    ttft_counts=list(c["buckets"]),
+                    ttft_sum=c["sum"],
+                    responses={"2xx": c["ok"], "5xx": c["failed"]},
+                ),
+            )
+            for pod, c in items
+        ]
+        return exposition(pods, MODEL_NAME).encode()
 
 
 @contextmanager

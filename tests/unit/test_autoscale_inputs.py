@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from distillery.autoscale.inputs import PodInfo, PodMetrics, histogram_quantile, observe
+from distillery.autoscale.histogram import histogram_quantile
+from distillery.autoscale.inputs import PodInfo, PodMetrics, observe
 
 NS = "team-a"
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from distillery.autoscale.histogram import breach_proven
 from distillery.autoscale.policy import (
     GUARD_STEP,
     UTILIZATION_FLOOR,
@@ -22,8 +23,6 @@ from distillery.autoscale.policy import (
     LoadSample,
     capacity_for,
     decide,
-    slo_attainment_bounds,
-    slo_breach_proven,
 )
 
 # A 7B-class replica: 64 slots at 2,000 output tok/s, 12,000 prompt tok/s.
@@ -163,14 +162,14 @@ def test_guard_ignores_requests_slow_on_their_own() -> None:
     )
     assert "ttftGuardReplicas" not in d.inputs and d.history.utilization_scale == 1.0
     # Too few requests prove nothing either.
-    assert not slo_breach_proven(buckets([5.0] * 3 + [0.2] * 10), 2.0, 95)
+    assert not breach_proven(buckets([5.0] * 3 + [0.2] * 10), 2.0, 95)
 
 
 def test_guard_reads_buckets_not_a_guessed_percentile() -> None:
     # Every request at 1.5 s: between vLLM's 1.0 and 2.5 s boundaries, histogram_quantile
     # says p95 = 2.42 s, but nothing proves the 2 s SLO broken: no guard.
     ttft = buckets([1.5] * 100)
-    assert not slo_breach_proven(ttft, 2.0, 95)
+    assert not breach_proven(ttft, 2.0, 95)
     d = decide(
         sample(0, gen=500, done=2, running=10, ttft=ttft),
         History(),
@@ -180,15 +179,7 @@ def test_guard_reads_buckets_not_a_guessed_percentile() -> None:
         0,
     )
     assert "ttftGuardReplicas" not in d.inputs
-    assert slo_breach_proven(buckets([3.0] * 6 + [0.5] * 94), 2.0, 95)  # 6% above 2.5 s
-
-
-def test_attainment_bounds_by_hand() -> None:
-    # 100 requests: 70 <= 1.0 s, 20 in (1.0, 2.5], 10 above. SLO 2 s lies inside (1, 2.5].
-    cum = {0.5: 40.0, 1.0: 70.0, 2.5: 90.0, 5.0: 100.0, math.inf: 100.0}
-    assert slo_attainment_bounds(cum, 2.0) == (0.70, 0.90)
-    assert slo_attainment_bounds(cum, 2.5) == (0.90, 0.90)  # on a boundary: exact
-    assert slo_attainment_bounds({}, 2.0) is None
+    assert breach_proven(buckets([3.0] * 6 + [0.5] * 94), 2.0, 95)  # 6% above 2.5 s
 
 
 def test_headroom_is_learned_from_burstiness() -> None:

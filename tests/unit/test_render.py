@@ -282,3 +282,22 @@ def test_secret_values_never_rendered() -> None:
     text = manifests_yaml(r)
     assert MARKER not in text
     assert "secretKeyRef" in text and "hf-token" in text
+
+
+def test_sglang_puts_an_slo_between_its_boundaries_on_one() -> None:
+    """SGLang lets its TTFT buckets be set: an SLO it has no boundary for gets one, so
+    attainment is measured exactly; vLLM's are fixed and get nothing."""
+    raw = {**CASES["sglang-1xh100"]}
+    raw["spec"] = {**raw["spec"], "scaling": {"slo": {"ttftSeconds": 1.5}}}
+    args = engine_container(render_case(raw)[1])["args"]
+    flag = args.index("--bucket-time-to-first-token")
+    boundaries = [float(a) for a in args[flag + 1 : flag + 20] if not a.startswith("--")]
+    assert 1.5 in boundaries and boundaries == sorted(boundaries) and 1.0 in boundaries
+    # On a default boundary (2 s), the defaults stand and no flag is rendered.
+    assert (
+        "--bucket-time-to-first-token"
+        not in engine_container(render_case(CASES["sglang-1xh100"])[1])["args"]
+    )
+    vllm = {**CASES["vllm-1xh100"]}
+    vllm["spec"] = {**vllm["spec"], "scaling": {"slo": {"ttftSeconds": 1.5}}}
+    assert not any("bucket" in a for a in engine_container(render_case(vllm)[1])["args"])

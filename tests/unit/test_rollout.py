@@ -55,7 +55,11 @@ def buckets(ttft: float, count: float) -> dict[float, float]:
 
 def sample(ttft: float, requests: float = 100, failures: float = 0) -> TrackSample:
     return TrackSample(
-        pods=1, requests=requests, failures=failures, ttft_buckets=buckets(ttft, requests)
+        pods=1,
+        requests=requests,
+        failures=failures,
+        ttft_buckets=buckets(ttft, requests),
+        ttft_sum=ttft * requests,
     )
 
 
@@ -416,6 +420,37 @@ def test_judge_rules() -> None:
     assert silent.result == "Pass" and "no request" in silent.message
     verdict = judge(m(sample(0.9), sample(0.3)), CRITERIA)
     assert verdict.numbers["canaryTTFTSeconds"] > verdict.numbers["stableTTFTSeconds"]
+
+
+def test_judge_reads_vllm_buckets_as_buckets() -> None:
+    """The issue's two cases on vLLM's boundaries (nothing between 1.0 and 2.5 s)."""
+    lenient = replace(CRITERIA, max_ttft_ratio=1.5)
+    # 1.9 s -> 2.1 s crosses the 2 s SLO: the _sum proves 20% of the canary above it.
+    crossed = judge(m(sample(2.1, requests=200), sample(1.9, requests=200)), lenient)
+    assert crossed.result == "Fail", crossed.message
+    assert "20.0% of canary requests" in crossed.message
+    assert crossed.numbers["canaryAboveSLO"] == 0.2 and crossed.numbers["stableAboveSLO"] == 0
+    # 0.95 s -> 1.05 s is harmless, though interpolation reads p95 0.99 s vs 2.43 s.
+    harmless = judge(m(sample(1.05), sample(0.95)), CRITERIA)
+    assert harmless.result == "Pass", harmless.message
+    assert harmless.numbers["canaryTTFTSeconds"] > 2.4  # the interpolated figure, shown
+    # Both tracks equally over the SLO: the load, not the revision.
+    assert judge(m(sample(2.1), sample(2.1)), lenient).result == "Pass"
+
+
+def test_error_verdict_names_the_counter() -> None:
+    http = replace(CRITERIA, failure_signal="HTTP 5xx responses (http_requests_total)")
+    canary = TrackSample(
+        pods=1,
+        requests=80,
+        failures=20,
+        responses=100,
+        ttft_buckets=buckets(0.3, 80),
+        ttft_sum=24.0,
+    )
+    verdict = judge(m(canary, sample(0.3)), http)
+    assert verdict.result == "Fail" and "20.00%" in verdict.message
+    assert "HTTP 5xx responses (http_requests_total)" in verdict.message
 
 
 @given(st.integers(1, 1000), st.integers(1, 100))

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from distillery.api.types import DistilledModelDeploymentSpec
-from distillery.autoscale.inputs import histogram_quantile
+from distillery.autoscale.histogram import histogram_quantile
 from distillery.catalog import load_catalog
 from distillery.simulate.engine import (
     POLICY_NAMES,

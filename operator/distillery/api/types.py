@@ -752,6 +752,16 @@ class CanaryAnalysisStatus(_Model):
     stable_ttft_seconds: float | None = Field(default=None, alias="stableTTFTSeconds")
     canary_error_rate: float | None = None
     stable_error_rate: float | None = None
+    canary_above_slo: float | None = Field(
+        default=None,
+        alias="canaryAboveSLO",
+        description="Share of canary requests surely above the TTFT SLO (0-1).",
+    )
+    stable_above_slo: float | None = Field(
+        default=None,
+        alias="stableAboveSLO",
+        description="Share of stable requests surely above the TTFT SLO (0-1).",
+    )
 
 
 class RolloutStatus(_Model):

@@ -6,20 +6,19 @@ server: which pods count, when data is stale or partial, how TTFT percentiles co
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from distillery.api.types import DistilledModelDeploymentSpec, ScalingTargets
+from distillery.autoscale.histogram import histogram_quantile
 from distillery.autoscale.policy import (
     Capacity,
     Cluster,
     Limits,
     LoadSample,
     capacity_for,
-    cumulative,
 )
 from distillery.catalog import ModelEntry
 from distillery.sizing import Option, Plan
@@ -39,6 +38,7 @@ class PodMetrics:
     generation_tokens_rate: float | None = None
     computed_prompt_tokens_rate: float | None = None
     ttft_buckets: dict[float, float] = field(default_factory=dict)
+    ttft_sum: float | None = None  # rate of the TTFT histogram's _sum
     last_sample: float = 0.0
 
 
@@ -48,26 +48,10 @@ class PodCounts:
 
     requests: float | None = None
     failures: float | None = None
+    # Responses the failures are counted among, where that is another counter.
+    responses: float | None = None
     ttft_buckets: dict[float, float] = field(default_factory=dict)
-
-
-def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
-    """Prometheus' histogram_quantile over cumulative bucket rates {le: rate}."""
-    found = cumulative(buckets)
-    if found is None:
-        return None
-    items, total = found
-    rank = q * total
-    prev_le, prev_count = 0.0, 0.0
-    for le, count in items:
-        if count >= rank:
-            if math.isinf(le):
-                return prev_le
-            if count == prev_count:
-                return le
-            return prev_le + (le - prev_le) * (rank - prev_count) / (count - prev_count)
-        prev_le, prev_count = le, count
-    return items[-1][0]
+    ttft_sum: float | None = None  # increase of the TTFT histogram's _sum
 
 
 def merge_buckets(pods: Iterable[PodMetrics]) -> dict[float, float]:
@@ -76,6 +60,15 @@ def merge_buckets(pods: Iterable[PodMetrics]) -> dict[float, float]:
         for le, v in p.ttft_buckets.items():
             out[le] += v
     return dict(out)
+
+
+def merge_sums(pods: Iterable[PodMetrics | PodCounts]) -> float | None:
+    """The TTFT ``_sum`` over the pods that report buckets; None unless every one of
+    them reports it (a partial sum would understate the latency)."""
+    with_buckets = [p for p in pods if p.ttft_buckets]
+    if not with_buckets or any(p.ttft_sum is None for p in with_buckets):
+        return None
+    return sum(p.ttft_sum or 0.0 for p in with_buckets)
 
 
 @dataclass(frozen=True)
@@ -213,6 +206,7 @@ def observe(
         completions_per_second=total([m.completions_rate for m in reporting]),
         generation_tokens_per_second=total([m.generation_tokens_rate for m in reporting]),
         ttft_buckets=buckets or None,
+        ttft_sum=merge_sums(reporting),
     )
     partial = len(reporting) < len(ready)
     message = (

@@ -62,13 +62,13 @@ from the fleet model through a Prometheus view); nothing here knows which.
 
 from __future__ import annotations
 
-import bisect
 import math
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from distillery.api.types import LimitReason
+from distillery.autoscale.histogram import attainment_bounds, breach_proven
 
 # Target GPU-time utilization by objective: headroom for bursts within a minute
 # (latency) versus cost.
@@ -117,8 +117,10 @@ class LoadSample:
     replicas_reporting: int = 0
     completions_per_second: float | None = None
     generation_tokens_per_second: float | None = None
-    # Increase per cumulative TTFT bucket {le: count} over the rate window.
+    # Increase per cumulative TTFT bucket {le: count} over the rate window, and of the
+    # histogram's _sum (what tells 2.1 s from 1.9 s inside vLLM's 1.0-2.5 s bucket).
     ttft_buckets: Mapping[float, float] | None = None
+    ttft_sum: float | None = None
 
     @property
     def outstanding(self) -> float:
@@ -270,54 +272,6 @@ def capacity_for(
 def _ceil(x: float) -> int:
     # Tolerate float noise so that 4.0000001 does not become 5.
     return math.ceil(x - 1e-9)
-
-
-def cumulative(
-    buckets: Mapping[float, float] | None,
-) -> tuple[list[tuple[float, float]], float] | None:
-    """A histogram's cumulative buckets {le: count}, sorted, and its total; None when
-    it counted nothing."""
-    if not buckets:
-        return None
-    items = sorted(buckets.items())
-    total = items[-1][1]
-    return (items, total) if total > 0 else None
-
-
-def slo_breach_proven(
-    buckets: Mapping[float, float] | None,
-    slo: float,
-    percentile: float,
-    min_requests: float = 5.0,
-) -> bool:
-    """True when the histogram proves the percentile above the SLO: more than the
-    allowed share of requests, and at least ``min_requests`` of them, are above the
-    first bucket boundary at or over the SLO. Between coarse boundaries nothing is
-    proven (vLLM has none from 1.0 to 2.5 s)."""
-    found = cumulative(buckets)
-    if found is None:
-        return False
-    items, total = found
-    les = [le for le, _ in items]
-    i = bisect.bisect_left(les, slo)
-    if i >= len(items) or math.isinf(les[i]):
-        return False
-    above = total - items[i][1]
-    return above >= min_requests and above / total > 1.0 - percentile / 100.0
-
-
-def slo_attainment_bounds(
-    buckets: Mapping[float, float] | None, slo: float
-) -> tuple[float, float] | None:
-    """(surely met, possibly met): the share of requests at or under the bucket
-    boundary below the SLO, and under the first boundary at or above it."""
-    found = cumulative(buckets)
-    if found is None:
-        return None
-    items, total = found
-    below = max((c for le, c in items if le <= slo), default=0.0)
-    above = min((c for le, c in items if le >= slo), default=total)
-    return below / total, above / total
 
 
 def _work_rate(sample: LoadSample, cap: Capacity) -> float | None:
@@ -475,7 +429,9 @@ def _ttft_guard(
     """The TTFT guard: a proven SLO breach under contention adds replicas for an
     episode and, when the capacity asked for was serving, lowers the utilization target;
     an SLO met relaxes it again."""
-    proven = slo_breach_proven(sample.ttft_buckets, cap.slo_ttft_seconds, cap.slo_percentile)
+    proven = breach_proven(
+        sample.ttft_buckets, cap.slo_ttft_seconds, cap.slo_percentile, total_sum=sample.ttft_sum
+    )
     current = max(cluster.current, 0)
     elapsed = 0.0 if history.last_time is None else max(0.0, now - history.last_time)
     history = replace(history, last_time=now)
@@ -497,7 +453,7 @@ def _ttft_guard(
                 history = replace(history, utilization_scale=scale)
         history = replace(history, guard_until=now + GUARD_CLEAR_SECONDS)
     else:
-        bounds = slo_attainment_bounds(sample.ttft_buckets, cap.slo_ttft_seconds)
+        bounds = attainment_bounds(sample.ttft_buckets, cap.slo_ttft_seconds)
         if bounds is not None and bounds[0] >= cap.slo_percentile / 100.0:
             scale = min(1.0, history.utilization_scale + RELAX_PER_MINUTE * elapsed / 60.0)
             history = replace(history, utilization_scale=scale)

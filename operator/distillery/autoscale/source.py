@@ -93,6 +93,7 @@ class PrometheusSource:
                 ("completions_rate", q.completions_rate),
                 ("generation_tokens_rate", q.generation_tokens_rate),
                 ("computed_prompt_tokens_rate", q.computed_prompt_tokens_rate),
+                ("ttft_sum", q.ttft_sum),
                 ("last_sample", q.freshness),
             ):
                 if promql is None:
@@ -133,7 +134,12 @@ class PrometheusSource:
             matchers = f'namespace="{ns}"' + (f",{extra}" if extra else "")
             return self._query(f"sum by ({by}) (increase({name}{{{matchers}}}[{window}]))")
 
-        for attr, metric in (("requests", q.requests), ("failures", q.failures)):
+        for attr, metric in (
+            ("requests", q.requests),
+            ("failures", q.failures),
+            ("responses", q.responses),
+            ("ttft_sum", q.ttft_sum),
+        ):
             if metric is None:
                 continue
             for item in increase(metric, "namespace, pod"):
@@ -148,10 +154,12 @@ class PrometheusSource:
                 value = float(item["value"][1])
                 if key is not None and le is not None and not math.isnan(value):
                     pods[key[1]].ttft_buckets[float(le)] = value
-        # A pod that exports the counters but had no failure yet has zero failures.
+        # A pod that exports the counters but had no failure yet has zero failures
+        # (a grouped status series appears only once one response had it).
         if q.failures is not None:
             for counts in pods.values():
-                if counts.failures is None and counts.requests is not None:
+                base = counts.responses if q.responses is not None else counts.requests
+                if counts.failures is None and base is not None:
                     counts.failures = 0.0
         return dict(pods)
 

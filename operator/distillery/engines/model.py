@@ -31,6 +31,8 @@ class EngineInputs:
     gpu_memory_utilization: float
     kv_cache_dtype: str  # auto | fp8
     extra_args: tuple[str, ...] = ()
+    # The TTFT SLO, for engines whose histogram boundaries can be set to include it.
+    slo_ttft_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,15 +62,23 @@ class EngineQueries:
     generation_tokens_rate: str | None = None
     # Prompt tokens the engine computed (prefix-cache hits excluded), where it says so.
     computed_prompt_tokens_rate: str | None = None
+    # Rate of the TTFT histogram's _sum: bounds the latency inside a coarse bucket.
+    ttft_sum: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AnalysisQueries:
     """Counters a canary analysis compares between tracks: (metric, extra matchers)."""
 
+    # Finished requests: whether a track served enough to judge.
     requests: tuple[str, str] | None
+    # Failed responses, counted among ``responses`` (None: among ``requests``).
     failures: tuple[str, str] | None
+    responses: tuple[str, str] | None = None
+    # What ``failures`` counts, for the verdict and the docs.
+    failure_signal: str = "no failure counter"
     ttft_buckets: tuple[str, str] | None
+    ttft_sum: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +97,11 @@ class ServingEngine:
     start_seconds: float
     queries: EngineQueries
     analysis: AnalysisQueries
+    # The TTFT histogram's finite bucket boundaries as the engine exports them by
+    # default; None: no TTFT histogram. An SLO between two of them is measured as a range.
+    ttft_boundaries: tuple[float, ...] | None = None
+    # The engine lets its TTFT buckets be set, and its launch puts the SLO on one.
+    ttft_buckets_settable: bool = False
 
 
 def promql_by_pod(metric: str, agg: str = "sum") -> str:

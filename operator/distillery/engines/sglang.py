@@ -13,6 +13,25 @@ from distillery.engines.model import (
 )
 from distillery.engines.model import promql_by_pod as q
 
+# sglang:time_to_first_token_seconds's default boundaries (sglang/srt/metrics/
+# collector.py); --bucket-time-to-first-token replaces them.
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0,
+    100.0, 200.0, 400.0,
+)  # fmt: skip
+
+
+BUCKET_FLAG = "--bucket-time-to-first-token"
+
+
+def ttft_bucket_args(slo_seconds: float) -> list[str]:
+    """The default boundaries plus the SLO, so attainment is measured exactly; nothing
+    when the SLO is one of them already."""
+    slo = round(slo_seconds, 3)
+    if slo in TTFT_BUCKETS:
+        return []
+    return [BUCKET_FLAG, *(f"{b:g}" for b in sorted({*TTFT_BUCKETS, slo}))]
+
 
 def launch(i: EngineInputs) -> EngineLaunch:
     args = [
@@ -34,6 +53,8 @@ def launch(i: EngineInputs) -> EngineLaunch:
         args += ["--quantization", "w8a8_int8"]
     if i.kv_cache_dtype == "fp8":
         args += ["--kv-cache-dtype", "fp8_e5m2"]
+    if i.slo_ttft_seconds is not None and BUCKET_FLAG not in i.extra_args:
+        args += ttft_bucket_args(i.slo_ttft_seconds)
     return EngineLaunch(
         command=["python3", "-m", "sglang.launch_server"],
         args=args + list(i.extra_args),
@@ -58,10 +79,16 @@ ENGINE = ServingEngine(
         freshness=q("timestamp(sglang:num_running_reqs)", "max"),
         completions_rate=q("rate(sglang:num_requests_total[1m])"),
         generation_tokens_rate=q("rate(sglang:generation_tokens_total[1m])"),
+        ttft_sum=q("rate(sglang:time_to_first_token_seconds_sum[1m])"),
     ),
+    # SGLang counts aborted requests (client disconnects among them) but no HTTP
+    # errors: a canary's failures are not visible in its metrics.
     analysis=AnalysisQueries(
         requests=("sglang:num_requests_total", ""),
         failures=None,
         ttft_buckets=("sglang:time_to_first_token_seconds_bucket", ""),
+        ttft_sum=("sglang:time_to_first_token_seconds_sum", ""),
     ),
+    ttft_boundaries=TTFT_BUCKETS,
+    ttft_buckets_settable=True,
 )

@@ -55,9 +55,12 @@ ENGINE = ServingEngine(
         completions_rate=q("rate(tgi_request_success[1m])"),
         generation_tokens_rate=q("rate(tgi_request_generated_tokens_sum[1m])"),
     ),
+    # The router counts every request and every failure (validation, generation,
+    # overloaded, ...) in tgi_request_failure{err}.
     analysis=AnalysisQueries(
         requests=("tgi_request_count", ""),
         failures=("tgi_request_failure", ""),
+        failure_signal="failed requests (tgi_request_failure)",
         ttft_buckets=None,
     ),
 )

@@ -13,6 +13,18 @@ from distillery.engines.model import (
 )
 from distillery.engines.model import promql_by_pod as q
 
+# The release the image, the flags and the metric contract are pinned to
+# (tests/data/vllm-metrics.json lists its /metrics, with the sources cited).
+VERSION = "v0.18.1"
+# vllm:time_to_first_token_seconds's boundaries (vllm/v1/metrics/loggers.py): fixed,
+# with nothing between 1.0 and 2.5 s.
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
+_INFERENCE_ROUTES = 'handler=~"/v1/completions|/v1/chat/completions"'
+
 
 def launch(i: EngineInputs) -> EngineLaunch:
     args = [
@@ -42,7 +54,7 @@ def launch(i: EngineInputs) -> EngineLaunch:
 ENGINE = ServingEngine(
     name="vllm",
     launch=launch,
-    image="vllm/vllm-openai:v0.11.0",
+    image=f"vllm/vllm-openai:{VERSION}",
     quantizations=frozenset({"none", "fp8", "int8", "awq", "gptq"}),
     online_fp8=True,
     start_seconds=90.0,
@@ -62,12 +74,20 @@ ENGINE = ServingEngine(
         computed_prompt_tokens_rate=q(
             'rate(vllm:prompt_tokens_by_source_total{source="local_compute"}[1m])'
         ),
+        ttft_sum=q("rate(vllm:time_to_first_token_seconds_sum[1m])"),
     ),
-    # vLLM counts every finished request by finished_reason; aborted ones (engine errors,
-    # timeouts, dropped connections) are the failures it exports.
+    # request_success_total counts requests the engine finished (stop, length, abort,
+    # error, repetition), never an HTTP error: a request that fails before or outside
+    # the engine is not in it. Failures are the API server's HTTP 5xx responses on the
+    # inference routes (prometheus-fastapi-instrumentator, status grouped as "5xx").
     analysis=AnalysisQueries(
         requests=("vllm:request_success_total", ""),
-        failures=("vllm:request_success_total", 'finished_reason=~"abort|error"'),
+        failures=("http_requests_total", f'{_INFERENCE_ROUTES},status="5xx"'),
+        responses=("http_requests_total", _INFERENCE_ROUTES),
+        failure_signal="HTTP 5xx responses on /v1/completions and /v1/chat/completions "
+        "(http_requests_total)",
         ttft_buckets=("vllm:time_to_first_token_seconds_bucket", ""),
+        ttft_sum=("vllm:time_to_first_token_seconds_sum", ""),
     ),
+    ttft_boundaries=TTFT_BUCKETS,
 )

@@ -28,6 +28,7 @@ from distillery.api.hashing import content_hash
 from distillery.api.types import DistilledModelDeployment
 from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
 from distillery.catalog import Catalog
+from distillery.engines import ENGINES
 from distillery.reconcile.children import (
     APPLIED_HASH,
     CANARY,
@@ -649,4 +650,5 @@ def _criteria(dmd: DistilledModelDeployment) -> Criteria | None:
         min_requests=canary.analysis.min_requests,
         percentile=slo.percentile,
         slo_ttft_seconds=slo.ttft_seconds,
+        failure_signal=ENGINES[dmd.spec.serving.engine].analysis.failure_signal,
     )

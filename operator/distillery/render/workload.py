@@ -386,6 +386,7 @@ def render(
             gpu_memory_utilization=spec.placement.gpu_memory_utilization,
             kv_cache_dtype=spec.serving.kv_cache_dtype,
             extra_args=tuple(spec.serving.extra_args),
+            slo_ttft_seconds=spec.scaling.slo.ttft_seconds,
         ),
     )
     image = (

@@ -1,17 +1,22 @@
 """Canary analysis: is the new revision as good as the stable one (pure)?
 
 A measurement is what each track's pods did over one window of a canary step: requests
-finished, requests failed, and the TTFT histogram's bucket increases. Judging it is kept
-apart from querying Prometheus so the rules are tested without a server:
+finished, responses failed, and the TTFT histogram's bucket and ``_sum`` increases.
+Judging it is kept apart from querying Prometheus so the rules are tested without a
+server. TTFT is compared as a histogram, never as an interpolated percentile: vLLM has
+no boundary between 1.0 and 2.5 s, where interpolation reads 1.05 s as 2.4 s
+(:mod:`distillery.autoscale.histogram`).
 
 - too few canary requests → ``Inconclusive``: a verdict on five requests is noise, and
   missing data never promotes (nor rolls back);
-- canary error rate above ``maxErrorRate`` → ``Fail``;
-- canary TTFT percentile above ``maxTTFTRatio`` x the stable one's (and more than
-  :data:`TTFT_NOISE_SECONDS` above it: histogram buckets make tiny latencies coarse)
-  → ``Fail``;
-- canary TTFT percentile above the SLO while the stable one meets it → ``Fail``. When
-  both miss the SLO the load is to blame, not the revision; the ratio still applies.
+- canary error rate above ``maxErrorRate`` → ``Fail``; the verdict names the counter
+  (vLLM: HTTP 5xx responses; engines without one cannot fail this way, and say so);
+- the canary's share of requests above the SLO proven too high (buckets plus ``_sum``,
+  beyond a one-sided binomial margin) while the stable's is not → ``Fail``. When both
+  miss the SLO the load is to blame, not the revision;
+- the canary's percentile surely above ``maxTTFTRatio`` x the stable one's (the lower
+  boundary of the canary's bucket, widened by the same margin, over the upper boundary
+  of the stable's) → ``Fail``. A difference inside one bucket is never a regression.
 
 Engines that export none of these signals (llama.cpp) pass on readiness and pauses
 alone, and the verdict says so.
@@ -24,11 +29,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distillery.autoscale.inputs import PodCounts, PodInfo, histogram_quantile
+from distillery.autoscale.histogram import (
+    Z_ONE_SIDED,
+    breach_proven,
+    histogram_quantile,
+    quantile_bucket,
+    share_above_bounds,
+)
+from distillery.autoscale.inputs import PodCounts, PodInfo, merge_sums
 
 Result = Literal["Pass", "Fail", "Inconclusive"]
-# Below this, a TTFT difference is within one histogram bucket of vLLM's defaults.
-TTFT_NOISE_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -38,15 +48,25 @@ class TrackSample:
     pods: int = 0
     requests: float | None = None  # None: the engine exports no request counter
     failures: float | None = None  # None: the engine exports no failure counter
+    # What the failures are counted among; None: among ``requests``.
+    responses: float | None = None
     ttft_buckets: Mapping[float, float] = field(default_factory=dict)  # {le: increase}
+    ttft_sum: float | None = None
 
     def error_rate(self) -> float | None:
-        if self.failures is None or not self.requests:
+        base = self.responses if self.responses is not None else self.requests
+        if self.failures is None or not base:
             return None
-        return min(1.0, self.failures / self.requests)
+        return min(1.0, self.failures / base)
 
     def ttft(self, percentile: float) -> float | None:
+        """The interpolated percentile, for display only."""
         return histogram_quantile(percentile / 100.0, self.ttft_buckets)
+
+    def above_slo(self, slo: float) -> float | None:
+        """The share of requests surely above ``slo``."""
+        share = share_above_bounds(self.ttft_buckets, slo, self.ttft_sum)
+        return None if share is None else share.low
 
 
 @dataclass(frozen=True)
@@ -77,17 +97,23 @@ def measure(
 
     def track(members: list[PodInfo]) -> TrackSample:
         got = [counts[p.name] for p in members if p.name in counts]
-        requests = [c.requests for c in got if c.requests is not None]
-        failures = [c.failures for c in got if c.failures is not None]
+
+        def total(values: list[float | None]) -> float | None:
+            present = [v for v in values if v is not None]
+            return sum(present) if present else None
+
         merged: dict[float, float] = defaultdict(float)
         for c in got:
             for le, v in c.ttft_buckets.items():
                 merged[le] += v
+        requests = total([c.requests for c in got])
         return TrackSample(
             pods=len(members),
-            requests=sum(requests) if requests else (0.0 if counts_requests else None),
-            failures=sum(failures) if failures else None,
+            requests=requests if requests is not None else (0.0 if counts_requests else None),
+            failures=total([c.failures for c in got]),
+            responses=total([c.responses for c in got]),
             ttft_buckets=dict(merged),
+            ttft_sum=merge_sums(got),
         )
 
     canary = [p for p in pods if p.track == "canary" and p.revision == revision]
@@ -109,6 +135,8 @@ class Criteria:
     min_requests: int
     percentile: float
     slo_ttft_seconds: float | None
+    # What the engine's failure counter counts, named in the verdict.
+    failure_signal: str = "failed requests"
 
 
 @dataclass(frozen=True)
@@ -119,14 +147,16 @@ class Verdict:
 
 
 def _fmt(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{seconds * 1000:.0f}ms"
+    if seconds is None:
+        return "n/a"
+    return "above the last bucket" if seconds == float("inf") else f"{seconds * 1000:.0f}ms"
 
 
-def judge(m: Measurement, c: Criteria) -> Verdict:
-    """The verdict on one measurement, with the numbers behind it."""
+def _numbers(m: Measurement, c: Criteria) -> dict[str, float]:
     canary, stable = m.canary, m.stable or TrackSample()
     p = c.percentile
     numbers: dict[str, float] = {"windowSeconds": round(m.end - m.start, 1)}
+    slo = c.slo_ttft_seconds
     for key, value in (
         ("canaryRequests", canary.requests),
         ("stableRequests", stable.requests),
@@ -134,9 +164,19 @@ def judge(m: Measurement, c: Criteria) -> Verdict:
         ("stableTTFTSeconds", stable.ttft(p)),
         ("canaryErrorRate", canary.error_rate()),
         ("stableErrorRate", stable.error_rate()),
+        ("canaryAboveSLO", canary.above_slo(slo) if slo else None),
+        ("stableAboveSLO", stable.above_slo(slo) if slo else None),
     ):
         if value is not None:
             numbers[key] = round(value, 4)
+    return numbers
+
+
+def judge(m: Measurement, c: Criteria) -> Verdict:
+    """The verdict on one measurement, with the numbers behind it."""
+    canary, stable = m.canary, m.stable or TrackSample()
+    p = c.percentile
+    numbers = _numbers(m, c)
     window = f"{m.end - m.start:.0f}s"
     if canary.requests is None and canary.failures is None and not canary.ttft_buckets:
         return Verdict(
@@ -157,39 +197,53 @@ def judge(m: Measurement, c: Criteria) -> Verdict:
         return Verdict(
             "Fail",
             f"canary error rate {rate:.2%} over {window} exceeds maxErrorRate "
-            f"{c.max_error_rate:.2%} (stable {_pct(stable.error_rate())})",
+            f"{c.max_error_rate:.2%} (stable {_pct(stable.error_rate())}; counted from "
+            f"{c.failure_signal})",
             numbers,
         )
-    canary_ttft, stable_ttft = canary.ttft(p), stable.ttft(p)
-    label = f"p{p:g} TTFT"
-    if canary_ttft is not None and stable_ttft is not None:
-        limit = max(c.max_ttft_ratio * stable_ttft, stable_ttft + TTFT_NOISE_SECONDS)
-        if canary_ttft > limit:
-            ratio = canary_ttft / max(stable_ttft, 1e-9)
-            return Verdict(
-                "Fail",
-                f"canary {label} {_fmt(canary_ttft)} is {ratio:.1f}x the stable "
-                f"{_fmt(stable_ttft)} (maxTTFTRatio {c.max_ttft_ratio:g})",
-                numbers,
-            )
+    slo = c.slo_ttft_seconds
     if (
-        canary_ttft is not None
-        and c.slo_ttft_seconds is not None
-        and canary_ttft > c.slo_ttft_seconds
-        and (stable_ttft is None or stable_ttft <= c.slo_ttft_seconds)
+        slo is not None
+        and breach_proven(canary.ttft_buckets, slo, p, total_sum=canary.ttft_sum, z=Z_ONE_SIDED)
+        and not breach_proven(stable.ttft_buckets, slo, p, total_sum=stable.ttft_sum)
     ):
         return Verdict(
             "Fail",
-            f"canary {label} {_fmt(canary_ttft)} misses the SLO of "
-            f"{_fmt(c.slo_ttft_seconds)} that the stable revision meets ({_fmt(stable_ttft)})",
+            f"at least {canary.above_slo(slo):.1%} of canary requests took longer than the "
+            f"{_fmt(slo)} TTFT SLO, which allows {1 - p / 100:.1%} (p{p:g}); the stable "
+            f"revision meets it (at least {_pct(stable.above_slo(slo))} above) over {window}",
+            numbers,
+        )
+    canary_bucket = quantile_bucket(canary.ttft_buckets, p / 100.0, Z_ONE_SIDED)
+    stable_bucket = quantile_bucket(stable.ttft_buckets, p / 100.0, Z_ONE_SIDED)
+    label = f"p{p:g} TTFT"
+    if (
+        canary_bucket is not None
+        and stable_bucket is not None
+        and canary_bucket[0] > c.max_ttft_ratio * stable_bucket[1]
+    ):
+        return Verdict(
+            "Fail",
+            f"canary {label} is above {_fmt(canary_bucket[0])}, more than "
+            f"{c.max_ttft_ratio:g}x the stable's {_fmt(stable_bucket[1])} at most "
+            f"(maxTTFTRatio; bucket boundaries, over {window})",
             numbers,
         )
     return Verdict(
         "Pass",
-        f"canary {label} {_fmt(canary_ttft)} vs stable {_fmt(stable_ttft)}, errors "
-        f"{_pct(rate)} vs {_pct(stable.error_rate())} over {window}",
+        f"canary {label} {_bucket(canary_bucket)} vs stable {_bucket(stable_bucket)}, "
+        f"errors {_pct(rate)} vs {_pct(stable.error_rate())} over {window}",
         numbers,
     )
+
+
+def _bucket(bounds: tuple[float, float] | None) -> str:
+    if bounds is None:
+        return "n/a"
+    low, high = bounds
+    if high == float("inf"):
+        return f"above {_fmt(low)}"
+    return f"{_fmt(low)}-{_fmt(high)}"
 
 
 def _pct(rate: float | None) -> str:

@@ -40,16 +40,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from distillery.engines import vllm
 from distillery.simulate.workload import Request
 from distillery.sizing.steptime import StepModel
 
-# vLLM's own bucket boundaries of vllm:time_to_first_token_seconds (vllm/v1/metrics/
-# loggers.py): nothing between 1.0 and 2.5 s. The fleet observes TTFT into these, so
-# policies read percentiles the way histogram_quantile reads them in production.
-VLLM_TTFT_BUCKETS: tuple[float, ...] = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0, math.inf,
-)  # fmt: skip
+# vLLM's own bucket boundaries of vllm:time_to_first_token_seconds, and +Inf: nothing
+# between 1.0 and 2.5 s. The fleet observes TTFT into these, so policies read the
+# histogram the way they read it in production.
+VLLM_TTFT_BUCKETS: tuple[float, ...] = (*vllm.TTFT_BUCKETS, math.inf)
 
 
 @dataclass(frozen=True)

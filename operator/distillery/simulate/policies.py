@@ -63,6 +63,7 @@ class Distillery(Policy):
             completions_per_second=sig.requests_per_second,
             generation_tokens_per_second=sig.generation_tokens_per_second,
             ttft_buckets=sig.ttft_buckets,
+            ttft_sum=sig.ttft_sum,
         )
         decision = decide(
             sample,

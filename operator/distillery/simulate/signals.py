@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from distillery.autoscale.inputs import histogram_quantile
+from distillery.autoscale.histogram import histogram_quantile
 from distillery.simulate.fleet import VLLM_TTFT_BUCKETS, Fleet, Snapshot
 
 SCRAPE_INTERVAL = 15.0  # Prometheus' and the PodMonitor's default
@@ -41,6 +41,7 @@ class Scrape:
     generation_tokens: float
     finished: int
     ttft_cumulative: tuple[int, ...]  # cumulative count per VLLM_TTFT_BUCKETS boundary
+    ttft_sum: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Signals:
     generation_tokens_per_second: float | None
     requests_per_second: float | None
     ttft_buckets: dict[float, float] | None  # increase per cumulative bucket in the window
+    ttft_sum: float | None = None  # the histogram's _sum, in the units of ttft_buckets
 
     def ttft_quantile(self, q: float) -> float | None:
         return histogram_quantile(q, self.ttft_buckets) if self.ttft_buckets else None
@@ -108,6 +110,7 @@ class PrometheusView:
                 generation_tokens=c.generation_tokens,
                 finished=c.finished,
                 ttft_cumulative=tuple(cumulative),
+                ttft_sum=c.ttft_sum,
             )
         )
         while self.scrapes and self.scrapes[0].time < t - self.retention:
@@ -152,4 +155,5 @@ class PrometheusView:
             generation_tokens_per_second=rate(lambda x: x.generation_tokens),
             requests_per_second=rate(lambda x: float(x.finished)),
             ttft_buckets=buckets,
+            ttft_sum=None if pair is None else max(0.0, pair[1].ttft_sum - pair[0].ttft_sum),
         )
