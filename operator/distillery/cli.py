@@ -28,6 +28,7 @@ from distillery.api.crd import (
 from distillery.api.errors import validation_problems
 from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
+from distillery.reconcile.slo import slo_measurement
 from distillery.render import DEFAULT_IMAGES, RenderError, RenderOptions, objects_text, render
 from distillery.sizing import Option, Plan, PlanError, UnknownModelError, plan
 
@@ -257,6 +258,13 @@ def render_plan_table(name: str, p: Plan, *, wide: bool = False, every: bool = F
     return "\n".join(lines)
 
 
+def _with_slo_line(table: str, message: str) -> str:
+    """The SLO line goes after the cost, before the alternatives."""
+    lines = table.splitlines()
+    at = next((i for i, line in enumerate(lines) if line == "  alternatives:"), len(lines))
+    return "\n".join([*lines[:at], f"  slo         {message}", *lines[at:]])
+
+
 def _catalog(paths: Sequence[str]) -> Catalog:
     extra = []
     for p in paths:
@@ -281,9 +289,20 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{source}: {exc}", file=sys.stderr)
             results.append({"name": dmd.name, "error": str(exc)})
             continue
-        results.append({"name": dmd.name, **p.to_json()})
+        spec = dmd.spec
+        slo = slo_measurement(
+            spec.serving.engine, spec.scaling.slo.ttft_seconds, spec.serving.extra_args
+        )
+        results.append(
+            {
+                "name": dmd.name,
+                **p.to_json(),
+                "slo": {"measurable": slo.exact, "reason": slo.reason, "message": slo.message},
+            }
+        )
         names.append(f"{RESOURCE_NAME}/{dmd.name}")
-        texts.append(render_plan_table(dmd.name, p, wide=args.output == "wide", every=args.all))
+        table = render_plan_table(dmd.name, p, wide=args.output == "wide", every=args.all)
+        texts.append(_with_slo_line(table, slo.message))
     if args.output in ("json", "yaml"):
         # Always a list, however many manifests: a script's jq path never changes shape.
         write_structured(results, args.output, out)
@@ -382,6 +401,12 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{source}: {exc}", file=sys.stderr)
             failed = True
             continue
+        spec = dmd.spec
+        slo = slo_measurement(
+            spec.serving.engine, spec.scaling.slo.ttft_seconds, spec.serving.extra_args
+        )
+        if not slo.exact:  # on stderr: stdout stays exactly what the operator applies
+            print(f"{source}: note: {slo.message}", file=sys.stderr)
         objects = rendered.objects()
         collected += objects if namespaced else [_strip_namespace(o) for o in objects]
     if args.output == "name":

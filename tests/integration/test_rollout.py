@@ -316,6 +316,59 @@ def test_canary_with_bad_latency_is_rolled_back(
     )
 
 
+@pytest.mark.parametrize(
+    ("case", "stable_ttft", "canary_ttft", "canary_errors", "verdict_names"),
+    [
+        # vLLM has no bucket boundary between 1.0 and 2.5 s: only the histogram's _sum
+        # tells the canary's 2.1 s from the stable's 1.9 s across the 2 s SLO.
+        ("across-the-slo", 1.9, 2.1, 0.0, "TTFT SLO"),
+        # vLLM counts no HTTP error in request_success_total: the API server's 5xx do.
+        ("server-errors", 0.2, 0.2, 0.2, "HTTP 5xx responses"),
+    ],
+)
+def test_canary_is_rolled_back_on_what_vllm_really_exports(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    namespace: str,
+    traffic: tuple[RequestTraffic, OperatorProcess],
+    case: str,
+    stable_ttft: float,
+    canary_ttft: float,
+    canary_errors: float,
+    verdict_names: str,
+) -> None:
+    load, op = traffic
+    bounds = op.bounds
+    load.ttft.update(stable=stable_ttft, canary=canary_ttft)
+    load.errors["canary"] = canary_errors
+    steps = [{"weight": 25, "pauseSeconds": 30}, {"weight": 50, "pauseSeconds": 30}]
+    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
+    apply(cluster, namespace, dmd_spec(f"v2-{case}", steps))
+    ro = wait(
+        api_client,
+        namespace,
+        lambda: (r := rollout(api_client, namespace)).get("phase") == "RolledBack" and r,
+        "automatic rollback",
+        bounds.rollout(30),
+    )
+    analysis = ro["lastAnalysis"]
+    assert analysis["result"] == "Fail" and verdict_names in analysis["message"], analysis
+    assert ro["stableRevision"] == v1
+    if canary_errors:
+        assert analysis["canaryErrorRate"] > 0.1 and analysis.get("stableErrorRate", 0) == 0
+    else:
+        # Interpolation reads both tracks as p95 ~2.4 s; the bounds tell them apart.
+        assert analysis["canaryAboveSLO"] >= 0.15 and analysis["stableAboveSLO"] == 0
+    wait(
+        api_client,
+        namespace,
+        lambda: deployment(api_client, namespace, f"{NAME}-canary") is None,
+        "canary gone",
+        bounds.reconcile,
+    )
+    assert revision_of(deployment(api_client, namespace, NAME)) == v1
+
+
 def test_operator_killed_mid_rollout_resumes_at_the_same_step(
     cluster: Cluster,
     api_client: client.ApiClient,

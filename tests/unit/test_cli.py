@@ -51,6 +51,22 @@ def test_plan_table_lists_alternatives() -> None:
     assert "WHY NOT" in out and "costs more" in out
 
 
+def test_plan_and_render_say_when_the_slo_falls_between_buckets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    example = str(ROOT / "examples" / "deepseek-r1-distill-qwen-7b.yaml")  # vLLM, 2 s SLO
+    code, out = run("plan", example)
+    assert code == 0
+    slo_line = next(line for line in out.splitlines() if line.startswith("  slo "))
+    assert "no boundary between 1 s and 2.5 s" in slo_line
+    code, out = run("plan", example, "-o", "json")
+    [doc] = json.loads(out)
+    assert doc["slo"]["measurable"] is False and doc["slo"]["reason"] == "BetweenBuckets"
+    code, out = run("render", example)
+    assert code == 0 and "2.5 s" not in out  # stdout is only the manifests
+    assert "note: vLLM's TTFT histogram has no boundary" in capsys.readouterr().err
+
+
 def test_plan_nothing_fits_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "big.yaml"
     f.write_text(

@@ -116,3 +116,20 @@ def test_slo_resolution_names_the_boundaries_around_the_slo() -> None:
     assert (on.exact, on.below, on.above) == (True, 2.5, 2.5)
     assert slo_resolution(SGLANG_BUCKETS, 2.0).exact
     assert slo_resolution(VLLM_BUCKETS, 5000.0).above is None
+
+
+def test_slo_measurable_says_how_to_measure_exactly() -> None:
+    from distillery.reconcile.slo import slo_measurement
+
+    between = slo_measurement("vllm", 2.0)
+    assert (between.exact, between.reason) == (False, "BetweenBuckets")
+    assert "no boundary between 1 s and 2.5 s" in between.message
+    assert "set scaling.slo.ttftSeconds to 1 s or 2.5 s" in between.message
+    assert slo_measurement("vllm", 2.5).reason == "OnBoundary"
+    assert slo_measurement("sglang", 2.0).reason == "OnBoundary"
+    assert slo_measurement("sglang", 1.5).reason == "BoundaryAdded"
+    # A user's own SGLang buckets are read as given.
+    own = slo_measurement("sglang", 1.5, ["--bucket-time-to-first-token", "1", "3"])
+    assert (own.exact, own.reason) == (False, "BetweenBuckets")
+    assert slo_measurement("tgi", 2.0).reason == "NoHistogram"
+    assert slo_measurement("llamacpp", 2.0).reason == "NoHistogram"

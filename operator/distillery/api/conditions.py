@@ -20,6 +20,7 @@ SIZED = "Sized"
 METRICS_AVAILABLE = "MetricsAvailable"
 SCALING_LIMITED = "ScalingLimited"
 ROLLOUT_PROGRESSING = "RolloutProgressing"
+SLO_MEASURABLE = "SLOMeasurable"
 
 # Order in status: the summary first, then kstatus, then domain conditions.
 ORDER = (
@@ -29,6 +30,7 @@ ORDER = (
     SIZED,
     METRICS_AVAILABLE,
     SCALING_LIMITED,
+    SLO_MEASURABLE,
     ROLLOUT_PROGRESSING,
 )
 

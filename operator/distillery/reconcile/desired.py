@@ -36,6 +36,7 @@ from distillery.reconcile.children import (
     child_key,
     edited_by,
 )
+from distillery.reconcile.slo import slo_measurement
 from distillery.render.workload import (
     ONE_AT_A_TIME,
     Rendered,
@@ -207,6 +208,12 @@ def _autoscaling_conditions(
     else:
         limit_cond = cond.condition(cond.SCALING_LIMITED, False, "WithinLimits", "", gen)
     return [metrics_cond, limit_cond]
+
+
+def _slo_condition(dmd: DistilledModelDeployment, gen: int | None) -> dict[str, Any]:
+    spec = dmd.spec
+    m = slo_measurement(spec.serving.engine, spec.scaling.slo.ttft_seconds, spec.serving.extra_args)
+    return cond.condition(cond.SLO_MEASURABLE, m.exact, m.reason, m.message, gen)
 
 
 def _deployment_conditions(
@@ -572,6 +579,7 @@ def _status(
         stalled,
         cond.condition(cond.SIZED, True, "Planned", _sized_message(chosen_plan), gen),
         *_autoscaling_conditions(dmd, old_status.get("autoscaling") or {}, gen),
+        _slo_condition(dmd, gen),
         cond.condition(
             cond.ROLLOUT_PROGRESSING, progressing_status, progressing_reason, progressing_msg, gen
         ),
