@@ -24,7 +24,7 @@ class FakeEngines:
     """Gauges set by the test, and the counters a vLLM pod grows while it runs them:
     every running sequence makes ``tokens_per_sequence`` output tokens a second and
     finishes after ``sequence_seconds`` (so a pod finishes running / sequence_seconds
-    requests a second, each with ``prompt_tokens`` of prompt)."""
+    requests a second, each with ``prompt_tokens`` of prompt and a TTFT of ``ttft``)."""
 
     def __init__(
         self,
@@ -38,6 +38,10 @@ class FakeEngines:
         # (namespace, pod) -> [generation tokens, finished requests, prompt tokens]
         self.counters: dict[tuple[str, str], list[float]] = {}
         self.rates = (tokens_per_sequence, sequence_seconds, prompt_tokens)
+        # Every finished request's TTFT, observed into vLLM's buckets per pod.
+        self.ttft = 0.2
+        self.ttft_counts: dict[tuple[str, str], list[float]] = {}
+        self.ttft_sums: dict[tuple[str, str], float] = {}
         self.last = time.monotonic()
 
     def set(self, pods: dict[tuple[str, str], tuple[float, float, float]]) -> None:
@@ -55,12 +59,16 @@ class FakeEngines:
             c[0] += running * per_token * dt
             c[1] += finished
             c[2] += finished * prompt
+            counts = self.ttft_counts.setdefault(key, [0.0] * N_BUCKETS)
+            counts[bisect.bisect_left(vllm.TTFT_BUCKETS, self.ttft)] += finished
+            self.ttft_sums[key] = self.ttft_sums.get(key, 0.0) + finished * self.ttft
 
     def exposition(self) -> bytes:
         with self.lock:
             self._advance()
             items = sorted(self.pods.items())
             counters = {k: list(v) for k, v in self.counters.items()}
+            ttft = {k: (list(v), self.ttft_sums[k]) for k, v in self.ttft_counts.items()}
         pods = []
         for (ns, pod), (running, waiting, kv) in items:
             generated, finished, prompt = counters.get((ns, pod), [0.0, 0.0, 0.0])
@@ -71,6 +79,8 @@ class FakeEngines:
                 prompt_tokens=prompt,
                 generation_tokens=generated,
                 finished={"stop": finished},
+                ttft_counts=ttft.get((ns, pod), ([], 0.0))[0],
+                ttft_sum=ttft.get((ns, pod), ([], 0.0))[1],
                 responses={"2xx": finished},
             )
             pods.append(({"namespace": ns, "pod": pod}, values))

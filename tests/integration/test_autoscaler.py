@@ -74,6 +74,7 @@ class Setup:
     op: OperatorProcess
     load: Load
     dmds: Dmds
+    engines: FakeEngines
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def setup(
         load = Load(engines, client.CoreV1Api(api_client), namespace)
         load.thread.start()
         try:
-            yield Setup(prom, op, load, Dmds(api_client, namespace, cluster))
+            yield Setup(prom, op, load, Dmds(api_client, namespace, cluster), engines)
         finally:
             load.stop.set()
             load.thread.join(timeout=5)
@@ -111,6 +112,11 @@ def test_scales_with_load_and_holds_without_metrics(setup: Setup) -> None:
     # 36 outstanding sequences of 16 slots each: 16 run, 20 wait on one replica. The
     # demand (served work plus the queue) asks for three or more, never the
     # maximum: the queue is bounded by what it could occupy.
+    # Every request takes 1.5 s to its first token: under the 2 s SLO, but between
+    # vLLM's 1.0 and 2.5 s boundaries, where histogram_quantile reads p95 = 2.4 s.
+    setup.engines.ttft = 1.5
+    slo = dmds.condition("qwen", "SLOMeasurable")
+    assert slo["status"] == "False" and slo["reason"] == "BetweenBuckets", slo
     load.total = 36
     dmds.wait_replicas("qwen", lambda n: n >= 3, "scale up to 3+", bounds.scale_up)
     dmds.wait_condition("qwen", "Ready", bounds.ready)
@@ -137,6 +143,16 @@ def test_scales_with_load_and_holds_without_metrics(setup: Setup) -> None:
     assert dmds.replicas("qwen") == up, dmds.describe("qwen")
     dmds.wait_replicas("qwen", lambda n: n == 1, "scale down to 1", bounds.scale_down(WINDOW))
     assert time.monotonic() - t0 >= WINDOW - 2 * op.settings.autoscale_interval_seconds
+    # Contended, and "p95 2.4 s" by interpolation all along, yet the TTFT guard never
+    # fired nor lowered the utilization target: the histogram proves no request above
+    # 2 s (its _sum says 1.5 s each).
+    auto = dmds.get("qwen")["status"]["autoscaling"]
+    decisions = auto["lastDecisions"]
+    assert any(d["inputs"].get("ttftPercentile", 0) > 2.0 for d in decisions), decisions
+    assert not any(
+        d["reason"].startswith("ttft") or "ttftGuardReplicas" in d["inputs"] for d in decisions
+    ), decisions
+    assert auto["utilizationScale"] == 1.0, auto
     # Load rises again, then Prometheus goes away: hold, and say so.
     load.total = 30
     dmds.wait_replicas("qwen", lambda n: n >= 2, "scale up to 2+", bounds.scale_up)
