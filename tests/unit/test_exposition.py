@@ -107,3 +107,32 @@ def test_every_vllm_query_names_an_exported_metric() -> None:
     # kv_usage also matches the name older releases used, on purpose.
     assert named - exported <= {"vllm:gpu_cache_usage_perc"}, named - exported
     assert "vllm:time_to_first_token_seconds_sum" in named
+
+
+def test_rendered_vllm_arguments_are_the_pinned_releases() -> None:
+    """Every flag distillery renders for vLLM, over the golden renders, is one the pinned
+    release's `vllm serve` takes, with a value it accepts."""
+    import yaml
+
+    golden = Path(__file__).parents[1] / "golden" / "render"
+    known = CONTRACT["serve_flags"]
+    seen: set[str] = set()
+    for path in sorted(golden.glob("vllm-*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "Deployment":
+                continue
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                if c["name"] != "engine":
+                    continue
+                assert c["command"] == ["vllm", "serve"]
+                args = c["args"]
+                for i, arg in enumerate(args):
+                    if not arg.startswith("--"):
+                        continue
+                    assert arg in known["flags"], f"{path.name}: {arg}"
+                    seen.add(arg)
+                    if arg == "--quantization":
+                        assert args[i + 1] in known["quantization"]
+                    if arg == "--kv-cache-dtype":
+                        assert args[i + 1] in known["kv_cache_dtype"]
+    assert {"--served-model-name", "--tensor-parallel-size", "--max-num-seqs"} <= seen
