@@ -30,47 +30,33 @@ API_WRITES = Counter(
     ["verb", "kind"],
     registry=REGISTRY,
 )
-DESIRED_REPLICAS = Gauge(
+# Gauges with one series per DMD; forget() drops a deleted DMD's from all of them.
+_PER_DMD: list[Gauge] = []
+
+
+def _per_dmd(name: str, help_: str) -> Gauge:
+    gauge = Gauge(name, help_, ["namespace", "name"], registry=REGISTRY)
+    _PER_DMD.append(gauge)
+    return gauge
+
+
+DESIRED_REPLICAS = _per_dmd(
     "distillery_desired_replicas",
     "Replicas the serving Deployment is rendered with (spec.replicas within its bounds).",
-    ["namespace", "name"],
-    registry=REGISTRY,
 )
-AUTOSCALER_DESIRED_REPLICAS = Gauge(
+AUTOSCALER_DESIRED_REPLICAS = _per_dmd(
     "distillery_autoscaler_desired_replicas",
     "Replicas the autoscaler's last decision asked for, after damping and limits.",
-    ["namespace", "name"],
-    registry=REGISTRY,
 )
-CURRENT_REPLICAS = Gauge(
-    "distillery_current_replicas",
-    "Running replicas per DMD.",
-    ["namespace", "name"],
-    registry=REGISTRY,
+CURRENT_REPLICAS = _per_dmd("distillery_current_replicas", "Running replicas per DMD.")
+READY_REPLICAS = _per_dmd("distillery_ready_replicas", "Ready replicas per DMD.")
+COST_PER_HOUR = _per_dmd(
+    "distillery_cost_per_hour", "Current GPU cost per hour per DMD (catalog currency)."
 )
-READY_REPLICAS = Gauge(
-    "distillery_ready_replicas",
-    "Ready replicas per DMD.",
-    ["namespace", "name"],
-    registry=REGISTRY,
-)
-COST_PER_HOUR = Gauge(
-    "distillery_cost_per_hour",
-    "Current GPU cost per hour per DMD (catalog currency).",
-    ["namespace", "name"],
-    registry=REGISTRY,
-)
-STALLED = Gauge(
-    "distillery_stalled",
-    "1 when the DMD is Stalled.",
-    ["namespace", "name"],
-    registry=REGISTRY,
-)
-BUDGET_LIMITED = Gauge(
+STALLED = _per_dmd("distillery_stalled", "1 when the DMD is Stalled.")
+BUDGET_LIMITED = _per_dmd(
     "distillery_budget_limited",
     "1 while the DMD wants more replicas than scaling.maxCostPerHour pays for.",
-    ["namespace", "name"],
-    registry=REGISTRY,
 )
 SCALING_DECISIONS = Counter(
     "distillery_scaling_decisions_total",
@@ -82,14 +68,6 @@ SCALING_DECISIONS = Counter(
 
 def forget(namespace: str, name: str) -> None:
     """Drop the per-DMD series of a deleted DMD."""
-    gauges = (
-        DESIRED_REPLICAS,
-        AUTOSCALER_DESIRED_REPLICAS,
-        CURRENT_REPLICAS,
-        READY_REPLICAS,
-        COST_PER_HOUR,
-        STALLED,
-    )
-    for gauge in (*gauges, BUDGET_LIMITED):
+    for gauge in _PER_DMD:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
