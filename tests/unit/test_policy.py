@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from distillery.autoscale.histogram import breach_proven
 from distillery.autoscale.policy import (
+    GUARD_MAX_SEVERITY,
     GUARD_STEP,
     UTILIZATION_FLOOR,
     Capacity,
@@ -134,7 +135,8 @@ def test_guard_fires_once_per_episode_and_counts_starting_replicas() -> None:
     history = History()
     s0 = sample(0, gen=2000, prompt=0, done=5, running=60, waiting=20, ttft=breach)
     d = decide(s0, history, CAP, LIMITS, Cluster(current=8, ready=8), 0)
-    assert d.inputs["ttftGuardReplicas"] == math.ceil(GUARD_STEP * 8)
+    # 20% surely above the SLO is four times the 5% a p95 allows: four quarter-steps.
+    assert d.inputs["ttftGuardReplicas"] == math.ceil(GUARD_STEP * GUARD_MAX_SEVERITY * 8)
     first = d.history.utilization_scale
     assert first < 1.0
     # The breach goes on: the same episode, no second step, no second back-off.
@@ -143,17 +145,64 @@ def test_guard_fires_once_per_episode_and_counts_starting_replicas() -> None:
     )
     assert d2.history.utilization_scale == first
     assert d2.inputs["ttftGuardReplicas"] == d.inputs["ttftGuardReplicas"]
-    # Replicas already starting count: 2 starting cover a step of 2.
-    d3 = decide(s0, History(), CAP, LIMITS, Cluster(current=10, ready=8), 0)
+    # Replicas already starting count: 8 starting cover a step of 8.
+    d3 = decide(s0, History(), CAP, LIMITS, Cluster(current=16, ready=8), 0)
     assert "ttftGuardReplicas" not in d3.inputs
 
 
+def test_a_breach_that_outlasts_a_served_step_earns_another_only_if_it_helped() -> None:
+    """Long prompts that share a replica slow each other's first token: a persistent
+    breach with no queue steps again once the last step's replicas have served for a
+    rate window and cut the share above the SLO; never while they start."""
+    cluster = Cluster(current=4, ready=4)
+    heavy = buckets([5.0] * 40 + [0.2] * 60)  # 40% surely above
+    s0 = sample(0, gen=400, prompt=2000, done=1, running=12, ttft=heavy)
+    d = decide(s0, History(), CAP, LIMITS, cluster, 0)
+    step = d.inputs["ttftGuardReplicas"]
+    assert step == 4  # a quarter of 4 ready, times the capped severity 4
+    # Still starting: no second step, however long the breach.
+    for t in (60, 120, 180):
+        d = decide(replace(s0, time=t), d.history, CAP, LIMITS, Cluster(current=8, ready=4), t)
+        assert d.inputs["ttftGuardReplicas"] == step
+    # Ready at 240 s; a window later the breach is down to 20%: it helped, one more step.
+    lighter = buckets([5.0] * 20 + [0.2] * 80)
+    s1 = replace(s0, ttft_buckets=lighter)
+    served = Cluster(current=8, ready=8)
+    d = decide(replace(s1, time=240), d.history, CAP, LIMITS, served, 240)
+    assert d.inputs["ttftGuardReplicas"] == step
+    d = decide(replace(s1, time=300), d.history, CAP, LIMITS, served, 300)
+    assert d.inputs["ttftGuardReplicas"] > step
+    # The next step's replicas serve and the share stays at 20%: it did not help.
+    more = d.inputs["ttftGuardReplicas"]
+    done = Cluster(current=d.desired, ready=d.desired)
+    for t in range(315, 700, 15):
+        d = decide(replace(s1, time=t), d.history, CAP, LIMITS, done, t)
+        assert d.inputs.get("ttftGuardReplicas", 0) <= more, t
+    assert d.desired <= done.current, "no step beyond the one that did not help"
+
+
+def test_a_backlog_draining_is_not_a_step_that_helped() -> None:
+    """While a queue drains, its requests report long TTFTs that shrink: that is not
+    evidence for another step."""
+    breach = buckets([30.0] * 50 + [0.2] * 50)
+    s0 = sample(0, gen=2000, prompt=0, done=5, running=60, waiting=200, ttft=breach)
+    d = decide(s0, History(), CAP, LIMITS, Cluster(current=8, ready=8), 0)
+    step = d.inputs["ttftGuardReplicas"]
+    served = Cluster(current=d.desired, ready=d.desired)
+    for t, share in ((60, 40), (120, 30), (180, 20), (240, 10)):
+        drained = buckets([30.0] * share + [0.2] * (100 - share))
+        s = replace(s0, time=t, waiting=100 - t / 3, ttft_buckets=drained)
+        d = decide(s, d.history, CAP, LIMITS, served, t)
+        assert d.inputs.get("ttftGuardReplicas", step) == step, t
+
+
 def test_guard_ignores_requests_slow_on_their_own() -> None:
-    # Idle replicas, no queue, yet 10% of requests over 2.5 s: long prompts alone. More
-    # replicas would not help: no guard step, no lower utilization target.
+    # Idle replicas, no queue, fewer sequences than replicas (none shares one), yet 10%
+    # of requests over 2.5 s: long prompts alone. More replicas would not help: no
+    # guard step, no lower utilization target.
     breach = buckets([5.0] * 10 + [0.2] * 90)
     d = decide(
-        sample(0, gen=400, prompt=0, done=2, running=8, ttft=breach),
+        sample(0, gen=400, prompt=0, done=2, running=5, ttft=breach),
         History(),
         CAP,
         LIMITS,
@@ -348,3 +397,24 @@ def test_no_flapping_on_noise() -> None:
     changes = [(i, b - a) for i, (a, b) in enumerate(itertools.pairwise(counts)) if b != a]
     for (i, d1), (j, d2) in itertools.pairwise(changes):
         assert not (d1 * d2 < 0 and (j - i) * 15 <= 300), counts
+
+
+def test_a_burst_in_the_first_minutes_is_held_before_the_quantile_can_be() -> None:
+    """Before 20 minutes of history the largest rise seen stands in for the quantile:
+    a burst at minute 3 is held at minute 8, not forgotten until it recurs."""
+    samples = []
+    for t in range(0, 9 * 60, 15):
+        minute = t // 60
+        level = 6000.0 if minute == 3 else 1000.0  # output tok/s: ~3 replicas in the burst
+        samples.append(sample(t, gen=level, prompt=0, done=level / 400, running=level / 40))
+    history = History()
+    d = None
+    for s_ in samples:
+        d = decide(s_, history, CAP, LIMITS, Cluster(current=10, ready=10), s_.time)
+        history = d.history
+    assert d is not None and history.learned_rise is None  # still young
+    burst_demand = 6000.0 / CAP.decode_tokens_per_second
+    assert d.inputs["headroomReplicas"] >= 0.8 * (
+        burst_demand - 1000.0 / CAP.decode_tokens_per_second
+    )
+    assert d.recommendation >= math.ceil(0.8 * burst_demand / CAP.utilization)

@@ -23,14 +23,20 @@ One decision:
    start (or the flap window, if longer), above where it is now — a high quantile over
    the minutes of this DMD's history (up to a day) — is held on top: bursty traffic
    gets more, smooth traffic less; bursts shorter than a cold start are held, not
-   chased. Until 20 minutes of history exist, ``PRIOR_HEADROOM`` of the level.
-4. **Latency guard, once per episode.** When vLLM's TTFT histogram proves the SLO
-   broken (more than the allowed share of requests, and at least five, above the first
-   bucket boundary at or over the SLO: a percentile between coarse buckets is never
-   guessed) while the replicas are contended (requests wait, or they are at least half
-   busy: otherwise the slow requests are slow alone), add a quarter of the ready
-   replicas, less those already starting;
-   then not again until the breach has cleared. It never compounds.
+   chased. Until 20 minutes of history exist, the largest rise seen so far (the
+   largest of n samples estimates a high quantile from above), and never less than
+   ``PRIOR_HEADROOM`` of the level: a burst in the first minutes is held from then on.
+4. **Latency guard, per episode.** When the TTFT histogram proves the SLO broken
+   (more than the allowed share of requests, and at least five, surely above it: from
+   the buckets and the histogram's ``_sum``, never a percentile guessed between coarse
+   buckets) while the replicas are contended (requests wait, the replicas are at least
+   half busy, or more sequences run than there are replicas, so that prefills share a
+   GPU with other work: otherwise the slow requests are slow alone), add a quarter of
+   the ready replicas per allowed share missed (capped at four quarters: doubling),
+   less those already starting. Within the episode, one more step only once the last
+   step's replicas have served for a whole rate window with no queue and the share
+   above the SLO fell by a tenth: a breach while replicas start, or a backlog's tail,
+   never adds, and a step that did not help ends the stepping.
 5. **The DMD's own SLO record.** The utilization target is what the placement says a
    replica carries; traffic with bursts shorter than a minute or long prompts that
    block the ones behind them carries less. Each proven breach episode that happens
@@ -52,9 +58,10 @@ The bound (tested as a property): a scale-up never asks for more than
 
 where ``peak`` is the highest per-minute demand in the learned history (before there
 is one, ``demand x (1 + prior headroom)``, with a one-replica floor) and ``guard`` at
-most a quarter of the ready replicas; or the KV-cache floor ``ready x kv_usage /
-kv_target`` when the cache, not the batch, is what fills. A backlog alone never asks
-for more replicas than its requests could occupy at the target batch.
+most the ready replicas per step, one step per served rate window; or the KV-cache
+floor ``ready x kv_usage / kv_target`` when the cache, not the batch, is what fills. A
+backlog alone never asks for more replicas than its requests could occupy at the
+target batch.
 
 The same function runs in the operator (fed from Prometheus) and in the simulator (fed
 from the fleet model through a Prometheus view); nothing here knows which.
@@ -68,7 +75,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from distillery.api.types import LimitReason
-from distillery.autoscale.histogram import attainment_bounds, breach_proven
+from distillery.autoscale.histogram import attainment_bounds, breach_proven, share_above_bounds
 
 # Target GPU-time utilization by objective: headroom for bursts within a minute
 # (latency) versus cost.
@@ -82,10 +89,14 @@ LEARN_MINUTES = 24 * 60
 LEARN_MIN_MINUTES = 20
 # A scale-down reversed within this long is a flap; rises over this horizon are held.
 FLAP_SECONDS = 300.0
-# The guard adds this share of the ready replicas, once per breach episode, and only
-# when the replicas are contended (at least this busy, or requests wait).
+# The guard adds this share of the ready replicas per allowed share of requests missed
+# (up to GUARD_MAX_SEVERITY of them), and only when the replicas are contended (at
+# least this busy, requests wait, or sequences share replicas).
 GUARD_STEP = 0.25
+GUARD_MAX_SEVERITY = 4.0
 GUARD_MIN_LOAD = 0.5
+# Another step within an episode only if the last cut the share above the SLO this much.
+GUARD_HELPED = 0.9
 # A guard episode ends after this long without a proven breach.
 GUARD_CLEAR_SECONDS = 60.0
 # Rates are read over 1 minute; the queue's growth over the same window.
@@ -186,6 +197,13 @@ class History:
     work_per_request: float | None = None  # GPU-seconds of one replica, smoothed
     guard_until: float = -math.inf  # a guard episode lasts until then (extended by breaches)
     guard_added: int = 0
+    # The ready count the guard's last step waits for, and since when it is met: a breach
+    # that outlasts a rate window with those replicas serving earns another step.
+    guard_ready_needed: int = 0
+    guard_ready_since: float | None = None
+    # The share of requests surely above the SLO when the last step was taken: another
+    # step only if that one helped.
+    guard_share: float = 1.0
     started: float | None = None  # the first decision this history saw
     # What this DMD's own SLO record says about its utilization target (1 = as planned).
     utilization_scale: float = 1.0
@@ -308,6 +326,8 @@ def _learned_headroom(values: Sequence[float], horizon: float, q: float, level: 
 
 
 def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
+    """Record the minute's peak demand; once a minute, learn the demand to be ready
+    for above the current level."""
     minute = int(now // 60)
     values = history.demand_values
     learned, rise = history.learned_peak, history.learned_rise
@@ -318,11 +338,18 @@ def _remember_demand(history: History, now: float, demand: float, cap: Capacity)
     else:
         values = array("f", values[max(0, len(values) + 1 - LEARN_MINUTES) :])
         values.append(demand)
+        # Once a minute: cheap enough for thousands of DMDs per pass.
+        horizon = max(cap.startup_seconds, FLAP_SECONDS)
         if len(values) >= LEARN_MIN_MINUTES:
-            # Once a minute: cheap enough for thousands of DMDs per pass.
-            horizon = max(cap.startup_seconds, FLAP_SECONDS)
             rise = _learned_headroom(values, horizon, cap.headroom_quantile, demand)
             learned = demand + rise
+        elif len(values) >= 2:
+            # Too few minutes for the quantile: the largest rise seen so far estimates
+            # it from above (the largest of n samples sits near the 1 - 1/(n+1)
+            # quantile), and the objective's prior stays the floor. A burst in the
+            # first minutes is held from then on, not learned again at minute 20.
+            seen = _learned_headroom(values, horizon, 1.0, demand)
+            learned = demand + max(seen, cap.prior_headroom * max(demand, 1.0))
     return replace(
         history,
         demand_minute=minute,
@@ -369,9 +396,12 @@ def recommend(
     # The demand to be ready for: learned from history (a rise above the level the
     # minute started at can only be smaller from a higher level, so the learned peak,
     # not level + headroom, is what holds within the minute).
-    peak = history.learned_peak
-    if peak is None:
-        peak = demand + cap.prior_headroom * max(demand, 1.0)
+    learned = history.learned_peak
+    if history.learned_rise is None or learned is None:
+        # Young: the prior share above the current level, or the largest rise seen.
+        peak = max(learned or 0.0, demand + cap.prior_headroom * max(demand, 1.0))
+    else:
+        peak = learned
     ready_for = max(demand, peak)
     headroom = ready_for - demand
     rho = cap.utilization * history.utilization_scale
@@ -428,7 +458,9 @@ def _ttft_guard(
 ) -> History:
     """The TTFT guard: a proven SLO breach under contention adds replicas for an
     episode and, when the capacity asked for was serving, lowers the utilization target;
-    an SLO met relaxes it again."""
+    an SLO met relaxes it again. A breach that persists once the step's replicas have
+    served for a rate window earns one more step (a long-prompt tail that one step does
+    not cure); a breach while they start earns nothing."""
     proven = breach_proven(
         sample.ttft_buckets, cap.slo_ttft_seconds, cap.slo_percentile, total_sum=sample.ttft_sum
     )
@@ -438,13 +470,45 @@ def _ttft_guard(
     # Contention: requests wait, or the ready replicas are at least half busy (a long
     # prompt in prefill delays the requests behind it while vLLM counts them running).
     # A breach without it is requests slow on their own: more replicas would not help.
-    contended = sample.waiting > 0 or demand >= GUARD_MIN_LOAD * max(cluster.ready, 1) * rho
+    # Requests that share a replica slow each other's first token too (a prefill runs
+    # beside the others' decode): more sequences running than replicas is contention.
+    contended = (
+        sample.waiting > 0
+        or demand >= GUARD_MIN_LOAD * max(cluster.ready, 1) * rho
+        or sample.running > cluster.ready
+    )
+    if history.guard_ready_since is None and cluster.ready >= history.guard_ready_needed:
+        history = replace(history, guard_ready_since=now)
+    share = share_above_bounds(sample.ttft_buckets, cap.slo_ttft_seconds, sample.ttft_sum)
+    above = share.low if share is not None else 1.0
     if proven and contended:
-        if now > history.guard_until:
-            # A new episode: add a quarter of the ready replicas, less those starting.
+        new_episode = now > history.guard_until
+        # Within an episode, a step is judged only once its replicas serve and a whole
+        # rate window of TTFT has been measured with them: never on the backlog's tail;
+        # and only if that step helped (requests slow on their own are not).
+        since = history.guard_ready_since
+        step_served = since is not None and now - since >= RATE_WINDOW
+        # A backlog's requests report their TTFT after it drains: only a window with no
+        # queue at all judges the step.
+        no_queue = sample.waiting == 0 and all(
+            w == 0 for t, w in history.queue if t > now - RATE_WINDOW
+        )
+        helped = no_queue and above < history.guard_share * GUARD_HELPED
+        if new_episode or (step_served and helped):
+            # A quarter of the ready replicas per allowed share missed, up to doubling,
+            # less those already starting.
             starting = max(0, current - cluster.ready)
-            step = max(1, _ceil(GUARD_STEP * max(cluster.ready, 1)))
-            history = replace(history, guard_added=max(0, step - starting))
+            allowed = max(1e-3, 1.0 - cap.slo_percentile / 100.0)
+            severity = min(GUARD_MAX_SEVERITY, max(1.0, above / allowed))
+            step = max(1, _ceil(GUARD_STEP * severity * max(cluster.ready, 1)))
+            added = max(0, step - starting)
+            history = replace(
+                history,
+                guard_added=added + (0 if new_episode else history.guard_added),
+                guard_ready_needed=cluster.ready + added,
+                guard_ready_since=None,
+                guard_share=above,
+            )
             if cluster.ready >= _ceil(want):
                 # The capacity the model asks for was serving and the SLO broke anyway:
                 # this traffic needs a lower utilization. (A breach while replicas the
