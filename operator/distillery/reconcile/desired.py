@@ -25,7 +25,15 @@ from distillery.api import conditions as cond
 from distillery.api.errors import validation_summary
 from distillery.api.events import Event
 from distillery.api.hashing import content_hash
-from distillery.api.types import DistilledModelDeployment
+from distillery.api.types import (
+    Condition,
+    CostStatus,
+    DistilledModelDeployment,
+    DistilledModelDeploymentStatus,
+    MemoryBreakdown,
+    PlacementStatus,
+    RolloutStatus,
+)
 from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
 from distillery.catalog import Catalog
 from distillery.engines import ENGINES
@@ -585,34 +593,48 @@ def _status(
         ),
     ]
     c = chosen_plan.chosen
-    placement: dict[str, Any] = c.to_json(chosen_plan.currency)
-    status: dict[str, Any] = {
-        "observedGeneration": gen,
-        "conditions": cond.merge_conditions(old_status.get("conditions") or [], desired_conds, now),
-        "replicas": running,
-        "readyReplicas": ready_count,
-        "selector": rendered.selector,
-        "placement": {
-            **placement["placement"],
-            "summary": c.summary,
-            "memory": placement["memory"],
-            "kvCacheTokens": c.kv_cache_tokens,
-            "maxConcurrency": c.max_concurrency,
-        },
-        "cost": {
-            "currency": chosen_plan.currency,
-            "perReplicaHour": round(c.cost_per_replica_hour, 4),
-            "currentPerHour": round(c.cost_per_replica_hour * running, 4),
-        },
-        "endpoint": rendered.endpoint,
-        "revision": rendered.revision,
-        "rollout": step.decision.status,
-    }
-    owned_old = _owned(old_status)
-    # Keep fields the reconciler does not compute this time (e.g. measured cost per token).
-    if isinstance(owned_old.get("cost"), Mapping) and "perMillionTokens" in owned_old["cost"]:
-        status["cost"]["perMillionTokens"] = owned_old["cost"]["perMillionTokens"]
-    return status
+    old_cost = _owned(old_status).get("cost")
+    # Keep what the reconciler does not compute this time (the measured cost per token).
+    per_mtok = old_cost.get("perMillionTokens") if isinstance(old_cost, Mapping) else None
+    status = DistilledModelDeploymentStatus(
+        observed_generation=gen,
+        conditions=[
+            Condition.model_validate(x)
+            for x in cond.merge_conditions(old_status.get("conditions") or [], desired_conds, now)
+        ],
+        replicas=running,
+        ready_replicas=ready_count,
+        selector=rendered.selector,
+        placement=PlacementStatus(
+            gpu_type=c.gpu.name,
+            gpu_product=c.gpu.product,
+            gpu_count=c.gpus,
+            tensor_parallel=c.tensor_parallel,
+            quantization=c.quantization,
+            summary=c.summary,
+            memory=MemoryBreakdown(
+                weights_gi_b=round(c.weights_gib, 2),
+                kv_cache_gi_b=round(c.kv_needed_gib, 2),
+                overhead_gi_b=round(c.overhead_gib, 2),
+                free_gi_b=round(c.free_gib, 2),
+                budget_gi_b=round(c.budget_gib, 2),
+            ),
+            kv_cache_tokens=c.kv_cache_tokens,
+            max_concurrency=c.max_concurrency,
+        ),
+        cost=CostStatus(
+            currency=chosen_plan.currency,
+            per_replica_hour=round(c.cost_per_replica_hour, 4),
+            current_per_hour=round(c.cost_per_replica_hour * running, 4),
+            per_million_tokens=per_mtok,
+        ),
+        endpoint=rendered.endpoint,
+        revision=rendered.revision,
+        rollout=RolloutStatus.model_validate(step.decision.status),
+    )
+    # Serialised once, in the API's shape; None fields are left out (the merge patch
+    # writes nulls for what an older status had and this one drops).
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def _track(
