@@ -35,7 +35,15 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT))
 
 from distillery.simulate.workload import Request, load  # noqa: E402
-from localcluster import BIN_DIR, Cluster, ClusterError, free_port, start, stop  # noqa: E402
+from localcluster import (  # noqa: E402
+    BIN_DIR,
+    Cluster,
+    ClusterError,
+    free_port,
+    operator_argv,
+    start,
+    stop,
+)
 from localprom import Prometheus  # noqa: E402
 from replay import Result, replay  # noqa: E402
 
@@ -274,24 +282,14 @@ def main() -> int:
         with open(logs / "operator.log", "wb") as log:
             procs.append(
                 subprocess.Popen(
-                    [
-                        py,
-                        "-m",
-                        "distillery.cli",
-                        "run",
-                        "--namespace",
-                        NAMESPACE,
-                        "--kubeconfig",
+                    operator_argv(
                         op_kubeconfig,
+                        NAMESPACE,
                         "--prometheus-url",
                         prom.url,
                         "--autoscale-interval",
                         "1",
-                        "--metrics-port",
-                        "0",
-                        "--health-port",
-                        "0",
-                    ],
+                    ),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,

@@ -97,6 +97,19 @@ def kwok_stage_files() -> list[Path]:
     return [f for f in files if f.name != "kustomization.yaml"]
 
 
+def operator_argv(kubeconfig: str | Path, namespace: str, *flags: str) -> list[str]:
+    """`distillery run` with ``kubeconfig``, watching ``namespace``, metrics and health
+    on free ports: how the demo and the integration tests start the operator."""
+    return [
+        sys.executable, "-m", "distillery.cli", "run",
+        "--namespace", namespace,
+        "--kubeconfig", str(kubeconfig),
+        "--metrics-port", "0",
+        "--health-port", "0",
+        *flags,
+    ]  # fmt: skip
+
+
 @dataclass
 class Cluster:
     """A running local cluster: where it listens and how to reach it."""

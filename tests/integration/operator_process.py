@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from distillery.cli import build_parser
 from distillery.settings import Settings
-from localcluster import Cluster
+from localcluster import Cluster, operator_argv
 from tests.integration.waits import Bounds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,21 +53,7 @@ class OperatorProcess:
         env["MALLOC_ARENA_MAX"] = "2"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "distillery.cli",
-                    "run",
-                    "--namespace",
-                    self.namespace,
-                    "--kubeconfig",
-                    str(self.cluster.operator_kubeconfig),
-                    "--metrics-port",
-                    "0",
-                    "--health-port",
-                    "0",
-                    *self.extra,
-                ],
+                operator_argv(self.cluster.operator_kubeconfig, self.namespace, *self.extra),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
