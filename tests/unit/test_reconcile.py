@@ -333,3 +333,27 @@ def test_the_status_written_is_what_the_crd_schema_keeps() -> None:
             now=LATER,
         )
         DistilledModelDeploymentStatus.model_validate(settled.status)
+
+
+def test_an_old_status_in_another_shape_is_dropped_not_fatal() -> None:
+    """Status carried over from an older release or a hand edit: a condition without a
+    reason and a lastAnalysis with a key the model no longer has are dropped; the
+    reconcile goes on and writes a status the schema keeps."""
+    first = desired_state(dmd(), {}, CATALOG, now=NOW)
+    old = roundtrip(first.status)
+    old["conditions"].append({"type": "Custom", "status": "True"})  # no reason, no time
+    d = desired_state(dmd(status=old), live(first.apply, ready=2), CATALOG, now=LATER)
+    assert "Custom" not in {c["type"] for c in d.status["conditions"]}
+    assert {c["type"] for c in d.status["conditions"]} >= {"Ready", "Sized"}
+    DistilledModelDeploymentStatus.model_validate(d.status)
+    # A canary in progress carries its last analysis over: in another shape, it goes.
+    from distillery.reconcile.desired import _rollout_status
+
+    carried = {
+        "strategy": "Canary",
+        "phase": "Progressing",
+        "step": 1,
+        "lastAnalysis": {"time": NOW, "step": 1, "result": "Pass", "oldKey": 1.0},
+    }
+    kept = _rollout_status(carried)
+    assert kept.last_analysis is None and kept.phase == "Progressing" and kept.step == 1

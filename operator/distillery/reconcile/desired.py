@@ -598,10 +598,9 @@ def _status(
     per_mtok = old_cost.get("perMillionTokens") if isinstance(old_cost, Mapping) else None
     status = DistilledModelDeploymentStatus(
         observed_generation=gen,
-        conditions=[
-            Condition.model_validate(x)
-            for x in cond.merge_conditions(old_status.get("conditions") or [], desired_conds, now)
-        ],
+        conditions=_conditions(
+            cond.merge_conditions(old_status.get("conditions") or [], desired_conds, now)
+        ),
         replicas=running,
         ready_replicas=ready_count,
         selector=rendered.selector,
@@ -630,11 +629,32 @@ def _status(
         ),
         endpoint=rendered.endpoint,
         revision=rendered.revision,
-        rollout=RolloutStatus.model_validate(step.decision.status),
+        rollout=_rollout_status(step.decision.status),
     )
     # Serialised once, in the API's shape; None fields are left out (the merge patch
     # writes nulls for what an older status had and this one drops).
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _conditions(merged: Sequence[Mapping[str, Any]]) -> list[Condition]:
+    """The merged conditions as models; one kept from an old status in another shape
+    (written by hand or an older release) is dropped, never fatal to the reconcile."""
+    out = []
+    for c in merged:
+        try:
+            out.append(Condition.model_validate(c))
+        except ValidationError:
+            continue
+    return out
+
+
+def _rollout_status(raw: Mapping[str, Any]) -> RolloutStatus:
+    """status.rollout as a model. The last analysis is carried over from the old status:
+    recorded in another shape, it is dropped rather than stopping the reconcile."""
+    try:
+        return RolloutStatus.model_validate(raw)
+    except ValidationError:
+        return RolloutStatus.model_validate({k: v for k, v in raw.items() if k != "lastAnalysis"})
 
 
 def _track(
