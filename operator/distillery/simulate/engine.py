@@ -297,7 +297,10 @@ def run_policy(
     zero_startup: bool = False,
     progress: Callable[[float], None] | None = None,
     series_every: float = 60.0,
+    finished: Callable[[Fleet], None] | None = None,
 ) -> dict[str, Any]:
+    """One policy over ``requests``; ``finished`` sees the fleet at the end (its
+    per-request outcomes, for a diagnosis beyond the score)."""
     rm = replica_model(s, startup=0.0 if zero_startup else None)
     fleet = Fleet(rm, initial)
     view = PrometheusView()
@@ -331,6 +334,8 @@ def run_policy(
         if i >= n and not any(r.outstanding for r in fleet.replicas) and not fleet.pending:
             break
     fleet.finish(t)
+    if finished is not None:
+        finished(fleet)
     return score(fleet, s, rm, series)
 
 
