@@ -88,6 +88,14 @@ class ShareAbove:
     high: float  # possibly above
     total: float  # requests counted
 
+    def proves_breach(self, percentile: float, min_requests: float = 5.0, z: float = 0.0) -> bool:
+        """More than the allowed share (``1 - percentile/100``), and at least
+        ``min_requests`` requests, surely above the SLO, beyond a one-sided binomial
+        margin of ``z`` standard errors."""
+        allowed = 1.0 - percentile / 100.0
+        margin = z * math.sqrt(max(allowed * (1 - allowed), 1e-9) / self.total)
+        return self.low * self.total >= min_requests and self.low > allowed + margin
+
 
 def share_above_bounds(
     buckets: Mapping[float, float] | None, slo: float, total_sum: float | None = None
@@ -112,12 +120,11 @@ def share_above_bounds(
     if i >= len(les):
         return ShareAbove(low=0.0, high=0.0, total=total)
     surely_within = counts[i - 1] if i > 0 else 0.0
-    if les[i] == slo or math.isinf(les[i]):
-        # On a boundary the count is exact; above the last finite one, nothing is known.
-        exact = total - counts[i]
-        if math.isinf(les[i]):
-            return ShareAbove(low=0.0, high=(total - surely_within) / total, total=total)
-        return ShareAbove(low=exact / total, high=exact / total, total=total)
+    if math.isinf(les[i]):  # above the last finite boundary nothing is known
+        return ShareAbove(low=0.0, high=(total - surely_within) / total, total=total)
+    if les[i] == slo:  # on a boundary the count is exact
+        exact = (total - counts[i]) / total
+        return ShareAbove(low=exact, high=exact, total=total)
     lo = les[i - 1] if i > 0 else 0.0
     hi = les[i]
     surely_above = total - counts[i]
@@ -153,11 +160,7 @@ def breach_proven(
     :data:`Z_ONE_SIDED`; the autoscaler's guard, which only adds replicas, none).
     Inside a bucket only the ``_sum`` can prove it."""
     share = share_above_bounds(buckets, slo, total_sum)
-    if share is None:
-        return False
-    allowed = 1.0 - percentile / 100.0
-    margin = z * math.sqrt(max(allowed * (1 - allowed), 1e-9) / share.total)
-    return share.low * share.total >= min_requests and share.low > allowed + margin
+    return share is not None and share.proves_breach(percentile, min_requests, z)
 
 
 def quantile_bucket(

@@ -54,7 +54,7 @@ class PodCounts:
     ttft_sum: float | None = None  # increase of the TTFT histogram's _sum
 
 
-def merge_buckets(pods: Iterable[PodMetrics]) -> dict[float, float]:
+def merge_buckets(pods: Iterable[PodMetrics | PodCounts]) -> dict[float, float]:
     out: dict[float, float] = defaultdict(float)
     for p in pods:
         for le, v in p.ttft_buckets.items():

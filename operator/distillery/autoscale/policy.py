@@ -75,7 +75,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from distillery.api.types import LimitReason
-from distillery.autoscale.histogram import attainment_bounds, breach_proven, share_above_bounds
+from distillery.autoscale.histogram import attainment_bounds, share_above_bounds
 
 # Target GPU-time utilization by objective: headroom for bursts within a minute
 # (latency) versus cost.
@@ -461,9 +461,8 @@ def _ttft_guard(
     an SLO met relaxes it again. A breach that persists once the step's replicas have
     served for a rate window earns one more step (a long-prompt tail that one step does
     not cure); a breach while they start earns nothing."""
-    proven = breach_proven(
-        sample.ttft_buckets, cap.slo_ttft_seconds, cap.slo_percentile, total_sum=sample.ttft_sum
-    )
+    share = share_above_bounds(sample.ttft_buckets, cap.slo_ttft_seconds, sample.ttft_sum)
+    proven = share is not None and share.proves_breach(cap.slo_percentile)
     current = max(cluster.current, 0)
     elapsed = 0.0 if history.last_time is None else max(0.0, now - history.last_time)
     history = replace(history, last_time=now)
@@ -479,7 +478,6 @@ def _ttft_guard(
     )
     if history.guard_ready_since is None and cluster.ready >= history.guard_ready_needed:
         history = replace(history, guard_ready_since=now)
-    share = share_above_bounds(sample.ttft_buckets, cap.slo_ttft_seconds, sample.ttft_sum)
     above = share.low if share is not None else 1.0
     if proven and contended:
         new_episode = now > history.guard_until

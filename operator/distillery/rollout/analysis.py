@@ -26,19 +26,18 @@ alone, and the verdict says so.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from distillery.autoscale.histogram import (
     Z_ONE_SIDED,
-    breach_proven,
+    ShareAbove,
     histogram_quantile,
     quantile_bucket,
     share_above_bounds,
 )
-from distillery.autoscale.inputs import PodCounts, PodInfo, merge_sums
+from distillery.autoscale.inputs import PodCounts, PodInfo, merge_buckets, merge_sums
 
 Result = Literal["Pass", "Fail", "Inconclusive"]
 
@@ -65,10 +64,9 @@ class TrackSample:
         """The interpolated percentile, for display only."""
         return histogram_quantile(percentile / 100.0, self.ttft_buckets)
 
-    def above_slo(self, slo: float) -> float | None:
-        """The share of requests surely above ``slo``."""
-        share = share_above_bounds(self.ttft_buckets, slo, self.ttft_sum)
-        return None if share is None else share.low
+    def above_slo(self, slo: float) -> ShareAbove | None:
+        """The share of requests above ``slo``, as far as the histogram tells."""
+        return share_above_bounds(self.ttft_buckets, slo, self.ttft_sum)
 
 
 @dataclass(frozen=True)
@@ -104,17 +102,13 @@ def measure(
             present = [v for v in values if v is not None]
             return sum(present) if present else None
 
-        merged: dict[float, float] = defaultdict(float)
-        for c in got:
-            for le, v in c.ttft_buckets.items():
-                merged[le] += v
         requests = total([c.requests for c in got])
         return TrackSample(
             pods=len(members),
             requests=requests if requests is not None else (0.0 if counts_requests else None),
             failures=total([c.failures for c in got]),
             responses=total([c.responses for c in got]),
-            ttft_buckets=dict(merged),
+            ttft_buckets=merge_buckets(got),
             ttft_sum=merge_sums(got),
         )
 
@@ -166,8 +160,8 @@ def _numbers(m: Measurement, c: Criteria) -> dict[str, float]:
         ("stableTTFTSeconds", stable.ttft(p)),
         ("canaryErrorRate", canary.error_rate()),
         ("stableErrorRate", stable.error_rate()),
-        ("canaryAboveSLO", canary.above_slo(slo) if slo else None),
-        ("stableAboveSLO", stable.above_slo(slo) if slo else None),
+        ("canaryAboveSLO", _surely(canary.above_slo(slo)) if slo else None),
+        ("stableAboveSLO", _surely(stable.above_slo(slo)) if slo else None),
     ):
         if value is not None:
             numbers[key] = round(value, 4)
@@ -219,17 +213,19 @@ def judge(m: Measurement, c: Criteria) -> Verdict:
             numbers,
         )
     slo = c.slo_ttft_seconds
+    canary_above = canary.above_slo(slo) if slo is not None else None
+    stable_above = stable.above_slo(slo) if slo is not None else None
     if (
-        slo is not None
-        and breach_proven(canary.ttft_buckets, slo, p, total_sum=canary.ttft_sum, z=Z_ONE_SIDED)
-        and not breach_proven(stable.ttft_buckets, slo, p, total_sum=stable.ttft_sum)
+        canary_above is not None
+        and canary_above.proves_breach(p, z=Z_ONE_SIDED)
+        and not (stable_above is not None and stable_above.proves_breach(p))
     ):
         return Verdict(
             "Fail",
-            f"at least {canary.above_slo(slo):.1%} of canary requests took longer than the "
+            f"at least {canary_above.low:.1%} of canary requests took longer than the "
             f"{_fmt(slo)} TTFT SLO, which allows {1 - p / 100:.1%} (p{p:g}); the stable "
-            f"revision is not proven to miss it ({_pct(stable.above_slo(slo))} surely above) "
-            f"over {window}",
+            f"revision is not proven to miss it ({_pct(_surely(stable_above))} surely "
+            f"above) over {window}",
             numbers,
         )
     return Verdict(
@@ -247,6 +243,10 @@ def _bucket(bounds: tuple[float, float] | None) -> str:
     if high == float("inf"):
         return f"above {_fmt(low)}"
     return f"{_fmt(low)}-{_fmt(high)}"
+
+
+def _surely(share: ShareAbove | None) -> float | None:
+    return None if share is None else share.low
 
 
 def _pct(rate: float | None) -> str:
