@@ -28,7 +28,7 @@ from distillery.api.crd import (
 from distillery.api.errors import validation_problems
 from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
-from distillery.reconcile.slo import slo_measurement
+from distillery.reconcile.slo import spec_slo_measurement
 from distillery.render import DEFAULT_IMAGES, RenderError, RenderOptions, objects_text, render
 from distillery.sizing import Option, Plan, PlanError, UnknownModelError, plan
 
@@ -289,10 +289,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{source}: {exc}", file=sys.stderr)
             results.append({"name": dmd.name, "error": str(exc)})
             continue
-        spec = dmd.spec
-        slo = slo_measurement(
-            spec.serving.engine, spec.scaling.slo.ttft_seconds, spec.serving.extra_args
-        )
+        slo = spec_slo_measurement(dmd.spec)
         results.append(
             {
                 "name": dmd.name,
@@ -401,10 +398,7 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
             print(f"{source}: {exc}", file=sys.stderr)
             failed = True
             continue
-        spec = dmd.spec
-        slo = slo_measurement(
-            spec.serving.engine, spec.scaling.slo.ttft_seconds, spec.serving.extra_args
-        )
+        slo = spec_slo_measurement(dmd.spec)
         if not slo.exact:  # on stderr: stdout stays exactly what the operator applies
             print(f"{source}: note: {slo.message}", file=sys.stderr)
         objects = rendered.objects()

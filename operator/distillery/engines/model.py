@@ -8,7 +8,7 @@ one module of this package; :mod:`distillery.engines.registry` lists them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from distillery.engines.source import ModelSource
@@ -100,8 +100,31 @@ class ServingEngine:
     # The TTFT histogram's finite bucket boundaries as the engine exports them by
     # default; None: no TTFT histogram. An SLO between two of them is measured as a range.
     ttft_boundaries: tuple[float, ...] | None = None
-    # The engine lets its TTFT buckets be set, and its launch puts the SLO on one.
-    ttft_buckets_settable: bool = False
+    # The flag that sets the TTFT buckets, where the engine has one: its launch then
+    # puts the SLO on a boundary (:func:`ttft_bucket_args`). None: fixed buckets.
+    ttft_bucket_flag: str | None = None
+
+
+def ttft_bucket_args(flag: str, defaults: Sequence[float], slo_seconds: float) -> list[str]:
+    """``flag`` with the default boundaries plus the SLO, so attainment is measured
+    exactly; nothing when the SLO is one of them already."""
+    slo = round(slo_seconds, 3)
+    if slo in defaults:
+        return []
+    return [flag, *(f"{b:g}" for b in sorted({*defaults, slo}))]
+
+
+def user_bucket_boundaries(flag: str, extra_args: Sequence[str]) -> list[float] | None:
+    """The boundaries a user set with ``flag`` in ``serving.extraArgs``; None: not set."""
+    if flag not in extra_args:
+        return None
+    out: list[float] = []
+    for arg in extra_args[list(extra_args).index(flag) + 1 :]:
+        try:
+            out.append(float(arg))
+        except ValueError:
+            break
+    return out
 
 
 def promql_by_pod(metric: str, agg: str = "sum") -> str:

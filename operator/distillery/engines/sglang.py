@@ -10,6 +10,7 @@ from distillery.engines.model import (
     EngineQueries,
     ServingEngine,
     fmt_fraction,
+    ttft_bucket_args,
 )
 from distillery.engines.model import promql_by_pod as q
 
@@ -22,15 +23,6 @@ TTFT_BUCKETS: tuple[float, ...] = (
 
 
 BUCKET_FLAG = "--bucket-time-to-first-token"
-
-
-def ttft_bucket_args(slo_seconds: float) -> list[str]:
-    """The default boundaries plus the SLO, so attainment is measured exactly; nothing
-    when the SLO is one of them already."""
-    slo = round(slo_seconds, 3)
-    if slo in TTFT_BUCKETS:
-        return []
-    return [BUCKET_FLAG, *(f"{b:g}" for b in sorted({*TTFT_BUCKETS, slo}))]
 
 
 def launch(i: EngineInputs) -> EngineLaunch:
@@ -54,7 +46,7 @@ def launch(i: EngineInputs) -> EngineLaunch:
     if i.kv_cache_dtype == "fp8":
         args += ["--kv-cache-dtype", "fp8_e5m2"]
     if i.slo_ttft_seconds is not None and BUCKET_FLAG not in i.extra_args:
-        args += ttft_bucket_args(i.slo_ttft_seconds)
+        args += ttft_bucket_args(BUCKET_FLAG, TTFT_BUCKETS, i.slo_ttft_seconds)
     return EngineLaunch(
         command=["python3", "-m", "sglang.launch_server"],
         args=args + list(i.extra_args),
@@ -90,5 +82,5 @@ ENGINE = ServingEngine(
         ttft_sum=("sglang:time_to_first_token_seconds_sum", ""),
     ),
     ttft_boundaries=TTFT_BUCKETS,
-    ttft_buckets_settable=True,
+    ttft_bucket_flag=BUCKET_FLAG,
 )

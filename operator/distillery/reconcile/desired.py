@@ -44,7 +44,7 @@ from distillery.reconcile.children import (
     child_key,
     edited_by,
 )
-from distillery.reconcile.slo import slo_measurement
+from distillery.reconcile.slo import spec_slo_measurement
 from distillery.render.workload import (
     ONE_AT_A_TIME,
     Rendered,
@@ -219,8 +219,7 @@ def _autoscaling_conditions(
 
 
 def _slo_condition(dmd: DistilledModelDeployment, gen: int | None) -> dict[str, Any]:
-    spec = dmd.spec
-    m = slo_measurement(spec.serving.engine, spec.scaling.slo.ttft_seconds, spec.serving.extra_args)
+    m = spec_slo_measurement(dmd.spec)
     return cond.condition(cond.SLO_MEASURABLE, m.exact, m.reason, m.message, gen)
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.autoscale.histogram import slo_resolution
-from distillery.engines import ENGINES, sglang
+from distillery.engines import ENGINES
+from distillery.engines.model import ttft_bucket_args, user_bucket_boundaries
 
 ENGINE_NAMES = {"vllm": "vLLM", "sglang": "SGLang", "tgi": "TGI", "llamacpp": "llama.cpp"}
 
@@ -27,19 +29,6 @@ class SloMeasurement:
 
 def _seconds(x: float) -> str:
     return f"{x:g} s"
-
-
-def _user_boundaries(extra_args: Sequence[str]) -> list[float] | None:
-    """The boundaries a user set with SGLang's flag in ``serving.extraArgs``."""
-    if sglang.BUCKET_FLAG not in extra_args:
-        return None
-    out: list[float] = []
-    for arg in extra_args[list(extra_args).index(sglang.BUCKET_FLAG) + 1 :]:
-        try:
-            out.append(float(arg))
-        except ValueError:
-            break
-    return out
 
 
 def slo_measurement(
@@ -60,14 +49,16 @@ def slo_measurement(
         True, "OnBoundary", f"{name}'s TTFT histogram has a boundary at the {slo} SLO"
     )
     boundaries: Sequence[float] = record.ttft_boundaries
-    if record.ttft_buckets_settable:
-        user = _user_boundaries(extra_args)
-        if user is None and not slo_resolution(boundaries, slo_seconds).exact:
+    flag = record.ttft_bucket_flag
+    if flag is not None:
+        user = user_bucket_boundaries(flag, extra_args)
+        # The same decision the engine's launch makes: a boundary added when needed.
+        if user is None and ttft_bucket_args(flag, boundaries, slo_seconds):
             return SloMeasurement(
                 True,
                 "BoundaryAdded",
                 f"{name}'s TTFT buckets are rendered with a boundary at the {slo} SLO "
-                f"({sglang.BUCKET_FLAG}): attainment is measured exactly",
+                f"({flag}): attainment is measured exactly",
             )
         boundaries = user or boundaries
     where = slo_resolution(boundaries, slo_seconds)
@@ -83,4 +74,11 @@ def slo_measurement(
         f"{slo} SLO lies: attainment is read as a range (surely within {below}, possibly "
         f"within {above}) narrowed by the histogram's sum, and only proven breaches act; "
         f"set scaling.slo.ttftSeconds to {choices} to measure it exactly",
+    )
+
+
+def spec_slo_measurement(spec: DistilledModelDeploymentSpec) -> SloMeasurement:
+    """:func:`slo_measurement` for a DMD's spec: its engine, SLO and extra arguments."""
+    return slo_measurement(
+        spec.serving.engine, spec.scaling.slo.ttft_seconds, spec.serving.extra_args
     )
