@@ -72,6 +72,7 @@ class FakeEngines:
         pods = []
         for (ns, pod), (running, waiting, kv) in items:
             generated, finished, prompt = counters.get((ns, pod), [0.0, 0.0, 0.0])
+            ttft_counts, ttft_sum = ttft.get((ns, pod), ([], 0.0))
             values = VllmPod(
                 running=running,
                 waiting=waiting,
@@ -79,8 +80,8 @@ class FakeEngines:
                 prompt_tokens=prompt,
                 generation_tokens=generated,
                 finished={"stop": finished},
-                ttft_counts=ttft.get((ns, pod), ([], 0.0))[0],
-                ttft_sum=ttft.get((ns, pod), ([], 0.0))[1],
+                ttft_counts=ttft_counts,
+                ttft_sum=ttft_sum,
                 responses={"2xx": finished},
             )
             pods.append(({"namespace": ns, "pod": pod}, values))

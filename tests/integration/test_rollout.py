@@ -159,6 +159,34 @@ def deploy_v1(
     return str(v1)
 
 
+def rolled_back(
+    cluster: Cluster, api: client.ApiClient, ns: str, bounds: Bounds, revision: str
+) -> tuple[str, dict[str, Any]]:
+    """v1 deployed, then ``revision`` as a canary with 30 s pauses: the automatic
+    rollback within the first pause. Returns v1 and status.rollout then."""
+    steps = [{"weight": 25, "pauseSeconds": 30}, {"weight": 50, "pauseSeconds": 30}]
+    v1 = deploy_v1(cluster, api, ns, dmd_spec("v1", steps), bounds)
+    apply(cluster, ns, dmd_spec(revision, steps))
+    ro = wait(
+        api,
+        ns,
+        lambda: (r := rollout(api, ns)).get("phase") == "RolledBack" and r,
+        "automatic rollback",
+        bounds.rollout(30),
+    )
+    return v1, ro
+
+
+def wait_canary_gone(api: client.ApiClient, ns: str, bounds: Bounds) -> None:
+    wait(
+        api,
+        ns,
+        lambda: deployment(api, ns, f"{NAME}-canary") is None,
+        "canary gone",
+        bounds.reconcile,
+    )
+
+
 def test_healthy_canary_is_promoted_through_every_step(
     cluster: Cluster,
     api_client: client.ApiClient,
@@ -247,31 +275,15 @@ def test_canary_with_bad_latency_is_rolled_back(
 ) -> None:
     load, op = traffic
     bounds = op.bounds
-    steps = [{"weight": 25, "pauseSeconds": 30}, {"weight": 50, "pauseSeconds": 30}]
-    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
     load.ttft["canary"] = 3.0  # fifteen times the stable track's 0.2 s
-    apply(cluster, namespace, dmd_spec("v2-slow", steps))
-
     # Within the first pause: enough canary requests to judge, then an analysis.
-    ro = wait(
-        api_client,
-        namespace,
-        lambda: (r := rollout(api_client, namespace)).get("phase") == "RolledBack" and r,
-        "automatic rollback",
-        bounds.rollout(30),
-    )
+    v1, ro = rolled_back(cluster, api_client, namespace, bounds, "v2-slow")
     analysis = ro["lastAnalysis"]
     assert analysis["result"] == "Fail" and analysis["canaryTTFTSeconds"] > 1.0
     assert analysis["stableTTFTSeconds"] < 0.5
     # Within the first pause: the analysis failed it early.
     assert ro["stableRevision"] == v1 and "maxTTFTRatio" in ro["message"]
-    wait(
-        api_client,
-        namespace,
-        lambda: deployment(api_client, namespace, f"{NAME}-canary") is None,
-        "canary gone",
-        bounds.reconcile,
-    )
+    wait_canary_gone(api_client, namespace, bounds)
     stable = deployment(api_client, namespace, NAME)
     assert revision_of(stable) == v1
     wait(
@@ -341,16 +353,7 @@ def test_canary_is_rolled_back_on_what_vllm_really_exports(
     bounds = op.bounds
     load.ttft.update(stable=stable_ttft, canary=canary_ttft)
     load.errors["canary"] = canary_errors
-    steps = [{"weight": 25, "pauseSeconds": 30}, {"weight": 50, "pauseSeconds": 30}]
-    v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
-    apply(cluster, namespace, dmd_spec(f"v2-{case}", steps))
-    ro = wait(
-        api_client,
-        namespace,
-        lambda: (r := rollout(api_client, namespace)).get("phase") == "RolledBack" and r,
-        "automatic rollback",
-        bounds.rollout(30),
-    )
+    v1, ro = rolled_back(cluster, api_client, namespace, bounds, f"v2-{case}")
     analysis = ro["lastAnalysis"]
     assert analysis["result"] == "Fail" and verdict_names in analysis["message"], analysis
     assert ro["stableRevision"] == v1
@@ -359,13 +362,7 @@ def test_canary_is_rolled_back_on_what_vllm_really_exports(
     else:
         # Interpolation reads both tracks as p95 ~2.4 s; the bounds tell them apart.
         assert analysis["canaryAboveSLO"] >= 0.15 and analysis["stableAboveSLO"] == 0
-    wait(
-        api_client,
-        namespace,
-        lambda: deployment(api_client, namespace, f"{NAME}-canary") is None,
-        "canary gone",
-        bounds.reconcile,
-    )
+    wait_canary_gone(api_client, namespace, bounds)
     assert revision_of(deployment(api_client, namespace, NAME)) == v1
 
 
