@@ -114,6 +114,7 @@ class Candidate:
     quantization: str
     gpu: str = ""
     gpus: int = 0
+    nodes: int = 1
     replicas_peak: int = 0
     replicas_mean: int = 0
     cost_peak: float = 0.0
@@ -129,6 +130,7 @@ class Candidate:
             "quantization": self.quantization,
             "gpuType": self.gpu,
             "gpusPerReplica": self.gpus,
+            "nodesPerReplica": self.nodes,
             "replicasAtPeak": self.replicas_peak,
             "replicasAtMean": self.replicas_mean,
             "costPerHourAtPeak": round(self.cost_peak, 2),
@@ -179,7 +181,7 @@ def _spec(model: str, quant: str, req: Requirements) -> DistilledModelDeployment
 def _replicas(rps: float, c: Option, model: ModelEntry, req: Requirements) -> int:
     """Replicas the load needs, by the autoscaler's own capacity rule."""
     gpus = max(1, c.gpu_count)
-    prefill_rate = c.gpu.bf16_tflops * 1e12 * gpus * mem.MFU / (2 * model.params_billions * 1e9)
+    prefill_rate = c.gpu.bf16_tflops * 1e12 * gpus * mem.MFU / (2 * model.active_params)
     cap = capacity_for(
         max_concurrency=req.max_concurrency,
         kv_concurrency=c.max_concurrency,
@@ -190,8 +192,10 @@ def _replicas(rps: float, c: Option, model: ModelEntry, req: Requirements) -> in
     )
     batch = max(1, round(cap.target_running))
     step = mem.decode_step_seconds(
-        mem.weight_bytes(model, c.quantization),
-        batch * (req.input_tokens + req.output_tokens / 2) * mem.kv_bytes_per_token(model),
+        mem.weight_bytes_read(model, c.quantization, batch),
+        batch
+        * (req.input_tokens + req.output_tokens / 2)
+        * mem.kv_bytes_per_token(model, "auto", c.tensor_parallel),
         c.gpu,
         gpus,
     )
@@ -223,10 +227,15 @@ def evaluate(req: Requirements, catalog: Catalog, quality: QualityTable) -> list
                 )
             )
             continue
-        for quant in req.quantizations:
+        entry = catalog.model(model)
+        released_fp8 = entry is not None and entry.released_fp8
+        # A model released in fp8 is scored as released: fp8 is its precision, no penalty.
+        quants = ["fp8"] if released_fp8 else req.quantizations
+        for quant in quants:
             cand = Candidate(model, quant)
+            scored_as = "none" if released_fp8 else quant
             cand.scores = {
-                b: s for b in req.floors if (s := quality.score(model, b, quant)) is not None
+                b: s for b in req.floors if (s := quality.score(model, b, scored_as)) is not None
             }
             missing = [b for b in req.floors if b not in cand.scores]
             low = [
@@ -238,7 +247,7 @@ def evaluate(req: Requirements, catalog: Catalog, quality: QualityTable) -> list
                 cand.excluded = f"no published score for {', '.join(missing)}"
             elif low:
                 cand.excluded = "below floor: " + "; ".join(low)
-                if quant != "none":
+                if scored_as != "none":
                     cand.excluded += f" (after the stated {quant} penalty)"
             if cand.excluded:
                 out.append(cand)
@@ -254,7 +263,7 @@ def evaluate(req: Requirements, catalog: Catalog, quality: QualityTable) -> list
                 cand.excluded = f"planner chose {c.quantization}"
                 out.append(cand)
                 continue
-            cand.gpu, cand.gpus = c.gpu.name, c.gpus
+            cand.gpu, cand.gpus, cand.nodes = c.gpu.name, c.gpus, c.nodes
             cand.replicas_peak = _replicas(req.peak_rps, c, p.model, req)
             cand.replicas_mean = _replicas(req.mean_rps, c, p.model, req)
             cand.cost_peak = cand.replicas_peak * c.cost_per_replica_hour

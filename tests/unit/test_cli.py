@@ -14,7 +14,16 @@ from distillery.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("deepseek-r1-distill-*.yaml"))
-PLACEMENT_KEYS = {"gpuType", "gpuProduct", "gpuCount", "tensorParallel", "quantization"}
+PLACEMENT_KEYS = {
+    "gpuType",
+    "gpuProduct",
+    "gpuCount",
+    "tensorParallel",
+    "quantization",
+    "nodes",
+    "pipelineParallel",
+    "expertParallel",
+}
 MEMORY_KEYS = {"weightsGiB", "kvCacheGiB", "overheadGiB", "freeGiB", "budgetGiB"}
 
 
@@ -80,7 +89,7 @@ def test_plan_nothing_fits_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture
                         "name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
                         "quantization": "none",
                     },
-                    "placement": {"gpuTypes": ["nvidia-t4"]},
+                    "placement": {"gpuTypes": ["nvidia-t4"], "maxNodesPerReplica": 1},
                 },
             }
         )

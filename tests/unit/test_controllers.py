@@ -128,7 +128,7 @@ def test_plans_use_the_gpus_nodes_offer_and_keep_them_when_nodes_cannot_be_liste
     r = Reconciler(kube=cluster, catalog=CATALOG, options=RenderOptions(), nodes=nodes)
     big: dict[str, Any] = {
         "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "quantization": "none"},
-        "placement": {"gpuTypes": ["nvidia-l4"]},
+        "placement": {"gpuTypes": ["nvidia-l4"], "maxNodesPerReplica": 1},
     }
 
     async def scenario() -> None:

@@ -61,8 +61,30 @@ def test_quantized_variants_pay_the_stated_penalty() -> None:
     ranked = evaluate(req(), CATALOG, QUALITY)
     llama_fp8 = next(c for c in ranked if c.model.endswith("Llama-8B") and c.quantization == "fp8")
     assert "after the stated fp8 penalty" in llama_fp8.excluded
-    teacher = next(c for c in ranked if c.model == "deepseek-ai/DeepSeek-R1")
-    assert "not in the model catalog" in teacher.excluded
+    # The teacher is released in fp8: scored as released, with no penalty.
+    [teacher] = [c for c in ranked if c.model == "deepseek-ai/DeepSeek-R1"]
+    assert teacher.quantization == "fp8" and teacher.scores == {"aime2024": 79.8}
+
+
+def test_the_teacher_is_ranked_with_its_real_cost() -> None:
+    # DeepSeek-R1 (671B MoE, fp8) takes a whole 8-GPU node; on H100 only, two nodes.
+    ranked = evaluate(req(floors={"aime2024": 75.0}), CATALOG, QUALITY)
+    [teacher] = [c for c in ranked if not c.excluded]
+    assert teacher.model == "deepseek-ai/DeepSeek-R1"
+    h200 = CATALOG.gpus["nvidia-h200"].price_per_gpu_hour
+    assert (teacher.gpu, teacher.gpus, teacher.nodes) == ("nvidia-h200", 8, 1)
+    assert teacher.cost_mean == teacher.replicas_mean * 8 * h200
+    h100_only = evaluate(
+        req(floors={"aime2024": 75.0}, gpu_types=("nvidia-h100-80gb",)), CATALOG, QUALITY
+    )
+    [teacher] = [c for c in h100_only if not c.excluded]
+    h100 = CATALOG.gpus["nvidia-h100-80gb"].price_per_gpu_hour
+    assert (teacher.gpus, teacher.nodes) == (16, 2)
+    assert teacher.cost_mean == teacher.replicas_mean * 16 * h100
+    # Its manifest plans to the same two-node placement.
+    spec = DistilledModelDeploymentSpec.model_validate(manifest(teacher, req(), "teacher")["spec"])
+    chosen = plan(spec, CATALOG).chosen
+    assert (chosen.gpus, chosen.nodes, chosen.quantization) == (16, 2, "fp8")
 
 
 def test_budget_excludes_with_reason() -> None:

@@ -101,7 +101,7 @@ def test_does_not_fit_stalls_and_touches_nothing() -> None:
     children = live(first.apply, ready=2)
     spec = {
         "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "quantization": "none"},
-        "placement": {"gpuTypes": ["nvidia-t4"]},
+        "placement": {"gpuTypes": ["nvidia-t4"], "maxNodesPerReplica": 1},
     }
     d = desired_state(dmd(spec=spec, status=roundtrip(first.status)), children, CATALOG, now=LATER)
     assert d.apply == [] and d.stalled_reason == "DoesNotFit"

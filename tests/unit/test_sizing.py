@@ -110,7 +110,7 @@ def test_gpu_types_order_breaks_ties() -> None:
 def test_plan_never_asks_more_gpus_than_a_node_has() -> None:
     spec = make_spec(
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
-        placement={"gpuTypes": ["nvidia-l4"]},
+        placement={"gpuTypes": ["nvidia-l4"], "maxNodesPerReplica": 1},
         model={"quantization": "none"},
     )
     assert plan(spec, CATALOG).chosen.gpu_count == 2  # the catalog says 8 per node
@@ -121,13 +121,23 @@ def test_plan_never_asks_more_gpus_than_a_node_has() -> None:
         plan(spec, one_gpu_nodes)
     reasons = " ".join(a.reason for a in err.value.alternatives)
     assert "2 GPUs exceed the 1 nvidia-l4 this cluster's largest node offers" in reasons
-    assert "On this cluster: nvidia-l4x2 2 GPUs exceed the 1" in str(err.value)
+    assert "placement.maxNodesPerReplica is 1" in reasons
+    assert "On this cluster: nvidia-l4x2 (2 nodes) 2 GPUs exceed the 1" in str(err.value)
+    assert "2x nvidia-l4 on 2 nodes at none" in str(err.value)
+    assert "with placement.maxNodesPerReplica: 4" in str(err.value)
+    # Allowed to span nodes, the replica takes two one-GPU nodes as pipeline stages.
+    unlimited = make_spec(
+        spec.model.name, placement={"gpuTypes": ["nvidia-l4"]}, model={"quantization": "none"}
+    )
+    spread = plan(unlimited, one_gpu_nodes)
+    assert (spread.chosen.nodes, spread.chosen.pipeline_parallel) == (2, 2)
+    assert spread.chosen.summary == "nvidia-l4x2 (2 nodes)"
 
 
 def test_70b_on_l4_only_explains_what_fits() -> None:
     spec = make_spec(
         "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
-        placement={"gpuTypes": ["nvidia-l4"]},
+        placement={"gpuTypes": ["nvidia-l4"], "maxNodesPerReplica": 1},
         model={"quantization": "none"},
         serving={"maxConcurrency": 64},
     )
@@ -197,10 +207,22 @@ def test_tensor_parallel_follows_what_the_engines_do() -> None:
 
 
 def test_more_gpus_than_a_node_holds_names_the_node_limit() -> None:
-    spec = make_spec("deepseek-ai/DeepSeek-R1-Distill-Llama-70B", placement={"gpusPerReplica": 16})
+    big = "deepseek-ai/DeepSeek-R1-Distill-Llama-70B"
+    # An engine with no multi-node launch keeps a replica on one node.
+    spec = make_spec(big, placement={"gpusPerReplica": 16}, serving={"engine": "tgi"})
     with pytest.raises(PlanError) as err:
         plan(spec, CATALOG)
-    assert "a replica runs on one node" in " ".join(a.reason for a in err.value.alternatives)
+    reasons = " ".join(a.reason for a in err.value.alternatives)
+    assert "a replica runs on one node: tgi has no multi-node launch" in reasons
+    # vLLM spans whole nodes only: 12 GPUs are one and a half 8-GPU nodes.
+    with pytest.raises(PlanError) as err:
+        plan(make_spec(big, placement={"gpusPerReplica": 12}), CATALOG)
+    reasons = " ".join(a.reason for a in err.value.alternatives)
+    assert "a replica spans whole nodes: use a multiple of 8" in reasons
+    # 16 asked for explicitly: two nodes, tensor parallel within each, pipeline across.
+    two = plan(make_spec(big, placement={"gpusPerReplica": 16}), CATALOG).chosen
+    assert (two.nodes, two.tensor_parallel, two.pipeline_parallel) == (2, 8, 2)
+    assert two.gpus_per_node == 8
 
 
 specs = st.builds(
@@ -292,3 +314,115 @@ def test_requirements_typical_default() -> None:
     assert req.kv_tokens_needed == 2048  # maxConcurrency not written: one sequence
     spec = make_spec(DISTILLS[0], serving={"maxModelLen": 2048, "maxConcurrency": 64})
     assert requirements(spec, CATALOG).kv_tokens_needed == 64 * 2048
+
+
+R1 = "deepseek-ai/DeepSeek-R1"
+
+
+def test_moe_active_parameters_match_the_model_cards() -> None:
+    # The cards state 37B, 22B and 3.3B active; the catalog derives them from config.json.
+    for name, active in ((R1, 37e9), ("Qwen/Qwen3-235B-A22B", 22e9), ("Qwen/Qwen3-30B-A3B", 3.3e9)):
+        model = CATALOG.models[name]
+        assert model.is_moe
+        assert abs(model.active_params - active) / active < 0.03, name
+    dense = CATALOG.models["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"]
+    assert dense.active_params == dense.params_billions * 1e9
+
+
+def test_a_moe_decode_step_reads_the_experts_its_batch_routes_to() -> None:
+    model = CATALOG.models[R1]
+    one = memory.weight_bytes_read(model, "fp8", 1)
+    batch = memory.weight_bytes_read(model, "fp8", 64)
+    everything = memory.weight_bytes(model, "fp8")
+    # One sequence reads the active parameters (37.5B at ~1 byte); 64 sequences, each
+    # routing to 8 of 256 experts per layer, leave (1 - 8/256)^64 = 13% of them unread.
+    assert 37e9 < one < 40e9
+    unread = (1 - 8 / 256) ** 64 * model.routed_expert_params * memory.RELEASED_FP8_BYTES
+    assert abs((everything - batch) - unread) / unread < 1e-9
+    assert batch < everything
+
+
+def test_mla_caches_one_latent_per_layer_on_every_rank() -> None:
+    model = CATALOG.models[R1]
+    # 61 layers x (kv_lora_rank 512 + qk_rope_head_dim 64) x 2 bytes, per rank.
+    assert memory.kv_bytes_per_token(model, "auto", 1) == 61 * 576 * 2
+    assert memory.kv_bytes_per_token(model, "auto", 8) == 8 * 61 * 576 * 2
+    assert memory.kv_bytes_per_token(model, "fp8", 8) == 8 * 61 * 576
+
+
+def test_deepseek_r1_takes_one_h200_node_or_two_h100_nodes() -> None:
+    # Independent estimate from config.json: 671e9 parameters at one byte (fp8, plus one
+    # fp32 scale per 128x128 block), the embedding and LM head (2 x 129280 x 7168) kept
+    # in bf16: 673.0 GB = 626.8 GiB of weights.
+    params, embed = 671e9, 2 * 129280 * 7168
+    weights_gib = ((params - embed) * (1 + 4 / 16384) + embed * 2) / 2**30
+    # 8 H100s offer 0.9 x 79.6 x 8 = 573 GiB: less than the weights alone.
+    assert weights_gib > 0.9 * 79.6 * 8
+    # 8 H200s offer 0.9 x 131.3 x 8 = 945 GiB: the weights, a 32k-token KV cache
+    # (32768 x 8 ranks x 70,272 bytes = 17.2 GiB) and the runtime fit.
+    kv_gib = 32768 * 8 * 61 * 576 * 2 / 2**30
+    assert weights_gib + kv_gib < 0.9 * 131.3 * 8
+
+    both = make_spec(
+        R1,
+        placement={"gpuTypes": ["nvidia-h200", "nvidia-h100-80gb"]},
+        serving={"maxModelLen": 32768},
+    )
+    p = plan(both, CATALOG)
+    c = p.chosen
+    assert (c.gpu.name, c.gpus, c.nodes, c.quantization) == ("nvidia-h200", 8, 1, "fp8")
+    assert abs(c.weights_gib - weights_gib) < 0.5 and abs(c.kv_needed_gib - kv_gib) < 0.1
+    two_h100 = next(a for a in p.alternatives if a.gpu.name == "nvidia-h100-80gb" and a.nodes == 2)
+    assert "one node holds the model (nvidia-h200x8, fp8)" in two_h100.reason
+
+    h100 = make_spec(
+        R1, placement={"gpuTypes": ["nvidia-h100-80gb"]}, serving={"maxModelLen": 32768}
+    )
+    c = plan(h100, CATALOG).chosen
+    assert (c.gpus, c.nodes, c.gpus_per_node, c.quantization) == (16, 2, 8, "fp8")
+    # vLLM: tensor parallel within a node, the two nodes as pipeline stages.
+    assert (c.tensor_parallel, c.pipeline_parallel) == (8, 2)
+    assert c.summary == "nvidia-h100-80gbx16 (2 nodes)"
+    assert c.cost_per_replica_hour == 16 * CATALOG.gpus["nvidia-h100-80gb"].price_per_gpu_hour
+    eight = evaluate(requirements(h100, CATALOG), c.gpu, 8, "fp8")
+    assert "does not fit" in eight.reason
+    # SGLang: one tensor-parallel group over both nodes (each rank caches the latent).
+    sg = make_spec(
+        R1,
+        placement={"gpuTypes": ["nvidia-h100-80gb"]},
+        serving={"maxModelLen": 32768, "engine": "sglang"},
+    )
+    c = plan(sg, CATALOG).chosen
+    assert (c.nodes, c.tensor_parallel, c.pipeline_parallel) == (2, 16, 1)
+    assert abs(c.kv_needed_gib - 2 * kv_gib) < 0.1
+    # An engine with no multi-node launch cannot serve it on H100 at all.
+    with pytest.raises(PlanError, match="does not fit nvidia-h100-80gb"):
+        plan(
+            make_spec(R1, placement={"gpuTypes": ["nvidia-h100-80gb"]}, serving={"engine": "tgi"}),
+            CATALOG,
+        )
+
+
+def test_released_fp8_has_no_bf16_to_keep() -> None:
+    spec = make_spec(R1, model={"quantization": "none"}, placement={"gpuTypes": ["nvidia-h200"]})
+    assert plan(spec, CATALOG).chosen.quantization == "fp8"
+    # A100 has no fp8: the reason says the model ships in fp8.
+    with pytest.raises(PlanError) as err:
+        plan(make_spec(R1, placement={"gpuTypes": ["nvidia-a100-80gb"]}), CATALOG)
+    assert "released in fp8" in " ".join(a.reason for a in err.value.alternatives)
+
+
+def test_expert_parallel_is_for_moe_models_on_engines_that_have_it() -> None:
+    moe = make_spec("Qwen/Qwen3-235B-A22B", placement={"expertParallel": True})
+    assert plan(moe, CATALOG).chosen.expert_parallel
+    with pytest.raises(PlanError, match="needs a mixture-of-experts model"):
+        plan(make_spec(DISTILLS[0], placement={"expertParallel": True}), CATALOG)
+    with pytest.raises(PlanError, match="engine tgi has no expert parallelism"):
+        plan(
+            make_spec(
+                "Qwen/Qwen3-235B-A22B",
+                placement={"expertParallel": True},
+                serving={"engine": "tgi"},
+            ),
+            CATALOG,
+        )

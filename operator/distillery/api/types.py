@@ -164,6 +164,44 @@ class ModelArchitecture(_Model):
     max_positions: int = Field(
         default=131072, description="max_position_embeddings.", ge=128, le=10_000_000
     )
+    dtype: Literal["bfloat16", "float16", "float8"] = Field(
+        default="bfloat16",
+        description="The weights' format as released (float8: an FP8 checkpoint, served "
+        "at one byte per weight).",
+    )
+    experts: int | None = Field(
+        default=None,
+        description="Mixture of experts: routed experts per MoE layer (n_routed_experts or "
+        "num_experts). Memory counts all of them.",
+        ge=2,
+        le=4096,
+    )
+    experts_per_token: int | None = Field(
+        default=None,
+        description="Mixture of experts: experts each token uses (num_experts_per_tok).",
+        ge=1,
+        le=256,
+    )
+    moe_intermediate_size: int | None = Field(
+        default=None, description="Mixture of experts: moe_intermediate_size.", ge=1, le=262144
+    )
+    moe_layers: int | None = Field(
+        default=None,
+        description="Mixture of experts: how many layers are MoE (defaults to all; DeepSeek: "
+        "num_hidden_layers - first_k_dense_replace).",
+        ge=1,
+        le=1000,
+    )
+    kv_lora_rank: int | None = Field(
+        default=None,
+        description="Multi-head latent attention: kv_lora_rank (the KV cache holds this "
+        "latent plus the rope key per token and layer).",
+        ge=1,
+        le=65536,
+    )
+    qk_rope_head_dim: int | None = Field(
+        default=None, description="Multi-head latent attention: qk_rope_head_dim.", ge=0, le=4096
+    )
 
     RULES = (
         CrossFieldRule(
@@ -171,6 +209,33 @@ class ModelArchitecture(_Model):
             message="kvHeads must not exceed attentionHeads",
             holds=lambda m: m.kv_heads <= m.attention_heads,
             field_path=".kvHeads",
+        ),
+        CrossFieldRule(
+            cel="has(self.experts) == has(self.expertsPerToken) && "
+            "has(self.experts) == has(self.moeIntermediateSize)",
+            message="a mixture of experts needs experts, expertsPerToken and "
+            "moeIntermediateSize together",
+            holds=lambda m: (
+                (m.experts is None)
+                == (m.experts_per_token is None)
+                == (m.moe_intermediate_size is None)
+            ),
+            field_path=".experts",
+        ),
+        CrossFieldRule(
+            cel="!has(self.experts) || !has(self.expertsPerToken) || "
+            "self.expertsPerToken <= self.experts",
+            message="expertsPerToken must not exceed experts",
+            holds=lambda m: (
+                m.experts is None or m.experts_per_token is None or m.experts_per_token <= m.experts
+            ),
+            field_path=".expertsPerToken",
+        ),
+        CrossFieldRule(
+            cel="!has(self.moeLayers) || self.moeLayers <= self.layers",
+            message="moeLayers must not exceed layers",
+            holds=lambda m: m.moe_layers is None or m.moe_layers <= m.layers,
+            field_path=".moeLayers",
         ),
     )
     model_config = ConfigDict(json_schema_extra=_rules(*RULES))
@@ -362,8 +427,9 @@ class PlacementSpec(_Model):
     )
     gpus_per_replica: IntOrAuto = Field(
         default="auto",
-        description="GPUs per replica (the tensor-parallel size), or auto "
-        "for the smallest that fits.",
+        description="GPUs per replica, or auto for the smallest that fits. More than one "
+        "node offers makes a replica span whole nodes (a LeaderWorkerSet group; vLLM and "
+        "SGLang only).",
     )
     gpu_memory_utilization: float = Field(
         default=0.90, description="Fraction of GPU memory the engine may use.", ge=0.5, le=0.98
@@ -375,6 +441,21 @@ class PlacementSpec(_Model):
         default_factory=list, description="Extra pod tolerations.", max_length=32
     )
     spot: bool = Field(default=False, description="Allow spot/preemptible GPU nodes.")
+    max_nodes_per_replica: int = Field(
+        default=4,
+        description="Most nodes one replica may span when no allowed node holds the model "
+        "(whole nodes, a LeaderWorkerSet group, vLLM and SGLang only). 1 keeps every replica "
+        "on one node.",
+        ge=1,
+        le=4,
+    )
+    expert_parallel: bool = Field(
+        default=False,
+        description="Mixture-of-experts models: shard the experts across the replica's GPUs "
+        "(expert parallelism: vLLM --enable-expert-parallel, SGLang --ep-size) instead of "
+        "splitting every expert. Memory is the same; it trades all-reduce for all-to-all "
+        "traffic.",
+    )
 
     RULES = (
         CrossFieldRule(
@@ -678,8 +759,13 @@ class PlacementStatus(_Model):
 
     gpu_type: str
     gpu_product: str
-    gpu_count: int
+    gpu_count: int = Field(description="GPUs per replica, over all its nodes.")
     tensor_parallel: int
+    pipeline_parallel: int = 1
+    nodes: int = Field(
+        default=1, description="Nodes a replica spans (more than 1: a LeaderWorkerSet group)."
+    )
+    expert_parallel: bool = False
     quantization: str
     summary: str = Field(description="GPU type x count, for kubectl get.")
     memory: MemoryBreakdown

@@ -9,6 +9,7 @@ extra files; nothing here reads the environment.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -43,11 +44,70 @@ class ModelEntry(_Entry):
     vocab_size: int = 128256
     tied_embeddings: bool = False
     max_positions: int = 131072
+    # The weights' format as released: bfloat16, or float8 for checkpoints published in
+    # FP8 (DeepSeek-R1/V3), which serve at one byte per weight with no bf16 to fall back to.
     dtype: str = "bfloat16"
+    # Mixture of experts (all None for a dense model): routed experts per MoE layer, how
+    # many each token uses, each expert's FFN width, and how many layers are MoE (the
+    # rest are dense FFN layers). Memory counts every expert; compute counts the active.
+    experts: int | None = Field(default=None, ge=2)
+    experts_per_token: int | None = Field(default=None, ge=1)
+    moe_intermediate_size: int | None = Field(default=None, ge=1)
+    moe_layers: int | None = Field(default=None, ge=1)
+    # Multi-head latent attention (DeepSeek-V2/V3/R1): the KV cache holds one compressed
+    # latent of kv_lora_rank plus the rope key of qk_rope_head_dim per token and layer,
+    # not K and V per head.
+    kv_lora_rank: int | None = Field(default=None, ge=1)
+    qk_rope_head_dim: int | None = Field(default=None, ge=0)
 
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.attention_heads
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.experts and self.experts_per_token and self.moe_intermediate_size)
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def released_fp8(self) -> bool:
+        return self.dtype.startswith("float8")
+
+    def _expert_params(self, experts: int) -> float:
+        """Parameters of ``experts`` routed experts in every MoE layer (gate, up and
+        down projections: 3 x hidden x moe_intermediate each)."""
+        if not self.is_moe:
+            return 0.0
+        width = self.moe_intermediate_size or 0
+        layers = self.moe_layers or self.layers
+        return float(layers * experts * 3 * self.hidden_size * width)
+
+    @property
+    def routed_expert_params(self) -> float:
+        """Parameters in routed experts: all of them live in memory, few are used."""
+        return self._expert_params(self.experts or 0)
+
+    def expert_params_touched(self, tokens: float) -> float:
+        """Expected routed-expert parameters a decode step over ``tokens`` sequences
+        reads: each expert is untouched with probability (1 - k/E)^tokens when every
+        token picks k of E uniformly (routers are trained to balance). One sequence
+        reads the active experts; a batch of a few dozen reads nearly all of them."""
+        if not self.is_moe or tokens <= 0:
+            return 0.0
+        e, k = float(self.experts or 0), float(self.experts_per_token or 0)
+        touched = e * (1.0 - math.pow(1.0 - k / e, tokens))
+        return self.routed_expert_params * touched / e
+
+    @property
+    def active_params(self) -> float:
+        """Parameters one token computes with: everything but the unused experts."""
+        total = self.params_billions * 1e9
+        if not self.is_moe:
+            return total
+        return total - self.routed_expert_params + self._expert_params(self.experts_per_token or 0)
 
     @property
     def resolved_intermediate_size(self) -> int:

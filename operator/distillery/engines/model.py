@@ -33,6 +33,12 @@ class EngineInputs:
     extra_args: tuple[str, ...] = ()
     # The TTFT SLO, for engines whose histogram boundaries can be set to include it.
     slo_ttft_seconds: float | None = None
+    # A replica across nodes: how many, and the pipeline stages (tensor_parallel x
+    # pipeline_parallel = gpus). One node: 1 and 1.
+    nodes: int = 1
+    pipeline_parallel: int = 1
+    # Shard a mixture of experts' experts across the GPUs instead of splitting each.
+    expert_parallel: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,9 @@ class EngineLaunch:
     command: list[str]
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # A multi-node replica: the arguments of the worker pods (the leader runs ``args``
+    # and serves the API); None on one node.
+    worker_args: list[str] | None = None
     port: int = PORT
     health_path: str = "/health"
     metrics_path: str = "/metrics"
@@ -103,6 +112,18 @@ class ServingEngine:
     # The flag that sets the TTFT buckets, where the engine has one: its launch then
     # puts the SLO on a boundary (:func:`ttft_bucket_args`). None: fixed buckets.
     ttft_bucket_flag: str | None = None
+    # How a replica spans nodes, where the engine can: "pipeline" (tensor parallel within
+    # a node, pipeline stages across nodes) or "tensor" (one tensor-parallel group over
+    # every GPU). None: one node only.
+    multi_node: str | None = None
+    # Serves a mixture of experts with expert parallelism (the experts sharded by GPU).
+    expert_parallel: bool = False
+
+
+# Environment variables the LeaderWorkerSet controller sets in every pod of a group:
+# the leader pod's address and the pod's index in the group (0: the leader).
+LWS_LEADER_ADDRESS = "$(LWS_LEADER_ADDRESS)"
+LWS_WORKER_INDEX = "$(LWS_WORKER_INDEX)"
 
 
 def ttft_bucket_args(flag: str, defaults: Sequence[float], slo_seconds: float) -> list[str]:

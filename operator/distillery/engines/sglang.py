@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from distillery.engines.model import (
+    LWS_LEADER_ADDRESS,
+    LWS_WORKER_INDEX,
     PORT,
     AnalysisQueries,
     EngineInputs,
@@ -23,6 +25,8 @@ TTFT_BUCKETS: tuple[float, ...] = (
 
 
 BUCKET_FLAG = "--bucket-time-to-first-token"
+# Where a multi-node group's ranks meet (torch.distributed's store on the leader).
+DIST_PORT = 20000
 
 
 def launch(i: EngineInputs) -> EngineLaunch:
@@ -47,10 +51,20 @@ def launch(i: EngineInputs) -> EngineLaunch:
         args += ["--kv-cache-dtype", "fp8_e5m2"]
     if i.slo_ttft_seconds is not None and BUCKET_FLAG not in i.extra_args:
         args += ttft_bucket_args(BUCKET_FLAG, TTFT_BUCKETS, i.slo_ttft_seconds)
+    if i.expert_parallel:
+        # Expert parallelism over the tensor-parallel group (it shares that group).
+        args += ["--ep-size", str(i.tensor_parallel)]
+    worker_args = None
+    if i.nodes > 1:
+        # One tensor-parallel group over every node's GPUs; rank 0 serves the API.
+        group = ["--nnodes", str(i.nodes), "--dist-init-addr", f"{LWS_LEADER_ADDRESS}:{DIST_PORT}"]
+        worker_args = [*args, *group, "--node-rank", LWS_WORKER_INDEX, *i.extra_args]
+        args += [*group, "--node-rank", "0"]
     return EngineLaunch(
         command=["python3", "-m", "sglang.launch_server"],
         args=args + list(i.extra_args),
         env={"HF_HOME": "/models/hf"},
+        worker_args=worker_args,
     )
 
 
@@ -60,6 +74,8 @@ ENGINE = ServingEngine(
     image="lmsysorg/sglang:v0.5.3-cu126",
     quantizations=frozenset({"none", "fp8", "int8", "awq", "gptq"}),
     online_fp8=True,
+    multi_node="tensor",
+    expert_parallel=True,
     start_seconds=75.0,
     queries=EngineQueries(
         running=q("sglang:num_running_reqs"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from distillery.engines.model import (
+    LWS_LEADER_ADDRESS,
+    LWS_WORKER_INDEX,
     PORT,
     AnalysisQueries,
     EngineInputs,
@@ -37,6 +39,8 @@ def launch(i: EngineInputs) -> EngineLaunch:
         "--gpu-memory-utilization", fmt_fraction(i.gpu_memory_utilization),
         "--max-num-seqs", str(i.max_concurrency),
     ]  # fmt: skip
+    if i.pipeline_parallel > 1:
+        args += ["--pipeline-parallel-size", str(i.pipeline_parallel)]
     if i.source.scheme == "hf":
         args += ["--revision", i.revision]
     if i.quantization in ("fp8", "awq", "gptq"):
@@ -44,10 +48,21 @@ def launch(i: EngineInputs) -> EngineLaunch:
     # int8 checkpoints (compressed-tensors W8A8) are detected from their config.
     if i.kv_cache_dtype == "fp8":
         args += ["--kv-cache-dtype", "fp8"]
+    if i.expert_parallel:
+        args += ["--enable-expert-parallel"]
+    worker_args = None
+    if i.nodes > 1:
+        # Multiprocessing across nodes (no Ray): every node runs `vllm serve` with the
+        # same parallel layout; rank 0 serves the API, the others run headless.
+        group = ["--nnodes", str(i.nodes), "--master-addr", LWS_LEADER_ADDRESS]
+        worker_args = [*args, *group, "--node-rank", LWS_WORKER_INDEX, "--headless"]
+        worker_args += list(i.extra_args)
+        args += [*group, "--node-rank", "0"]
     return EngineLaunch(
         command=["vllm", "serve"],
         args=args + list(i.extra_args),
         env={"HF_HOME": "/models/hf", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+        worker_args=worker_args,
     )
 
 
@@ -57,6 +72,8 @@ ENGINE = ServingEngine(
     image=f"vllm/vllm-openai:{VERSION}",
     quantizations=frozenset({"none", "fp8", "int8", "awq", "gptq"}),
     online_fp8=True,
+    multi_node="pipeline",
+    expert_parallel=True,
     start_seconds=90.0,
     queries=EngineQueries(
         running=q("vllm:num_requests_running"),

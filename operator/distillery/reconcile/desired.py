@@ -608,6 +608,9 @@ def _status(
             gpu_product=c.gpu.product,
             gpu_count=c.gpus,
             tensor_parallel=c.tensor_parallel,
+            pipeline_parallel=c.pipeline_parallel,
+            nodes=c.nodes,
+            expert_parallel=c.expert_parallel,
             quantization=c.quantization,
             summary=c.summary,
             memory=MemoryBreakdown(

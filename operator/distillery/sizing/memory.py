@@ -6,7 +6,12 @@ Memory per replica = weights + KV cache + runtime overhead, against
 - weights: the embedding and LM-head matrices stay in 16-bit (engines do not quantize
   them), every other parameter takes the quantization's bytes per weight; 4-bit formats
   carry a 16-bit scale and zero point per group of 128 weights.
-- KV cache per token: 2 (K and V) x layers x kv_heads x head_dim x bytes of the KV dtype.
+- KV cache per token: 2 (K and V) x layers x kv_heads x head_dim x bytes of the KV dtype;
+  with multi-head latent attention (DeepSeek-V3/R1) one latent of kv_lora_rank plus the
+  rope key per layer, held by every tensor-parallel rank.
+- mixture of experts: memory holds every expert; a decode step reads the experts its
+  batch routes to (:meth:`ModelEntry.expert_params_touched`), prefill computes with the
+  active parameters.
 - overhead per GPU: CUDA context and allocator slack, CUDA graphs, NCCL buffers when
   tensor-parallel, plus the activation peak of one batch of ``BATCHED_TOKENS`` (sharded
   by tensor parallelism) and the fp32 logits of one decode step.
@@ -77,10 +82,39 @@ def embedding_params(model: ModelEntry) -> float:
     return float(model.vocab_size * model.hidden_size * matrices)
 
 
+# FP8 checkpoints as DeepSeek releases them: one byte per weight plus an fp32 scale per
+# 128 x 128 block.
+RELEASED_FP8_BYTES = 1.0 + 4.0 / (128 * 128)
+
+
+def bytes_per_weight(model: ModelEntry, quantization: str) -> float:
+    if model.released_fp8 and quantization in ("none", "fp8"):
+        return RELEASED_FP8_BYTES
+    return BYTES_PER_WEIGHT[quantization]
+
+
 def weight_bytes(model: ModelEntry, quantization: str) -> float:
     total = model.params_billions * 1e9
     embed = min(embedding_params(model), total)
-    return embed * 2.0 + (total - embed) * BYTES_PER_WEIGHT[quantization]
+    return embed * 2.0 + (total - embed) * bytes_per_weight(model, quantization)
+
+
+def expert_bytes(model: ModelEntry, quantization: str) -> float:
+    """Bytes of the routed experts (part of :func:`weight_bytes`)."""
+    return model.routed_expert_params * bytes_per_weight(model, quantization)
+
+
+def weight_bytes_read(model: ModelEntry, quantization: str, tokens: float) -> float:
+    """Weight bytes one step over ``tokens`` tokens reads: all of a dense model; the
+    shared part and the experts the batch routes to of a mixture of experts."""
+    if not model.is_moe:
+        return weight_bytes(model, quantization)
+    per = bytes_per_weight(model, quantization)
+    return (
+        weight_bytes(model, quantization)
+        - expert_bytes(model, quantization)
+        + model.expert_params_touched(max(1.0, tokens)) * per
+    )
 
 
 def kv_bytes_per_token(
@@ -93,6 +127,10 @@ def kv_bytes_per_token(
     ``kv_heads``.
     """
     dtype_bytes = 1.0 if kv_cache_dtype == "fp8" else 2.0
+    if model.is_mla:
+        # One latent per token and layer, not split by heads: every rank holds all of it.
+        latent = (model.kv_lora_rank or 0) + (model.qk_rope_head_dim or 0)
+        return model.layers * latent * dtype_bytes * max(1, tensor_parallel)
     heads = max(model.kv_heads, tensor_parallel)
     return 2.0 * model.layers * heads * model.resolved_head_dim * dtype_bytes
 
@@ -114,18 +152,19 @@ def estimate(
     utilization: float,
     max_seqs: int,
     kv_cache_dtype: str = "auto",
+    tensor_parallel: int | None = None,
 ) -> MemoryEstimate:
     return MemoryEstimate(
         weights=weight_bytes(model, quantization),
         overhead=overhead_bytes(model, gpus, max_seqs),
-        kv_per_token=kv_bytes_per_token(model, kv_cache_dtype, gpus),
+        kv_per_token=kv_bytes_per_token(model, kv_cache_dtype, tensor_parallel or gpus),
         budget=utilization * gpu.memory_gi_b * GIB * gpus,
     )
 
 
 def prefill_seconds(model: ModelEntry, gpu: GpuType, gpus: int, tokens: float) -> float:
-    """Time to prefill ``tokens`` prompt tokens (compute-bound)."""
-    flops = 2.0 * model.params_billions * 1e9 * tokens
+    """Time to prefill ``tokens`` prompt tokens (compute-bound, active parameters)."""
+    flops = 2.0 * model.active_params * tokens
     return flops / (gpu.bf16_tflops * 1e12 * gpus * MFU)
 
 
@@ -142,11 +181,14 @@ def decode_tokens_per_second(
     batch: int,
     context_tokens: float,
     kv_cache_dtype: str = "auto",
+    tensor_parallel: int | None = None,
 ) -> float:
     """Output tokens per second of a replica decoding ``batch`` sequences of
-    ``context_tokens`` average length."""
+    ``context_tokens`` average length, on ``gpus`` GPUs split ``tensor_parallel`` ways
+    (the rest pipeline stages; default: all tensor parallel)."""
+    tensor_parallel = tensor_parallel or gpus
     if batch <= 0:
         return 0.0
-    live = batch * context_tokens * kv_bytes_per_token(model, kv_cache_dtype, gpus)
-    step = decode_step_seconds(weight_bytes(model, quantization), live, gpu, gpus)
+    live = batch * context_tokens * kv_bytes_per_token(model, kv_cache_dtype, tensor_parallel)
+    step = decode_step_seconds(weight_bytes_read(model, quantization, batch), live, gpu, gpus)
     return batch / step

@@ -6,6 +6,12 @@ feasible when the replica holds the weights, the runtime overhead and its KV cac
 tensor-parallel size the engines can split the model by (it divides the attention heads;
 it divides the KV heads or is a multiple of them, in which case they are replicated).
 
+A replica spans nodes (2 or 4 whole nodes, a LeaderWorkerSet group) only with an engine
+that launches across nodes, and only when no allowed single node holds the model: a
+multi-node replica pays inter-node traffic and fails as a group, which the per-token
+cost does not price. The engine says how it splits: vLLM runs tensor parallel within a
+node and pipeline stages across nodes, SGLang one tensor-parallel group over all of them.
+
 The KV cache must hold one ``maxModelLen`` sequence; a ``maxConcurrency`` the user
 *wrote* also makes it hold that many ``typicalSequenceTokens`` sequences. A default the
 user never set must not buy GPUs: a 7B at 16k context serves ~20 concurrent 4k sequences
@@ -35,6 +41,8 @@ from distillery.engines import ENGINES
 from distillery.sizing import memory
 
 TP_SIZES = (1, 2, 4, 8)
+# Whole nodes a multi-node replica may span.
+NODE_COUNTS = (2, 4)
 # From each engine's record (distillery.engines): which quantize a bf16 checkpoint to
 # fp8 at load time, which quantizations each serves, which run on CPU-only nodes.
 ONLINE_FP8_ENGINES = frozenset(name for name, e in ENGINES.items() if e.online_fp8)
@@ -61,6 +69,8 @@ class Requirements:
     gpu_types: tuple[str, ...]  # empty = every catalog type
     gpus_per_replica: int | None  # None = auto
     concurrency_explicit: bool = True  # serving.maxConcurrency written in the spec
+    expert_parallel: bool = False  # placement.expertParallel
+    max_nodes: int = 4  # placement.maxNodesPerReplica
 
     @property
     def kv_tokens_needed(self) -> int:
@@ -91,10 +101,18 @@ class Option:
     decode_tokens_per_second: float
     feasible: bool
     reason: str = ""
+    nodes: int = 1
+    pipeline_parallel: int = 1
+    expert_parallel: bool = False
 
     @property
     def tensor_parallel(self) -> int:
-        return self.gpu_count
+        return self.gpu_count // self.pipeline_parallel
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs each pod of the replica requests (all of them on one node)."""
+        return self.gpus // self.nodes
 
     @property
     def free_gib(self) -> float:
@@ -107,7 +125,11 @@ class Option:
 
     @property
     def summary(self) -> str:
-        return self.gpu.name if self.gpu.cpu_only else f"{self.gpu.name}x{self.gpu_count}"
+        if self.gpu.cpu_only:
+            return self.gpu.name
+        if self.nodes > 1:
+            return f"{self.gpu.name}x{self.gpu_count} ({self.nodes} nodes)"
+        return f"{self.gpu.name}x{self.gpu_count}"
 
     @property
     def per_token(self) -> float:
@@ -123,6 +145,9 @@ class Option:
                 "gpuCount": self.gpus,
                 "tensorParallel": self.tensor_parallel,
                 "quantization": self.quantization,
+                "nodes": self.nodes,
+                "pipelineParallel": self.pipeline_parallel,
+                "expertParallel": self.expert_parallel,
             },
             "memory": {
                 "weightsGiB": round(self.weights_gib, 2),
@@ -216,10 +241,15 @@ def requirements(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Requir
         gpu_types=gpu_types,
         gpus_per_replica=None if gpus == "auto" else int(gpus),
         concurrency_explicit=explicit,
+        expert_parallel=placement.expert_parallel,
+        max_nodes=placement.max_nodes_per_replica,
     )
 
 
 def _quantizations(req: Requirements) -> list[str]:
+    if req.model.released_fp8 and req.quantization in ("auto", "none", "fp8"):
+        # Served as released: there are no bf16 weights to keep precision with.
+        return ["fp8"]
     if req.quantization != "auto":
         return [req.quantization]
     quants = ["none"]
@@ -228,18 +258,30 @@ def _quantizations(req: Requirements) -> list[str]:
     return quants
 
 
+def layout(engine: str, gpu: GpuType, gpus: int) -> tuple[int, int]:
+    """(nodes, pipeline stages) of a replica of ``gpus`` GPUs of ``gpu``: one node when
+    they fit on one; else whole nodes, split as the engine launches across them."""
+    split = ENGINES[engine].multi_node if engine in ENGINES else None
+    if split is None or gpu.cpu_only or gpus <= gpu.max_per_node or gpus % gpu.max_per_node:
+        return 1, 1
+    nodes = gpus // gpu.max_per_node
+    return nodes, (nodes if split == "pipeline" else 1)
+
+
 def evaluate(req: Requirements, gpu: GpuType, gpus: int, quant: str) -> Option:
     """One candidate: its memory, capacity, cost, and whether (and why not) it works."""
     model = req.model
+    nodes, stages = layout(req.engine, gpu, gpus)
+    tp = gpus // stages
     est = memory.estimate(
-        model, gpu, gpus, quant, req.utilization, req.max_concurrency, req.kv_cache_dtype
+        model, gpu, gpus, quant, req.utilization, req.max_concurrency, req.kv_cache_dtype, tp
     )
     kv_tokens = est.kv_tokens
     concurrency = kv_tokens // req.typical_tokens if req.typical_tokens else 0
     price = gpu.price_per_gpu_hour * gpus
     batch = max(1, min(concurrency, req.max_concurrency))
     tps = memory.decode_tokens_per_second(
-        model, gpu, gpus, quant, batch, req.typical_tokens / 2, req.kv_cache_dtype
+        model, gpu, gpus, quant, batch, req.typical_tokens / 2, req.kv_cache_dtype, tp
     )
     per_mtok = price / (tps * 3600) * 1e6 if tps > 0 else None
     needed_kv = req.kv_tokens_needed * est.kv_per_token
@@ -257,19 +299,35 @@ def evaluate(req: Requirements, gpu: GpuType, gpus: int, quant: str) -> Option:
         cost_per_million_tokens=per_mtok,
         decode_tokens_per_second=tps,
         feasible=True,
+        nodes=nodes,
+        pipeline_parallel=stages,
+        expert_parallel=req.expert_parallel and gpus > 1,
     )
     reason = _infeasible_reason(req, option)
     return replace(option, feasible=False, reason=reason) if reason else option
 
 
 def _infeasible_reason(req: Requirements, opt: Option) -> str:
-    model, gpu, gpus, quant = req.model, opt.gpu, opt.gpu_count, opt.quantization
+    model, gpu, gpus, quant = req.model, opt.gpu, opt.tensor_parallel, opt.quantization
     if req.max_model_len > model.max_positions:
         return (
             f"maxModelLen {req.max_model_len} exceeds the model's {model.max_positions} positions"
         )
     if gpu.cpu_only and req.engine not in CPU_ENGINES:
         return f"engine {req.engine} needs a GPU (only llamacpp serves from CPU-only nodes)"
+    if opt.gpu_count > gpu.max_per_node and (opt.nodes == 1 or opt.nodes > req.max_nodes):
+        where = "this cluster's largest node offers" if gpu.nodes_observed else "per node"
+        engine = ENGINES.get(req.engine)
+        if engine is None or engine.multi_node is None:
+            why = f"a replica runs on one node: {req.engine} has no multi-node launch"
+        elif opt.nodes > req.max_nodes:
+            why = (
+                f"a replica would span {opt.nodes} nodes; placement.maxNodesPerReplica "
+                f"is {req.max_nodes}"
+            )
+        else:
+            why = f"a replica spans whole nodes: use a multiple of {gpu.max_per_node}"
+        return f"{opt.gpu_count} GPUs exceed the {gpu.max_per_node} {gpu.name} {where} ({why})"
     if model.attention_heads % gpus:
         return (
             f"tensor parallel {gpus} does not divide the {model.attention_heads} attention "
@@ -283,13 +341,8 @@ def _infeasible_reason(req: Requirements, opt: Option) -> str:
     if quant not in ENGINE_QUANTIZATIONS.get(req.engine, frozenset()):
         return f"engine {req.engine} does not support quantization {quant}"
     if quant != "none" and quant not in gpu.quantizations:
-        return f"{gpu.name} (compute {gpu.compute_capability}) does not support {quant}"
-    if gpus > gpu.max_per_node:
-        where = "this cluster's largest node offers" if gpu.nodes_observed else "per node"
-        return (
-            f"{gpus} GPUs exceed the {gpu.max_per_node} {gpu.name} {where} "
-            "(a replica runs on one node)"
-        )
+        released = " (the model is released in fp8)" if model.released_fp8 else ""
+        return f"{gpu.name} (compute {gpu.compute_capability}) does not support {quant}{released}"
     need = opt.weights_gib + opt.overhead_gib + opt.kv_needed_gib
     if need > opt.budget_gib:
         return (
@@ -315,8 +368,12 @@ def _candidates(req: Requirements, catalog: Catalog) -> list[Option]:
             continue
         if gpu.cpu_only:
             sizes: tuple[int, ...] = (1,)
+        elif req.gpus_per_replica:
+            sizes = (req.gpus_per_replica,)
         else:
-            sizes = (req.gpus_per_replica,) if req.gpus_per_replica else TP_SIZES
+            sizes = TP_SIZES
+            if ENGINES[req.engine].multi_node if req.engine in ENGINES else None:
+                sizes += tuple(n * gpu.max_per_node for n in NODE_COUNTS if n <= req.max_nodes)
         for quant in _quantizations(req):
             for gpus in sizes:
                 opt = evaluate(req, gpu, gpus, quant)
@@ -348,8 +405,17 @@ def _rank(options: list[Option], req: Requirements) -> list[Option]:
     a way to fit, not a silent trade of quality for speed.
     """
     feasible_opts = [o for o in options if o.feasible]
+    one_node = [o for o in feasible_opts if o.nodes == 1]
     ranked: list[Option] = []
     for opt in options:
+        if opt.feasible and opt.nodes > 1 and one_node:
+            top = min(one_node, key=lambda o: (o.per_token, req.preference(o.gpu.name)))
+            why = (
+                f"one node holds the model ({top.summary}, {top.quantization}): a replica "
+                "spans nodes only when no allowed node holds it"
+            )
+            ranked.append(replace(opt, feasible=False, reason=why))
+            continue
         better = [
             o
             for o in feasible_opts
@@ -394,6 +460,20 @@ def plan(spec: DistilledModelDeploymentSpec, catalog: Catalog) -> Plan:
             f"{', '.join(sorted(catalog.gpus))} (extend the catalog to add one)",
             [],
         )
+    if req.expert_parallel:
+        engine = ENGINES.get(req.engine)
+        if not req.model.is_moe:
+            raise PlanError(
+                f"placement.expertParallel needs a mixture-of-experts model; {req.model.name} "
+                "is dense: remove expertParallel",
+                [],
+            )
+        if engine is None or not engine.expert_parallel:
+            raise PlanError(
+                f"engine {req.engine} has no expert parallelism: use vllm or sglang, or "
+                "remove placement.expertParallel",
+                [],
+            )
     ranked = _rank(_candidates(req, catalog), req)
     feasible = [o for o in ranked if o.feasible]
     if not feasible:
@@ -476,6 +556,10 @@ def _nothing_fits_message(req: Requirements, catalog: Catalog, ranked: list[Opti
 
     relaxations = [
         ("placement.gpusPerReplica: auto", replace(req, gpus_per_replica=None)),
+        (
+            f"placement.maxNodesPerReplica: {max(NODE_COUNTS)}",
+            replace(req, gpus_per_replica=None, max_nodes=max(NODE_COUNTS)),
+        ),
         ("model.quantization: auto", replace(req, quantization="auto")),
         ("model.quantization: fp8", replace(req, quantization="fp8", gpus_per_replica=None)),
         ("placement.gpuTypes: [auto]", replace(req, gpu_types=(), gpus_per_replica=None)),
@@ -492,7 +576,9 @@ def _nothing_fits_message(req: Requirements, catalog: Catalog, ranked: list[Opti
         if opt is not None and f"{opt.summary}/{opt.quantization}" not in seen:
             seen.add(f"{opt.summary}/{opt.quantization}")
             hints.append(
-                f"{opt.gpu_count}x {opt.gpu.name} at {opt.quantization} "
+                f"{opt.gpu_count}x {opt.gpu.name}"
+                + (f" on {opt.nodes} nodes" if opt.nodes > 1 else "")
+                + f" at {opt.quantization} "
                 f"({opt.cost_per_replica_hour:.2f} {catalog.currency}/h) with {change}"
             )
         if len(hints) >= 2:

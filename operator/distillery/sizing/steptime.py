@@ -26,6 +26,7 @@ autoscaler is benchmarked on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from distillery.catalog import GpuType, ModelEntry
@@ -70,6 +71,17 @@ class StepModel:
     bandwidth: float  # bytes/s, all GPUs
     flops: float  # dense bf16 FLOP/s, all GPUs
     constants: StepConstants = FITTED
+    # A mixture of experts reads only the experts its tokens route to: the routed
+    # experts' bytes (inside weights_bytes), how many there are and how many a token uses.
+    expert_bytes: float = 0.0
+    experts: int = 0
+    experts_per_token: int = 0
+
+    def weights_read(self, tokens: float) -> float:
+        if not self.experts:
+            return self.weights_bytes
+        unused = math.pow(1.0 - self.experts_per_token / self.experts, max(1.0, tokens))
+        return self.weights_bytes - self.expert_bytes * unused
 
     def seconds(
         self,
@@ -83,7 +95,7 @@ class StepModel:
         ``prefill_context`` deep on average (attention of a chunk over its prefix)."""
         c = self.constants
         tokens = sequences + prefill_tokens
-        memory = self.weights_bytes / (self.bandwidth * c.eta_weights) + (
+        memory = self.weights_read(tokens) / (self.bandwidth * c.eta_weights) + (
             kv_tokens * self.kv_bytes_per_token
         ) / (self.bandwidth * c.eta_kv)
         attention = 4.0 * self.layers * self.hidden_size * prefill_tokens * prefill_context
@@ -111,13 +123,20 @@ def step_model(
     quantization: str,
     constants: StepConstants = FITTED,
     active_params_billions: float | None = None,
+    tensor_parallel: int | None = None,
 ) -> StepModel:
-    """The step model of ``model`` on ``gpus`` GPUs of ``gpu`` (tensor parallel)."""
+    """The step model of ``model`` on ``gpus`` GPUs of ``gpu``, ``tensor_parallel`` of
+    them per pipeline stage (default: all)."""
     n = max(1, gpus)
     return StepModel(
         weights_bytes=mem.weight_bytes(model, quantization),
-        kv_bytes_per_token=mem.kv_bytes_per_token(model, "auto", gpus),
-        active_params=(active_params_billions or model.params_billions) * 1e9,
+        kv_bytes_per_token=mem.kv_bytes_per_token(model, "auto", tensor_parallel or n),
+        active_params=(
+            active_params_billions * 1e9 if active_params_billions else model.active_params
+        ),
+        expert_bytes=mem.expert_bytes(model, quantization),
+        experts=(model.experts or 0) if model.is_moe else 0,
+        experts_per_token=(model.experts_per_token or 0) if model.is_moe else 0,
         layers=model.layers,
         hidden_size=model.hidden_size,
         gpus=n,
