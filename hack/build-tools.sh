@@ -80,18 +80,38 @@ build_helm() {
   build_go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$ld" "$HELM_VERSION+k8s-$major.$minor"
 }
 
+build_lws() {
+  # The LeaderWorkerSet controller (multi-node replicas), from its module at the pinned
+  # version. `go install MOD@VERSION` asks the proxy for the module's version list, which
+  # it refuses for this module, so hack/lws/go.mod requires the version and go builds
+  # inside that module.
+  if fresh lws-controller "$LWS_VERSION"; then log "lws-controller $LWS_VERSION: cached"; return; fi
+  local mod="$root/hack/lws"
+  if ! grep -q "sigs.k8s.io/lws $LWS_VERSION\$" "$mod/go.mod"; then
+    log "pinning hack/lws/go.mod to $LWS_VERSION"
+    (cd "$mod" && go mod edit -require "sigs.k8s.io/lws@$LWS_VERSION" && rm -f go.sum)
+  fi
+  log "building lws-controller $LWS_VERSION"
+  (cd "$mod" && go build -ldflags "-s -w" -o "$bin/lws-controller" sigs.k8s.io/lws/cmd)
+  stamp lws-controller "$LWS_VERSION"
+}
+
 want=${*:-all}
 for t in $want; do
   case $t in
     kubernetes) build_kubernetes ;;
     kwok) build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" ;;
     helm) build_helm ;;
+    lws) build_lws ;;
     all) build_kubernetes
          build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-         build_helm ;;
-    *) echo "unknown tool: $t (kubernetes|kwok|helm|all)" >&2; exit 2 ;;
+         build_helm
+         build_lws ;;
+    *) echo "unknown tool: $t (kubernetes|kwok|helm|lws|all)" >&2; exit 2 ;;
   esac
 done
 # The kwok stage configs ship inside its module: make sure they are in the module cache.
 (cd /tmp && go mod download "sigs.k8s.io/kwok@$KWOK_VERSION")
+# So do the LeaderWorkerSet CRD and webhook manifests the local cluster installs.
+(cd /tmp && go mod download "sigs.k8s.io/lws@$LWS_VERSION")
 log "done: $(ls "$bin" | tr '\n' ' ')"

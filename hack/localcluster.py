@@ -10,7 +10,10 @@ bound to 127.0.0.1; kwok plays the kubelets, so GPU nodes cost nothing.
 Start order matters: etcd -> kube-apiserver -> kube-controller-manager (removes the
 ``not-ready`` taint, runs Deployments and garbage collection) -> kube-scheduler -> kwok
 (marks nodes Ready and scheduled pods Running/Ready). Then the GPU node inventory of
-``hack/inventory.yaml`` is created.
+``hack/inventory.yaml`` is created, and the LeaderWorkerSet controller (multi-node
+replicas) starts with its CRD and webhooks, from the module version in
+``hack/versions.env``: its webhooks are served on 127.0.0.1 with a certificate of the
+cluster's CA, as the apiserver would reach them through a Service in a real cluster.
 
 Ports are chosen free at start, so a cluster left running by ``make cluster`` never
 collides with the one a test session starts. ``state.json`` in the state folder records
@@ -26,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -48,7 +52,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = ROOT / ".cache" / "bin"
 DEFAULT_STATE_DIR = ROOT / ".cluster"
 DEFAULT_INVENTORY = ROOT / "hack" / "inventory.yaml"
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+    "lws-controller",
+)
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 OPERATOR_USER = "distillery-operator"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -95,6 +106,36 @@ def kwok_stage_files() -> list[Path]:
     files += sorted((base / "node" / "heartbeat-with-lease").glob("*.yaml"))
     files += sorted(p for p in (base / "pod" / "fast").glob("pod-*.yaml"))
     return [f for f in files if f.name != "kustomization.yaml"]
+
+
+def lws_module_dir() -> Path:
+    """The pinned LeaderWorkerSet module (its CRD and webhook manifests), from the cache."""
+    version = _versions()["LWS_VERSION"]
+    base = _gomodcache() / f"sigs.k8s.io/lws@{version}"
+    if not base.is_dir():
+        raise ClusterError(f"LeaderWorkerSet {version} not found at {base}: run make tools")
+    return base
+
+
+def lws_webhooks(base: Path, port: int, ca_bundle: str) -> list[dict[str, Any]]:
+    """LWS's webhook configurations as its release ships them (pod webhooks only for
+    pods of a LeaderWorkerSet), served at https://127.0.0.1:``port``."""
+    docs = [
+        d for d in yaml.safe_load_all((base / "config/webhook/manifests.yaml").read_text()) if d
+    ]
+    for doc in docs:
+        doc["metadata"]["name"] = "lws-" + doc["metadata"]["name"]
+        for hook in doc["webhooks"]:
+            path = hook["clientConfig"]["service"]["path"]
+            hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}{path}", "caBundle": ca_bundle}
+            if hook["name"] in ("mpod.kb.io", "vpod.kb.io"):
+                hook["objectSelector"] = {
+                    "matchExpressions": [
+                        {"key": "leaderworkerset.sigs.k8s.io/name", "operator": "Exists"}
+                    ]
+                }
+            hook["timeoutSeconds"] = 10
+    return docs
 
 
 def operator_argv(kubeconfig: str | Path, namespace: str, *flags: str) -> list[str]:
@@ -294,6 +335,21 @@ def _make_pki(pki: Path) -> None:
         "-extfile",
         str(ext),
     )
+    # The LeaderWorkerSet controller's webhook server, reached by the apiserver at 127.0.0.1.
+    lws = pki / "lws"
+    lws.mkdir()
+    (lws / "ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+    )
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes",
+        "-keyout", str(lws / "tls.key"), "-out", str(lws / "tls.csr"), "-subj", "/CN=lws-webhook",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(lws / "tls.csr"), "-CA", str(pki / "ca.crt"),
+        "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "3650",
+        "-out", str(lws / "tls.crt"), "-extfile", str(lws / "ext"),
+    )  # fmt: skip
     _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
@@ -442,13 +498,16 @@ def start(
     pki = state_dir / "pki"
     _make_pki(pki)
     admin_token = os.urandom(16).hex()
-    cm_token, sched_token, kwok_token, op_token = (os.urandom(16).hex() for _ in range(4))
+    cm_token, sched_token, kwok_token, op_token, lws_token = (
+        os.urandom(16).hex() for _ in range(5)
+    )
     (pki / "tokens.csv").write_text(
         f'{admin_token},admin,admin,"system:masters"\n'
         f"{cm_token},system:kube-controller-manager,system:kube-controller-manager\n"
         f"{sched_token},system:kube-scheduler,system:kube-scheduler\n"
         f'{kwok_token},kwok,kwok,"system:masters"\n'
         f'{op_token},{OPERATOR_USER},{OPERATOR_USER},"system:masters"\n'
+        f'{lws_token},lws-controller,lws-controller,"system:masters"\n'
     )
     # Audit only the operator's requests: tests count its writes from this log.
     (pki / "audit-policy.yaml").write_text(
@@ -463,6 +522,8 @@ def start(
         "controller-manager": free_port(),
         "scheduler": free_port(),
         "kwok": free_port(),
+        "lws-webhook": free_port(),
+        "lws-health": free_port(),
     }
     server = f"https://127.0.0.1:{ports['apiserver']}"
     cluster = Cluster(state_dir, server, admin_token, ports)
@@ -472,6 +533,7 @@ def start(
         ("controller-manager", cm_token),
         ("scheduler", sched_token),
         ("kwok", kwok_token),
+        ("lws-controller", lws_token),
     ):
         _write_kubeconfig(state_dir / f"{name}.kubeconfig", server, pki / "ca.crt", name, tok)
     logs = state_dir / "logs"
@@ -641,6 +703,8 @@ def start(
             procs["kube-controller-manager"],
             logs / "kube-controller-manager.log",
         )
+        procs["lws-controller"] = _start_lws(cluster, ports)
+        say(f"LeaderWorkerSet controller up ({time.monotonic() - t0:.1f}s)")
         say(
             f"{len(nodes)} nodes Ready; cluster up in {time.monotonic() - t0:.1f}s; "
             f"KUBECONFIG={cluster.kubeconfig}"
@@ -653,6 +717,62 @@ def start(
         raise
     cluster.procs = procs
     return cluster
+
+
+def _start_lws(cluster: Cluster, ports: dict[str, int]) -> subprocess.Popen[bytes]:
+    """The LeaderWorkerSet controller, its CRD and its webhooks (it serves them itself;
+    certificates come from the cluster's CA, so its own cert rotation is off)."""
+    state_dir, pki = cluster.state_dir, cluster.state_dir / "pki"
+    base = lws_module_dir()
+    config = {
+        "apiVersion": "config.lws.x-k8s.io/v1alpha1",
+        "kind": "Configuration",
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {"enable": False},
+        "webhook": {"host": "127.0.0.1", "port": ports["lws-webhook"], "certDir": str(pki / "lws")},
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{ports['lws-health']}"},
+        "metrics": {"bindAddress": "0"},
+    }
+    (state_dir / "lws-config.yaml").write_text(yaml.safe_dump(config))
+    proc = _spawn(
+        state_dir,
+        "lws-controller",
+        [
+            f"--config={state_dir / 'lws-config.yaml'}",
+            f"--kubeconfig={state_dir / 'lws-controller.kubeconfig'}",
+            "--zap-log-level=info",
+        ],
+    )
+    cluster.pids["lws-controller"] = proc.pid
+    cluster.save()
+    log = state_dir / "logs" / "lws-controller.log"
+
+    def healthy() -> bool:
+        url = f"http://127.0.0.1:{ports['lws-health']}/readyz"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200) and _port_open(ports["lws-webhook"])
+
+    _wait("lws-controller", healthy, proc, log)
+    crd = yaml.safe_load(
+        (base / "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml").read_text()
+    )
+    cluster.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    ca_bundle = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
+    for doc in lws_webhooks(base, ports["lws-webhook"], ca_bundle):
+        plural = doc["kind"].lower() + "s"
+        cluster.api("POST", f"/apis/admissionregistration.k8s.io/v1/{plural}", doc)
+
+    def established() -> bool:
+        got = cluster.api(
+            "GET",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+            "leaderworkersets.leaderworkerset.x-k8s.io",
+        )
+        conds = got.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    _wait("LeaderWorkerSet CRD established", established, proc, log)
+    return proc
 
 
 def _alive(pid: int) -> bool:

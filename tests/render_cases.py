@@ -76,6 +76,27 @@ CASES: dict[str, dict[str, Any]] = {
             "placement": {"gpuTypes": ["nvidia-l40s"]},
         },
     ),
+    # The teacher across two 8-GPU H100 nodes: one LeaderWorkerSet group per replica.
+    "vllm-r1-2x8xh100": dmd(
+        "r1",
+        {
+            "model": {
+                "name": "deepseek-ai/DeepSeek-R1",
+                "credentialsSecretRef": {"name": "hf-token"},
+            },
+            "serving": {"maxModelLen": 32768, "maxConcurrency": 64},
+            "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
+            "scaling": {"minReplicas": 1, "maxReplicas": 2},
+        },
+    ),
+    "sglang-r1-2x8xh100-ep": dmd(
+        "r1-sglang",
+        {
+            "model": {"name": "deepseek-ai/DeepSeek-R1"},
+            "serving": {"engine": "sglang", "maxModelLen": 32768},
+            "placement": {"gpuTypes": ["nvidia-h100-80gb"], "expertParallel": True},
+        },
+    ),
     "llamacpp-cpu": dmd(
         "qwen-1-5b-edge",
         {

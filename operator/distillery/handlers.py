@@ -30,6 +30,7 @@ from distillery.reconcile.children import (
     ChildState,
     child_state,
 )
+from distillery.render import LWS_GROUP_KEY_LABEL, LWS_WORKER_INDEX_LABEL
 from distillery.rollout import COMMAND_ANNOTATION
 from distillery.settings import Settings
 
@@ -116,6 +117,8 @@ def dmd_pods(**kwargs: Any) -> dict[Any, PodInfo]:
         track=labels.get(TRACK_LABEL),
         failure=pod_failure(status),
         terminating=bool(meta.get("deletionTimestamp")),
+        group_worker=labels.get(LWS_WORKER_INDEX_LABEL, "0") != "0",
+        group=labels.get(LWS_GROUP_KEY_LABEL),
     )
     return {(meta.get("namespace"), labels.get(OWNER_LABEL)): info}
 
@@ -127,6 +130,12 @@ def _child(body: kopf.Body) -> dict[Any, ChildState]:
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
 def child_deployments(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
+# Served only where the LeaderWorkerSet API is installed (multi-node replicas).
+@kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
+def child_groups(**kwargs: Any) -> dict[Any, ChildState]:
     return _child(kwargs["body"])
 
 
@@ -180,6 +189,9 @@ async def _on_child(**kwargs: Any) -> None:
 
 
 kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)
+kopf.on.event(
+    "leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED, id="group_event"
+)(_on_child)
 kopf.on.event("v1", "services", labels=MANAGED, id="service_event")(_on_child)
 kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_event")(_on_child)
 kopf.on.event(

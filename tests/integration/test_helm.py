@@ -218,6 +218,10 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         # Rollouts: resize the stable track, retire a canary, consume a command.
         ("patch", "deployments.apps/scale"),
         ("delete", "deployments.apps"),
+        # Multi-node replicas (LeaderWorkerSet groups), the same verbs.
+        ("create", "leaderworkersets.leaderworkerset.x-k8s.io"),
+        ("patch", "leaderworkersets.leaderworkerset.x-k8s.io/scale"),
+        ("delete", "leaderworkersets.leaderworkerset.x-k8s.io"),
         ("patch", "distilledmodeldeployments.distillery.dev"),
         ("list", "pods"),
         ("get", "configmaps"),

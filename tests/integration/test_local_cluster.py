@@ -9,7 +9,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from localcluster import Cluster, _versions, node_manifests, start
+from localcluster import COMPONENTS, Cluster, _versions, node_manifests, start
 from tests.integration.waits import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -62,6 +62,7 @@ def test_gpu_inventory(cluster: Cluster, api_client: client.ApiClient) -> None:
         assert int(node.metadata.labels["nvidia.com/gpu.memory"]) > 10000
         assert [(t.key, t.effect) for t in node.spec.taints] == [("nvidia.com/gpu", "NoSchedule")]
     assert products == {
+        "NVIDIA-H200": 2,
         "NVIDIA-H100-80GB-HBM3": 2,
         "NVIDIA-A100-SXM4-80GB": 2,
         "NVIDIA-L40S": 2,
@@ -142,13 +143,18 @@ def test_deployment_scales_and_is_garbage_collected(
 def test_stop_frees_every_port_and_process(tmp_path: Path) -> None:
     second = start(state_dir=tmp_path / "second", quiet=True)
     pids, ports = dict(second.pids), dict(second.ports)
-    assert set(pids) == {
-        "etcd",
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kwok",
-    }
+    assert (
+        set(pids)
+        == set(COMPONENTS)
+        == {
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+            "lws-controller",
+        }
+    )
     second.stop()
     for name, pid in pids.items():
         stat = Path(f"/proc/{pid}/stat")

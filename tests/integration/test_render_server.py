@@ -1,4 +1,6 @@
-"""Every rendered manifest is accepted by the real API server (server-side dry run)."""
+"""Every rendered manifest is accepted by the real API server (server-side dry run),
+including the LeaderWorkerSet of a multi-node replica (the LWS CRD and webhooks of the
+real controller the local cluster runs)."""
 
 from __future__ import annotations
 
@@ -75,4 +77,9 @@ def test_rendered_manifests_pass_server_dry_run(
     kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
     if kinds == ["List"]:
         kinds = [i["kind"] for i in yaml.safe_load(out)["items"]]
-    assert sorted(kinds) == ["Deployment", "PodDisruptionBudget", "PodMonitor", "Service"]
+    # A multi-node placement is a LeaderWorkerSet, which the real LWS CRD and the LWS
+    # controller's validating webhook accept.
+    workload = (
+        "LeaderWorkerSet" if plan(dmd.spec, load_catalog()).chosen.nodes > 1 else "Deployment"
+    )
+    assert sorted(kinds) == sorted([workload, "PodDisruptionBudget", "PodMonitor", "Service"])

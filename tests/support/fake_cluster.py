@@ -19,8 +19,8 @@ WRITES = (
     "apply",
     "patch_dmd_status",
     "scale_dmd",
-    "scale_deployment",
-    "delete_deployment",
+    "scale_workload",
+    "delete_workload",
     "remove_dmd_annotation",
     "post_event",
 )
@@ -72,13 +72,15 @@ class FakeCluster:
         self._call("scale_dmd", f"{name}={replicas}")
         self.replicas[(namespace, name)] = replicas
 
-    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        self._call("scale_deployment", f"{name}={replicas}")
-        self.objects[("Deployment", namespace, name)]["spec"]["replicas"] = replicas
+    def scale_workload(
+        self, namespace: str, name: str, replicas: int, kind: str = "Deployment"
+    ) -> None:
+        self._call("scale_workload", f"{name}={replicas}")
+        self.objects[(kind, namespace, name)]["spec"]["replicas"] = replicas
 
-    def delete_deployment(self, namespace: str, name: str) -> None:
-        self._call("delete_deployment", name)
-        self.objects.pop(("Deployment", namespace, name), None)
+    def delete_workload(self, namespace: str, name: str, kind: str = "Deployment") -> None:
+        self._call("delete_workload", name)
+        self.objects.pop((kind, namespace, name), None)
 
     def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None:
         self._call("remove_dmd_annotation", f"{name}:{key}")

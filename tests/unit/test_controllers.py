@@ -259,6 +259,7 @@ def indices_with(*bodies: dict[str, Any]) -> dict[str, Any]:
         "dmd_bodies": {(b["metadata"]["namespace"], b["metadata"]["name"]): [b] for b in bodies},
         "dmd_pods": {},
         "child_deployments": {},
+        "child_groups": {},
         "child_services": {},
         "child_pdbs": {},
         "child_routes": {},

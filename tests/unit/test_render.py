@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from distillery.api.types import DistilledModelDeployment, Engine
 from distillery.catalog import load_catalog
 from distillery.engines import ENGINES
-from distillery.render import Rendered, RenderError, RenderOptions, manifests_yaml, render
+from distillery.render import (
+    LWS_WORKER_INDEX_LABEL,
+    Rendered,
+    RenderError,
+    RenderOptions,
+    manifests_yaml,
+    pod_templates,
+    render,
+)
 from distillery.sizing import PlanError, plan
 from tests.render_cases import CASES
 
@@ -40,17 +48,21 @@ def test_golden(case: str) -> None:
 
 
 def engine_container(rendered: Rendered) -> dict[str, Any]:
-    pod = rendered.deployment["spec"]["template"]["spec"]
+    pod = pod_templates(rendered.workload)[0]["spec"]
     return next(c for c in pod["containers"] if c["name"] == "engine")
 
 
 def check_invariants(dmd: DistilledModelDeployment, rendered: Rendered) -> None:
     chosen = plan(dmd.spec, CATALOG).chosen
-    pod = rendered.deployment["spec"]["template"]["spec"]
+    templates = pod_templates(rendered.workload)
+    assert len(templates) == (2 if chosen.nodes > 1 else 1)
+    assert rendered.workload["kind"] == ("LeaderWorkerSet" if chosen.nodes > 1 else "Deployment")
+    pod = templates[0]["spec"]
     engine = engine_container(rendered)
     limits = engine["resources"].get("limits", {})
     if chosen.gpus:
-        assert limits["nvidia.com/gpu"] == str(chosen.gpus)
+        # Each pod takes one node's share of the replica's GPUs.
+        assert limits["nvidia.com/gpu"] == str(chosen.gpus // chosen.nodes)
         term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         expr = term["nodeSelectorTerms"][0]["matchExpressions"][0]
         assert expr == {
@@ -74,14 +86,21 @@ def check_invariants(dmd: DistilledModelDeployment, rendered: Rendered) -> None:
         if item["name"] in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
             assert "secretKeyRef" in item["valueFrom"]
     # Selector matches the pod labels, Service and PDB select the pods.
-    labels = rendered.deployment["spec"]["template"]["metadata"]["labels"]
-    for k, v in rendered.deployment["spec"]["selector"]["matchLabels"].items():
+    labels = templates[0]["metadata"]["labels"]
+    for k, v in rendered.workload["spec"].get("selector", {}).get("matchLabels", {}).items():
         assert labels[k] == v
+    # The Service selects the pods (a group's leader, labelled by the LWS controller).
     for k, v in rendered.service["spec"]["selector"].items():
-        assert labels[k] == v
-    assert rendered.pdb["spec"]["selector"]["matchLabels"] == rendered.service["spec"]["selector"]
+        if k == LWS_WORKER_INDEX_LABEL:
+            assert chosen.nodes > 1 and v == "0"
+        else:
+            assert labels[k] == v
+    # The PDB covers every pod of the DMD, leaders and workers.
+    assert rendered.pdb["spec"]["selector"]["matchLabels"] == {
+        "distillery.dev/deployment": dmd.name
+    }
     scaling = dmd.spec.scaling
-    assert scaling.min_replicas <= rendered.deployment["spec"]["replicas"] <= scaling.max_replicas
+    assert scaling.min_replicas <= rendered.workload["spec"]["replicas"] <= scaling.max_replicas
     assert labels["distillery.dev/revision"] == rendered.revision
     for obj in rendered.objects():
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "0000-uid"
@@ -215,7 +234,7 @@ spec:
 
 def test_user_template_merges() -> None:
     _, r = render_case(CASES["vllm-1xl4"], user_template=GOOD_TEMPLATE)
-    pod = r.deployment["spec"]["template"]
+    pod = r.workload["spec"]["template"]
     assert pod["spec"]["priorityClassName"] == "inference-high"
     assert pod["metadata"]["annotations"]["team"] == "qwen-1-5b-owners"
     names = [c["name"] for c in pod["spec"]["containers"]]
@@ -230,8 +249,8 @@ def test_user_template_adds_tolerations_and_keeps_the_gpu_one() -> None:
     source = "spec: {tolerations: [{key: reserved-for, operator: Exists, effect: NoSchedule}]}"
     _, plain = render_case(CASES["vllm-1xl4"])
     _, r = render_case(CASES["vllm-1xl4"], user_template=source)
-    before = plain.deployment["spec"]["template"]["spec"]["tolerations"]
-    after = r.deployment["spec"]["template"]["spec"]["tolerations"]
+    before = plain.workload["spec"]["template"]["spec"]["tolerations"]
+    after = r.workload["spec"]["template"]["spec"]["tolerations"]
     assert before and after[: len(before)] == before
     assert after[len(before) :] == [
         {"key": "reserved-for", "operator": "Exists", "effect": "NoSchedule"}

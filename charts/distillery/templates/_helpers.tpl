@@ -33,6 +33,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [apps]
   resources: [deployments/scale]
   verbs: [get, patch]
+- apiGroups: [leaderworkerset.x-k8s.io]
+  # Multi-node replicas; delete: a retired canary group set.
+  resources: [leaderworkersets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [leaderworkerset.x-k8s.io]
+  resources: [leaderworkersets/scale]
+  verbs: [get, patch]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]

@@ -149,6 +149,18 @@ class PodInfo:
     track: str | None = None  # distillery.dev/track: stable or canary
     failure: PodFailure | None = None  # a container that is not running, and why
     terminating: bool = False  # deletionTimestamp set: it counts for nothing
+    # A worker of a multi-node group (LeaderWorkerSet worker-index > 0): it serves no API
+    # and exports no metrics, so it is never a replica; its trouble (unschedulable,
+    # failing) still says why its group is missing.
+    group_worker: bool = False
+    # The multi-node group the pod belongs to (LeaderWorkerSet group-key); None: the pod
+    # is a replica of its own.
+    group: str | None = None
+
+    @property
+    def replica(self) -> str:
+        """Which replica the pod is (part of)."""
+        return self.group or self.name
 
 
 @dataclass(frozen=True)
@@ -168,7 +180,7 @@ def observe(
     percentile: float,
 ) -> Observation:
     """Sum a DMD's ready pods' metrics into one sample; say when it cannot be trusted."""
-    ready = [p for p in pods if p.ready]
+    ready = [p for p in pods if p.ready and not p.group_worker]
     if not ready:
         return Observation(None, True, False, "no ready replica reports metrics yet")
     reporting = [
@@ -218,12 +230,12 @@ def observe(
 
 
 def cluster_view(current: int, pods: Sequence[PodInfo]) -> Cluster:
-    stuck = [p.unschedulable for p in pods if p.unschedulable]
+    stuck = {p.replica: p.unschedulable for p in pods if p.unschedulable}
     return Cluster(
         current=current,
-        ready=sum(1 for p in pods if p.ready),
+        ready=sum(1 for p in pods if p.ready and not p.group_worker),
         unschedulable=len(stuck),
-        unschedulable_reason=stuck[0] if stuck else "",
+        unschedulable_reason=next(iter(stuck.values()), ""),
     )
 
 

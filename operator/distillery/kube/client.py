@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 AUTOSCALER_FIELD_MANAGER = "distillery-autoscaler"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+# The LeaderWorkerSet API (sigs.k8s.io/lws): multi-node replicas.
+LWS = ("leaderworkerset.x-k8s.io", "v1")
+LWS_PLURAL = "leaderworkersets"
 
 
 def _count(verb: str, kind: str) -> None:
@@ -57,8 +60,10 @@ class ClusterClient(Protocol):
     def apply(self, obj: Mapping[str, Any]) -> None: ...
     def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
     def scale_dmd(self, namespace: str, name: str, replicas: int) -> None: ...
-    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None: ...
-    def delete_deployment(self, namespace: str, name: str) -> None: ...
+    def scale_workload(
+        self, namespace: str, name: str, replicas: int, kind: str = "Deployment"
+    ) -> None: ...
+    def delete_workload(self, namespace: str, name: str, kind: str = "Deployment") -> None: ...
     def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None: ...
     def post_event(
         self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
@@ -92,6 +97,8 @@ class Kube:
         body = dict(obj)
         if kind == "Deployment":
             self.apps.patch_namespaced_deployment(name, ns, body, **kwargs)
+        elif kind == "LeaderWorkerSet":
+            self.custom.patch_namespaced_custom_object(*LWS, ns, LWS_PLURAL, name, body, **kwargs)
         elif kind == "Service":
             self.core.patch_namespaced_service(name, ns, body, **kwargs)
         elif kind == "PodDisruptionBudget":
@@ -134,26 +141,38 @@ class Kube:
         )
         _count("scale", "DistilledModelDeployment")
 
-    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        """Resize a Deployment without touching its template (the stable track while a
-        canary runs)."""
-        self.apps.patch_namespaced_deployment_scale(
-            name,
-            namespace,
-            {"spec": {"replicas": replicas}},
-            field_manager=FIELD_MANAGER,
-            _content_type=MERGE,
-        )
-        _count("scale", "Deployment")
+    def scale_workload(
+        self, namespace: str, name: str, replicas: int, kind: str = "Deployment"
+    ) -> None:
+        """Resize a Deployment or LeaderWorkerSet without touching its template (the
+        stable track while a canary runs)."""
+        body = {"spec": {"replicas": replicas}}
+        if kind == "LeaderWorkerSet":
+            self.custom.patch_namespaced_custom_object_scale(
+                *LWS, namespace, LWS_PLURAL, name, body,
+                field_manager=FIELD_MANAGER, _content_type=MERGE,
+            )  # fmt: skip
+        else:
+            self.apps.patch_namespaced_deployment_scale(
+                name, namespace, body, field_manager=FIELD_MANAGER, _content_type=MERGE
+            )
+        _count("scale", kind)
 
-    def delete_deployment(self, namespace: str, name: str) -> None:
-        """Delete a retired canary Deployment (already gone is fine)."""
+    def delete_workload(self, namespace: str, name: str, kind: str = "Deployment") -> None:
+        """Delete a retired canary Deployment or LeaderWorkerSet (already gone is fine)."""
         try:
-            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background")
+            if kind == "LeaderWorkerSet":
+                self.custom.delete_namespaced_custom_object(
+                    *LWS, namespace, LWS_PLURAL, name, propagation_policy="Background"
+                )
+            else:
+                self.apps.delete_namespaced_deployment(
+                    name, namespace, propagation_policy="Background"
+                )
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        _count("delete", "Deployment")
+        _count("delete", kind)
 
     def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None:
         """Consume a one-shot command annotation (``distillery.dev/rollout``)."""

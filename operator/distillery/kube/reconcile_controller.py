@@ -30,7 +30,7 @@ from distillery.reconcile.children import (
     ChildState,
     child_key,
 )
-from distillery.render import RenderOptions
+from distillery.render import WORKLOAD_KINDS, RenderOptions
 from distillery.rollout import COMMAND_ANNOTATION
 from distillery.rollout.analysis import Measurement
 
@@ -193,7 +193,7 @@ class Reconciler:
             )
             await in_thread(self.kube.apply, obj)
             self._applied[(namespace, name, child)] = obj["metadata"]["annotations"][APPLIED_HASH]
-            if obj["kind"] == "Deployment":
+            if obj["kind"] in WORKLOAD_KINDS:
                 self._applied_replicas[(namespace, name, child)] = obj["spec"]["replicas"]
                 self._applied_revision[(namespace, name, child)] = (
                     obj["metadata"].get("annotations") or {}
@@ -247,11 +247,12 @@ class Reconciler:
         desired: Desired,
     ) -> None:
         """The stable track's size while a canary runs, and a retired canary's delete."""
+        kind = desired.rendered.workload["kind"] if desired.rendered else "Deployment"
         for dep, replicas in desired.scale.items():
             if self._scaled.get((namespace, name, dep)) == replicas:
                 continue  # written; the watch has not caught up
-            log.info("scaling Deployment %s/%s to %d (rollout split)", namespace, dep, replicas)
-            await in_thread(self.kube.scale_deployment, namespace, dep, replicas)
+            log.info("scaling %s %s/%s to %d (rollout split)", kind, namespace, dep, replicas)
+            await in_thread(self.kube.scale_workload, namespace, dep, replicas, kind)
             self._scaled[(namespace, name, dep)] = replicas
         for k in [k for k in self._scaled if k[:2] == (namespace, name)]:
             if k[2] not in desired.scale:
@@ -263,7 +264,7 @@ class Reconciler:
             if (namespace, name, dep) in self._deleted:
                 continue  # deleted; the watch has not caught up
             log.info("deleting retired canary %s %s/%s", kind, namespace, dep)
-            await in_thread(self.kube.delete_deployment, namespace, dep)
+            await in_thread(self.kube.delete_workload, namespace, dep, kind)
             self._deleted.add((namespace, name, dep))
         gone = {dep for _, dep in desired.delete}
         self._deleted = {k for k in self._deleted if k[:2] != (namespace, name) or k[2] in gone}
@@ -299,5 +300,5 @@ class Reconciler:
         cost = status.get("cost") or {}
         metrics.COST_PER_HOUR.labels(namespace, name).set(cost.get("currentPerHour") or 0)
         if desired.rendered is not None:
-            replicas = desired.rendered.deployment["spec"]["replicas"]
+            replicas = desired.rendered.workload["spec"]["replicas"]
             metrics.DESIRED_REPLICAS.labels(namespace, name).set(replicas)

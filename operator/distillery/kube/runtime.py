@@ -44,7 +44,13 @@ REPORT_AFTER_FAILURES = 3
 Key = tuple[str, str]
 # kopf's indices by name: each maps (namespace, DMD name) to a store of values.
 Indices = Mapping[str, Mapping[Any, Any]]
-CHILD_INDICES = ("child_deployments", "child_services", "child_pdbs", "child_routes")
+CHILD_INDICES = (
+    "child_deployments",
+    "child_groups",
+    "child_services",
+    "child_pdbs",
+    "child_routes",
+)
 
 
 @dataclass

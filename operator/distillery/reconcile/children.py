@@ -167,7 +167,12 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
     status = body.get("status") or {}
-    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or (
+        (spec.get("rolloutStrategy") or {}).get("rollingUpdateConfiguration") or {}
+    )
+    generation = int(meta.get("generation") or 0)
+    # A LeaderWorkerSet's status has no observedGeneration: its counts are all there is.
+    observed = generation if body.get("kind") == "LeaderWorkerSet" else None
     return ChildState(
         revision=(meta.get("annotations") or {}).get(REVISION_ANNOTATION),
         one_at_a_time=rolling.get("maxSurge") in (0, "0", "0%"),
@@ -178,8 +183,10 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
         applied_hash=(meta.get("annotations") or {}).get(APPLIED_HASH),
         conflicts=tuple(foreign_conflicts(meta.get("managedFields"))),
         foreign=foreign_fields(meta.get("managedFields")),
-        generation=int(meta.get("generation") or 0),
-        observed_generation=int(status.get("observedGeneration") or 0),
+        generation=generation,
+        observed_generation=(
+            observed if observed is not None else int(status.get("observedGeneration") or 0)
+        ),
         replicas=int(status.get("replicas") or 0),
         ready_replicas=int(status.get("readyReplicas") or 0),
         updated_replicas=int(status.get("updatedReplicas") or 0),

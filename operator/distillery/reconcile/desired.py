@@ -14,7 +14,6 @@ must not take down a serving model. The one deletion is a canary Deployment that
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,13 +45,14 @@ from distillery.reconcile.children import (
 )
 from distillery.reconcile.slo import spec_slo_measurement
 from distillery.render.workload import (
-    ONE_AT_A_TIME,
+    WORKLOAD_KINDS,
     Rendered,
     RenderError,
     RenderOptions,
-    canary_deployment,
+    canary_workload,
     desired_replicas,
     render,
+    set_one_at_a_time,
     set_route_weights,
 )
 from distillery.rollout.analysis import Criteria, Measurement
@@ -251,7 +251,7 @@ def _deployment_conditions(
     ready_replicas = dep.ready_replicas
     if pods is not None:
         live = [p for p in pods if (p.track or "stable") == "stable" and not p.terminating]
-        ready_replicas = min(ready_replicas, sum(p.ready for p in live))
+        ready_replicas = min(ready_replicas, sum(p.ready for p in live if not p.group_worker))
         failing = [(p.failure, p.name) for p in live if p.failure and not p.ready]
     else:
         failing = []
@@ -429,8 +429,9 @@ def _rollout_step(
     """Where the rollout stands, and what the rendered objects become at this step."""
     count = desired_replicas(dmd)
     name = dmd.name
-    stable_child = children.get("Deployment")
-    canary_child = children.get(child_key("Deployment", f"{name}-{CANARY}", name))
+    kind = rendered.workload["kind"]
+    stable_child = children.get(kind)
+    canary_child = children.get(child_key(kind, f"{name}-{CANARY}", name))
     decision = decide(
         RolloutInput(
             spec=dmd.spec.rollout,
@@ -446,10 +447,10 @@ def _rollout_step(
             command=command,
         )
     )
-    deployment = rendered.deployment
-    deployment["spec"]["replicas"] = decision.stable_replicas
+    workload = rendered.workload
+    workload["spec"]["replicas"] = decision.stable_replicas
     if decision.one_at_a_time:
-        deployment["spec"]["strategy"] = copy.deepcopy(ONE_AT_A_TIME)
+        set_one_at_a_time(workload)
     if rendered.http_route is not None:
         set_route_weights(rendered.http_route, *route_weights(dmd.spec.rollout, decision))
         decision.status["traffic"] = f"HTTPRoute {rendered.http_route['metadata']['name']}"
@@ -461,14 +462,14 @@ def _rollout_step(
     scale: dict[str, int] = {}
     if not decision.stable_takes_desired:
         # The stable track keeps the template it runs; only its size follows the split.
-        objects = [o for o in objects if o is not deployment]
+        objects = [o for o in objects if o is not workload]
         if stable_child is not None and stable_child.spec_replicas != decision.stable_replicas:
             scale[stable_child.name] = decision.stable_replicas
     delete: list[tuple[str, str]] = []
     if decision.canary_replicas > 0:
-        objects.append(canary_deployment(rendered, decision.canary_replicas))
+        objects.append(canary_workload(rendered, decision.canary_replicas))
     elif canary_child is not None:
-        delete.append(("Deployment", canary_child.name))
+        delete.append((kind, canary_child.name))
     return _RolloutStep(
         decision=decision,
         count=count,
@@ -495,7 +496,7 @@ def _diff(
             reasons[key] = "missing"
         elif live.applied_hash != want:
             reasons[key] = "changed"
-        elif obj["kind"] == "Deployment" and live.spec_replicas not in (
+        elif obj["kind"] in WORKLOAD_KINDS and live.spec_replicas not in (
             None,
             obj["spec"]["replicas"],
         ):
@@ -673,8 +674,8 @@ def _track(
         stuck: list[str] = []
     else:
         mine = [p for p in pods if (p.track or "stable") == track and p.revision == revision]
-        new_ready = sum(1 for p in mine if p.ready)
-        stuck = [p.unschedulable for p in mine if p.unschedulable]
+        new_ready = sum(1 for p in mine if p.ready and not p.group_worker)
+        stuck = list({p.replica: p.unschedulable for p in mine if p.unschedulable}.values())
     return TrackState(
         revision=child.revision,
         spec_replicas=child.spec_replicas,

@@ -1,6 +1,11 @@
 """Render the serving workload of a DMD: Deployment, Service, PodDisruptionBudget and,
 where the prometheus-operator API exists, a PodMonitor (pure).
 
+A replica that spans nodes is a LeaderWorkerSet group instead of a Deployment pod: the
+same pod template is the leader (it serves the API and exports the metrics, so the
+Service and PodMonitor select leaders only), and the workers run the engine's headless
+ranks. Everything else (revision, rollout, /scale) treats a group as one replica.
+
 Inputs are the DMD, the placement the planner chose, and operator options (default
 images, model cache); the output is plain manifests, the same ones ``distillery render``
 prints for GitOps pipelines and the reconciler applies with server-side apply. The
@@ -42,6 +47,12 @@ LABEL_MODEL = "distillery.dev/model"
 LABEL_REVISION = "distillery.dev/revision"
 LABEL_TRACK = "distillery.dev/track"
 MANAGED_BY = "distillery"
+# The LeaderWorkerSet controller's pod label: the pod's index in its group (0: leader).
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+# ... and the group's unique key, the same on every pod of one group.
+LWS_GROUP_KEY_LABEL = "leaderworkerset.sigs.k8s.io/group-key"
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+WORKLOAD_KINDS = frozenset({"Deployment", "LeaderWorkerSet"})
 
 DEFAULT_IMAGES: Mapping[str, str] = {name: e.image for name, e in ENGINES.items()}
 DEFAULT_CPU_IMAGES: Mapping[str, str] = {
@@ -87,7 +98,8 @@ class RenderOptions:
 class Rendered:
     """The children of one DMD, ready to apply."""
 
-    deployment: dict[str, Any]
+    # The serving workload: a Deployment, or a LeaderWorkerSet when a replica spans nodes.
+    workload: dict[str, Any]
     service: dict[str, Any]
     pdb: dict[str, Any]
     pod_monitor: dict[str, Any] | None
@@ -101,7 +113,7 @@ class Rendered:
     http_route: dict[str, Any] | None = None
 
     def objects(self) -> list[dict[str, Any]]:
-        out = [self.deployment, self.service, self.pdb]
+        out = [self.workload, self.service, self.pdb]
         out += [self.pod_monitor] if self.pod_monitor else []
         out += list(self.track_services)
         return out + ([self.http_route] if self.http_route else [])
@@ -187,8 +199,8 @@ def _storage(
     dmd: DistilledModelDeployment, plan: Plan, source: ModelSource, options: RenderOptions
 ) -> tuple[list[Any], list[Any], list[Any]]:
     """Volumes, engine volume mounts and init containers for the model source."""
-    tp = plan.chosen.tensor_parallel
-    shm = "1Gi" if tp == 1 else f"{2 * tp}Gi"
+    local = plan.chosen.gpus_per_node if plan.chosen.gpus else 1
+    shm = "1Gi" if local <= 1 else f"{2 * local}Gi"
     cache_gib = math.ceil(plan.chosen.weights_gib * 1.2 + 2)
     if options.model_cache_claim:
         cache: dict[str, Any] = {
@@ -247,15 +259,17 @@ def _storage(
 
 
 def _resources(plan: Plan) -> dict[str, Any]:
+    """One pod's resources: a replica's, or one node's share of a multi-node group."""
     c = plan.chosen
     if c.gpus == 0:
         mem = math.ceil(c.weights_gib + c.kv_needed_gib + c.overhead_gib + 2)
         return {"requests": {"cpu": "8", "memory": f"{mem}Gi"}, "limits": {"memory": f"{mem}Gi"}}
-    cpu = min(4 * c.gpus, 32)
-    mem = math.ceil(c.weights_gib * 1.25 + 8)
+    gpus = c.gpus_per_node
+    cpu = min(4 * gpus, 32)
+    mem = math.ceil(c.weights_gib / c.nodes * 1.25 + 8)
     return {
-        "requests": {"cpu": str(cpu), "memory": f"{mem}Gi", GPU_RESOURCE: str(c.gpus)},
-        "limits": {"memory": f"{mem}Gi", GPU_RESOURCE: str(c.gpus)},
+        "requests": {"cpu": str(cpu), "memory": f"{mem}Gi", GPU_RESOURCE: str(gpus)},
+        "limits": {"memory": f"{mem}Gi", GPU_RESOURCE: str(gpus)},
     }
 
 
@@ -323,24 +337,67 @@ def set_route_weights(route: dict[str, Any], stable: int, canary: int) -> None:
     refs[0]["weight"], refs[1]["weight"] = stable, canary
 
 
-def canary_deployment(rendered: Rendered, replicas: int) -> dict[str, Any]:
-    """The canary track of a rendered Deployment: the same pod template (so the same
-    revision) as a second Deployment, ``<name>-canary``, whose pods carry
+def pod_templates(workload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pod templates of a rendered workload: a Deployment's one, or a
+    LeaderWorkerSet's leader and worker templates."""
+    spec = workload["spec"]
+    if workload["kind"] == "LeaderWorkerSet":
+        group = spec["leaderWorkerTemplate"]
+        return [group["leaderTemplate"], group["workerTemplate"]]
+    return [spec["template"]]
+
+
+def canary_workload(rendered: Rendered, replicas: int) -> dict[str, Any]:
+    """The canary track of the rendered workload: the same pod templates (so the same
+    revision) as a second workload, ``<name>-canary``, whose pods carry
     ``distillery.dev/track: canary``. The Service selects both tracks."""
-    dep = copy.deepcopy(rendered.deployment)
-    meta = dep["metadata"]
+    obj = copy.deepcopy(rendered.workload)
+    meta = obj["metadata"]
     meta["name"] = f"{meta['name']}-canary"
     meta["labels"] = {**meta["labels"], LABEL_TRACK: "canary"}
-    spec = dep["spec"]
+    spec = obj["spec"]
     spec["replicas"] = replicas
-    spec["selector"]["matchLabels"][LABEL_TRACK] = "canary"
-    pod = spec["template"]
-    pod["metadata"]["labels"][LABEL_TRACK] = "canary"
-    for constraint in pod["spec"].get("topologySpreadConstraints") or []:
-        match = (constraint.get("labelSelector") or {}).get("matchLabels")
-        if isinstance(match, dict) and LABEL_TRACK in match:
-            match[LABEL_TRACK] = "canary"
-    return dep
+    if "selector" in spec:
+        spec["selector"]["matchLabels"][LABEL_TRACK] = "canary"
+    for pod in pod_templates(obj):
+        pod["metadata"]["labels"][LABEL_TRACK] = "canary"
+        for constraint in pod["spec"].get("topologySpreadConstraints") or []:
+            match = (constraint.get("labelSelector") or {}).get("matchLabels")
+            if isinstance(match, dict) and LABEL_TRACK in match:
+                match[LABEL_TRACK] = "canary"
+    return obj
+
+
+def set_workload_replicas(workload: dict[str, Any], replicas: int) -> None:
+    workload["spec"]["replicas"] = replicas
+
+
+def set_one_at_a_time(workload: dict[str, Any]) -> None:
+    """Replace replicas without a surge (:data:`ONE_AT_A_TIME`), in the workload's terms."""
+    if workload["kind"] == "LeaderWorkerSet":
+        workload["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"] = copy.deepcopy(
+            ONE_AT_A_TIME["rollingUpdate"]
+        )
+    else:
+        workload["spec"]["strategy"] = copy.deepcopy(ONE_AT_A_TIME)
+
+
+def _worker_template(leader: Mapping[str, Any], worker_args: list[str]) -> dict[str, Any]:
+    """A group's worker pods: the leader's template running the engine's headless rank,
+    with no API to probe or scrape."""
+    worker = copy.deepcopy(dict(leader))
+    worker["metadata"]["annotations"] = {
+        k: v
+        for k, v in worker["metadata"].get("annotations", {}).items()
+        if not k.startswith("prometheus.io/")
+    }
+    for container in worker["spec"]["containers"]:
+        if container.get("name") == "engine":
+            container["args"] = list(worker_args)
+            container.pop("ports", None)
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                container.pop(probe, None)
+    return worker
 
 
 # A revision is a label value users read: short.
@@ -387,6 +444,9 @@ def render(
             kv_cache_dtype=spec.serving.kv_cache_dtype,
             extra_args=tuple(spec.serving.extra_args),
             slo_ttft_seconds=spec.scaling.slo.ttft_seconds,
+            nodes=c.nodes,
+            pipeline_parallel=c.pipeline_parallel,
+            expert_parallel=c.expert_parallel,
         ),
     )
     image = (
@@ -398,7 +458,10 @@ def render(
         raise RenderError(f"no image for engine {engine}: set spec.serving.image")
     startup = replica_startup_seconds(dmd, plan)
     selector = {LABEL_DEPLOYMENT: name, LABEL_TRACK: "stable"}
-    service_selector = {LABEL_DEPLOYMENT: name}
+    multi_node = c.nodes > 1
+    # Only a group's leader serves the API and exports metrics.
+    leaders = {LWS_WORKER_INDEX_LABEL: "0"} if multi_node else {}
+    service_selector = {LABEL_DEPLOYMENT: name, **leaders}
     labels = {
         "app.kubernetes.io/name": engine,
         "app.kubernetes.io/instance": name,
@@ -446,6 +509,7 @@ def render(
         "progress_deadline_seconds": max(600, math.ceil(startup * 3)),
         "selector": selector,
         "service_selector": service_selector,
+        "pdb_selector": {LABEL_DEPLOYMENT: name},
         "strategy": _strategy(dmd, plan),
         "pod_labels": {**labels, **selector},
         "pod_annotations": pod_annotations,
@@ -492,6 +556,7 @@ def render(
     revision = _hash(template)
     template["metadata"]["labels"][LABEL_REVISION] = revision
     deployment["metadata"]["annotations"][LABEL_REVISION] = revision
+    workload = _leader_worker_set(context, deployment, plan) if multi_node else deployment
     endpoint = f"http://{name}.{namespace}.svc.cluster.local:{launch_.port}/v1"
     route_spec = spec.rollout.canary.http_route if spec.rollout.canary else None
     track_services: tuple[dict[str, Any], ...] = ()
@@ -503,7 +568,7 @@ def render(
                 {
                     **context,
                     "name": f"{name}-{track}",
-                    "service_selector": {LABEL_DEPLOYMENT: name, LABEL_TRACK: track},
+                    "service_selector": {LABEL_DEPLOYMENT: name, LABEL_TRACK: track, **leaders},
                 },
             )
             for track in ("stable", "canary")
@@ -519,7 +584,7 @@ def render(
     return Rendered(
         track_services=track_services,
         http_route=http_route,
-        deployment=deployment,
+        workload=workload,
         service=_load("service.yaml.j2", context),
         pdb=_load("pdb.yaml.j2", context),
         pod_monitor=_load("podmonitor.yaml.j2", context) if options.pod_monitor else None,
@@ -527,6 +592,29 @@ def render(
         startup_seconds=startup,
         endpoint=endpoint,
         selector=f"{LABEL_DEPLOYMENT}={name}",
+    )
+
+
+def _leader_worker_set(
+    context: Mapping[str, Any], deployment: Mapping[str, Any], plan: Plan
+) -> dict[str, Any]:
+    """The LeaderWorkerSet of a multi-node replica: the rendered Deployment's pod
+    template leads each group; the workers' follows from it and the same launch inputs,
+    so the leader template's hash is the group's revision."""
+    launch_: EngineLaunch = context["launch"]
+    if launch_.worker_args is None:
+        raise RenderError("the engine has no multi-node launch: choose vllm or sglang")
+    template = deployment["spec"]["template"]
+    return _load(
+        "leaderworkerset.yaml.j2",
+        {
+            **context,
+            "deployment_annotations": deployment["metadata"]["annotations"],
+            "group_size": plan.chosen.nodes,
+            "group_rollout": deployment["spec"]["strategy"]["rollingUpdate"],
+            "leader_template": template,
+            "worker_template": _worker_template(template, launch_.worker_args),
+        },
     )
 
 
