@@ -720,10 +720,28 @@ def start(
 
 
 def _start_lws(cluster: Cluster, ports: dict[str, int]) -> subprocess.Popen[bytes]:
-    """The LeaderWorkerSet controller, its CRD and its webhooks (it serves them itself;
-    certificates come from the cluster's CA, so its own cert rotation is off)."""
+    """The LeaderWorkerSet controller, its CRD and its webhooks, in the order a release
+    installs them: the CRD first (the controller's caches wait for it and give up after a
+    while), then the controller, then the webhooks it serves (certificates from the
+    cluster's CA, so its own cert rotation is off)."""
     state_dir, pki = cluster.state_dir, cluster.state_dir / "pki"
     base = lws_module_dir()
+    crd = yaml.safe_load(
+        (base / "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml").read_text()
+    )
+    cluster.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    name = "leaderworkersets.leaderworkerset.x-k8s.io"
+
+    def established() -> bool:
+        got = cluster.api("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        conds = (got.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    deadline = time.monotonic() + 60
+    while not established():
+        if time.monotonic() > deadline:
+            raise ClusterError(f"CRD {name} not Established after 60s")
+        time.sleep(0.25)
     config = {
         "apiVersion": "config.lws.x-k8s.io/v1alpha1",
         "kind": "Configuration",
@@ -753,25 +771,10 @@ def _start_lws(cluster: Cluster, ports: dict[str, int]) -> subprocess.Popen[byte
             return bool(resp.status == 200) and _port_open(ports["lws-webhook"])
 
     _wait("lws-controller", healthy, proc, log)
-    crd = yaml.safe_load(
-        (base / "config/crd/bases/leaderworkerset.x-k8s.io_leaderworkersets.yaml").read_text()
-    )
-    cluster.api("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
     ca_bundle = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
     for doc in lws_webhooks(base, ports["lws-webhook"], ca_bundle):
         plural = doc["kind"].lower() + "s"
         cluster.api("POST", f"/apis/admissionregistration.k8s.io/v1/{plural}", doc)
-
-    def established() -> bool:
-        got = cluster.api(
-            "GET",
-            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
-            "leaderworkersets.leaderworkerset.x-k8s.io",
-        )
-        conds = got.get("status", {}).get("conditions", [])
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
-
-    _wait("LeaderWorkerSet CRD established", established, proc, log)
     return proc
 
 

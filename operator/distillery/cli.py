@@ -216,7 +216,14 @@ def render_plan_table(name: str, p: Plan, *, wide: bool = False, every: bool = F
     lines = [
         f"{name}: {p.model.name}",
         f"  placement   {c.gpu_count}x {c.gpu.name} ({c.gpu.product}), tensor parallel "
-        f"{c.tensor_parallel}, quantization {c.quantization}",
+        f"{c.tensor_parallel}, quantization {c.quantization}"
+        + (
+            f"; {c.nodes} nodes x {c.gpus_per_node} GPUs as one LeaderWorkerSet group"
+            + (f", pipeline parallel {c.pipeline_parallel}" if c.pipeline_parallel > 1 else "")
+            if c.nodes > 1
+            else ""
+        )
+        + ("; expert parallel" if c.expert_parallel else ""),
         f"  memory      weights {c.weights_gib:.1f} GiB + KV {c.kv_needed_gib:.1f} GiB + "
         f"overhead {c.overhead_gib:.1f} GiB of {c.budget_gib:.1f} GiB (free "
         f"{c.free_gib:.1f} GiB)",

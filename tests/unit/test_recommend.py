@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,3 +146,22 @@ def test_cli_table_json_yaml_and_tiers(tmp_path: Path) -> None:
     t = tiered(req(), 0.2, {"aime2024": 70}, CATALOG, QUALITY)
     assert t["hard"]["scores"]["aime2024"] >= 70 and t["routine"]["scores"]["aime2024"] >= 50
     assert t["costPerHourAtMean"] > 0
+
+
+def test_tiers_put_the_teacher_on_the_hard_share() -> None:
+    # Routine traffic clears AIME 50 on a distilled model; the hard fifth needs 75, which
+    # only the teacher scores. Both pools come from the planner and add up.
+    t = tiered(req(), 0.2, {"aime2024": 75}, CATALOG, QUALITY)
+    hard, routine = t["hard"], t["routine"]
+    assert hard["model"] == "deepseek-ai/DeepSeek-R1" and hard["quantization"] == "fp8"
+    assert (hard["gpuType"], hard["gpusPerReplica"], hard["nodesPerReplica"]) == (
+        "nvidia-h200",
+        8,
+        1,
+    )
+    assert routine["model"] != hard["model"] and routine["scores"]["aime2024"] >= 50
+    assert t["costPerHourAtMean"] == pytest.approx(
+        hard["costPerHourAtMean"] + routine["costPerHourAtMean"], abs=0.02
+    )
+    h200 = CATALOG.gpus["nvidia-h200"].price_per_gpu_hour
+    assert hard["costPerHourAtMean"] == pytest.approx(hard["replicasAtMean"] * 8 * h200, abs=0.01)

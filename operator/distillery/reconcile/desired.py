@@ -551,6 +551,8 @@ def _sized_message(chosen_plan: Plan) -> str:
     c = chosen_plan.chosen
     precision = "bf16" if c.quantization == "none" else c.quantization
     where = "CPU-only nodes" if c.gpus == 0 else f"{c.gpu_count}x {c.gpu.name}"
+    if c.nodes > 1:
+        where += f" on {c.nodes} nodes (a LeaderWorkerSet group per replica)"
     return (
         f"{where} (tensor parallel {c.tensor_parallel}, {precision}): "
         f"{c.max_concurrency} sequences of {chosen_plan.requirements.typical_tokens} tokens, "
