@@ -320,3 +320,23 @@ def test_sglang_puts_an_slo_between_its_boundaries_on_one() -> None:
     vllm = {**CASES["vllm-1xh100"]}
     vllm["spec"] = {**vllm["spec"], "scaling": {"slo": {"ttftSeconds": 1.5}}}
     assert not any("bucket" in a for a in engine_container(render_case(vllm)[1])["args"])
+
+
+def test_a_group_surges_in_whole_groups_of_its_gpus() -> None:
+    # An R1 replica on H100 is 16 GPUs: 16 spare GPUs surge one group, 8 cannot hold
+    # one, so the group set replaces one group at a time.
+    base = CASES["vllm-r1-2x8xh100"]
+    for gpus, expected in (
+        (16, {"maxSurge": 1, "maxUnavailable": 0}),
+        (8, {"maxSurge": 0, "maxUnavailable": 1}),
+    ):
+        raw = {**base, "spec": {**base["spec"], "rollout": {"maxSurgeGPUs": gpus}}}
+        _, rendered = render_case(raw)
+        rollout = rendered.workload["spec"]["rolloutStrategy"]["rollingUpdateConfiguration"]
+        assert rollout == expected, gpus
+    # Workers run the engine's headless rank: no API, so no probes and no scrape.
+    worker = pod_templates(rendered.workload)[1]
+    engine = next(c for c in worker["spec"]["containers"] if c["name"] == "engine")
+    assert "--headless" in engine["args"] and "$(LWS_WORKER_INDEX)" in engine["args"]
+    assert not {"readinessProbe", "startupProbe", "livenessProbe", "ports"} & set(engine)
+    assert not any(k.startswith("prometheus.io/") for k in worker["metadata"]["annotations"])

@@ -76,6 +76,9 @@ class World:
     unschedulable_new: int = 0
     log: list[Desired] = field(default_factory=list)
     options: RenderOptions | None = None
+    # The workload kind replicas run as: a LeaderWorkerSet of leader + worker pods when
+    # a replica spans nodes.
+    kind: str = "Deployment"
 
     def body(self) -> dict[str, Any]:
         return {
@@ -95,13 +98,30 @@ class World:
     def pods(self) -> list[PodInfo]:
         out = []
         for key, child in self.children.items():
-            if child.kind != "Deployment":
+            if child.kind != self.kind:
                 continue
-            track = "canary" if key == "Deployment/canary" else "stable"
+            track = "canary" if key == f"{self.kind}/canary" else "stable"
             for i in range(child.spec_replicas or 0):
                 out.append(
-                    PodInfo(name=f"{key}-{i}", ready=True, revision=child.revision, track=track)
+                    PodInfo(
+                        name=f"{key}-{i}",
+                        ready=True,
+                        revision=child.revision,
+                        track=track,
+                        group=f"{key}-{i}" if self.kind == "LeaderWorkerSet" else None,
+                    )
                 )
+                if self.kind == "LeaderWorkerSet":
+                    out.append(
+                        PodInfo(
+                            name=f"{key}-{i}-1",
+                            ready=True,
+                            revision=child.revision,
+                            track=track,
+                            group=f"{key}-{i}",
+                            group_worker=True,
+                        )
+                    )
         return out
 
     def step(self, now: float, measurement: Measurement | None = None) -> Desired:
@@ -118,7 +138,7 @@ class World:
         for obj in d.apply:
             body = copy.deepcopy(obj)
             key = child_key(body["kind"], body["metadata"]["name"], "m")
-            if body["kind"] == "Deployment":
+            if body["kind"] == self.kind:
                 n = body["spec"]["replicas"]
                 body["metadata"]["generation"] = 1
                 body["status"] = {
@@ -129,13 +149,13 @@ class World:
                 }
             self.children[key] = child_state(body)
         for name, n in d.scale.items():
-            key = child_key("Deployment", name, "m")
+            key = child_key(self.kind, name, "m")
             c = self.children[key]
             self.children[key] = replace(
                 c, spec_replicas=n, replicas=n, ready_replicas=n, updated_replicas=n
             )
-        for _kind, name in d.delete:
-            self.children.pop(child_key("Deployment", name, "m"))
+        for kind, name in d.delete:
+            self.children.pop(child_key(kind, name, "m"))
         if d.clear_command:
             self.annotations.pop("distillery.dev/rollout", None)
         self.status = json.loads(json.dumps({**self.status, **d.status}))
@@ -153,8 +173,8 @@ class World:
         return next(c for c in self.status["conditions"] if c["type"] == type_)
 
     def replicas(self) -> tuple[int | None, int | None]:
-        stable = self.children.get("Deployment")
-        canary = self.children.get("Deployment/canary")
+        stable = self.children.get(self.kind)
+        canary = self.children.get(f"{self.kind}/canary")
         return (stable.spec_replicas if stable else None, canary.spec_replicas if canary else None)
 
     def revision_of(self, key: str) -> str | None:
@@ -378,6 +398,44 @@ def test_max_surge_in_gpus() -> None:
     world = World(spec(strategy="RollingUpdate", maxSurgeGPUs=0))
     dep = next(o for o in world.step(0).apply if o["kind"] == "Deployment")
     assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+def test_a_multi_node_canary_is_a_second_leader_worker_set_of_whole_groups() -> None:
+    # DeepSeek-R1 on H100: every replica a group of 2 nodes x 8 GPUs.
+    def r1(revision: str) -> dict[str, Any]:
+        out = spec(revision)
+        out["model"] = {"name": "deepseek-ai/DeepSeek-R1", "revision": revision}
+        out["placement"] = {"gpuTypes": ["nvidia-h100-80gb"]}
+        out["serving"] = {"maxModelLen": 32768}
+        return out
+
+    world = World(r1("v1"), kind="LeaderWorkerSet")
+    world.step(0)
+    world.step(1)
+    assert world.rollout()["phase"] == "Stable"
+    assert world.condition("Ready")["status"] == "True"
+    # Worker pods are never replicas: 4 groups of 2 pods are 4 ready replicas.
+    assert world.status["readyReplicas"] == 4 and len(world.pods()) == 8
+    world.commit(r1("v2"))
+    d = world.step(10)
+    canary = next(o for o in d.apply if o["metadata"]["name"] == "m-canary")
+    assert canary["kind"] == "LeaderWorkerSet" and canary["spec"]["replicas"] == 1
+    group = canary["spec"]["leaderWorkerTemplate"]
+    for template in (group["leaderTemplate"], group["workerTemplate"]):
+        assert template["metadata"]["labels"]["distillery.dev/track"] == "canary"
+        assert template["metadata"]["labels"]["distillery.dev/revision"] == d.status["revision"]
+    world.step(11)
+    assert world.replicas() == (3, 1)  # a quarter of 4 groups: one whole group
+    world.step(72, measured(world, 11, 72, 0.3, step=1))
+    world.step(73)
+    assert world.replicas() == (2, 2)
+    world.step(134, measured(world, 73, 134, 0.3, step=2))
+    for t in range(135, 140):
+        world.step(t)
+    assert world.rollout()["phase"] == "Stable"
+    assert "LeaderWorkerSet/canary" not in world.children
+    assert world.replicas() == (4, None)
+    assert world.revision_of("LeaderWorkerSet") == d.status["revision"]
 
 
 def test_canary_pods_are_a_second_deployment_behind_the_same_service() -> None:
