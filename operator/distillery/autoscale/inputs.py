@@ -244,7 +244,13 @@ def replica_speeds(
 ) -> tuple[float, float]:
     """(output tokens per second at the batch slots, prompt tokens per second with
     whole prefill steps) of one replica, from the step model of its placement."""
-    sm = step_model(model, option.gpu, max(1, option.gpu_count), option.quantization)
+    sm = step_model(
+        model,
+        option.gpu,
+        max(1, option.gpu_count),
+        option.quantization,
+        tensor_parallel=max(1, option.tensor_parallel),
+    )
     slots = max(1, min(max_concurrency, option.kv_cache_tokens // max(1, typical_tokens)))
     decode = slots / sm.seconds(slots, 0, slots * typical_tokens / 2)
     prefill = BATCHED_TOKENS / sm.seconds(0, BATCHED_TOKENS, 0, BATCHED_TOKENS / 2)

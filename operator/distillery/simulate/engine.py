@@ -97,7 +97,9 @@ class Scenario:
 
 def replica_model(s: Scenario, startup: float | None = None) -> ReplicaModel:
     o = s.option
-    steps = step_model(s.model, o.gpu, max(1, o.gpu_count), o.quantization)
+    steps = step_model(
+        s.model, o.gpu, max(1, o.gpu_count), o.quantization, tensor_parallel=o.tensor_parallel
+    )
     if startup is None:
         startup = (
             s.startup_seconds
