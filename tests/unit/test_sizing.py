@@ -121,17 +121,26 @@ def test_plan_never_asks_more_gpus_than_a_node_has() -> None:
         plan(spec, one_gpu_nodes)
     reasons = " ".join(a.reason for a in err.value.alternatives)
     assert "2 GPUs exceed the 1 nvidia-l4 this cluster's largest node offers" in reasons
-    assert "placement.maxNodesPerReplica is 1" in reasons
-    assert "On this cluster: nvidia-l4x2 (2 nodes) 2 GPUs exceed the 1" in str(err.value)
-    assert "2x nvidia-l4 on 2 nodes at none" in str(err.value)
-    assert "with placement.maxNodesPerReplica: 4" in str(err.value)
-    # Allowed to span nodes, the replica takes two one-GPU nodes as pipeline stages.
+    assert "spans nodes only of 8 GPUs or more" in reasons
+    assert "On this cluster: nvidia-l4x2 2 GPUs exceed the 1" in str(err.value)
+    # One-GPU nodes never make a group, with or without a node limit.
     unlimited = make_spec(
         spec.model.name, placement={"gpuTypes": ["nvidia-l4"]}, model={"quantization": "none"}
     )
-    spread = plan(unlimited, one_gpu_nodes)
-    assert (spread.chosen.nodes, spread.chosen.pipeline_parallel) == (2, 2)
-    assert spread.chosen.summary == "nvidia-l4x2 (2 nodes)"
+    with pytest.raises(PlanError):
+        plan(unlimited, one_gpu_nodes)
+    # 8-GPU nodes do, up to placement.maxNodesPerReplica.
+    r1 = make_spec("deepseek-ai/DeepSeek-R1", placement={"gpuTypes": ["nvidia-h100-80gb"]})
+    assert plan(r1, CATALOG).chosen.nodes == 2
+    one_node = make_spec(
+        "deepseek-ai/DeepSeek-R1",
+        placement={"gpuTypes": ["nvidia-h100-80gb"], "maxNodesPerReplica": 1},
+    )
+    with pytest.raises(PlanError) as err:
+        plan(one_node, CATALOG)
+    # The error says what would fit: two nodes, with the limit raised.
+    assert "16x nvidia-h100-80gb on 2 nodes at fp8" in str(err.value)
+    assert "with placement.maxNodesPerReplica: 4" in str(err.value)
 
 
 def test_70b_on_l4_only_explains_what_fits() -> None:
@@ -218,7 +227,7 @@ def test_more_gpus_than_a_node_holds_names_the_node_limit() -> None:
     with pytest.raises(PlanError) as err:
         plan(make_spec(big, placement={"gpusPerReplica": 12}), CATALOG)
     reasons = " ".join(a.reason for a in err.value.alternatives)
-    assert "a replica spans whole nodes: use a multiple of 8" in reasons
+    assert "a replica spans 2 or 4 whole nodes: 16 or 32" in reasons
     # 16 asked for explicitly: two nodes, tensor parallel within each, pipeline across.
     two = plan(make_spec(big, placement={"gpusPerReplica": 16}), CATALOG).chosen
     assert (two.nodes, two.tensor_parallel, two.pipeline_parallel) == (2, 8, 2)

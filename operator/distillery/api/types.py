@@ -444,8 +444,8 @@ class PlacementSpec(_Model):
     max_nodes_per_replica: int = Field(
         default=4,
         description="Most nodes one replica may span when no allowed node holds the model "
-        "(whole nodes, a LeaderWorkerSet group, vLLM and SGLang only). 1 keeps every replica "
-        "on one node.",
+        "(whole 8-GPU nodes, a LeaderWorkerSet group, vLLM and SGLang only). 1 keeps every "
+        "replica on one node.",
         ge=1,
         le=4,
     )

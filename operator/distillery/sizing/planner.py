@@ -6,8 +6,8 @@ feasible when the replica holds the weights, the runtime overhead and its KV cac
 tensor-parallel size the engines can split the model by (it divides the attention heads;
 it divides the KV heads or is a multiple of them, in which case they are replicated).
 
-A replica spans nodes (2 or 4 whole nodes, a LeaderWorkerSet group) only with an engine
-that launches across nodes, and only when no allowed single node holds the model: a
+A replica spans nodes (2 or 4 whole nodes of 8 GPUs, a LeaderWorkerSet group) only with
+an engine that launches across nodes, and only when no allowed single node holds it: a
 multi-node replica pays inter-node traffic and fails as a group, which the per-token
 cost does not price. The engine says how it splits: vLLM runs tensor parallel within a
 node and pipeline stages across nodes, SGLang one tensor-parallel group over all of them.
@@ -43,6 +43,11 @@ from distillery.sizing import memory
 TP_SIZES = (1, 2, 4, 8)
 # Whole nodes a multi-node replica may span.
 NODE_COUNTS = (2, 4)
+# Only nodes this large make up a multi-node group: 8-GPU nodes are the ones clouds ship
+# with the inter-node fabric (InfiniBand, EFA, RoCE) that tensor or pipeline parallelism
+# across nodes needs; one- to four-GPU nodes sit on ordinary Ethernet, where a group
+# would be slower than the smaller model it replaces.
+GROUP_NODE_GPUS = 8
 # From each engine's record (distillery.engines): which quantize a bf16 checkpoint to
 # fp8 at load time, which quantizations each serves, which run on CPU-only nodes.
 ONLINE_FP8_ENGINES = frozenset(name for name, e in ENGINES.items() if e.online_fp8)
@@ -262,7 +267,14 @@ def layout(engine: str, gpu: GpuType, gpus: int) -> tuple[int, int]:
     """(nodes, pipeline stages) of a replica of ``gpus`` GPUs of ``gpu``: one node when
     they fit on one; else whole nodes, split as the engine launches across them."""
     split = ENGINES[engine].multi_node if engine in ENGINES else None
-    if split is None or gpu.cpu_only or gpus <= gpu.max_per_node or gpus % gpu.max_per_node:
+    if (
+        split is None
+        or gpu.cpu_only
+        or gpu.max_per_node < GROUP_NODE_GPUS
+        or gpus <= gpu.max_per_node
+        or gpus % gpu.max_per_node
+        or gpus // gpu.max_per_node not in NODE_COUNTS
+    ):
         return 1, 1
     nodes = gpus // gpu.max_per_node
     return nodes, (nodes if split == "pipeline" else 1)
@@ -320,13 +332,19 @@ def _infeasible_reason(req: Requirements, opt: Option) -> str:
         engine = ENGINES.get(req.engine)
         if engine is None or engine.multi_node is None:
             why = f"a replica runs on one node: {req.engine} has no multi-node launch"
+        elif gpu.max_per_node < GROUP_NODE_GPUS:
+            why = (
+                f"a replica spans nodes only of {GROUP_NODE_GPUS} GPUs or more, which carry "
+                "the fabric multi-node serving needs"
+            )
         elif opt.nodes > req.max_nodes:
             why = (
                 f"a replica would span {opt.nodes} nodes; placement.maxNodesPerReplica "
                 f"is {req.max_nodes}"
             )
         else:
-            why = f"a replica spans whole nodes: use a multiple of {gpu.max_per_node}"
+            counts = " or ".join(str(n * gpu.max_per_node) for n in NODE_COUNTS)
+            why = f"a replica spans {' or '.join(map(str, NODE_COUNTS))} whole nodes: {counts}"
         return f"{opt.gpu_count} GPUs exceed the {gpu.max_per_node} {gpu.name} {where} ({why})"
     if model.attention_heads % gpus:
         return (
