@@ -143,18 +143,8 @@ def test_deployment_scales_and_is_garbage_collected(
 def test_stop_frees_every_port_and_process(tmp_path: Path) -> None:
     second = start(state_dir=tmp_path / "second", quiet=True)
     pids, ports = dict(second.pids), dict(second.ports)
-    assert (
-        set(pids)
-        == set(COMPONENTS)
-        == {
-            "etcd",
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-            "kwok",
-            "lws-controller",
-        }
-    )
+    # The control plane, kwok and the LeaderWorkerSet controller, each recorded.
+    assert set(pids) == set(COMPONENTS) and {"kube-apiserver", "lws-controller"} <= set(pids)
     second.stop()
     for name, pid in pids.items():
         stat = Path(f"/proc/{pid}/stat")

@@ -101,25 +101,18 @@ class World:
             if child.kind != self.kind:
                 continue
             track = "canary" if key == f"{self.kind}/canary" else "stable"
+            # A group is its leader and one worker; a Deployment replica one pod.
+            group = self.kind == "LeaderWorkerSet"
             for i in range(child.spec_replicas or 0):
-                out.append(
-                    PodInfo(
-                        name=f"{key}-{i}",
-                        ready=True,
-                        revision=child.revision,
-                        track=track,
-                        group=f"{key}-{i}" if self.kind == "LeaderWorkerSet" else None,
-                    )
-                )
-                if self.kind == "LeaderWorkerSet":
+                for suffix, worker in [("", False)] + ([("-1", True)] if group else []):
                     out.append(
                         PodInfo(
-                            name=f"{key}-{i}-1",
+                            name=f"{key}-{i}{suffix}",
                             ready=True,
                             revision=child.revision,
                             track=track,
-                            group=f"{key}-{i}",
-                            group_worker=True,
+                            group=f"{key}-{i}" if group else None,
+                            group_worker=worker,
                         )
                     )
         return out
