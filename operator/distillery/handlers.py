@@ -30,7 +30,13 @@ from distillery.reconcile.children import (
     ChildState,
     child_state,
 )
-from distillery.render import LWS_GROUP_KEY_LABEL, LWS_WORKER_INDEX_LABEL
+from distillery.render import (
+    LWS_GROUP,
+    LWS_GROUP_KEY_LABEL,
+    LWS_PLURAL,
+    LWS_VERSION,
+    LWS_WORKER_INDEX_LABEL,
+)
 from distillery.rollout import COMMAND_ANNOTATION
 from distillery.settings import Settings
 
@@ -134,7 +140,7 @@ def child_deployments(**kwargs: Any) -> dict[Any, ChildState]:
 
 
 # Served only where the LeaderWorkerSet API is installed (multi-node replicas).
-@kopf.index("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED)
+@kopf.index(LWS_GROUP, LWS_VERSION, LWS_PLURAL, labels=MANAGED)
 def child_groups(**kwargs: Any) -> dict[Any, ChildState]:
     return _child(kwargs["body"])
 
@@ -189,9 +195,7 @@ async def _on_child(**kwargs: Any) -> None:
 
 
 kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)
-kopf.on.event(
-    "leaderworkerset.x-k8s.io", "v1", "leaderworkersets", labels=MANAGED, id="group_event"
-)(_on_child)
+kopf.on.event(LWS_GROUP, LWS_VERSION, LWS_PLURAL, labels=MANAGED, id="group_event")(_on_child)
 kopf.on.event("v1", "services", labels=MANAGED, id="service_event")(_on_child)
 kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_event")(_on_child)
 kopf.on.event(

@@ -3,6 +3,20 @@
 The entries and the loader are in :mod:`.catalog`; the built-in YAML in ``data/``.
 """
 
-from distillery.catalog.catalog import Catalog, CatalogError, GpuType, ModelEntry, load_catalog
+from distillery.catalog.catalog import (
+    Catalog,
+    CatalogError,
+    GpuType,
+    ModelEntry,
+    load_catalog,
+    unread_expert_fraction,
+)
 
-__all__ = ["Catalog", "CatalogError", "GpuType", "ModelEntry", "load_catalog"]
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "GpuType",
+    "ModelEntry",
+    "load_catalog",
+    "unread_expert_fraction",
+]

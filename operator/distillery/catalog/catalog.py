@@ -22,6 +22,13 @@ from pydantic.alias_generators import to_camel
 from distillery.api.types import ModelArchitecture
 
 
+def unread_expert_fraction(experts: int, per_token: int, tokens: float) -> float:
+    """The share of routed experts a step over ``tokens`` tokens leaves unread, when each
+    token picks ``per_token`` of ``experts`` uniformly (routers are trained to balance):
+    one token reads only its own; a batch of a few dozen reads nearly all of them."""
+    return math.pow(1.0 - per_token / experts, max(1.0, tokens))
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
@@ -90,16 +97,12 @@ class ModelEntry(_Entry):
         """Parameters in routed experts: all of them live in memory, few are used."""
         return self._expert_params(self.experts or 0)
 
-    def expert_params_touched(self, tokens: float) -> float:
-        """Expected routed-expert parameters a decode step over ``tokens`` sequences
-        reads: each expert is untouched with probability (1 - k/E)^tokens when every
-        token picks k of E uniformly (routers are trained to balance). One sequence
-        reads the active experts; a batch of a few dozen reads nearly all of them."""
-        if not self.is_moe or tokens <= 0:
+    def unread_expert_fraction(self, tokens: float) -> float:
+        """The share of routed experts a step over ``tokens`` tokens leaves unread
+        (:func:`unread_expert_fraction`); 0 for a dense model."""
+        if not self.is_moe:
             return 0.0
-        e, k = float(self.experts or 0), float(self.experts_per_token or 0)
-        touched = e * (1.0 - math.pow(1.0 - k / e, tokens))
-        return self.routed_expert_params * touched / e
+        return unread_expert_fraction(self.experts or 0, self.experts_per_token or 0, tokens)
 
     @property
     def active_params(self) -> float:

@@ -25,6 +25,7 @@ from distillery import metrics
 from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.catalog import Catalog
 from distillery.reconcile.children import FIELD_MANAGER
+from distillery.render import LWS_GROUP, LWS_PLURAL, LWS_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,7 @@ AUTOSCALER_FIELD_MANAGER = "distillery-autoscaler"
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 # The LeaderWorkerSet API (sigs.k8s.io/lws): multi-node replicas.
-LWS = ("leaderworkerset.x-k8s.io", "v1")
-LWS_PLURAL = "leaderworkersets"
+LWS = (LWS_GROUP, LWS_VERSION)
 
 
 def _count(verb: str, kind: str) -> None:

@@ -172,7 +172,11 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
     )
     generation = int(meta.get("generation") or 0)
     # A LeaderWorkerSet's status has no observedGeneration: its counts are all there is.
-    observed = generation if body.get("kind") == "LeaderWorkerSet" else None
+    observed = (
+        generation
+        if body.get("kind") == "LeaderWorkerSet"
+        else int(status.get("observedGeneration") or 0)
+    )
     return ChildState(
         revision=(meta.get("annotations") or {}).get(REVISION_ANNOTATION),
         one_at_a_time=rolling.get("maxSurge") in (0, "0", "0%"),
@@ -184,9 +188,7 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
         conflicts=tuple(foreign_conflicts(meta.get("managedFields"))),
         foreign=foreign_fields(meta.get("managedFields")),
         generation=generation,
-        observed_generation=(
-            observed if observed is not None else int(status.get("observedGeneration") or 0)
-        ),
+        observed_generation=observed,
         replicas=int(status.get("replicas") or 0),
         ready_replicas=int(status.get("readyReplicas") or 0),
         updated_replicas=int(status.get("updatedReplicas") or 0),

@@ -51,7 +51,8 @@ MANAGED_BY = "distillery"
 LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 # ... and the group's unique key, the same on every pod of one group.
 LWS_GROUP_KEY_LABEL = "leaderworkerset.sigs.k8s.io/group-key"
-LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+# The LeaderWorkerSet API (sigs.k8s.io/lws) the kube layer reads and writes.
+LWS_GROUP, LWS_VERSION, LWS_PLURAL = "leaderworkerset.x-k8s.io", "v1", "leaderworkersets"
 WORKLOAD_KINDS = frozenset({"Deployment", "LeaderWorkerSet"})
 
 DEFAULT_IMAGES: Mapping[str, str] = {name: e.image for name, e in ENGINES.items()}
@@ -199,7 +200,7 @@ def _storage(
     dmd: DistilledModelDeployment, plan: Plan, source: ModelSource, options: RenderOptions
 ) -> tuple[list[Any], list[Any], list[Any]]:
     """Volumes, engine volume mounts and init containers for the model source."""
-    local = plan.chosen.gpus_per_node if plan.chosen.gpus else 1
+    local = plan.chosen.gpus_per_node  # 0 on CPU-only nodes
     shm = "1Gi" if local <= 1 else f"{2 * local}Gi"
     cache_gib = math.ceil(plan.chosen.weights_gib * 1.2 + 2)
     if options.model_cache_claim:
@@ -366,10 +367,6 @@ def canary_workload(rendered: Rendered, replicas: int) -> dict[str, Any]:
             if isinstance(match, dict) and LABEL_TRACK in match:
                 match[LABEL_TRACK] = "canary"
     return obj
-
-
-def set_workload_replicas(workload: dict[str, Any], replicas: int) -> None:
-    workload["spec"]["replicas"] = replicas
 
 
 def set_one_at_a_time(workload: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ Memory per replica = weights + KV cache + runtime overhead, against
   with multi-head latent attention (DeepSeek-V3/R1) one latent of kv_lora_rank plus the
   rope key per layer, held by every tensor-parallel rank.
 - mixture of experts: memory holds every expert; a decode step reads the experts its
-  batch routes to (:meth:`ModelEntry.expert_params_touched`), prefill computes with the
+  batch routes to (:meth:`ModelEntry.unread_expert_fraction`), prefill computes with the
   active parameters.
 - overhead per GPU: CUDA context and allocator slack, CUDA graphs, NCCL buffers when
   tensor-parallel, plus the activation peak of one batch of ``BATCHED_TOKENS`` (sharded
@@ -107,14 +107,8 @@ def expert_bytes(model: ModelEntry, quantization: str) -> float:
 def weight_bytes_read(model: ModelEntry, quantization: str, tokens: float) -> float:
     """Weight bytes one step over ``tokens`` tokens reads: all of a dense model; the
     shared part and the experts the batch routes to of a mixture of experts."""
-    if not model.is_moe:
-        return weight_bytes(model, quantization)
-    per = bytes_per_weight(model, quantization)
-    return (
-        weight_bytes(model, quantization)
-        - expert_bytes(model, quantization)
-        + model.expert_params_touched(max(1.0, tokens)) * per
-    )
+    unread = expert_bytes(model, quantization) * model.unread_expert_fraction(tokens)
+    return weight_bytes(model, quantization) - unread
 
 
 def kv_bytes_per_token(

@@ -263,10 +263,16 @@ def _quantizations(req: Requirements) -> list[str]:
     return quants
 
 
+def _multi_node(engine: str) -> str | None:
+    """How ``engine`` splits a replica across nodes (None: it cannot)."""
+    record = ENGINES.get(engine)
+    return record.multi_node if record else None
+
+
 def layout(engine: str, gpu: GpuType, gpus: int) -> tuple[int, int]:
     """(nodes, pipeline stages) of a replica of ``gpus`` GPUs of ``gpu``: one node when
     they fit on one; else whole nodes, split as the engine launches across them."""
-    split = ENGINES[engine].multi_node if engine in ENGINES else None
+    split = _multi_node(engine)
     if (
         split is None
         or gpu.cpu_only
@@ -329,8 +335,7 @@ def _infeasible_reason(req: Requirements, opt: Option) -> str:
         return f"engine {req.engine} needs a GPU (only llamacpp serves from CPU-only nodes)"
     if opt.gpu_count > gpu.max_per_node and (opt.nodes == 1 or opt.nodes > req.max_nodes):
         where = "this cluster's largest node offers" if gpu.nodes_observed else "per node"
-        engine = ENGINES.get(req.engine)
-        if engine is None or engine.multi_node is None:
+        if _multi_node(req.engine) is None:
             why = f"a replica runs on one node: {req.engine} has no multi-node launch"
         elif gpu.max_per_node < GROUP_NODE_GPUS:
             why = (
@@ -390,7 +395,7 @@ def _candidates(req: Requirements, catalog: Catalog) -> list[Option]:
             sizes = (req.gpus_per_replica,)
         else:
             sizes = TP_SIZES
-            if ENGINES[req.engine].multi_node if req.engine in ENGINES else None:
+            if _multi_node(req.engine):
                 sizes += tuple(n * gpu.max_per_node for n in NODE_COUNTS if n <= req.max_nodes)
         for quant in _quantizations(req):
             for gpus in sizes:

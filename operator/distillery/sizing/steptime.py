@@ -26,10 +26,9 @@ autoscaler is benchmarked on.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from distillery.catalog import GpuType, ModelEntry
+from distillery.catalog import GpuType, ModelEntry, unread_expert_fraction
 from distillery.sizing import memory as mem
 
 
@@ -78,10 +77,11 @@ class StepModel:
     experts_per_token: int = 0
 
     def weights_read(self, tokens: float) -> float:
+        """As :func:`memory.weight_bytes_read`: what a step over ``tokens`` reads."""
         if not self.experts:
             return self.weights_bytes
-        unused = math.pow(1.0 - self.experts_per_token / self.experts, max(1.0, tokens))
-        return self.weights_bytes - self.expert_bytes * unused
+        unread = unread_expert_fraction(self.experts, self.experts_per_token, tokens)
+        return self.weights_bytes - self.expert_bytes * unread
 
     def seconds(
         self,
