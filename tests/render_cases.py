@@ -119,4 +119,16 @@ CASES: dict[str, dict[str, Any]] = {
             "placement": {"gpuTypes": ["nvidia-l40s"]},
         },
     ),
+    "vllm-cached-l40s": dmd(
+        "qwen-14b",
+        {
+            "model": {
+                "name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B",
+                "revision": "v1",
+                "credentialsSecretRef": {"name": "hf-token"},
+                "cache": {"mode": "Shared", "storageClassName": "filestore-rwx"},
+            },
+            "placement": {"gpuTypes": ["nvidia-l40s"]},
+        },
+    ),
 }

@@ -887,7 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     subcommands = (
-        _plan_parser, _render_parser, _run_parser, _simulate_parser, _recommend_parser, _crd_parser
+        _plan_parser, _render_parser, _run_parser, _simulate_parser, _recommend_parser,
+        _crd_parser, _cache_fill_parser,
     )  # fmt: skip
     for add in subcommands:
         add(sub)
@@ -1048,6 +1049,28 @@ def _crd_parser(sub: Subparsers) -> None:
     c.add_argument("--reference", help="also write the field reference (Markdown) here")
     c.add_argument("--chart-dir", help=f"also write the Helm template {CHART_CRD_FILE} here")
     c.set_defaults(func=cmd_crd)
+
+
+def _cache_fill_parser(sub: Subparsers) -> None:
+    f = sub.add_parser(
+        "cache-fill",
+        help="fill a weight cache volume with a model revision (the cache's Job runs this)",
+    )
+    f.add_argument("--source", required=True, help="hf://org/name[/file] or file:///path")
+    f.add_argument("--revision", help="Hub revision (branch, tag or commit); hf:// only")
+    f.add_argument("--dest", required=True, help="the cache volume's mount path")
+    f.add_argument(
+        "--termination-log",
+        default="/dev/termination-log",
+        help="where the one-line outcome goes (the operator reads it from the pod)",
+    )
+    f.set_defaults(func=cmd_cache_fill)
+
+
+def cmd_cache_fill(args: argparse.Namespace, out: TextIO) -> int:
+    from distillery import cachefill  # the fill's HTTP client is not the CLI's concern
+
+    return cachefill.main(args.source, args.revision, args.dest, args.termination_log)
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

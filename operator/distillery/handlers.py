@@ -21,8 +21,9 @@ from typing import Any
 import kopf
 
 from distillery.api.types import GROUP, PLURAL, VERSION
-from distillery.autoscale.inputs import PodInfo, pod_failure
+from distillery.autoscale.inputs import PodInfo, pod_failure, start_to_ready_seconds
 from distillery.kube.runtime import CHILD_INDICES, Runtime
+from distillery.reconcile.cache import FillPod, fill_pod
 from distillery.reconcile.children import (
     OWNER_LABEL,
     REVISION_ANNOTATION,
@@ -37,6 +38,7 @@ from distillery.render import (
     LWS_VERSION,
     LWS_WORKER_INDEX_LABEL,
 )
+from distillery.render.cache import LABEL_CACHE_OF
 from distillery.rollout import COMMAND_ANNOTATION
 from distillery.settings import Settings
 
@@ -76,7 +78,7 @@ async def startup(**kwargs: Any) -> None:
 
 # ---- indices ----------------------------------------------------------------------------
 
-INDICES = ("dmd_bodies", "dmd_pods", *CHILD_INDICES)
+INDICES = ("dmd_bodies", "dmd_pods", "fill_pods", *CHILD_INDICES)
 
 
 @kopf.index(*DMD)
@@ -125,8 +127,18 @@ def dmd_pods(**kwargs: Any) -> dict[Any, PodInfo]:
         terminating=bool(meta.get("deletionTimestamp")),
         group_worker=labels.get(LWS_WORKER_INDEX_LABEL, "0") != "0",
         group=labels.get(LWS_GROUP_KEY_LABEL),
+        start_to_ready_seconds=start_to_ready_seconds(status),
     )
     return {(meta.get("namespace"), labels.get(OWNER_LABEL)): info}
+
+
+# The pods of weight-cache fills: what they said (termination message) or why they
+# cannot run. Not replicas, so not in dmd_pods.
+@kopf.index("v1", "pods", labels={LABEL_CACHE_OF: kopf.PRESENT})
+def fill_pods(**kwargs: Any) -> dict[Any, FillPod]:
+    body = kwargs["body"]
+    meta = body.get("metadata") or {}
+    return {(meta.get("namespace"), (meta.get("labels") or {}).get(LABEL_CACHE_OF)): fill_pod(body)}
 
 
 def _child(body: kopf.Body) -> dict[Any, ChildState]:
@@ -152,6 +164,16 @@ def child_services(**kwargs: Any) -> dict[Any, ChildState]:
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
 def child_pdbs(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
+@kopf.index("v1", "persistentvolumeclaims", labels=MANAGED)
+def child_claims(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def child_jobs(**kwargs: Any) -> dict[Any, ChildState]:
     return _child(kwargs["body"])
 
 
@@ -187,7 +209,8 @@ async def _on_child(**kwargs: Any) -> None:
     """A child changed: reconcile its owner (from the index, no API read)."""
     runtime = _remember_indices(kwargs)
     meta = kwargs["body"].get("metadata") or {}
-    owner = (meta.get("labels") or {}).get(OWNER_LABEL)
+    labels = meta.get("labels") or {}
+    owner = labels.get(OWNER_LABEL) or labels.get(LABEL_CACHE_OF)
     if not owner:
         return
     for dmd in kwargs["dmd_bodies"].get((meta.get("namespace"), owner), []):
@@ -204,6 +227,9 @@ kopf.on.event(
 # Pods matter only for why replicas are missing (Unschedulable): the owner is reconciled
 # and its status written only if that changes.
 kopf.on.event("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT}, id="pod_event")(_on_child)
+kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED, id="claim_event")(_on_child)
+kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job_event")(_on_child)
+kopf.on.event("v1", "pods", labels={LABEL_CACHE_OF: kopf.PRESENT}, id="fill_pod_event")(_on_child)
 
 
 @kopf.on.cleanup()

@@ -62,6 +62,11 @@ class Settings(BaseModel):
     image_sglang: str = Field(default="", description="SGLang image (empty: built-in default)")
     image_tgi: str = Field(default="", description="TGI image (empty: built-in default)")
     image_llamacpp: str = Field(default="", description="llama.cpp image (empty: built-in default)")
+    image_cache_fill: str = Field(
+        default="",
+        description="image that fills weight caches, `distillery cache-fill` (empty: the "
+        "operator's own release image)",
+    )
     metrics_port: int = Field(
         default=8080, ge=0, le=65535, description="operator metrics port (0: off)"
     )
@@ -114,6 +119,7 @@ class Settings(BaseModel):
             pod_monitor=pod_monitor,
             http_route=http_route,
             model_cache_claim=self.model_cache_claim or None,
+            **({"cache_fill_image": self.image_cache_fill} if self.image_cache_fill else {}),
         )
 
     @classmethod

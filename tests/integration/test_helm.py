@@ -223,6 +223,11 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("patch", "leaderworkersets.leaderworkerset.x-k8s.io/scale"),
         ("delete", "leaderworkersets.leaderworkerset.x-k8s.io"),
         ("patch", "distilledmodeldeployments.distillery.dev"),
+        # Weight caches: the claim and the Job that fills it, deleted once retired.
+        ("create", "persistentvolumeclaims"),
+        ("delete", "persistentvolumeclaims"),
+        ("create", "jobs.batch"),
+        ("delete", "jobs.batch"),
         ("list", "pods"),
         ("get", "configmaps"),
         ("create", "events"),
@@ -239,6 +244,7 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("create", "pods"),
         ("patch", "configmaps"),
         ("delete", "services"),
+        ("create", "persistentvolumes"),
     ]
     for verb, res in allowed:
         assert can_i(c, verb, res, "default"), f"should allow {verb} {res}"

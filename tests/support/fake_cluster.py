@@ -20,7 +20,7 @@ WRITES = (
     "patch_dmd_status",
     "scale_dmd",
     "scale_workload",
-    "delete_workload",
+    "delete_child",
     "remove_dmd_annotation",
     "post_event",
 )
@@ -78,8 +78,8 @@ class FakeCluster:
         self._call("scale_workload", f"{name}={replicas}")
         self.objects[(kind, namespace, name)]["spec"]["replicas"] = replicas
 
-    def delete_workload(self, namespace: str, name: str, kind: str = "Deployment") -> None:
-        self._call("delete_workload", name)
+    def delete_child(self, namespace: str, name: str, kind: str = "Deployment") -> None:
+        self._call("delete_child", name)
         self.objects.pop((kind, namespace, name), None)
 
     def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None:

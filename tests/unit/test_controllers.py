@@ -23,7 +23,7 @@ from distillery.kube.client import NodeCatalog
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
-from distillery.kube.runtime import Runtime
+from distillery.kube.runtime import CHILD_INDICES, Runtime
 from distillery.render import RenderOptions
 from tests.support.dmds import dmd
 from tests.support.fake_cluster import FakeCluster
@@ -258,11 +258,8 @@ def indices_with(*bodies: dict[str, Any]) -> dict[str, Any]:
     return {
         "dmd_bodies": {(b["metadata"]["namespace"], b["metadata"]["name"]): [b] for b in bodies},
         "dmd_pods": {},
-        "child_deployments": {},
-        "child_groups": {},
-        "child_services": {},
-        "child_pdbs": {},
-        "child_routes": {},
+        "fill_pods": {},
+        **{name: {} for name in CHILD_INDICES},
     }
 
 

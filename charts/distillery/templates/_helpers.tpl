@@ -53,6 +53,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [httproutes]
   verbs: [get, list, watch, create, patch]
 - apiGroups: [""]
+  # Weight caches (spec.model.cache); delete: a replaced revision's, after its grace.
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [batch]
+  # The Jobs that fill weight caches; delete: with a retired cache.
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
 - apiGroups: [""]

@@ -241,6 +241,53 @@ class ModelArchitecture(_Model):
     model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
+class ModelCacheSpec(_Model):
+    """A weight cache per model revision: a volume filled once by a download Job and
+    mounted read-only by every replica, so a scale-up reads weights from the volume
+    instead of downloading them again."""
+
+    mode: Literal["None", "Shared"] = Field(
+        default="None",
+        description="None: every pod downloads the weights itself. Shared: one "
+        "PersistentVolumeClaim per model revision, filled by a Job before any serving pod "
+        "starts (no GPU is held while it fills) and mounted read-only by every replica.",
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        description="StorageClass of the cache claim (one with ReadWriteMany for replicas on "
+        "several nodes); the cluster's default when unset.",
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    size_gi_b: int | None = Field(
+        default=None,
+        alias="sizeGiB",
+        description="Claim size in GiB. Default: the checkpoint's size from the model's "
+        "parameters and dtype, plus 10% and 2 GiB. A size below the checkpoint is refused.",
+        ge=1,
+        le=100_000,
+    )
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        default="ReadWriteMany",
+        description="ReadWriteMany lets replicas on any node mount the cache; "
+        "ReadWriteOnce only suits clusters where every replica lands on one node.",
+    )
+    delete_policy: Literal["Delete", "Retain"] = Field(
+        default="Delete",
+        description="What happens to the cache claims when the DMD is deleted: Delete "
+        "(owned by the DMD, garbage-collected with it) or Retain (kept, and adopted again by "
+        "a DMD of the same name and revision).",
+    )
+    previous_revision_grace_seconds: int = Field(
+        default=3600,
+        description="How long the cache of a replaced revision is kept after the new one "
+        "is complete (a rollback within it starts from the cache). Kubernetes keeps a claim "
+        "that a running pod still mounts until that pod is gone.",
+        ge=0,
+        le=30 * 24 * 3600,
+    )
+
+
 class ModelSpec(_Model):
     """Which model to serve and where its weights come from."""
 
@@ -289,6 +336,23 @@ class ModelSpec(_Model):
         description="Secret holding the token for the model source "
         "(HF_TOKEN for hf://). Never copied: passed to the pod by secretKeyRef.",
     )
+    cache: ModelCacheSpec = Field(
+        default_factory=ModelCacheSpec,
+        description="Weight cache: fill a volume once per revision instead of downloading "
+        "in every pod.",
+    )
+
+    RULES = (
+        CrossFieldRule(
+            cel="!has(self.cache) || !has(self.cache.mode) || self.cache.mode == 'None' || "
+            "!has(self.uri) || !self.uri.startsWith('pvc://')",
+            message="cache.mode Shared needs a source to download from: a pvc:// model is "
+            "already on a volume (set cache.mode: None)",
+            holds=lambda m: m.cache.mode == "None" or not (m.uri or "").startswith("pvc://"),
+            field_path=".cache.mode",
+        ),
+    )
+    model_config = ConfigDict(json_schema_extra=_rules(*RULES))
 
 
 class EnvVarSource(_Model):
@@ -875,6 +939,51 @@ class RolloutStatus(_Model):
     last_analysis: CanaryAnalysisStatus | None = None
 
 
+class RetiredCache(_Model):
+    """A replaced revision's cache, kept for the grace period."""
+
+    claim: str
+    since: str = Field(description="When it was replaced (RFC 3339).")
+
+
+class CacheStatus(_Model):
+    """The weight cache of the revision the DMD asks for."""
+
+    claim: str = Field(description="The PersistentVolumeClaim holding this revision's weights.")
+    source: str = Field(description="What it is filled from (URI and revision).")
+    phase: Literal["Filling", "Ready", "Failed"]
+    expected_bytes: int | None = Field(
+        default=None, description="The checkpoint's size from the catalog."
+    )
+    bytes: int | None = Field(default=None, description="Bytes the fill wrote, once complete.")
+    started_at: str | None = Field(default=None, description="When the fill started (RFC 3339).")
+    completed_at: str | None = Field(default=None, description="When it completed (RFC 3339).")
+    estimated_fill_seconds: float | None = Field(
+        default=None, description="Expected fill time at the source's bandwidth."
+    )
+    message: str | None = Field(default=None, max_length=STATUS_MESSAGE_LIMIT)
+    retired: list[RetiredCache] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Caches of replaced revisions, deleted after the grace period.",
+    )
+
+
+class StartupStatus(_Model):
+    """How long a new replica takes to serve: the estimate the autoscaler and the probes
+    use, beside what the last pods measured."""
+
+    estimated_seconds: float
+    weights_from: str = Field(
+        description="Where a new replica reads weights: hf, s3, gs, oci, pvc or cache."
+    )
+    measured_seconds: float | None = Field(
+        default=None,
+        description="Median start-to-ready time of the newest ready pods (pod conditions).",
+    )
+    measured_pods: int | None = None
+
+
 class DistilledModelDeploymentStatus(_Model):
     """Observed state of a DistilledModelDeployment."""
 
@@ -890,6 +999,8 @@ class DistilledModelDeploymentStatus(_Model):
     autoscaling: AutoscalingStatus | None = None
     rollout: RolloutStatus | None = None
     endpoint: str | None = None
+    cache: CacheStatus | None = None
+    startup: StartupStatus | None = None
     revision: str | None = Field(
         default=None, description="Hash of the rendered pod template the children run."
     )

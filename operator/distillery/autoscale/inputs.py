@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from distillery.api.conditions import parse_rfc3339
 from distillery.api.types import DistilledModelDeploymentSpec, ScalingTargets
 from distillery.autoscale.histogram import histogram_quantile
 from distillery.autoscale.policy import (
@@ -95,6 +96,20 @@ FAILING_WAIT_REASONS = (
 POD_FAILURE_REASONS = frozenset({*FAILING_WAIT_REASONS, "OOMKilled", "Error"})
 
 
+def start_to_ready_seconds(status: Mapping[str, Any]) -> float | None:
+    """Seconds from the pod's start (``status.startTime``) to its Ready condition's last
+    transition, while it is Ready: the cold start it measured."""
+    start = status.get("startTime")
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if not start or not ready or ready.get("status") != "True":
+        return None
+    at = ready.get("lastTransitionTime")
+    if not at:
+        return None
+    seconds = parse_rfc3339(str(at)) - parse_rfc3339(str(start))
+    return seconds if seconds >= 0 else None
+
+
 def pod_failure(status: Mapping[str, Any]) -> PodFailure | None:
     """The worst container failure in a pod's ``status``, or None.
 
@@ -156,6 +171,9 @@ class PodInfo:
     # The multi-node group the pod belongs to (LeaderWorkerSet group-key); None: the pod
     # is a replica of its own.
     group: str | None = None
+    # Seconds from the pod's start to its Ready condition (None until it is ready): what
+    # a cold start measured, shown beside the estimate in status.startup.
+    start_to_ready_seconds: float | None = None
 
     @property
     def replica(self) -> str:

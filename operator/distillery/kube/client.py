@@ -63,7 +63,7 @@ class ClusterClient(Protocol):
     def scale_workload(
         self, namespace: str, name: str, replicas: int, kind: str = "Deployment"
     ) -> None: ...
-    def delete_workload(self, namespace: str, name: str, kind: str = "Deployment") -> None: ...
+    def delete_child(self, namespace: str, name: str, kind: str) -> None: ...
     def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None: ...
     def post_event(
         self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
@@ -81,6 +81,7 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.policy = client.PolicyV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.batch = client.BatchV1Api(self.api)
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -103,6 +104,10 @@ class Kube:
             self.core.patch_namespaced_service(name, ns, body, **kwargs)
         elif kind == "PodDisruptionBudget":
             self.policy.patch_namespaced_pod_disruption_budget(name, ns, body, **kwargs)
+        elif kind == "PersistentVolumeClaim":
+            self.core.patch_namespaced_persistent_volume_claim(name, ns, body, **kwargs)
+        elif kind == "Job":
+            self.batch.patch_namespaced_job(name, ns, body, **kwargs)
         elif kind == "HTTPRoute":
             self.custom.patch_namespaced_custom_object(
                 "gateway.networking.k8s.io", "v1", ns, "httproutes", name, body, **kwargs
@@ -158,17 +163,24 @@ class Kube:
             )
         _count("scale", kind)
 
-    def delete_workload(self, namespace: str, name: str, kind: str = "Deployment") -> None:
-        """Delete a retired canary Deployment or LeaderWorkerSet (already gone is fine)."""
+    def delete_child(self, namespace: str, name: str, kind: str) -> None:
+        """Delete a retired child: a canary Deployment or LeaderWorkerSet, a weight
+        cache's claim or fill Job (already gone is fine)."""
         try:
             if kind == "LeaderWorkerSet":
                 self.custom.delete_namespaced_custom_object(
                     *LWS, namespace, LWS_PLURAL, name, propagation_policy="Background"
                 )
-            else:
+            elif kind == "PersistentVolumeClaim":
+                self.core.delete_namespaced_persistent_volume_claim(name, namespace)
+            elif kind == "Job":
+                self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            elif kind == "Deployment":
                 self.apps.delete_namespaced_deployment(
                     name, namespace, propagation_policy="Background"
                 )
+            else:
+                raise ValueError(f"distillery never deletes a {kind}")
         except ApiException as exc:
             if exc.status != 404:
                 raise

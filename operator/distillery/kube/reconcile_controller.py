@@ -24,6 +24,7 @@ from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
 from distillery.kube.plans import PlanCache
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
+from distillery.reconcile.cache import FillPod
 from distillery.reconcile.children import (
     APPLIED_HASH,
     REVISION_ANNOTATION,
@@ -127,6 +128,7 @@ class Reconciler:
         pods: Sequence[PodInfo] | None = None,
         measurement: Measurement | None = None,
         analysis_configured: bool = False,
+        fill_pods: Sequence[FillPod] = (),
     ) -> Desired:
         meta = body.get("metadata") or {}
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
@@ -144,6 +146,7 @@ class Reconciler:
                     pods,
                     measurement,
                     analysis_configured,
+                    fill_pods,
                 )
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -158,6 +161,7 @@ class Reconciler:
         pods: Sequence[PodInfo] | None,
         measurement: Measurement | None,
         analysis_configured: bool,
+        fill_pods: Sequence[FillPod],
     ) -> Desired:
         key = (namespace, name)
         # Our last status write is authoritative for the fields we own until the watch
@@ -181,6 +185,7 @@ class Reconciler:
             measurement=measurement,
             analysis_configured=analysis_configured,
             resolved=self.plans.resolve(effective, catalog),
+            fill_pods=fill_pods,
         )
         for obj in desired.apply:
             child = child_key(obj["kind"], obj["metadata"]["name"], name)
@@ -246,7 +251,8 @@ class Reconciler:
         name: str,
         desired: Desired,
     ) -> None:
-        """The stable track's size while a canary runs, and a retired canary's delete."""
+        """The stable track's size while a canary runs (or a new weight cache fills), and
+        the deletes of a retired canary and of retired weight caches."""
         kind = desired.rendered.workload["kind"] if desired.rendered else "Deployment"
         for dep, replicas in desired.scale.items():
             if self._scaled.get((namespace, name, dep)) == replicas:
@@ -263,8 +269,9 @@ class Reconciler:
             self._applied_revision.pop((namespace, name, child_key(kind, dep, name)), None)
             if (namespace, name, dep) in self._deleted:
                 continue  # deleted; the watch has not caught up
-            log.info("deleting retired canary %s %s/%s", kind, namespace, dep)
-            await in_thread(self.kube.delete_workload, namespace, dep, kind)
+            what = "retired canary" if kind in WORKLOAD_KINDS else "retired weight cache"
+            log.info("deleting %s %s %s/%s", what, kind, namespace, dep)
+            await in_thread(self.kube.delete_child, namespace, dep, kind)
             self._deleted.add((namespace, name, dep))
         gone = {dep for _, dep in desired.delete}
         self._deleted = {k for k in self._deleted if k[:2] != (namespace, name) or k[2] in gone}

@@ -50,6 +50,8 @@ CHILD_INDICES = (
     "child_services",
     "child_pdbs",
     "child_routes",
+    "child_claims",
+    "child_jobs",
 )
 
 
@@ -143,6 +145,7 @@ class Runtime:
                 pods=pods,
                 measurement=self.analyzer.latest.get((ns, name)),
                 analysis_configured=self.analyzer.configured,
+                fill_pods=list(indices["fill_pods"].get((ns, name), [])),
             )
         except Exception as exc:  # noqa: BLE001 - retried below, never lost
             metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()

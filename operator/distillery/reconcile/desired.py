@@ -15,7 +15,7 @@ must not take down a serving model. The one deletion is a canary Deployment that
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -32,10 +32,12 @@ from distillery.api.types import (
     MemoryBreakdown,
     PlacementStatus,
     RolloutStatus,
+    StartupStatus,
 )
 from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
 from distillery.catalog import Catalog
 from distillery.engines import ENGINES
+from distillery.reconcile.cache import CacheStep, FillPod, cache_step
 from distillery.reconcile.children import (
     APPLIED_HASH,
     CANARY,
@@ -54,6 +56,7 @@ from distillery.render.workload import (
     render,
     set_one_at_a_time,
     set_route_weights,
+    weights_from,
 )
 from distillery.rollout.analysis import Criteria, Measurement
 from distillery.rollout.strategy import (
@@ -82,6 +85,8 @@ OWNED_STATUS = (
     "endpoint",
     "revision",
     "rollout",
+    "cache",
+    "startup",
 )
 
 
@@ -312,13 +317,15 @@ def desired_state(
     measurement: Measurement | None = None,
     analysis_configured: bool = False,
     resolved: tuple[DistilledModelDeployment, Plan] | None = None,
+    fill_pods: Sequence[FillPod] = (),
 ) -> Desired:
     """Decide the children and the status of one DMD. ``children`` maps
     :func:`~distillery.reconcile.children.child_key` to state; ``unschedulable`` is the
     scheduler's message when some of its pods cannot be placed; ``pods`` tell the
     revisions apart during a rollout; ``measurement`` is the latest canary analysis
     window (``analysis_configured``: whether one can come at all); ``resolved`` is the
-    DMD parsed and planned already for this generation and catalog (a shared cache).
+    DMD parsed and planned already for this generation and catalog (a shared cache);
+    ``fill_pods`` are the pods of its weight cache's fill Jobs.
 
     The steps: resolve (parse, plan, render: a failure stalls), roll out (the rollout's
     step shapes the objects), diff (what to apply and why), then status and events."""
@@ -330,13 +337,24 @@ def desired_state(
     old_status = body.get("status") or {}
     raw_command = ((meta.get("annotations") or {}).get(COMMAND_ANNOTATION) or "").strip()
     command = raw_command if raw_command in COMMANDS else None
+    cached = (
+        cache_step(
+            dmd, rendered.cache, children, fill_pods, old_status.get("cache"), now,
+            meta.get("generation"),
+        )
+        if rendered.cache is not None
+        else None
+    )  # fmt: skip
     step = _rollout_step(
-        dmd, rendered, children, pods, old_status, now, measurement, analysis_configured, command
-    )
+        dmd, rendered, children, pods, old_status, now, measurement, analysis_configured, command,
+        hold=cached is not None and cached.hold_workload,
+    )  # fmt: skip
+    if cached is not None:
+        step = _with_cache(step, cached, rendered)
     apply, reasons = _diff(step.objects, children, dmd.name)
     status = _status(
         dmd, chosen_plan, rendered, step, old_status, meta.get("generation"), now,
-        unschedulable, pods,
+        unschedulable, pods, cached,
     )  # fmt: skip
     old_conds = old_status.get("conditions") or []
     events = _transition_events(old_conds, status["conditions"])
@@ -425,20 +443,27 @@ def _rollout_step(
     measurement: Measurement | None,
     analysis_configured: bool,
     command: str | None,
+    *,
+    hold: bool = False,
 ) -> _RolloutStep:
-    """Where the rollout stands, and what the rendered objects become at this step."""
+    """Where the rollout stands, and what the rendered objects become at this step.
+    With ``hold`` (the new revision's weight cache is not complete) the running
+    revision stays the desired one: no rollout starts before its weights are there."""
     count = desired_replicas(dmd)
     name = dmd.name
     kind = rendered.workload["kind"]
     stable_child = children.get(kind)
     canary_child = children.get(child_key(kind, f"{name}-{CANARY}", name))
+    revision = rendered.revision
+    if hold and stable_child is not None and stable_child.revision:
+        revision = stable_child.revision
     decision = decide(
         RolloutInput(
             spec=dmd.spec.rollout,
-            desired_revision=rendered.revision,
+            desired_revision=revision,
             total=count,
-            stable=_track(stable_child, pods, "stable", rendered.revision),
-            canary=_track(canary_child, pods, CANARY, rendered.revision),
+            stable=_track(stable_child, pods, "stable", revision),
+            canary=_track(canary_child, pods, CANARY, revision),
             status=old_status.get("rollout") or {},
             now=now,
             criteria=_criteria(dmd),
@@ -479,6 +504,21 @@ def _rollout_step(
         scale=scale,
         delete=delete,
     )
+
+
+def _with_cache(step: _RolloutStep, cached: CacheStep, rendered: Rendered) -> _RolloutStep:
+    """The rollout's objects with the weight cache's say: a live fill Job is never
+    re-applied (its template is immutable); while the cache fills, no workload template
+    is applied, the running one only follows the replica count; retired caches go."""
+    job = rendered.cache.fill_job if rendered.cache is not None else None
+    objects = [o for o in step.objects if not (cached.drop_job and o is job)]
+    scale = dict(step.scale)
+    if cached.hold_workload:
+        objects = [o for o in objects if o["kind"] not in WORKLOAD_KINDS]
+        live = step.stable_child
+        if live is not None and live.spec_replicas != step.decision.stable_replicas:
+            scale[live.name] = step.decision.stable_replicas
+    return replace(step, objects=objects, scale=scale, delete=[*step.delete, *cached.delete])
 
 
 def _diff(
@@ -570,6 +610,7 @@ def _status(
     now: str,
     unschedulable: str | None,
     pods: Sequence[PodInfo] | None,
+    cached: CacheStep | None = None,
 ) -> dict[str, Any]:
     """The status the reconciler owns, conditions merged with the old ones."""
     stable_child, canary_child = step.stable_child, step.canary_child
@@ -582,6 +623,10 @@ def _status(
     ready, reconciling, stalled = _serving_conditions(
         step, rendered, ready_count, gen, unschedulable, pods
     )
+    if cached is not None and cached.hold_workload:
+        ready, reconciling, stalled = _cache_conditions(
+            cached, ready, step.stable_child is None, gen
+        )
     progressing_status, progressing_reason, progressing_msg = step.decision.progressing
     desired_conds = [
         ready,
@@ -593,6 +638,7 @@ def _status(
         cond.condition(
             cond.ROLLOUT_PROGRESSING, progressing_status, progressing_reason, progressing_msg, gen
         ),
+        *([cached.condition] if cached is not None else []),
     ]
     c = chosen_plan.chosen
     old_cost = _owned(old_status).get("cost")
@@ -635,10 +681,55 @@ def _status(
         endpoint=rendered.endpoint,
         revision=rendered.revision,
         rollout=_rollout_status(step.decision.status),
+        cache=cached.status if cached is not None else None,
+        startup=_startup_status(dmd, rendered, pods),
     )
     # Serialised once, in the API's shape; None fields are left out (the merge patch
     # writes nulls for what an older status had and this one drops).
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _cache_conditions(
+    cached: CacheStep, ready: dict[str, Any], no_workload: bool, gen: Any
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Ready, Reconciling and Stalled while the serving pods wait for the weight cache.
+    Pods already serving the previous revision keep Ready as it was."""
+    failed = cached.status.phase == "Failed"
+    reason = "WeightCacheFailed" if failed else "FillingWeightCache"
+    message = cached.status.message or ""
+    if no_workload:
+        ready = cond.condition(cond.READY, False, reason, message, gen)
+    if failed:
+        return (
+            ready,
+            cond.condition(
+                cond.RECONCILING, False, reason, "waiting for the fill to be retried", gen
+            ),
+            cond.condition(cond.STALLED, True, reason, message, gen),
+        )
+    return (
+        ready,
+        cond.condition(cond.RECONCILING, True, reason, message, gen),
+        cond.condition(cond.STALLED, False, reason, "", gen),
+    )
+
+
+def _startup_status(
+    dmd: DistilledModelDeployment, rendered: Rendered, pods: Sequence[PodInfo] | None
+) -> StartupStatus:
+    """The start-up estimate beside the median start-to-ready of the ready pods."""
+    measured = sorted(
+        p.start_to_ready_seconds
+        for p in pods or ()
+        if p.ready and not p.group_worker and p.start_to_ready_seconds is not None
+    )
+    median = measured[len(measured) // 2] if measured else None
+    return StartupStatus(
+        estimated_seconds=round(rendered.startup_seconds, 1),
+        weights_from=weights_from(dmd),
+        measured_seconds=round(median, 1) if median is not None else None,
+        measured_pods=len(measured) or None,
+    )
 
 
 def _conditions(merged: Sequence[Mapping[str, Any]]) -> list[Condition]:

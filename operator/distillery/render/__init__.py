@@ -30,6 +30,7 @@ from distillery.render.workload import (
     replica_startup_seconds,
     set_one_at_a_time,
     set_route_weights,
+    weights_from,
 )
 
 __all__ = [
@@ -57,4 +58,5 @@ __all__ = [
     "replica_startup_seconds",
     "set_one_at_a_time",
     "set_route_weights",
+    "weights_from",
 ]

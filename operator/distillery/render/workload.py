@@ -30,11 +30,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from distillery.api.hashing import content_hash
 from distillery.api.types import API_VERSION, KIND, DistilledModelDeployment
 from distillery.engines import ENGINES, EngineInputs, EngineLaunch, ModelSource, SourceError
+from distillery.render.cache import (
+    DEFAULT_CACHE_FILL_IMAGE,
+    CacheError,
+    WeightCache,
+    marker_check,
+    weight_cache,
+)
+from distillery.render.layout import load_template
 from distillery.render.user_template import UserTemplateError, merge, render_user_template
 from distillery.sizing import Plan
 from distillery.sizing.memory import GIB
@@ -67,10 +74,6 @@ SPOT_TOLERATIONS: list[dict[str, str]] = [
 ]
 
 
-# libyaml's safe loader is ~10x faster than the pure-Python one; reconciles are hot.
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 # Replace pods without a surge: for clusters with no spare GPU.
 ONE_AT_A_TIME: dict[str, Any] = {
     "type": "RollingUpdate",
@@ -92,6 +95,8 @@ class RenderOptions:
     http_route: bool = False  # the Gateway API (HTTPRoute) is installed
     model_cache_claim: str | None = None  # shared RWX PVC for hf:// downloads
     s3_image: str = "amazon/aws-cli:2.31.13"
+    # Fills hf:// and oci:// weight caches (``distillery cache-fill``): the operator's image.
+    cache_fill_image: str = DEFAULT_CACHE_FILL_IMAGE
     gs_image: str = "gcr.io/google.com/cloudsdktool/google-cloud-cli:542.0.0-slim"
 
 
@@ -112,38 +117,15 @@ class Rendered:
     # the HTTPRoute that weighs them.
     track_services: tuple[dict[str, Any], ...] = ()
     http_route: dict[str, Any] | None = None
+    # With spec.model.cache: the claim holding this revision's weights and its fill Job.
+    cache: WeightCache | None = None
 
     def objects(self) -> list[dict[str, Any]]:
-        out = [self.workload, self.service, self.pdb]
+        out = [self.cache.pvc, self.cache.fill_job] if self.cache else []
+        out += [self.workload, self.service, self.pdb]
         out += [self.pod_monitor] if self.pod_monitor else []
         out += list(self.track_services)
         return out + ([self.http_route] if self.http_route else [])
-
-
-_ENV = Environment(
-    loader=PackageLoader("distillery.render", "templates"),
-    undefined=StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
-
-
-_SURROGATE_PAIR = re.compile(r"\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
-
-
-def yaml_json(value: Any) -> str:
-    """JSON that YAML parsers accept as is: ASCII only, and characters outside the
-    basic plane as YAML's 8-digit escape instead of JSON's surrogate pairs."""
-    text = json.dumps(value, ensure_ascii=True, sort_keys=True)
-
-    def astral(m: re.Match[str]) -> str:
-        hi, lo = int(m.group(1), 16), int(m.group(2), 16)
-        return f"\\U{0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00):08x}"
-
-    return _SURROGATE_PAIR.sub(astral, text)
-
-
-_ENV.filters["tojson"] = yaml_json
 
 
 def label_value(text: str) -> str:
@@ -162,8 +144,14 @@ def replica_startup_seconds(dmd: DistilledModelDeployment, p: Plan) -> float:
     spec = dmd.spec
     if spec.scaling.startup_seconds:
         return float(spec.scaling.startup_seconds)
-    source = ModelSource.parse(spec.model.uri, spec.model.name)
-    return cold_start_seconds(p.chosen.weights_gib * GIB, source.scheme, spec.serving.engine)
+    return cold_start_seconds(p.chosen.weights_gib * GIB, weights_from(dmd), spec.serving.engine)
+
+
+def weights_from(dmd: DistilledModelDeployment) -> str:
+    """Where a new replica reads its weights: the source's scheme, or ``cache``."""
+    if dmd.spec.model.cache.mode == "Shared":
+        return "cache"
+    return ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name).scheme
 
 
 def desired_replicas(dmd: DistilledModelDeployment) -> int:
@@ -405,6 +393,69 @@ def _hash(obj: Any) -> str:
     return content_hash(obj, REVISION_LENGTH)
 
 
+def _identity(
+    dmd: DistilledModelDeployment, owner_uid: str | None
+) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """The labels every child carries, and its owner reference (none without a uid)."""
+    name = dmd.name
+    labels = {
+        "app.kubernetes.io/name": dmd.spec.serving.engine,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "inference-server",
+        "app.kubernetes.io/part-of": "distillery",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_DEPLOYMENT: name,
+        LABEL_MODEL: label_value(dmd.spec.model.name),
+    }
+    owner = (
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": name,
+            "uid": owner_uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        if owner_uid
+        else None
+    )
+    return labels, owner
+
+
+def _source(
+    dmd: DistilledModelDeployment,
+    plan: Plan,
+    options: RenderOptions,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any] | None,
+) -> tuple[ModelSource, WeightCache | None]:
+    """Where the engine reads the weights, and the weight cache when the spec has one
+    (the engine then reads the cache's claim)."""
+    spec = dmd.spec
+    try:
+        source = ModelSource.parse(spec.model.uri, spec.model.name)
+    except SourceError as exc:
+        raise RenderError(str(exc)) from None
+    no_file = source.scheme in ("s3", "gs", "oci", "pvc") and not source.location
+    if spec.serving.engine == "llamacpp" and no_file:
+        raise RenderError("llama.cpp needs a GGUF file path in model.uri")
+    try:
+        cache = weight_cache(
+            dmd,
+            plan.model,
+            plan.chosen.quantization,
+            image=options.cache_fill_image,
+            s3_image=options.s3_image,
+            gs_image=options.gs_image,
+            labels=labels,
+            owner=owner,
+        )
+    except CacheError as exc:
+        raise RenderError(str(exc)) from None
+    # Replicas read a filled cache's claim: to the engine it is a pvc:// model.
+    return (cache.serving_source if cache else source), cache
+
+
 def render(
     dmd: DistilledModelDeployment,
     plan: Plan,
@@ -420,13 +471,9 @@ def render(
     name, namespace = dmd.name, dmd.namespace
     if not name:
         raise RenderError("metadata.name is required")
-    try:
-        source = ModelSource.parse(spec.model.uri, spec.model.name)
-    except SourceError as exc:
-        raise RenderError(str(exc)) from None
     engine = spec.serving.engine
-    if engine == "llamacpp" and source.scheme in ("s3", "gs", "oci", "pvc") and not source.location:
-        raise RenderError("llama.cpp needs a GGUF file path in model.uri")
+    labels, owner = _identity(dmd, owner_uid)
+    source, cache = _source(dmd, plan, options, labels, owner)
     launch_ = ENGINES[engine].launch(
         EngineInputs(
             source=source,
@@ -459,28 +506,9 @@ def render(
     # Only a group's leader serves the API and exports metrics.
     leaders = {LWS_WORKER_INDEX_LABEL: "0"} if multi_node else {}
     service_selector = {LABEL_DEPLOYMENT: name, **leaders}
-    labels = {
-        "app.kubernetes.io/name": engine,
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": "inference-server",
-        "app.kubernetes.io/part-of": "distillery",
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        LABEL_DEPLOYMENT: name,
-        LABEL_MODEL: label_value(spec.model.name),
-    }
-    owner = (
-        {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": name,
-            "uid": owner_uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-        if owner_uid
-        else None
-    )
     volumes, mounts, init = _storage(dmd, plan, source, options)
+    if cache is not None:
+        init.insert(0, marker_check(image))
     affinity, node_selector, tolerations = _placement(dmd, plan)
     non_root = launch_.run_as_non_root
     pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
@@ -534,7 +562,7 @@ def render(
         "startup_failure_threshold": max(30, math.ceil(2 * startup / 10)),
         "port": launch_.port,
     }
-    deployment = _load("deployment.yaml.j2", context)
+    deployment = load_template("deployment.yaml.j2", context)
     template = deployment["spec"]["template"]
     if user_template is not None:
         user_ctx = {
@@ -560,7 +588,7 @@ def render(
     http_route = None
     if options.http_route and route_spec is not None:
         track_services = tuple(
-            _load(
+            load_template(
                 "service.yaml.j2",
                 {
                     **context,
@@ -577,18 +605,19 @@ def render(
             ],
             "hostnames": list(route_spec.hostnames),
         }
-        http_route = _load("httproute.yaml.j2", {**context, "route": route})
+        http_route = load_template("httproute.yaml.j2", {**context, "route": route})
     return Rendered(
         track_services=track_services,
         http_route=http_route,
         workload=workload,
-        service=_load("service.yaml.j2", context),
-        pdb=_load("pdb.yaml.j2", context),
-        pod_monitor=_load("podmonitor.yaml.j2", context) if options.pod_monitor else None,
+        service=load_template("service.yaml.j2", context),
+        pdb=load_template("pdb.yaml.j2", context),
+        pod_monitor=load_template("podmonitor.yaml.j2", context) if options.pod_monitor else None,
         revision=revision,
         startup_seconds=startup,
         endpoint=endpoint,
         selector=f"{LABEL_DEPLOYMENT}={name}",
+        cache=cache,
     )
 
 
@@ -602,7 +631,7 @@ def _leader_worker_set(
     if launch_.worker_args is None:
         raise RenderError("the engine has no multi-node launch: choose vllm or sglang")
     template = deployment["spec"]["template"]
-    return _load(
+    return load_template(
         "leaderworkerset.yaml.j2",
         {
             **context,
@@ -613,13 +642,6 @@ def _leader_worker_set(
             "worker_template": _worker_template(template, launch_.worker_args),
         },
     )
-
-
-def _load(template: str, context: Mapping[str, Any]) -> dict[str, Any]:
-    text = _ENV.get_template(template).render(**context)
-    obj = yaml.load(text, Loader=_YAML_LOADER)
-    assert isinstance(obj, dict)
-    return obj
 
 
 def _engine(template: Mapping[str, Any]) -> dict[str, Any]:

@@ -99,6 +99,13 @@ def weight_bytes(model: ModelEntry, quantization: str) -> float:
     return embed * 2.0 + (total - embed) * bytes_per_weight(model, quantization)
 
 
+def checkpoint_bytes(model: ModelEntry, quantization: str) -> float:
+    """Bytes of the checkpoint on disk: what a weight cache holds. fp8 is quantized
+    online from the bf16 checkpoint (unless the model was released in fp8); int8, AWQ
+    and GPTQ are checkpoints quantized that way."""
+    return weight_bytes(model, "none" if quantization == "fp8" else quantization)
+
+
 def expert_bytes(model: ModelEntry, quantization: str) -> float:
     """Bytes of the routed experts (part of :func:`weight_bytes`)."""
     return model.routed_expert_params * bytes_per_weight(model, quantization)

@@ -12,14 +12,20 @@ from __future__ import annotations
 from distillery.engines import ENGINES
 
 # Bytes per second a replica reads weights at, by where they come from. hf:// downloads
-# over the network on first start; s3:// and gs:// are fetched by an init container and
-# then read from local disk; pvc:// and oci:// (image volume) read from attached storage.
+# over the network on first start (2 Gbit/s: what one Hub download sustains from a
+# cloud region); s3:// and gs:// are fetched by an init container from a same-region
+# bucket (3.2 Gbit/s for one CLI sync) and then read from local disk; pvc:// and oci://
+# (image volume) read from attached storage, and so does a filled weight cache
+# ("cache": a ReadWriteMany claim, 1 GB/s is a mid-tier managed NFS or Lustre share).
+# docs/sizing.md lists them; spec.scaling.startupSeconds overrides the whole estimate
+# where a cluster measures otherwise.
 LOAD_BYTES_PER_SECOND: dict[str, float] = {
     "hf": 250e6,
     "s3": 400e6,
     "gs": 400e6,
     "pvc": 1.0e9,
     "oci": 1.0e9,
+    "cache": 1.0e9,
 }
 # Engine start after the weights are in memory: CUDA graph capture, torch.compile,
 # KV-cache profiling (vLLM, SGLang), shard warm-up (TGI); llama.cpp maps the file.
@@ -30,6 +36,13 @@ def cold_start_seconds(weights_bytes: float, source_scheme: str, engine: str) ->
     """Expected seconds from pod start to serving."""
     bandwidth = LOAD_BYTES_PER_SECOND.get(source_scheme, LOAD_BYTES_PER_SECOND["hf"])
     return weights_bytes / bandwidth + ENGINE_START_SECONDS.get(engine, 90.0)
+
+
+def fill_seconds(checkpoint_bytes: float, source_scheme: str) -> float:
+    """Expected seconds to fill a weight cache: one read of the checkpoint from its
+    source (the engine's start is not part of it)."""
+    bandwidth = LOAD_BYTES_PER_SECOND.get(source_scheme, LOAD_BYTES_PER_SECOND["hf"])
+    return checkpoint_bytes / bandwidth
 
 
 MIN_DRAIN_SECONDS = 60.0

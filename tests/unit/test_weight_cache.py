@@ -1,0 +1,287 @@
+"""The weight cache, rendered and reconciled as pure functions: the claim and its fill
+Job, pods that mount it read-only and wait for the marker, a workload held until the
+cache is complete, clear conditions when it cannot be, and retired caches deleted."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from distillery.api.types import DistilledModelDeployment, DistilledModelDeploymentStatus
+from distillery.autoscale.inputs import PodFailure, PodInfo
+from distillery.catalog import load_catalog
+from distillery.reconcile import desired_state
+from distillery.reconcile.cache import FillPod
+from distillery.reconcile.children import ChildState, child_state
+from distillery.render import RenderError, render, replica_startup_seconds
+from distillery.render.cache import LABEL_CACHE_OF, MARKER
+from distillery.sizing import plan
+from tests.support.dmds import dmd as support_dmd
+
+CATALOG = load_catalog()
+T0 = "2026-12-01T10:00:00Z"
+T1 = "2026-12-01T10:05:00Z"
+T2 = "2026-12-01T11:10:00Z"
+MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
+
+
+def spec(**model: Any) -> dict[str, Any]:
+    return {
+        "model": {
+            "name": MODEL,
+            "credentialsSecretRef": {"name": "hf-token"},
+            "cache": {"mode": "Shared"},
+            **model,
+        },
+        "placement": {"gpuTypes": ["nvidia-l40s"]},
+        "scaling": {"minReplicas": 2, "maxReplicas": 4},
+    }
+
+
+def body(s: dict[str, Any], status: dict[str, Any] | None = None) -> dict[str, Any]:
+    return support_dmd("m", s, namespace="ns", status=status, uid="u-1", generation=1)
+
+
+def rendered(s: dict[str, Any]) -> Any:
+    d = DistilledModelDeployment.model_validate(body(s))
+    return render(d, plan(d.spec, CATALOG), owner_uid="u-1")
+
+
+def observed(objects: list[dict[str, Any]], **job_conditions: str) -> dict[str, ChildState]:
+    """Children as the API server shows them after an apply: Deployments all ready,
+    the fill Job with the conditions given (``Complete="True"``...)."""
+    out: dict[str, ChildState] = {}
+    for obj in objects:
+        b = copy.deepcopy(obj)
+        if b["kind"] == "Deployment":
+            want = b["spec"]["replicas"]
+            b["metadata"]["generation"] = 1
+            b["status"] = {
+                "observedGeneration": 1,
+                "replicas": want,
+                "readyReplicas": want,
+                "updatedReplicas": want,
+                "availableReplicas": want,
+            }
+        if b["kind"] == "Job":
+            b["status"] = {
+                "conditions": [
+                    {"type": t, "status": v, "reason": t, "message": f"job {t}"}
+                    for t, v in job_conditions.items()
+                ]
+            }
+        state = child_state(b)
+        out[state.key] = state
+    return out
+
+
+def conds(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def roundtrip(status: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(status))
+    return out
+
+
+# ---- render ---------------------------------------------------------------------------
+
+
+def test_the_cache_is_a_claim_a_job_fills_and_pods_mount_read_only() -> None:
+    r = rendered(spec())
+    assert r.cache is not None
+    pvc, job = r.cache.pvc, r.cache.fill_job
+    assert [o["kind"] for o in r.objects()][:2] == ["PersistentVolumeClaim", "Job"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # 7B bf16 checkpoint: 15.2 GB, plus 10% and 2 GiB.
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "18Gi"
+    fill = job["spec"]["template"]["spec"]["containers"][0]
+    assert fill["command"][:2] == ["distillery", "cache-fill"]
+    assert f"--source=hf://{MODEL}" in fill["command"]
+    assert fill["env"] == [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    ]
+    assert "nvidia.com/gpu" not in json.dumps(job), "the download holds no GPU"
+    # Fill pods are not replicas: they do not carry the label serving pods are counted by.
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert "distillery.dev/deployment" not in pod_labels and pod_labels[LABEL_CACHE_OF] == "m"
+    pod = r.workload["spec"]["template"]["spec"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "model")["persistentVolumeClaim"]
+    assert claim == {"claimName": r.cache.claim, "readOnly": True}
+    wait = pod["initContainers"][0]
+    assert wait["name"] == "wait-for-weights" and MARKER in wait["command"][-1]
+    engine = next(c for c in pod["containers"] if c["name"] == "engine")
+    assert "/models/pvc" in engine["args"], "the engine reads the claim as a local folder"
+    assert "--revision" not in engine["args"]
+    assert all(e["name"] != "HF_TOKEN" for e in engine.get("env", [])), "pods need no token"
+
+
+def test_the_cache_key_follows_the_revision_and_the_claims_shape() -> None:
+    base = rendered(spec()).cache
+    assert base is not None
+    assert rendered(spec()).cache.claim == base.claim
+    for changed in (spec(revision="v2"), spec(cache={"mode": "Shared", "sizeGiB": 40})):
+        assert rendered(changed).cache.claim != base.claim
+    # The pod template names the claim: a new revision is a new serving revision.
+    assert rendered(spec(revision="v2")).revision != rendered(spec()).revision
+
+
+def test_a_cache_smaller_than_the_checkpoint_is_refused_with_the_size_to_set() -> None:
+    with pytest.raises(RenderError, match=r"sizeGiB 10 is smaller than the checkpoint .*at least"):
+        rendered(spec(cache={"mode": "Shared", "sizeGiB": 10}))
+
+
+def test_retain_leaves_the_claim_unowned_and_the_job_owned() -> None:
+    r = rendered(spec(cache={"mode": "Shared", "deletePolicy": "Retain"}))
+    assert r.cache is not None
+    assert "ownerReferences" not in r.cache.pvc["metadata"]
+    assert r.cache.fill_job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+
+
+def test_object_store_and_image_sources_fill_with_their_tools() -> None:
+    s3 = rendered(spec(uri="s3://bucket/qwen-7b")).cache
+    assert s3 is not None
+    fill = s3.fill_job["spec"]["template"]["spec"]["containers"][0]
+    assert fill["command"][:2] == ["sh", "-c"] and fill["command"][4] == "s3://bucket/qwen-7b"
+    assert fill["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    oci = rendered(spec(uri="oci://registry.example/qwen:v1")).cache
+    assert oci is not None
+    volumes = oci.fill_job["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "source", "image": {"reference": "registry.example/qwen:v1",
+            "pullPolicy": "IfNotPresent"}} in volumes  # fmt: skip
+
+
+def test_a_cached_replica_starts_faster_than_a_hub_download() -> None:
+    def startup(s: dict[str, Any]) -> float:
+        d = DistilledModelDeployment.model_validate(body(s))
+        return replica_startup_seconds(d, plan(d.spec, CATALOG))
+
+    hub = spec(cache={"mode": "None"})
+    # 15.2 GB at 250 MB/s (Hub) vs 1 GB/s (cache), plus the same engine start.
+    assert startup(hub) - startup(spec()) == pytest.approx(15.23e9 / 250e6 - 15.23e9 / 1e9, 0.02)
+
+
+# ---- reconcile ------------------------------------------------------------------------
+
+
+def test_a_new_dmd_fills_the_cache_before_any_gpu_pod_exists() -> None:
+    d = desired_state(body(spec()), {}, CATALOG, now=T0)
+    kinds = [o["kind"] for o in d.apply]
+    assert "Deployment" not in kinds and kinds[:2] == ["PersistentVolumeClaim", "Job"]
+    c = conds(d.status)
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "FillingWeightCache"
+    assert c["WeightsCached"]["status"] == "False" and c["WeightsCached"]["reason"] == "Filling"
+    assert c["Reconciling"]["status"] == "True" and c["Stalled"]["status"] == "False"
+    cache = d.status["cache"]
+    assert cache["phase"] == "Filling" and cache["startedAt"] == T0
+    assert cache["expectedBytes"] > 15e9 and cache["estimatedFillSeconds"] > 50
+    DistilledModelDeploymentStatus.model_validate(roundtrip(d.status))
+
+
+def test_the_job_is_created_once_and_the_workload_follows_its_completion() -> None:
+    first = desired_state(body(spec()), {}, CATALOG, now=T0)
+    filling = observed(first.apply)
+    again = desired_state(body(spec(), roundtrip(first.status)), filling, CATALOG, now=T1)
+    assert [o["kind"] for o in again.apply] == [], "an unchanged live Job is never re-applied"
+    done = observed(first.apply, Complete="True")
+    report = FillPod(job=first.apply[1]["metadata"]["name"], name="fill-1", phase="Succeeded",
+                     message='{"bytes": 15231000000, "files": 6}')  # fmt: skip
+    ready = desired_state(
+        body(spec(), roundtrip(first.status)), done, CATALOG, now=T1, fill_pods=[report]
+    )
+    assert [o["kind"] for o in ready.apply] == ["Deployment"]
+    assert ready.apply[0]["spec"]["replicas"] == 2
+    c = conds(ready.status)
+    assert c["WeightsCached"]["status"] == "True" and c["WeightsCached"]["reason"] == "Filled"
+    cache = ready.status["cache"]
+    assert cache["phase"] == "Ready" and cache["bytes"] == 15231000000
+    assert cache["completedAt"] == T1 and cache["startedAt"] == T0
+
+
+def _serving(s: dict[str, Any]) -> tuple[dict[str, Any], dict[str, ChildState]]:
+    """A DMD serving from a complete cache: its status and children."""
+    first = desired_state(body(s), {}, CATALOG, now=T0)
+    done = observed(first.apply, Complete="True")
+    second = desired_state(body(s, roundtrip(first.status)), done, CATALOG, now=T0)
+    children = observed(first.apply + second.apply, Complete="True")
+    third = desired_state(body(s, roundtrip(second.status)), children, CATALOG, now=T0)
+    assert third.apply == [] and conds(third.status)["Ready"]["status"] == "True"
+    return roundtrip(third.status), children
+
+
+def test_a_revision_change_fills_the_new_cache_while_the_old_revision_serves() -> None:
+    status, children = _serving(spec())
+    old_revision = children["Deployment"].revision
+    s2 = spec(revision="v2")
+    d = desired_state(body(s2, status), children, CATALOG, now=T1)
+    kinds = [o["kind"] for o in d.apply]
+    assert kinds == ["PersistentVolumeClaim", "Job"], "no rollout before the weights are there"
+    c = conds(d.status)
+    assert c["Ready"]["status"] == "True", "the old revision still serves"
+    assert c["Reconciling"]["reason"] == "FillingWeightCache"
+    assert d.status["revision"] != old_revision
+    assert d.status["cache"]["claim"] != status["cache"]["claim"]
+    # Scaling still reaches the running pods while the new cache fills.
+    s3 = copy.deepcopy(s2)
+    s3["replicas"] = 3
+    scaled = desired_state(body(s3, status), children, CATALOG, now=T1)
+    assert scaled.scale == {"m": 3}
+    # The new cache complete: the rollout starts, the old cache is retired, not deleted.
+    new_objs = d.apply
+    both = {**children, **observed(new_objs, Complete="True")}
+    rolled = desired_state(body(s2, roundtrip(d.status)), both, CATALOG, now=T1)
+    assert [o["kind"] for o in rolled.apply] == ["Deployment"]
+    assert rolled.status["cache"]["retired"] == [{"claim": status["cache"]["claim"], "since": T1}]
+    assert rolled.delete == []
+    # After the grace period (an hour by default) the old claim and its Job are deleted.
+    later = desired_state(body(s2, roundtrip(rolled.status)), both, CATALOG, now=T2)
+    old_claim = status["cache"]["claim"]
+    assert ("PersistentVolumeClaim", old_claim) in later.delete
+    assert ("Job", old_claim) in later.delete
+    assert later.status["cache"]["retired"] == []
+
+
+def test_a_failed_fill_stalls_with_the_fills_own_words() -> None:
+    first = desired_state(body(spec()), {}, CATALOG, now=T0)
+    job = first.apply[1]["metadata"]["name"]
+    failed = observed(first.apply, Failed="True")
+    error = "listing org/x@main: HTTP 401: set spec.model.credentialsSecretRef"
+    pod = FillPod(job=job, name=f"{job}-abc", phase="Failed", message=json.dumps({"error": error}))
+    d = desired_state(
+        body(spec(), roundtrip(first.status)), failed, CATALOG, now=T1, fill_pods=[pod]
+    )
+    c = conds(d.status)
+    assert c["Stalled"]["status"] == "True" and c["Stalled"]["reason"] == "WeightCacheFailed"
+    assert "HTTP 401" in c["WeightsCached"]["message"]
+    assert f"delete Job {job} to retry" in c["WeightsCached"]["message"]
+    assert "Deployment" not in [o["kind"] for o in d.apply], "no pod starts from a partial cache"
+
+
+def test_a_fill_pod_that_cannot_start_says_why() -> None:
+    first = desired_state(body(spec()), {}, CATALOG, now=T0)
+    job = first.apply[1]["metadata"]["name"]
+    pod = FillPod(job=job, name=f"{job}-x", phase="Pending",
+                  failure=PodFailure("CreateContainerConfigError",
+                                     'container fill: secret "hf-token" not found', 0))  # fmt: skip
+    d = desired_state(
+        body(spec(), roundtrip(first.status)), observed(first.apply), CATALOG, now=T1,
+        fill_pods=[pod],
+    )  # fmt: skip
+    c = conds(d.status)["WeightsCached"]
+    assert c["reason"] == "FillBlocked" and 'secret "hf-token" not found' in c["message"]
+
+
+def test_status_startup_shows_the_estimate_beside_what_pods_measured() -> None:
+    status, children = _serving(spec())
+    pods = [
+        PodInfo(name=f"p{i}", ready=True, revision=children["Deployment"].revision,
+                start_to_ready_seconds=s)
+        for i, s in enumerate((41.0, 45.0, 90.0))
+    ]  # fmt: skip
+    d = desired_state(body(spec(), status), children, CATALOG, now=T1, pods=pods)
+    startup = d.status["startup"]
+    assert startup["weightsFrom"] == "cache" and startup["measuredSeconds"] == 45.0
+    assert startup["measuredPods"] == 3 and startup["estimatedSeconds"] > 0
