@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from distillery.render import RenderOptions
+from distillery.render.cache import DEFAULT_CACHE_FILL_IMAGE
 
 PREFIX = "DISTILLERY_"
 # Flags named before the rest were generated; every other field is --field-name.
@@ -119,7 +120,7 @@ class Settings(BaseModel):
             pod_monitor=pod_monitor,
             http_route=http_route,
             model_cache_claim=self.model_cache_claim or None,
-            **({"cache_fill_image": self.image_cache_fill} if self.image_cache_fill else {}),
+            cache_fill_image=self.image_cache_fill or DEFAULT_CACHE_FILL_IMAGE,
         )
 
     @classmethod
