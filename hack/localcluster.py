@@ -14,6 +14,9 @@ Start order matters: etcd -> kube-apiserver -> kube-controller-manager (removes 
 replicas) starts with its CRD and webhooks, from the module version in
 ``hack/versions.env``: its webhooks are served on 127.0.0.1 with a certificate of the
 cluster's CA, as the apiserver would reach them through a Service in a real cluster.
+Last, the fill runner (``hack/fillrunner.py``) provisions hostPath volumes for claims of
+the default StorageClass and runs weight-cache fill pods for real, which kwok is told
+to leave alone.
 
 Ports are chosen free at start, so a cluster left running by ``make cluster`` never
 collides with the one a test session starts. ``state.json`` in the state folder records
@@ -59,10 +62,29 @@ COMPONENTS = (
     "kube-scheduler",
     "kwok",
     "lws-controller",
+    "fill-runner",
 )
+# Components that are Python programs of this repository rather than built binaries.
+PYTHON_COMPONENTS = {"fill-runner": ROOT / "hack" / "fillrunner.py"}
+# Pods kwok must not complete on its own: the fill runner runs them (see fillrunner.py).
+FILL_POD_LABEL = "distillery.dev/weight-cache-of"
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 OPERATOR_USER = "distillery-operator"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+# The default StorageClass: its claims get hostPath volumes from the fill runner.
+LOCAL_STORAGE_CLASS: dict[str, Any] = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {
+        "name": "distillery-local",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+    },
+    "provisioner": "distillery.dev/local-hostpath",
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "Immediate",
+}
 
 
 class ClusterError(RuntimeError):
@@ -96,8 +118,10 @@ def _gomodcache() -> Path:
     return Path(out.stdout.strip())
 
 
-def kwok_stage_files() -> list[Path]:
-    """The stage set kwok's own 'fast' kustomization lists, read from the module cache."""
+def kwok_stage_files(state_dir: Path) -> list[Path]:
+    """The stage set kwok's own 'fast' kustomization lists, read from the module cache,
+    with one change: a weight cache's fill pod is not completed by kwok (the fill runner
+    runs it and reports how it ended)."""
     version = _versions()["KWOK_VERSION"]
     base = _gomodcache() / f"sigs.k8s.io/kwok@{version}" / "kustomize" / "stage"
     if not base.is_dir():
@@ -105,7 +129,18 @@ def kwok_stage_files() -> list[Path]:
     files = [base / "node" / "fast" / "node-initialize.yaml"]
     files += sorted((base / "node" / "heartbeat-with-lease").glob("*.yaml"))
     files += sorted(p for p in (base / "pod" / "fast").glob("pod-*.yaml"))
-    return [f for f in files if f.name != "kustomization.yaml"]
+    files = [f for f in files if f.name != "kustomization.yaml"]
+    out = []
+    for f in files:
+        if f.name == "pod-complete.yaml":
+            stage = yaml.safe_load(f.read_text())
+            stage["spec"]["selector"]["matchExpressions"].append(
+                {"key": f'.metadata.labels["{FILL_POD_LABEL}"]', "operator": "DoesNotExist"}
+            )
+            f = state_dir / "kwok-pod-complete.yaml"
+            f.write_text(yaml.safe_dump(stage))
+        out.append(f)
+    return out
 
 
 def lws_module_dir() -> Path:
@@ -382,16 +417,18 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def _spawn(state_dir: Path, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    script = PYTHON_COMPONENTS.get(name)
     binary = BIN_DIR / name
-    if not binary.exists():
+    if script is None and not binary.exists():
         raise ClusterError(f"{binary} is missing: run hack/build-tools.sh first")
+    argv0 = [sys.executable, str(script)] if script else [str(binary)]
     # Remembered so a fault test can restart the component as it was.
     (state_dir / "logs" / f"{name}.args.json").write_text(json.dumps(args))
     # A new session per component: `make cluster` exits and leaves them running, and
     # stop() can end each one with its whole process group.
     with open(state_dir / "logs" / f"{name}.log", "ab") as log:
         return subprocess.Popen(
-            [str(binary), *args],
+            [*argv0, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -634,7 +671,7 @@ def start(
             ],
         )
         cluster.pids["kube-scheduler"] = procs["kube-scheduler"].pid
-        stage_args = [f"--config={f}" for f in kwok_stage_files()]
+        stage_args = [f"--config={f}" for f in kwok_stage_files(state_dir)]
         procs["kwok"] = _spawn(
             state_dir,
             "kwok",
@@ -705,6 +742,14 @@ def start(
         )
         procs["lws-controller"] = _start_lws(cluster, ports)
         say(f"LeaderWorkerSet controller up ({time.monotonic() - t0:.1f}s)")
+        cluster.api("POST", "/apis/storage.k8s.io/v1/storageclasses", LOCAL_STORAGE_CLASS)
+        procs["fill-runner"] = _spawn(
+            state_dir,
+            "fill-runner",
+            [f"--kubeconfig={cluster.kubeconfig}", f"--state-dir={state_dir}"],
+        )
+        cluster.pids["fill-runner"] = procs["fill-runner"].pid
+        cluster.save()
         say(
             f"{len(nodes)} nodes Ready; cluster up in {time.monotonic() - t0:.1f}s; "
             f"KUBECONFIG={cluster.kubeconfig}"

@@ -82,4 +82,7 @@ def test_rendered_manifests_pass_server_dry_run(
     workload = (
         "LeaderWorkerSet" if plan(dmd.spec, load_catalog()).chosen.nodes > 1 else "Deployment"
     )
-    assert sorted(kinds) == sorted([workload, "PodDisruptionBudget", "PodMonitor", "Service"])
+    # A weight cache adds its claim and the Job that fills it.
+    cache = ["PersistentVolumeClaim", "Job"] if rendered.cache is not None else []
+    want = [workload, "PodDisruptionBudget", "PodMonitor", "Service", *cache]
+    assert sorted(kinds) == sorted(want)

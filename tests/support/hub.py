@@ -5,7 +5,8 @@ to a storage path as the Hub redirects to its CDN.
 
 Knobs for hostile cases: a token it requires, and downloads cut off after some bytes
 (the first ``cut_after_attempts`` times), to prove a retry resumes and no marker is
-written before every byte is there.
+written before every byte is there; and a gate that holds every download until it is
+set, so a test can look at a fill under way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class FakeHub:
     cut_after_bytes: int | None = None
     cut_after_attempts: int = 0
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # path, range, auth
+    # Downloads wait until it is set: a test sees the state while a fill is under way.
+    gate: threading.Event | None = None
     _cuts: int = 0
     port: int = 0
 
@@ -66,6 +69,8 @@ class FakeHub:
             if auth is not None:  # the token must not follow a redirect off the Hub
                 return self._send(h, 400, b"token forwarded to storage")
             repo, rev, path = blob.groups()
+            if self.gate is not None:
+                self.gate.wait(timeout=600)
             content = self.repos[(repo, rev)][path]
             start = 0
             m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range") or "")
