@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import logging
-import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -43,8 +42,8 @@ sys.path.insert(0, str(ROOT / "hack"))
 from kubernetes import client, config  # noqa: E402
 
 from distillery.catalog import load_catalog  # noqa: E402
-from distillery.engines import ModelSource  # noqa: E402
 from distillery.reconcile import parse  # noqa: E402
+from distillery.render import replica_startup_seconds  # noqa: E402
 from distillery.simulate.engine import Scenario, replica_model  # noqa: E402
 from distillery.simulate.exposition import VllmPod, exposition  # noqa: E402
 from distillery.simulate.fleet import (  # noqa: E402
@@ -55,18 +54,11 @@ from distillery.simulate.fleet import (  # noqa: E402
     _Seq,
 )
 from distillery.simulate.workload import Request  # noqa: E402
-from distillery.sizing import memory as mem  # noqa: E402
 from distillery.sizing import plan  # noqa: E402
-from distillery.sizing.startup import cold_start_seconds  # noqa: E402
+from localcluster import free_port  # noqa: E402
 
 log = logging.getLogger("fleet")
 LABEL = "distillery.dev/deployment"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -117,11 +109,9 @@ class Fleet:
             log.warning("cannot model %s/%s: %s", ns, dmd_name, exc)
             return None
         o, m = p.chosen, p.model
-        weights = mem.weight_bytes(m, o.quantization)
-        source = ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name)
+        # The operator's own estimate (its source, a weight cache), compressed in time.
         startup = float(
-            dmd.spec.scaling.startup_seconds
-            or cold_start_seconds(weights, source.scheme, dmd.spec.serving.engine) / self.c
+            dmd.spec.scaling.startup_seconds or replica_startup_seconds(dmd, p) / self.c
         )
         scenario = Scenario(
             model=m,

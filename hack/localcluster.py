@@ -36,6 +36,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -101,10 +102,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
+# Ports for the cluster's components come from below the kernel's ephemeral range
+# (32768-60999 by default): a port is chosen at start and bound seconds later, and any
+# process binding port 0 meanwhile (a test's HTTP server, an outgoing connection) takes
+# ports from the ephemeral range, so it cannot take one of these first.
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, outside the ephemeral range (see PORT_RANGE)."""
+    for _ in range(200):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError(f"no free port in {PORT_RANGE}")
 
 
 def _port_open(port: int) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -21,11 +20,7 @@ from typing import Any
 
 import yaml
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from localcluster import free_port
 
 
 @dataclass
@@ -67,7 +62,7 @@ class Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config()))
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         with open(self.workdir / "prometheus.log", "wb") as log:
             self.proc = subprocess.Popen(
                 [

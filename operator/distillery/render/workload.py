@@ -44,7 +44,7 @@ from distillery.render.cache import (
 from distillery.render.layout import load_template
 from distillery.render.user_template import UserTemplateError, merge, render_user_template
 from distillery.sizing import Plan
-from distillery.sizing.memory import GIB
+from distillery.sizing.memory import checkpoint_bytes
 from distillery.sizing.startup import cold_start_seconds, drain_seconds
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -144,7 +144,9 @@ def replica_startup_seconds(dmd: DistilledModelDeployment, p: Plan) -> float:
     spec = dmd.spec
     if spec.scaling.startup_seconds:
         return float(spec.scaling.startup_seconds)
-    return cold_start_seconds(p.chosen.weights_gib * GIB, weights_from(dmd), spec.serving.engine)
+    # The checkpoint is what is read (bf16 for online fp8: quantized after loading).
+    checkpoint = checkpoint_bytes(p.model, p.chosen.quantization)
+    return cold_start_seconds(checkpoint, weights_from(dmd), spec.serving.engine)
 
 
 def weights_from(dmd: DistilledModelDeployment) -> str:

@@ -104,7 +104,9 @@ def replica_model(s: Scenario, startup: float | None = None) -> ReplicaModel:
         startup = (
             s.startup_seconds
             if s.startup_seconds is not None
-            else cold_start_seconds(steps.weights_bytes, s.source_scheme, s.engine)
+            else cold_start_seconds(
+                mem.checkpoint_bytes(s.model, o.quantization), s.source_scheme, s.engine
+            )
         )
     return ReplicaModel(
         steps=steps,

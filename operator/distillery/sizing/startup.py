@@ -16,7 +16,9 @@ from distillery.engines import ENGINES
 # cloud region); s3:// and gs:// are fetched by an init container from a same-region
 # bucket (3.2 Gbit/s for one CLI sync) and then read from local disk; pvc:// and oci://
 # (image volume) read from attached storage, and so does a filled weight cache
-# ("cache": a ReadWriteMany claim, 1 GB/s is a mid-tier managed NFS or Lustre share).
+# ("cache": a ReadWriteMany claim, 1 GB/s is a mid-tier managed NFS or Lustre share);
+# "local" is a copy on the node's own NVMe (2 GB/s: what safetensors loading sustains
+# from one local SSD, well under the drive's sequential read).
 # docs/sizing.md lists them; spec.scaling.startupSeconds overrides the whole estimate
 # where a cluster measures otherwise.
 LOAD_BYTES_PER_SECOND: dict[str, float] = {
@@ -26,6 +28,7 @@ LOAD_BYTES_PER_SECOND: dict[str, float] = {
     "pvc": 1.0e9,
     "oci": 1.0e9,
     "cache": 1.0e9,
+    "local": 2.0e9,
 }
 # Engine start after the weights are in memory: CUDA graph capture, torch.compile,
 # KV-cache profiling (vLLM, SGLang), shard warm-up (TGI); llama.cpp maps the file.
