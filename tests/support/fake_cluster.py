@@ -26,6 +26,25 @@ WRITES = (
 )
 
 
+def observed(obj: Mapping[str, Any], ready: int | None = None) -> dict[str, Any]:
+    """An applied object as the API server shows it once its controller caught up: a
+    Deployment with its status (``ready`` ready replicas, all when None); other kinds as
+    applied."""
+    body = copy.deepcopy(dict(obj))
+    if body["kind"] == "Deployment":
+        want = body["spec"]["replicas"]
+        n = want if ready is None else ready
+        body["metadata"]["generation"] = 1
+        body["status"] = {
+            "observedGeneration": 1,
+            "replicas": want,
+            "readyReplicas": n,
+            "updatedReplicas": want,
+            "availableReplicas": n,
+        }
+    return body
+
+
 class FakeCluster:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -108,16 +127,6 @@ class FakeCluster:
         for (kind, ns, name), obj in self.objects.items():
             if ns != namespace or (obj["metadata"].get("labels") or {}).get(OWNER_LABEL) != owner:
                 continue
-            body = copy.deepcopy(obj)
-            if kind == "Deployment":
-                want = body["spec"]["replicas"]
-                body["metadata"]["generation"] = 1
-                body["status"] = {
-                    "observedGeneration": 1,
-                    "replicas": want,
-                    "readyReplicas": want if ready else 0,
-                    "updatedReplicas": want,
-                    "availableReplicas": want if ready else 0,
-                }
+            body = observed(obj, None if ready else 0)
             out[child_key(kind, name, owner)] = child_state(body)
         return out

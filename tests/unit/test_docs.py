@@ -96,3 +96,22 @@ def test_template_variables_documented_are_the_ones_given(tmp_path: Path) -> Non
     seen = dep["spec"]["template"]["metadata"]["annotations"]
     assert seen[f"v{names.index('dmd.name')}"] == "t"
     assert seen[f"v{names.index('placement.gpuCount')}"] == "1"
+
+
+def test_weight_cache_doc_lists_the_bandwidths_the_estimate_uses() -> None:
+    from distillery.sizing.startup import LOAD_BYTES_PER_SECOND
+
+    doc = (ROOT / "docs" / "weight-cache.md").read_text()
+    rows = {
+        scheme: cells[2].strip()
+        for line in doc.splitlines()
+        if line.startswith("| `")
+        for cells in [line.split("|")]
+        for scheme in re.findall(r"`(\w+)`", cells[1])
+        if scheme in LOAD_BYTES_PER_SECOND
+    }
+    assert set(rows) == set(LOAD_BYTES_PER_SECOND), set(rows) ^ set(LOAD_BYTES_PER_SECOND)
+    for scheme, shown in rows.items():
+        number, unit = shown.split()
+        factor = {"MB/s": 1e6, "GB/s": 1e9}[unit]
+        assert float(number) * factor == LOAD_BYTES_PER_SECOND[scheme], scheme

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +12,7 @@ from distillery.catalog import load_catalog
 from distillery.reconcile import desired_state
 from distillery.reconcile.children import APPLIED_HASH, ChildState, child_state, foreign_conflicts
 from tests.support.dmds import dmd as support_dmd
+from tests.support.fake_cluster import observed
 
 CATALOG = load_catalog()
 NOW = "2026-11-27T12:00:00Z"
@@ -31,21 +31,7 @@ def dmd(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None
 def live(objects: list[dict[str, Any]], ready: int) -> dict[str, ChildState]:
     """Children as the API server would return them after an apply, with a Deployment
     status of ``ready`` ready replicas."""
-    out = {}
-    for obj in objects:
-        body = copy.deepcopy(obj)
-        if body["kind"] == "Deployment":
-            want = body["spec"]["replicas"]
-            body["metadata"]["generation"] = 1
-            body["status"] = {
-                "observedGeneration": 1,
-                "replicas": want,
-                "readyReplicas": ready,
-                "updatedReplicas": want,
-                "availableReplicas": ready,
-            }
-        out[body["kind"]] = child_state(body)
-    return out
+    return {obj["kind"]: child_state(observed(obj, ready)) for obj in objects}
 
 
 def roundtrip(status: dict[str, Any]) -> dict[str, Any]:

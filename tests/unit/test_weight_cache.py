@@ -20,6 +20,7 @@ from distillery.render import RenderError, render, replica_startup_seconds
 from distillery.render.cache import LABEL_CACHE_OF, MARKER
 from distillery.sizing import plan
 from tests.support.dmds import dmd as support_dmd
+from tests.support.fake_cluster import observed
 
 CATALOG = load_catalog()
 T0 = "2026-12-01T10:00:00Z"
@@ -50,22 +51,12 @@ def rendered(s: dict[str, Any]) -> Any:
     return render(d, plan(d.spec, CATALOG), owner_uid="u-1")
 
 
-def observed(objects: list[dict[str, Any]], **job_conditions: str) -> dict[str, ChildState]:
+def live_children(objects: list[dict[str, Any]], **job_conditions: str) -> dict[str, ChildState]:
     """Children as the API server shows them after an apply: Deployments all ready,
     the fill Job with the conditions given (``Complete="True"``...)."""
     out: dict[str, ChildState] = {}
     for obj in objects:
-        b = copy.deepcopy(obj)
-        if b["kind"] == "Deployment":
-            want = b["spec"]["replicas"]
-            b["metadata"]["generation"] = 1
-            b["status"] = {
-                "observedGeneration": 1,
-                "replicas": want,
-                "readyReplicas": want,
-                "updatedReplicas": want,
-                "availableReplicas": want,
-            }
+        b = observed(obj)
         if b["kind"] == "Job":
             b["status"] = {
                 "conditions": [
@@ -183,10 +174,10 @@ def test_a_new_dmd_fills_the_cache_before_any_gpu_pod_exists() -> None:
 
 def test_the_job_is_created_once_and_the_workload_follows_its_completion() -> None:
     first = desired_state(body(spec()), {}, CATALOG, now=T0)
-    filling = observed(first.apply)
+    filling = live_children(first.apply)
     again = desired_state(body(spec(), roundtrip(first.status)), filling, CATALOG, now=T1)
     assert [o["kind"] for o in again.apply] == [], "an unchanged live Job is never re-applied"
-    done = observed(first.apply, Complete="True")
+    done = live_children(first.apply, Complete="True")
     report = FillPod(job=first.apply[1]["metadata"]["name"], name="fill-1", phase="Succeeded",
                      message='{"bytes": 15231000000, "files": 6}')  # fmt: skip
     ready = desired_state(
@@ -204,9 +195,9 @@ def test_the_job_is_created_once_and_the_workload_follows_its_completion() -> No
 def _serving(s: dict[str, Any]) -> tuple[dict[str, Any], dict[str, ChildState]]:
     """A DMD serving from a complete cache: its status and children."""
     first = desired_state(body(s), {}, CATALOG, now=T0)
-    done = observed(first.apply, Complete="True")
+    done = live_children(first.apply, Complete="True")
     second = desired_state(body(s, roundtrip(first.status)), done, CATALOG, now=T0)
-    children = observed(first.apply + second.apply, Complete="True")
+    children = live_children(first.apply + second.apply, Complete="True")
     third = desired_state(body(s, roundtrip(second.status)), children, CATALOG, now=T0)
     assert third.apply == [] and conds(third.status)["Ready"]["status"] == "True"
     return roundtrip(third.status), children
@@ -231,7 +222,7 @@ def test_a_revision_change_fills_the_new_cache_while_the_old_revision_serves() -
     assert scaled.scale == {"m": 3}
     # The new cache complete: the rollout starts, the old cache is retired, not deleted.
     new_objs = d.apply
-    both = {**children, **observed(new_objs, Complete="True")}
+    both = {**children, **live_children(new_objs, Complete="True")}
     rolled = desired_state(body(s2, roundtrip(d.status)), both, CATALOG, now=T1)
     assert [o["kind"] for o in rolled.apply] == ["Deployment"]
     assert rolled.status["cache"]["retired"] == [{"claim": status["cache"]["claim"], "since": T1}]
@@ -247,7 +238,7 @@ def test_a_revision_change_fills_the_new_cache_while_the_old_revision_serves() -
 def test_a_failed_fill_stalls_with_the_fills_own_words() -> None:
     first = desired_state(body(spec()), {}, CATALOG, now=T0)
     job = first.apply[1]["metadata"]["name"]
-    failed = observed(first.apply, Failed="True")
+    failed = live_children(first.apply, Failed="True")
     error = "listing org/x@main: HTTP 401: set spec.model.credentialsSecretRef"
     pod = FillPod(job=job, name=f"{job}-abc", phase="Failed", message=json.dumps({"error": error}))
     d = desired_state(
@@ -267,7 +258,7 @@ def test_a_fill_pod_that_cannot_start_says_why() -> None:
                   failure=PodFailure("CreateContainerConfigError",
                                      'container fill: secret "hf-token" not found', 0))  # fmt: skip
     d = desired_state(
-        body(spec(), roundtrip(first.status)), observed(first.apply), CATALOG, now=T1,
+        body(spec(), roundtrip(first.status)), live_children(first.apply), CATALOG, now=T1,
         fill_pods=[pod],
     )  # fmt: skip
     c = conds(d.status)["WeightsCached"]
