@@ -195,6 +195,7 @@ def startup_sweep(out_dir: Path, quick: bool) -> None:
                         "distilleryAttainmentFeasible": d["sloAttainmentFeasible"],
                         "distilleryCostVsClairvoyant": round(d["cost"] / c["cost"], 3),
                         "clairvoyantCost": c["cost"],
+                        "clairvoyantAttainmentFeasible": c["sloAttainmentFeasible"],
                         "flaps": d["flaps"],
                     }
                 )
@@ -213,16 +214,15 @@ def startup_sweep(out_dir: Path, quick: bool) -> None:
 
 def startup_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | cell | weights from | cold start | cost vs hf:// | attainment | "
-        "cost vs clairvoyant |",
+        "| model | cell | weights from | cold start | cost (x hf://) | attainment | flaps |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model'].split('/')[-1]} | {r['cell']} | {r['weightsFrom']} | "
-            f"{r['startupSeconds']:.0f} s | {r['distilleryCostVsHub']:.3f} | "
-            f"{100 * r['distilleryAttainmentFeasible']:.2f}% | "
-            f"{r['distilleryCostVsClairvoyant']:.2f} |"
+            f"| {r['model'].split('/')[-1].replace('DeepSeek-R1-Distill-', '')} | {r['cell']} | "
+            f"{r['weightsFrom']} | {r['startupSeconds']:.0f} s | "
+            f"{r['distilleryCost']:.2f} USD ({r['distilleryCostVsHub']:.2f}x) | "
+            f"{100 * r['distilleryAttainmentFeasible']:.2f}% | {r['flaps']} |"
         )
     return "\n".join(lines) + "\n"
 
