@@ -141,7 +141,7 @@ class World:
                     "updatedReplicas": n,
                 }
             self.children[key] = child_state(body)
-        for name, n in d.scale.items():
+        for (_, name), n in d.scale.items():
             key = child_key(self.kind, name, "m")
             c = self.children[key]
             self.children[key] = replace(

@@ -219,7 +219,7 @@ def test_a_revision_change_fills_the_new_cache_while_the_old_revision_serves() -
     s3 = copy.deepcopy(s2)
     s3["replicas"] = 3
     scaled = desired_state(body(s3, status), children, CATALOG, now=T1)
-    assert scaled.scale == {"m": 3}
+    assert scaled.scale == {("Deployment", "m"): 3}
     # The new cache complete: the rollout starts, the old cache is retired, not deleted.
     new_objs = d.apply
     both = {**children, **live_children(new_objs, Complete="True")}

@@ -253,15 +253,15 @@ class Reconciler:
     ) -> None:
         """The stable track's size while a canary runs (or a new weight cache fills), and
         the deletes of a retired canary and of retired weight caches."""
-        kind = desired.rendered.workload["kind"] if desired.rendered else "Deployment"
-        for dep, replicas in desired.scale.items():
+        for (kind, dep), replicas in desired.scale.items():
             if self._scaled.get((namespace, name, dep)) == replicas:
                 continue  # written; the watch has not caught up
-            log.info("scaling %s %s/%s to %d (rollout split)", kind, namespace, dep, replicas)
+            log.info("scaling %s %s/%s to %d (template held)", kind, namespace, dep, replicas)
             await in_thread(self.kube.scale_workload, namespace, dep, replicas, kind)
             self._scaled[(namespace, name, dep)] = replicas
+        scaled = {dep for _, dep in desired.scale}
         for k in [k for k in self._scaled if k[:2] == (namespace, name)]:
-            if k[2] not in desired.scale:
+            if k[2] not in scaled:
                 self._scaled.pop(k, None)
         for kind, dep in desired.delete:
             self._applied.pop((namespace, name, child_key(kind, dep, name)), None)

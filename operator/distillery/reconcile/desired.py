@@ -102,9 +102,10 @@ class Desired:
     plan: Plan | None = None
     rendered: Rendered | None = None
     apply_reasons: dict[str, str] = field(default_factory=dict)
-    # Deployments whose replicas change without a new template (the stable track while a
-    # canary runs): name -> replicas, through the scale subresource.
-    scale: dict[str, int] = field(default_factory=dict)
+    # Workloads whose replicas change without a new template (the stable track while a
+    # canary runs, or while a new weight cache fills): (kind, name) -> replicas, through
+    # the scale subresource.
+    scale: dict[tuple[str, str], int] = field(default_factory=dict)
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
     clear_command: bool = False  # remove the distillery.dev/rollout annotation
     rollout: RolloutDecision | None = None
@@ -429,7 +430,7 @@ class _RolloutStep:
     stable_child: ChildState | None
     canary_child: ChildState | None
     objects: list[dict[str, Any]]
-    scale: dict[str, int]
+    scale: dict[tuple[str, str], int]
     delete: list[tuple[str, str]]
 
 
@@ -484,12 +485,12 @@ def _rollout_step(
             rendered.service["metadata"]["name"]
         )
     objects = rendered.objects()
-    scale: dict[str, int] = {}
+    scale: dict[tuple[str, str], int] = {}
     if not decision.stable_takes_desired:
         # The stable track keeps the template it runs; only its size follows the split.
         objects = [o for o in objects if o is not workload]
         if stable_child is not None and stable_child.spec_replicas != decision.stable_replicas:
-            scale[stable_child.name] = decision.stable_replicas
+            scale[(kind, stable_child.name)] = decision.stable_replicas
     delete: list[tuple[str, str]] = []
     if decision.canary_replicas > 0:
         objects.append(canary_workload(rendered, decision.canary_replicas))
@@ -517,7 +518,7 @@ def _with_cache(step: _RolloutStep, cached: CacheStep, rendered: Rendered) -> _R
         objects = [o for o in objects if o["kind"] not in WORKLOAD_KINDS]
         live = step.stable_child
         if live is not None and live.spec_replicas != step.decision.stable_replicas:
-            scale[live.name] = step.decision.stable_replicas
+            scale[(live.kind, live.name)] = step.decision.stable_replicas
     return replace(step, objects=objects, scale=scale, delete=[*step.delete, *cached.delete])
 
 
