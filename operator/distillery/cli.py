@@ -331,7 +331,7 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
             )
         images[engine] = image
     try:
-        settings = Settings.from_env(model_cache_claim=args.model_cache_claim)
+        settings = Settings.from_env(cache_storage_class=args.cache_storage_class)
     except ValidationError as exc:
         raise InputError(f"DISTILLERY_* environment: {exc}") from exc
     return settings.render_options(
@@ -934,8 +934,9 @@ def _render_parser(sub: Subparsers) -> None:
         help="engine image (default: DISTILLERY_IMAGE_<ENGINE>, then the built-in)",
     )
     r.add_argument(
-        "--model-cache-claim",
-        help="shared weight cache PVC (default: DISTILLERY_MODEL_CACHE_CLAIM)",
+        "--cache-storage-class",
+        help="StorageClass of weight caches that name none (default: "
+        "DISTILLERY_CACHE_STORAGE_CLASS)",
     )
     r.add_argument(
         "--user-template",

@@ -56,8 +56,10 @@ class Settings(BaseModel):
     pod_monitor: Literal["auto", "true", "false"] = Field(
         default="auto", description="render PodMonitors (auto: when the CRD is installed)"
     )
-    model_cache_claim: str = Field(
-        default="", description="shared RWX PVC that hf:// downloads go to"
+    cache_storage_class: str = Field(
+        default="",
+        description="StorageClass of weight caches whose spec.model.cache leaves it out "
+        "(empty: the cluster's default class)",
     )
     image_vllm: str = Field(default="", description="vLLM image (empty: built-in default)")
     image_sglang: str = Field(default="", description="SGLang image (empty: built-in default)")
@@ -119,7 +121,7 @@ class Settings(BaseModel):
             images={**RenderOptions().images, **self.images(), **(images or {})},
             pod_monitor=pod_monitor,
             http_route=http_route,
-            model_cache_claim=self.model_cache_claim or None,
+            cache_storage_class=self.cache_storage_class or None,
             cache_fill_image=self.image_cache_fill or DEFAULT_CACHE_FILL_IMAGE,
         )
 

@@ -171,6 +171,8 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         "prometheus.url=http://prometheus.monitoring:9090",
         "--set-json",
         'gpuPrices={"nvidia-l40s": 1.25}',
+        "--set",
+        "weightCache.storageClassName=filestore-rwx",
         "--wait",
         "--timeout",
         HELM_WAIT,
@@ -184,6 +186,9 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
     assert ctr["securityContext"]["capabilities"]["drop"] == ["ALL"]
     env = {e["name"]: e.get("value") for e in ctr["env"]}
     assert env["DISTILLERY_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
+    # Weight caches: filled by the operator's own image, on the class the values name.
+    assert env["DISTILLERY_IMAGE_CACHE_FILL"] == ctr["image"]
+    assert env["DISTILLERY_CACHE_STORAGE_CLASS"] == "filestore-rwx"
     catalog = yaml.safe_load(
         c.kubectl(
             "get",

@@ -352,14 +352,23 @@ def test_render_leaves_the_namespace_to_kubectl_unless_given(
     code, out = run("render", str(f), "-n", "team-a")
     assert all(o["metadata"]["namespace"] == "team-a" for o in yaml.safe_load_all(out))
     monkeypatch.setenv("DISTILLERY_IMAGE_VLLM", "registry.example/vllm:env")
-    monkeypatch.setenv("DISTILLERY_MODEL_CACHE_CLAIM", "weights")
+    monkeypatch.setenv("DISTILLERY_CACHE_STORAGE_CLASS", "fast-rwx")
     code, out = run("render", str(f), "-o", "json")
     doc = json.loads(out)
     assert code == 0 and doc["kind"] == "List"
     [deployment] = [o for o in doc["items"] if o["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example/vllm:env"
-    assert "weights" in json.dumps(pod["volumes"])
+    # The operator's default StorageClass for weight caches (the manifest names none).
+    cached = auto_manifest(
+        tmp_path,
+        "cached-7b",
+        model={"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "cache": {"mode": "Shared"}},
+        placement={"gpuTypes": ["nvidia-l40s"]},
+    )
+    code, out = run("render", str(cached), "-o", "json")
+    [claim] = [o for o in json.loads(out)["items"] if o["kind"] == "PersistentVolumeClaim"]
+    assert code == 0 and claim["spec"]["storageClassName"] == "fast-rwx"
     code, out = run("render", str(f), "--image", "vllm=registry.example/vllm:flag")
     assert "registry.example/vllm:flag" in out and "vllm:env" not in out
     assert exit_code("render", str(f), "--image", "vlm=x") == 2

@@ -156,9 +156,11 @@ def weight_cache(
     gs_image: str,
     labels: Mapping[str, str],
     owner: Mapping[str, Any] | None,
+    storage_class: str | None = None,
 ) -> WeightCache | None:
     """The cache ``dmd`` asks for, or None (``cache.mode: None``). ``quantization`` is
-    the placement's (it decides the checkpoint's size); ``labels`` the children's."""
+    the placement's (it decides the checkpoint's size); ``labels`` the children's;
+    ``storage_class`` the operator's default for a spec that names none."""
     spec = dmd.spec.model.cache
     if spec.mode == "None":
         return None
@@ -166,12 +168,13 @@ def weight_cache(
     if source.scheme == "pvc":
         raise CacheError("spec.model.cache: a pvc:// model is already on a volume")
     size = cache_size_gib(model, quantization, spec.size_gi_b)
+    storage = spec.storage_class_name or storage_class
     uri = f"{source.scheme}://{source.location.strip('/')}"
     described = f"{uri}@{dmd.spec.model.revision}" if source.scheme == "hf" else uri
     key = content_hash(
         {
             "source": described,
-            "storageClassName": spec.storage_class_name,
+            "storageClassName": storage,
             "accessMode": spec.access_mode,
             "sizeGiB": size,
         },
@@ -210,7 +213,7 @@ def weight_cache(
             "annotations": annotations,
             "owner": pvc_owner,
             "access_mode": spec.access_mode,
-            "storage_class": spec.storage_class_name,
+            "storage_class": storage,
             "size": f"{size}Gi",
         },
     )

@@ -93,7 +93,8 @@ class RenderOptions:
     cpu_images: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CPU_IMAGES))
     pod_monitor: bool = False
     http_route: bool = False  # the Gateway API (HTTPRoute) is installed
-    model_cache_claim: str | None = None  # shared RWX PVC for hf:// downloads
+    # The StorageClass of weight caches whose spec names none (None: the cluster's default).
+    cache_storage_class: str | None = None
     s3_image: str = "amazon/aws-cli:2.31.13"
     # Fills hf:// and oci:// weight caches (``distillery cache-fill``): the operator's image.
     cache_fill_image: str = DEFAULT_CACHE_FILL_IMAGE
@@ -193,13 +194,7 @@ def _storage(
     local = plan.chosen.gpus_per_node  # 0 on CPU-only nodes
     shm = "1Gi" if local <= 1 else f"{2 * local}Gi"
     cache_gib = math.ceil(plan.chosen.weights_gib * 1.2 + 2)
-    if options.model_cache_claim:
-        cache: dict[str, Any] = {
-            "name": "model-cache",
-            "persistentVolumeClaim": {"claimName": options.model_cache_claim},
-        }
-    else:
-        cache = {"name": "model-cache", "emptyDir": {"sizeLimit": f"{cache_gib}Gi"}}
+    cache = {"name": "model-cache", "emptyDir": {"sizeLimit": f"{cache_gib}Gi"}}
     volumes: list[Any] = [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}},
         cache,
@@ -449,6 +444,7 @@ def _source(
             image=options.cache_fill_image,
             s3_image=options.s3_image,
             gs_image=options.gs_image,
+            storage_class=options.cache_storage_class,
             labels=labels,
             owner=owner,
         )
