@@ -276,3 +276,17 @@ def test_status_startup_shows_the_estimate_beside_what_pods_measured() -> None:
     startup = d.status["startup"]
     assert startup["weightsFrom"] == "cache" and startup["measuredSeconds"] == 45.0
     assert startup["measuredPods"] == 3 and startup["estimatedSeconds"] > 0
+
+
+def test_a_long_dmd_name_gets_a_job_name_a_label_can_hold() -> None:
+    name = "a-very-long-deployment-name-for-the-reasoning-tier-7b"  # 53 characters
+    b = support_dmd(name, spec(), namespace="ns", uid="u-1", generation=1)
+    first = desired_state(b, {}, CATALOG, now=T0)
+    job = next(o for o in first.apply if o["kind"] == "Job")["metadata"]["name"]
+    assert len(job) <= 63 and job.endswith("-weights-" + first.status["cache"]["claim"][-8:])
+    again = desired_state(
+        support_dmd(name, spec(), namespace="ns", uid="u-1", generation=1,
+                    status=roundtrip(first.status)),
+        live_children(first.apply), CATALOG, now=T1,
+    )  # fmt: skip
+    assert "Job" not in [o["kind"] for o in again.apply], "the live Job is found by its key"

@@ -236,7 +236,10 @@ def _children(namespace: str, name: str, indices: Indices) -> dict[str, ChildSta
     out: dict[str, ChildState] = {}
     for index_name in CHILD_INDICES:
         for state in indices[index_name].get((namespace, name), []):
-            if state.name == name or state.name.startswith(name + "-"):
+            # A weight cache's Job of a long DMD name is cut to 63 characters (a label
+            # value), so it may not start with the DMD's name.
+            ours = state.name == name or state.name.startswith(name + "-")
+            if ours or state.kind == "Job":
                 out[state.key] = state
     return out
 
