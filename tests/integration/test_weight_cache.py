@@ -183,3 +183,29 @@ def test_a_gated_model_without_a_token_fails_the_fill_and_says_what_to_set(
     assert "to retry" in cond["message"]
     assert not deployments(api_client, namespace), "no pod starts without complete weights"
     assert "hf_not_given" not in json.dumps(dmds.get("gated"))
+
+
+def test_a_download_cut_midway_is_retried_and_resumed_before_any_pod_starts(
+    api_client: client.ApiClient,
+    namespace: str,
+    operator: OperatorProcess,
+    dmds: Dmds,
+    hub: FakeHub,
+) -> None:
+    hub.cut_after_bytes, hub.cut_after_attempts = 100_000, 1
+    assert hub.gate is not None
+    hub.gate.set()
+    dmds.apply("cut", spec(hub.endpoint))
+    # The first attempt fails, the Job controller waits its back-off, the second resumes.
+    retried = Bounds.within(
+        operator.settings.resync_interval_seconds, JOB_BACKOFF, 2 * (POD_START + FILL_POLL)
+    )
+    dmds.wait_condition("cut", "Ready", Bounds.within(retried, operator.bounds.ready))
+    status = dmds.get("cut")["status"]
+    assert status["cache"]["bytes"] == sum(len(v) for v in V1.values())
+    blobs = [r for r in hub.requests if "/blobs/" in r[0] and "model.safetensors" in r[0]]
+    assert [r[1] for r in blobs] == ["", "bytes=100000-"], "the retry resumed the cut file"
+    core = client.CoreV1Api(api_client)
+    folder = host_path(core, namespace, status["cache"]["claim"])
+    assert (folder / "model.safetensors").read_bytes() == V1["model.safetensors"]
+    assert not list(folder.glob("*.part"))

@@ -178,10 +178,17 @@ def test_the_job_is_created_once_and_the_workload_follows_its_completion() -> No
     again = desired_state(body(spec(), roundtrip(first.status)), filling, CATALOG, now=T1)
     assert [o["kind"] for o in again.apply] == [], "an unchanged live Job is never re-applied"
     done = live_children(first.apply, Complete="True")
-    report = FillPod(job=first.apply[1]["metadata"]["name"], name="fill-1", phase="Succeeded",
-                     message='{"bytes": 15231000000, "files": 6}')  # fmt: skip
+    job = first.apply[1]["metadata"]["name"]
+    # Two attempts: the first cut off, the retry complete. The retry's summary counts,
+    # whatever the pods' generated names sort like.
+    report = [
+        FillPod(job=job, name=f"{job}-zzzzz", phase="Failed", finished_at=T0,
+                message='{"error": "model.safetensors: got 1 bytes of 9: cut off"}'),
+        FillPod(job=job, name=f"{job}-aaaaa", phase="Succeeded", finished_at=T1,
+                message='{"bytes": 15231000000, "files": 6}'),
+    ]  # fmt: skip
     ready = desired_state(
-        body(spec(), roundtrip(first.status)), done, CATALOG, now=T1, fill_pods=[report]
+        body(spec(), roundtrip(first.status)), done, CATALOG, now=T1, fill_pods=report
     )
     assert [o["kind"] for o in ready.apply] == ["Deployment"]
     assert ready.apply[0]["spec"]["replicas"] == 2

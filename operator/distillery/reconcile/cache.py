@@ -41,6 +41,7 @@ class FillPod:
     phase: str  # Pending | Running | Succeeded | Failed
     message: str | None = None  # the container's termination message
     failure: PodFailure | None = None  # why it cannot run (missing Secret, bad image)
+    finished_at: str = ""  # when its container terminated (RFC 3339): the newest speaks
 
 
 @dataclass(frozen=True)
@@ -60,22 +61,30 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 def fill_pod(body: Mapping[str, Any]) -> FillPod:
     """A fill Job's pod from its API object."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
-    message = None
+    message, finished = None, ""
     for cs in status.get("containerStatuses") or []:
         terminated = (cs.get("state") or {}).get("terminated") or {}
         message = terminated.get("message") or message
+        finished = str(terminated.get("finishedAt") or finished)
     return FillPod(
         job=str((meta.get("labels") or {}).get(JOB_NAME_LABEL, "")),
         name=str(meta.get("name", "")),
         phase=str(status.get("phase") or "Pending"),
         message=message,
         failure=pod_failure(status),
+        finished_at=finished,
     )
 
 
 def _report(pods: Sequence[FillPod], job: str) -> dict[str, Any]:
-    """The newest termination message of the Job's pods, parsed."""
-    for pod in sorted((p for p in pods if p.job == job), key=lambda p: p.name, reverse=True):
+    """The newest termination message of the Job's pods, parsed: after a retry, the
+    attempt that succeeded (or failed last) speaks, not the first one."""
+    mine = sorted(
+        (p for p in pods if p.job == job),
+        key=lambda p: (p.phase == "Succeeded", p.finished_at, p.name),
+        reverse=True,
+    )
+    for pod in mine:
         if pod.message:
             try:
                 data = json.loads(pod.message.strip().splitlines()[-1])
