@@ -297,3 +297,13 @@ def test_a_long_dmd_name_gets_a_job_name_a_label_can_hold() -> None:
         live_children(first.apply), CATALOG, now=T1,
     )  # fmt: skip
     assert "Job" not in [o["kind"] for o in again.apply], "the live Job is found by its key"
+
+
+def test_turning_the_cache_off_deletes_its_claim_and_job() -> None:
+    status, children = _serving(spec())
+    off = spec(cache={"mode": "None"})
+    d = desired_state(body(off, status), children, CATALOG, now=T1)
+    claim = status["cache"]["claim"]
+    assert sorted(d.delete) == [("Job", claim), ("PersistentVolumeClaim", claim)]
+    assert "cache" not in d.status
+    assert [o["kind"] for o in d.apply] == ["Deployment"], "pods download again"

@@ -183,6 +183,11 @@ def cache_step(
     )
 
 
+def unused_caches(children: Mapping[str, ChildState]) -> list[tuple[str, str]]:
+    """Every cache claim and fill Job of a DMD whose spec no longer has a cache."""
+    return sorted((s.kind, s.name) for s in children.values() if s.kind in (PVC_KIND, JOB_KIND))
+
+
 def _retire(
     dmd: DistilledModelDeployment,
     cache: WeightCache,

@@ -37,7 +37,7 @@ from distillery.api.types import (
 from distillery.autoscale.inputs import POD_FAILURE_REASONS, PodInfo
 from distillery.catalog import Catalog
 from distillery.engines import ENGINES
-from distillery.reconcile.cache import CacheStep, FillPod, cache_step
+from distillery.reconcile.cache import CacheStep, FillPod, cache_step, unused_caches
 from distillery.reconcile.children import (
     APPLIED_HASH,
     CANARY,
@@ -352,6 +352,10 @@ def desired_state(
     )  # fmt: skip
     if cached is not None:
         step = _with_cache(step, cached, rendered)
+    else:
+        # The spec dropped its weight cache: the claims and Jobs go (Kubernetes keeps a
+        # claim until the pods still mounting it are replaced).
+        step = replace(step, delete=[*step.delete, *unused_caches(children)])
     apply, reasons = _diff(step.objects, children, dmd.name)
     status = _status(
         dmd, chosen_plan, rendered, step, old_status, meta.get("generation"), now,
