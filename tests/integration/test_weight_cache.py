@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,17 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     ]
     assert served, "a serving pod scheduled with the bound claim"
     downloads = len([r for r in hub.requests if "/blobs/" in r[0]])
+    # Steady state: over a resync, nothing of the cache (bound by the PV controller,
+    # completed by the Job controller) or the workload is written again.
+    seen = len(cluster.operator_writes(namespace))
+    time.sleep(operator.settings.resync_interval_seconds + POD_START)
+    children = ("persistentvolumeclaims", "jobs", "deployments")
+    rewrites = [
+        (w["verb"], w["objectRef"]["resource"], w["objectRef"].get("name"))
+        for w in cluster.operator_writes(namespace)[seen:]
+        if w["objectRef"]["resource"] in children
+    ]
+    assert rewrites == [], rewrites
 
     # A new revision: its cache fills while the running pods keep the old template.
     hub.gate.clear()
