@@ -39,6 +39,7 @@ from distillery.render.cache import MARKER
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20
+PROGRESS_SECONDS = 30.0
 TIMEOUT_SECONDS = 60.0
 # Formats a checkpoint also ships beside safetensors that no engine here loads from a
 # folder that has safetensors: skipping them halves the download of many repos.
@@ -179,6 +180,29 @@ class _AlreadyWholeError(Exception):
     pass
 
 
+def _copy(
+    src: IO[bytes],
+    out: IO[bytes],
+    path: str,
+    start: int,
+    size: int | None,
+    log: Callable[[str], None],
+) -> None:
+    """Copy a download, with a progress line every PROGRESS_SECONDS (``kubectl logs``
+    on the fill Job shows how far a 100 GB checkpoint is)."""
+    done, began = start, time.monotonic()
+    last = began
+    while chunk := src.read(CHUNK):
+        out.write(chunk)
+        done += len(chunk)
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            rate = (done - start) / max(now - began, 1e-9) / 1e6
+            share = f" ({100 * done / size:.0f}%)" if size else ""
+            log(f"{path}: {done} of {size or '?'} bytes{share}, {rate:.0f} MB/s")
+
+
 def _download(
     hub: HubClient, repo: str, revision: str, f: RemoteFile, dest: Path, log: Callable[[str], None]
 ) -> int:
@@ -198,9 +222,10 @@ def _download(
         with resp:
             status = getattr(resp, "status", 200)
             mode = "ab" if offset and status == 206 else "wb"
+            start = offset if mode == "ab" else 0
             with part.open(mode) as out:
                 try:
-                    shutil.copyfileobj(resp, out, CHUNK)
+                    _copy(resp, out, f.path, start, f.size, log)
                 except (OSError, http.client.HTTPException) as exc:
                     raise FillError(f"downloading {f.path}: {exc!r}") from None
     got = part.stat().st_size

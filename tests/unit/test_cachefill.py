@@ -137,3 +137,14 @@ def test_unsafe_paths_in_a_listing_are_refused() -> None:
     files = [RemoteFile("a.gguf", 1), RemoteFile("b.gguf", 2)]
     with pytest.raises(FillError, match="not in the repository"):
         select_files(files, "c.gguf")
+
+
+def test_a_long_download_logs_its_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cachefill, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(cachefill, "CHUNK", 4096)
+    seen: list[str] = []
+    with serve_hub(_hub()) as hub:
+        fill(f"hf://{REPO}", "main", tmp_path, env={"HF_ENDPOINT": hub.endpoint}, log=seen.append)
+    big = "model-00001-of-00002.safetensors"
+    progress = [line for line in seen if line.startswith(f"{big}: ") and " of " in line]
+    assert progress and progress[-1].startswith(f"{big}: 10240 of 10240 bytes (100%)")
