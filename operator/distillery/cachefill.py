@@ -21,6 +21,7 @@ Three promises the serving pods rely on:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -270,8 +271,10 @@ def fill_from_hub(
 
 
 def _walk(root: Path) -> Iterator[Path]:
+    """The files of a directory source, but a fill's own bookkeeping (its marker, lock
+    and partial files) when the source is itself a filled cache."""
     for path in sorted(root.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.name not in (MARKER, LOCK) and path.suffix != ".part":
             yield path
 
 
@@ -309,6 +312,32 @@ def existing(dest: Path, source: str, revision: str | None) -> Summary | None:
     )
 
 
+LOCK = ".distillery-lock"
+LOCK_WAIT_LOG_SECONDS = 60.0
+
+
+@contextlib.contextmanager
+def _exclusive(dest: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """One fill at a time per volume. A Job deleted to retry can leave its pod running
+    while the new Job's pod starts: both would write the same ``.part`` files. flock
+    works across the nodes of an NFSv4 share (emulated with byte-range locks)."""
+    with (dest / LOCK).open("a") as handle:
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if waited % LOCK_WAIT_LOG_SECONDS == 0:
+                    log("another fill holds this volume: waiting for it")
+                time.sleep(1.0)
+                waited += 1.0
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def fill(
     source: str,
     revision: str | None,
@@ -323,11 +352,24 @@ def fill(
     scheme, sep, location = source.partition("://")
     if not sep or scheme not in ("hf", "file") or not location:
         raise FillError(f"--source {source!r}: expected hf://org/name[/file] or file:///path")
-    done = existing(dest, source, revision if scheme == "hf" else None)
-    if done is not None:
-        log(f"already complete: {done.files} files, {done.bytes} bytes")
-        return done
     dest.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest, log):
+        done = existing(dest, source, revision if scheme == "hf" else None)
+        if done is not None:
+            log(f"already complete: {done.files} files, {done.bytes} bytes")
+            return done
+        return _fill_locked(scheme, location, source, revision, dest, env, log)
+
+
+def _fill_locked(
+    scheme: str,
+    location: str,
+    source: str,
+    revision: str | None,
+    dest: Path,
+    env: dict[str, str],
+    log: Callable[[str], None],
+) -> Summary:
     (dest / MARKER).unlink(missing_ok=True)
     started = time.monotonic()
     if scheme == "hf":

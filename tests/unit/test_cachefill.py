@@ -148,3 +148,38 @@ def test_a_long_download_logs_its_progress(tmp_path: Path, monkeypatch: pytest.M
     big = "model-00001-of-00002.safetensors"
     progress = [line for line in seen if line.startswith(f"{big}: ") and " of " in line]
     assert progress and progress[-1].startswith(f"{big}: 10240 of 10240 bytes (100%)")
+
+
+def test_a_second_fill_of_one_volume_waits_for_the_first(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    seen: list[str] = []
+    with serve_hub(_hub()) as hub, (tmp_path / cachefill.LOCK).open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another fill (a pod of a deleted Job) runs
+        worker = threading.Thread(
+            target=fill,
+            args=(f"hf://{REPO}", "main", tmp_path),
+            kwargs={"env": {"HF_ENDPOINT": hub.endpoint}, "log": seen.append},
+        )
+        worker.start()
+        worker.join(timeout=1.5)
+        assert worker.is_alive() and not any("/resolve/" in p for p, _, _ in hub.requests)
+        assert seen == ["another fill holds this volume: waiting for it"]
+        fcntl.flock(held, fcntl.LOCK_UN)
+        worker.join(timeout=30)
+    assert not worker.is_alive() and (tmp_path / MARKER).exists()
+
+
+def test_a_filled_cache_as_a_source_copies_its_files_not_its_bookkeeping(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (src / "w.safetensors").write_bytes(b"w" * 5)
+    (src / MARKER).write_text("{}")
+    (src / cachefill.LOCK).write_text("")
+    (src / "x.safetensors.part").write_bytes(b"x")
+    summary = fill(f"file://{src}", None, dest, env={}, log=lambda _: None)
+    assert summary.files == 1 and summary.bytes == 5
+    assert sorted(p.name for p in dest.iterdir()) == sorted(
+        [MARKER, cachefill.LOCK, "w.safetensors"]
+    )
