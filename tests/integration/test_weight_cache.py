@@ -78,7 +78,7 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     # While the hub holds the download: a bound claim, a running fill, no serving pod.
     def filling() -> bool:
         cache = dmds.get("qwen").get("status", {}).get("cache") or {}
-        return cache.get("phase") == "Filling" and any("/blobs/" in r[0] for r in hub.requests)
+        return cache.get("phase") == "Filling" and bool(hub.downloads())
 
     dmds.wait("qwen", filling, "the fill downloading", fill)
     status = dmds.get("qwen")["status"]
@@ -111,7 +111,7 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
         if p.status.phase == "Running"
     ]
     assert served, "a serving pod scheduled with the bound claim"
-    downloads = len([r for r in hub.requests if "/blobs/" in r[0]])
+    downloads = len(hub.downloads())
     # Steady state: over a resync, nothing of the cache (bound by the PV controller,
     # completed by the Job controller) or the workload is written again.
     seen = len(cluster.operator_writes(namespace))
@@ -160,7 +160,7 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
         json.loads((host_path(core, namespace, new_claim) / MARKER).read_text())["revision"] == "v2"
     )
     # One download per file of each revision: the replicas never went to the hub.
-    assert len([r for r in hub.requests if "/blobs/" in r[0]]) == downloads + len(V2)
+    assert len(hub.downloads()) == downloads + len(V2)
 
     # Deleting the DMD takes its caches with it (deletePolicy: Delete, the default).
     cluster.kubectl("delete", "dmd", "qwen", "-n", namespace)
@@ -215,7 +215,7 @@ def test_a_download_cut_midway_is_retried_and_resumed_before_any_pod_starts(
     dmds.wait_condition("cut", "Ready", Bounds.within(retried, operator.bounds.ready))
     status = dmds.get("cut")["status"]
     assert status["cache"]["bytes"] == sum(len(v) for v in V1.values())
-    blobs = [r for r in hub.requests if "/blobs/" in r[0] and "model.safetensors" in r[0]]
+    blobs = [r for r in hub.downloads() if "model.safetensors" in r[0]]
     assert [r[1] for r in blobs] == ["", "bytes=100000-"], "the retry resumed the cut file"
     core = client.CoreV1Api(api_client)
     folder = host_path(core, namespace, status["cache"]["claim"])

@@ -36,6 +36,11 @@ class FakeHub:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def downloads(self) -> list[tuple[str, str, str | None]]:
+        """The requests that fetched file content (from the storage a resolve redirects
+        to): path, range, authorization."""
+        return [r for r in self.requests if r[0].startswith("/blobs/")]
+
     def _authorized(self, header: str | None) -> bool:
         return self.token is None or header == f"Bearer {self.token}"
 

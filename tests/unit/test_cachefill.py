@@ -52,7 +52,7 @@ def test_a_cut_download_leaves_no_marker_and_the_retry_resumes(tmp_path: Path) -
             fill(f"hf://{REPO}", "main", tmp_path, env=env, log=lambda _: None)
         assert not (tmp_path / MARKER).exists()
         fill(f"hf://{REPO}", "main", tmp_path, env=env, log=lambda _: None)
-        ranges = [r for p, r, _ in hub.requests if r and p.startswith("/blobs/")]
+        ranges = [r for _, r, _ in hub.downloads() if r]
     assert ranges == ["bytes=1000-"], "the retry continues the cut file"
     assert (tmp_path / "model-00001-of-00002.safetensors").read_bytes() == WANTED[
         "model-00001-of-00002.safetensors"
@@ -75,7 +75,7 @@ def test_the_token_reaches_the_hub_and_never_the_redirect(tmp_path: Path) -> Non
     with serve_hub(_hub(token="hf_secret_value")) as hub:
         env["HF_ENDPOINT"] = hub.endpoint
         fill(f"hf://{REPO}", "main", tmp_path, env=env, log=lambda _: None)
-        blob_auth = [a for p, _, a in hub.requests if p.startswith("/blobs/")]
+        blob_auth = [a for _, _, a in hub.downloads()]
         hub_auth = [a for p, _, a in hub.requests if not p.startswith("/blobs/")]
     assert blob_auth and all(a is None for a in blob_auth)
     assert set(hub_auth) == {"Bearer hf_secret_value"}

@@ -12,11 +12,12 @@ from distillery.engines.model import (
     ServingEngine,
 )
 from distillery.engines.registry import ENGINES
-from distillery.engines.source import ModelSource, SourceError
+from distillery.engines.source import SYNC_ARGV, ModelSource, SourceError
 
 __all__ = [
     "ENGINES",
     "PORT",
+    "SYNC_ARGV",
     "AnalysisQueries",
     "EngineInputs",
     "EngineLaunch",

@@ -12,6 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The CLI command that copies an object-store prefix into a folder, by scheme: the
+# serving pods' init container and a weight cache's fill Job run the same one.
+SYNC_ARGV: dict[str, tuple[str, ...]] = {
+    "s3": ("aws", "s3", "sync", "--only-show-errors"),
+    "gs": ("gcloud", "storage", "rsync", "--recursive"),
+}
+
 
 class SourceError(ValueError):
     """The model URI cannot be served as written."""

@@ -121,11 +121,12 @@ def cache_step(
     name = dmd.name
     pvc = children.get(child_key(PVC_KIND, cache.claim, name))
     job = children.get(child_key(JOB_KIND, cache.job, name))
-    same = bool(old) and (old or {}).get("claim") == cache.claim
-    prev = old if same and old else {}
+    # What the last status said of this same claim (nothing after a revision change).
+    prev = old if old and old.get("claim") == cache.claim else {}
     complete = job is not None and (job.condition("Complete") or ("",))[0] == "True"
     failed = job is not None and (job.condition("Failed") or ("",))[0] == "True"
     report = _report(fill_pods, cache.job)
+    stuck = _stuck(fill_pods, cache.job)
     delete: list[tuple[str, str]] = []
     drop_job = job is not None
     if job is not None and pvc is None and prev.get("phase") == READY:
@@ -145,7 +146,6 @@ def cache_step(
         )
     else:
         phase = FILLING
-        stuck = _stuck(fill_pods, cache.job)
         message = (
             f"filling {cache.claim} from {cache.source} (about {cache.fill_seconds:.0f}s at "
             "the source's bandwidth); serving pods start when it is complete"
@@ -172,7 +172,7 @@ def cache_step(
         retired=retired,
     )
     reason = {READY: "Filled", FAILED: "FillFailed", FILLING: "Filling"}[phase]
-    if phase == FILLING and _stuck(fill_pods, cache.job):
+    if phase == FILLING and stuck:
         reason = "FillBlocked"
     return CacheStep(
         status=status,
@@ -198,6 +198,8 @@ def _retire(
 ) -> tuple[list[RetiredCache], list[tuple[str, str]]]:
     """Caches of other revisions: kept while the current one fills (pods still read
     them), then timed from when it became Ready and deleted after the grace period."""
+    if not current_ready:
+        return [], []
     grace = dmd.spec.model.cache.previous_revision_grace_seconds
     since_of = {
         str(r.get("claim")): str(r.get("since"))
@@ -211,8 +213,6 @@ def _retire(
     kept: list[RetiredCache] = []
     due: list[tuple[str, str]] = []
     for claim in others:
-        if not current_ready:
-            continue
         since = since_of.get(claim, now)
         if _seconds_between(since, now) >= grace:
             due.append((PVC_KIND, claim))

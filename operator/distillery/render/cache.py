@@ -19,6 +19,7 @@ fills a new claim; the old one is retired and deleted after a grace period.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from distillery.api.hashing import content_hash
 from distillery.api.types import DistilledModelDeployment
 from distillery.catalog import ModelEntry
-from distillery.engines import ModelSource
+from distillery.engines import SYNC_ARGV, ModelSource
 from distillery.render.layout import load_template
 from distillery.sizing.memory import GIB, checkpoint_bytes
 from distillery.sizing.startup import fill_seconds
@@ -47,14 +48,12 @@ FILL_BACKOFF_LIMIT = 2
 # A Job is a child the reconciler creates once: its pod template is immutable.
 JOB_NAME_LIMIT = 63
 DEFAULT_CACHE_FILL_IMAGE = "ghcr.io/distillery-dev/distillery:0.1.0"
-S3_FILL_SCRIPT = (
-    'set -eu; aws s3 sync --only-show-errors "$1" "$2"; '
+# An object-store fill: the pods' own sync command, then the marker, written last.
+SYNC_FILL_SCRIPT = (
+    'set -eu; {sync} "$1" "$2"; '
     'bytes=$(du -sb "$2" | cut -f1); '
-    'printf \'{"source": "%s", "bytes": %s}\\n\' "$1" "$bytes" > "$2/' + MARKER + '"; '
+    'printf \'{{"source": "%s", "bytes": %s}}\\n\' "$1" "$bytes" > "$2/' + MARKER + '"; '
     'cp "$2/' + MARKER + '" /dev/termination-log'
-)
-GS_FILL_SCRIPT = S3_FILL_SCRIPT.replace(
-    "aws s3 sync --only-show-errors", "gcloud storage rsync --recursive"
 )
 
 
@@ -62,14 +61,11 @@ GS_FILL_SCRIPT = S3_FILL_SCRIPT.replace(
 class WeightCache:
     """One revision's cache: its claim, the Job that fills it and how pods mount it."""
 
-    key: str
     claim: str
     job: str
     source: str  # what fills it, for status: the URI and, for hf://, the revision
-    scheme: str  # the source's scheme: its bandwidth sets the fill estimate
     expected_bytes: int
-    size_gib: int
-    fill_seconds: float
+    fill_seconds: float  # at the source's bandwidth
     pvc: dict[str, Any]
     fill_job: dict[str, Any]
     # The serving pods' view: the claim as a read-only pvc:// source.
@@ -117,7 +113,7 @@ def _fill_container(
         # The whole Secret as environment (AWS_ACCESS_KEY_ID, ...), by reference only.
         env_from.append({"secretRef": {"name": ref.name}})
     if source.scheme in ("s3", "gs"):
-        script = S3_FILL_SCRIPT if source.scheme == "s3" else GS_FILL_SCRIPT
+        script = SYNC_FILL_SCRIPT.format(sync=shlex.join(SYNC_ARGV[source.scheme]))
         fill_image = s3_image if source.scheme == "s3" else gs_image
         url = f"{source.scheme}://{source.location}"
         return fill_image, ["sh", "-c", script, "fill", url, FILL_MOUNT], env, env_from
@@ -239,13 +235,10 @@ def weight_cache(
     )
     sub = source.hf_file if source.scheme == "hf" else None
     return WeightCache(
-        key=key,
         claim=claim,
         job=job,
         source=described,
-        scheme=source.scheme,
         expected_bytes=expected,
-        size_gib=size,
         fill_seconds=seconds,
         pvc=pvc,
         fill_job=fill_job,

@@ -33,7 +33,14 @@ import yaml
 
 from distillery.api.hashing import content_hash
 from distillery.api.types import API_VERSION, KIND, DistilledModelDeployment
-from distillery.engines import ENGINES, EngineInputs, EngineLaunch, ModelSource, SourceError
+from distillery.engines import (
+    ENGINES,
+    SYNC_ARGV,
+    EngineInputs,
+    EngineLaunch,
+    ModelSource,
+    SourceError,
+)
 from distillery.render.cache import (
     DEFAULT_CACHE_FILL_IMAGE,
     CacheError,
@@ -223,9 +230,9 @@ def _storage(
     elif source.scheme in ("s3", "gs"):
         url = f"{source.scheme}://{source.location}"
         if source.scheme == "s3":
-            image, argv = options.s3_image, ["aws", "s3", "sync", "--only-show-errors", url]
+            image, argv = options.s3_image, [*SYNC_ARGV["s3"], url]
         else:
-            image, argv = options.gs_image, ["gcloud", "storage", "rsync", "--recursive", url]
+            image, argv = options.gs_image, [*SYNC_ARGV["gs"], url]
         fetch: dict[str, Any] = {
             "name": "fetch-model",
             "image": image,
