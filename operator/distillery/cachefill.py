@@ -204,13 +204,18 @@ def _copy(
             log(f"{path}: {done} of {size or '?'} bytes{share}, {rate:.0f} MB/s")
 
 
+def _whole(target: Path, size: int | None) -> bool:
+    """A file an earlier attempt finished: present, of the size the source announced."""
+    return target.exists() and (size is None or target.stat().st_size == size)
+
+
 def _download(
     hub: HubClient, repo: str, revision: str, f: RemoteFile, dest: Path, log: Callable[[str], None]
 ) -> int:
     """One file into ``dest``, resuming a ``.part`` left by an earlier attempt; its size
     checked against the listing. Returns the bytes on disk."""
     target = dest / _safe_relative(f.path)
-    if target.exists() and (f.size is None or target.stat().st_size == f.size):
+    if _whole(target, f.size):
         return target.stat().st_size
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
@@ -259,11 +264,7 @@ def fill_from_hub(
     repo, wanted = "/".join(parts[:2]), ("/".join(parts[2:]) or None)
     commit, listed = hub.list_files(repo, revision)
     files = select_files(listed, wanted)
-    missing = sum(
-        (f.size or 0)
-        for f in files
-        if not ((dest / f.path).exists() and (dest / f.path).stat().st_size == f.size)
-    )
+    missing = sum((f.size or 0) for f in files if not _whole(dest / f.path, f.size))
     _check_space(dest, missing)
     log(f"{repo}@{revision} ({commit or 'unknown commit'}): {len(files)} files, {missing} bytes")
     total = sum(_download(hub, repo, revision, f, dest, log) for f in files)
@@ -288,7 +289,7 @@ def fill_from_directory(source: Path, dest: Path, log: Callable[[str], None]) ->
         rel = path.relative_to(source)
         target = dest / rel
         size = path.stat().st_size
-        if not (target.exists() and target.stat().st_size == size):
+        if not _whole(target, size):
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_name(target.name + ".part")
             shutil.copyfile(path, part)
