@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import sys
 import time
@@ -72,8 +74,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Bench:
-    def __init__(self, cluster: Cluster, workdir: Path):
+    def __init__(self, cluster: Cluster, workdir: Path, profile: bool = False):
         self.cluster = cluster
+        self.profile = profile
         self.api = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(cluster.kubeconfig)
         )
@@ -197,6 +200,8 @@ class Bench:
 
             self.wait(all_ready, 600)
             ready = time.monotonic() - t0
+            if self.profile:
+                self.memory_profile(op, count)
             time.sleep(5)
             writes_before = len(self.cluster.operator_writes(ns))
             time.sleep(idle_seconds)
@@ -221,12 +226,36 @@ class Bench:
         finally:
             op.stop()
 
+    def memory_profile(self, op: OperatorProcess, count: int) -> None:
+        """Ask the operator (run with tracemalloc) where its memory is; save the answer."""
+        assert op.proc is not None
+        before = op.log.read_text(errors="replace")
+        os.kill(op.proc.pid, signal.SIGUSR2)
+        for _ in range(600):
+            text = op.log.read_text(errors="replace")[len(before) :]
+            if "traced memory:" in text:
+                break
+            time.sleep(0.1)
+        time.sleep(1)  # one log record, flushed when written: let it land whole
+        text = op.log.read_text(errors="replace")[len(before) :]
+        out = ROOT / "reports" / f"operator-memory-{count}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"memory profile at {count} DMDs: {out}", flush=True)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--bursts", type=int, nargs="*", default=[200, 500])
     parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the operator with tracemalloc and save where its memory is held after "
+        "each burst (reports/operator-memory-N.txt); its RSS and timings are then not "
+        "comparable",
+    )
     parser.add_argument("-o", "--output", default=str(ROOT / "reports" / "bench-operator.json"))
     args = parser.parse_args()
     workdir = ROOT / ".cache" / "bench"
@@ -240,8 +269,10 @@ def main() -> int:
             "crd/distilledmodeldeployments.distillery.dev",
         )
         time.sleep(2)
-        bench = Bench(cluster, workdir)
-        report: dict[str, Any] = {"machine": {"cores": __import__("os").cpu_count()}}
+        if args.profile:
+            os.environ["PYTHONTRACEMALLOC"] = "25"
+        bench = Bench(cluster, workdir, profile=args.profile)
+        report: dict[str, Any] = {"machine": {"cores": os.cpu_count()}}
         report["single"] = bench.single_latency(args.runs)
         print(
             f"single DMD: apply->children p50 {report['single']['applyToChildrenP50S']}s "
