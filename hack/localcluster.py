@@ -246,8 +246,11 @@ class Cluster:
         """Credentials of the operator's own user, whose requests are audited."""
         return self.state_dir / "operator.kubeconfig"
 
-    def operator_writes(self, namespace: str | None = None) -> list[dict[str, Any]]:
-        """The operator's write requests so far, from the audit log."""
+    def operator_writes(
+        self, namespace: str | None = None, agent: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The operator's write requests so far, from the audit log; with ``agent``, only
+        those whose user agent contains it (an instance's identity)."""
         out: list[dict[str, Any]] = []
         log = self.state_dir / "logs" / "audit.log"
         if not log.exists():
@@ -263,6 +266,8 @@ class Cluster:
                 continue
             ref = event.get("objectRef", {})
             if namespace is not None and ref.get("namespace") != namespace:
+                continue
+            if agent is not None and agent not in event.get("userAgent", ""):
                 continue
             out.append(event)
         return out

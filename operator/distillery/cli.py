@@ -11,7 +11,8 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
 
@@ -35,6 +36,7 @@ from distillery.sizing import Option, Plan, PlanError, UnknownModelError, plan
 if TYPE_CHECKING:  # recommend pulls in the simulator: imported when the command runs
     from distillery.recommend import Candidate, QualityTable
     from distillery.recommend import Requirements as RecommendRequirements
+    from distillery.settings import Settings
 
 
 class InputError(ValueError):
@@ -425,7 +427,13 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     from distillery.settings import Settings
 
     overrides = {name: getattr(args, name) for name in Settings.model_fields}
-    settings = Settings.from_env(**overrides)
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(validation_problems(exc))
+        raise InputError(
+            f"distillery run: invalid settings (flags and DISTILLERY_* variables): {problems}"
+        ) from None
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -449,16 +457,93 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         if settings.health_port
         else None
     )
-    kopf.run(
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-        standalone=not settings.peering,
-        peering_name=settings.peering or None,
-        priority=settings.priority,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(settings=settings),
+
+    def run_kopf() -> None:
+        kopf.run(
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            standalone=not settings.peering,
+            peering_name=settings.peering or None,
+            priority=settings.priority,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(settings=settings),
+        )
+
+    if not settings.leader_election:
+        run_kopf()
+        return 0
+    return _run_elected(settings, run_kopf)
+
+
+def _run_elected(settings: Settings, run_kopf: Callable[[], None]) -> int:
+    """Stand by until this instance holds the Lease, then run kopf until it is stopped
+    or loses the Lease (exit 1: its pod restarts as a standby)."""
+    import logging
+    import os
+    import signal
+
+    from distillery import metrics
+    from distillery.kube import new_api_client
+    from distillery.kube.leader import LeaderElector, StandbyHealth, Timings
+
+    log = logging.getLogger("distillery")
+    identity = settings.instance_identity()
+    elector = LeaderElector(
+        new_api_client(settings.kubeconfig or None, identity),
+        settings.leader_election_namespace or _own_namespace(),
+        settings.leader_election_id,
+        identity,
+        Timings(
+            settings.leader_election_lease_seconds,
+            settings.leader_election_renew_deadline_seconds,
+            settings.leader_election_retry_period_seconds,
+        ),
     )
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port, settings.metrics_bind)
+    health = (
+        StandbyHealth(settings.metrics_bind, settings.health_port) if settings.health_port else None
+    )
+    never = threading.Event()  # a standby is stopped by SIGTERM's default action
+    elector.acquire(never)
+    if health is not None:
+        health.close()  # kopf serves /healthz from here on, on the same port
+    stop = threading.Event()
+    # What a leader still has in flight when it loses the Lease must end before a standby
+    # may take over: that margin is the lease less the renew deadline.
+    grace = max(
+        0.5,
+        (settings.leader_election_lease_seconds - settings.leader_election_renew_deadline_seconds)
+        / 2,
+    )
+
+    def lost(why: str) -> None:
+        # kopf stops as on a pod's termination; whatever has not stopped by the grace is
+        # cut short, so nothing of this instance acts once a standby may.
+        os.kill(os.getpid(), signal.SIGTERM)
+        timer = threading.Timer(grace, os._exit, args=(1,))
+        timer.daemon = True
+        timer.start()
+
+    elector.hold(stop, lost)
+    try:
+        run_kopf()
+    finally:
+        stop.set()
+        elector.release()
+    if elector.lost_reason is not None:
+        log.error("exiting: leadership lost (%s)", elector.lost_reason)
+        return 1
     return 0
+
+
+def _own_namespace() -> str:
+    """The namespace of the pod this runs in (its service account's), else default."""
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    try:
+        return path.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def _log_memory_on_sigusr2() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
 
@@ -28,6 +28,11 @@ API_WRITES = Counter(
     "distillery_api_writes_total",
     "Writes to the Kubernetes API, by verb and kind.",
     ["verb", "kind"],
+    registry=REGISTRY,
+)
+LEADER = Gauge(
+    "distillery_leader",
+    "1 while this instance holds the leader election Lease (or runs without one).",
     registry=REGISTRY,
 )
 # Gauges with one series per DMD; forget() drops a deleted DMD's from all of them.
@@ -71,3 +76,15 @@ def forget(namespace: str, name: str) -> None:
     for gauge in _PER_DMD:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)
+
+
+_serving: set[tuple[str, int]] = set()
+
+
+def serve(port: int, bind: str) -> None:
+    """Serve the registry over HTTP once per address: a standby starts it before it
+    leads, the runtime when it starts."""
+    if (bind, port) in _serving:
+        return
+    start_http_server(port, addr=bind, registry=REGISTRY)
+    _serving.add((bind, port))

@@ -9,10 +9,11 @@ repeatable as flags.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from distillery.render import RenderOptions
 from distillery.render.cache import DEFAULT_CACHE_FILL_IMAGE
@@ -80,15 +81,76 @@ class Settings(BaseModel):
         default=8081, ge=0, le=65535, description="liveness port, /healthz (0: off)"
     )
     peering: str = Field(
-        default="", description="kopf peering name; empty: standalone (one replica, Recreate)"
+        default="",
+        description="kopf peering name (empty: standalone); for several replicas prefer "
+        "leader election",
     )
     priority: int = Field(default=0, description="kopf peering priority (higher wins)")
+    leader_election: bool = Field(
+        default=False,
+        description="act only while holding a Lease, so several replicas can run: one "
+        "active, the others standing by to take over",
+    )
+    leader_election_id: str = Field(
+        default="distillery",
+        description="name of the Lease (one per shard: instances with the same name "
+        "exclude each other)",
+    )
+    leader_election_namespace: str = Field(
+        default="",
+        description="namespace of the Lease (empty: the pod's own namespace, else default)",
+    )
+    leader_election_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="how long a Lease not renewed stays held: a standby takes over a "
+        "crashed leader after this long",
+    )
+    leader_election_renew_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a leader that could not renew for this long stops acting (less than "
+        "the lease, so it stops before a standby may start)",
+    )
+    leader_election_retry_period_seconds: float = Field(
+        default=2.0, gt=0, description="seconds between renewals, and between a standby's tries"
+    )
+    identity: str = Field(
+        default="",
+        description="this instance's name in the Lease and its API requests' user agent "
+        "(empty: $POD_NAME, else host name and process id)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log level"
     )
     kubeconfig: str = Field(
         default="", description="kubeconfig file (empty: in-cluster, then ~/.kube/config)"
     )
+
+    @model_validator(mode="after")
+    def _leader_election_timings(self) -> Settings:
+        if self.leader_election and self.peering:
+            raise ValueError(
+                "leader_election and peering both choose which replica acts: set one "
+                "(leader election is the one that works with identical replicas)"
+            )
+        lease = self.leader_election_lease_seconds
+        renew = self.leader_election_renew_deadline_seconds
+        retry = self.leader_election_retry_period_seconds
+        if not retry < renew < lease:
+            raise ValueError(
+                "leader election needs retry period < renew deadline < lease "
+                f"(got {retry:g} < {renew:g} < {lease:g} s): a leader must give up before "
+                "its lease can pass to a standby"
+            )
+        return self
+
+    def instance_identity(self) -> str:
+        """This instance's name: unique among the replicas that share a Lease."""
+        if self.identity:
+            return self.identity
+        pod = os.environ.get("POD_NAME", "")
+        return pod or f"{socket.gethostname()}_{os.getpid()}"
 
     @field_validator("namespaces", "catalog_files", mode="before")
     @classmethod

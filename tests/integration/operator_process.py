@@ -44,7 +44,9 @@ class OperatorProcess:
     def log(self) -> Path:
         return self.workdir / f"operator-{self.starts}.log"
 
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
+    def start(self, timeout: float = 60.0, until: str = "distillery started") -> OperatorProcess:
+        """Start the process; return once its log says ``until`` (a standby of leader
+        election never starts kopf: wait for "standing by")."""
         self.starts += 1
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
@@ -64,7 +66,7 @@ class OperatorProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.tail()}")
-            if "distillery started" in self.log.read_text(errors="replace"):
+            if until in self.log.read_text(errors="replace"):
                 return self
             time.sleep(0.2)
         raise AssertionError(f"operator did not start in {timeout}s:\n{self.tail()}")

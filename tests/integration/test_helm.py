@@ -130,6 +130,51 @@ def test_values_shape_the_operator_pod() -> None:
     assert proc.returncode != 0 and "serviceAcount" in proc.stderr, proc.stderr
 
 
+def test_two_replicas_elect_a_leader() -> None:
+    """replicaCount 2: a Lease decides which acts, a PDB keeps one through drains, the
+    replicas prefer different nodes and roll one at a time; without leader election two
+    replicas are refused, and so are timings that would let two act at once."""
+    docs = template("--set", "replicaCount=2")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    pod = dep["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["DISTILLERY_LEADER_ELECTION"]["value"] == "true"
+    assert env["DISTILLERY_LEADER_ELECTION_ID"]["value"] == "d-distillery-leader"
+    assert env["DISTILLERY_IDENTITY"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    role = next(d for d in docs if d["kind"] == "Role" and "leader" in d["metadata"]["name"])
+    named = next(r for r in role["rules"] if r.get("resourceNames"))
+    assert named["resourceNames"] == ["d-distillery-leader"] and named["verbs"] == ["get", "update"]
+    # One replica: still elected (a rolling update hands over at once), no PDB.
+    docs = template()
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    docs = template("--set", "leaderElection.enabled=false")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in docs if "leader" in d["metadata"]["name"]]
+    for args, says in (
+        (["--set", "replicaCount=2", "--set", "leaderElection.enabled=false"], "replicaCount > 1"),
+        (["--set", "leaderElection.renewDeadlineSeconds=20"], "retryPeriodSeconds <"),
+    ):
+        proc = subprocess.run(
+            [str(BIN_DIR / "helm"), "template", "d", str(CHART), *args],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+
+
 def test_template_passes_server_dry_run(helm_cluster: Cluster) -> None:
     helm_cluster.kubectl("create", "namespace", "dryrun")
     for values in (
@@ -251,6 +296,18 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("delete", "services"),
         ("create", "persistentvolumes"),
     ]
+
+    # Leader election: its one Lease in the release namespace, no other.
+    def may_update_lease(name: str, namespace: str) -> bool:
+        out = c.kubectl(
+            "auth", "can-i", "update", f"leases.coordination.k8s.io/{name}",
+            f"--as={SA}", "-n", namespace, check=False,
+        )  # fmt: skip
+        return out.strip() == "yes"
+
+    assert may_update_lease("distillery-leader", NS)
+    assert not may_update_lease("kube-controller-manager", NS)
+    assert not may_update_lease("distillery-leader", "default")
     for verb, res in allowed:
         assert can_i(c, verb, res, "default"), f"should allow {verb} {res}"
     for verb, res in denied:
@@ -361,6 +418,12 @@ def test_alerts_fire_as_documented(tmp_path: Path) -> None:
                      "values": "0x40"},
                     {"series": 'distillery_stalled{namespace="team-a",name="r1"}',
                      "values": "1x20"},
+                    # Two replicas: op-0 leads for 10 minutes and dies, op-1 never takes
+                    # over; from minute 30 both claim to lead.
+                    {"series": 'distillery_leader{job="d-distillery-metrics",pod="op-0"}',
+                     "values": "1x10 stale _x18 1x20"},
+                    {"series": 'distillery_leader{job="d-distillery-metrics",pod="op-1"}',
+                     "values": "0x29 1x20"},
                 ],
                 "alert_rule_test": [
                     {"eval_time": "10m", "alertname": "DistilleryBudgetLimited", "exp_alerts": []},
@@ -376,6 +439,22 @@ def test_alerts_fire_as_documented(tmp_path: Path) -> None:
                                 },
                             }
                         ],
+                    },
+                    {"eval_time": "5m", "alertname": "DistilleryNoLeader", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "DistilleryTwoLeaders", "exp_alerts": []},
+                    {
+                        "eval_time": "15m",
+                        "alertname": "DistilleryNoLeader",
+                        "exp_alerts": [{"exp_labels": {"severity": "critical"}, "exp_annotations": {
+                            "summary": "No distillery replica holds the leader Lease; DMDs "
+                            "are neither reconciled nor autoscaled."}}],
+                    },
+                    {
+                        "eval_time": "35m",
+                        "alertname": "DistilleryTwoLeaders",
+                        "exp_alerts": [{"exp_labels": {"severity": "critical"}, "exp_annotations": {
+                            "summary": "More than one distillery replica says it leads; check "
+                            "kubectl get lease in the release namespace."}}],
                     },
                     {
                         "eval_time": "15m",

@@ -110,6 +110,15 @@ class Bounds:
             self.scrape_interval, self.settings.autoscale_interval_seconds, POD_START
         )
 
+    @property
+    def takeover(self) -> float:
+        """A standby leads after its leader died: the lease runs out unrenewed, then the
+        standby's next try."""
+        return self.within(
+            self.settings.leader_election_lease_seconds,
+            self.settings.leader_election_retry_period_seconds,
+        )
+
     def decisions(self, count: int = 1) -> float:
         """``count`` autoscaler decisions on metrics Prometheus has."""
         return self.within(self.scrape_interval, count * self.settings.autoscale_interval_seconds)

@@ -501,6 +501,20 @@ def test_run_without_a_cluster_says_so_in_one_line(
     assert exit_code("run", "--metrics-port", "70000") == 2
 
 
+def test_run_refuses_contradictory_settings_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A renew deadline past the lease would let a cut-off leader act beside its successor.
+    args = ["run", "--leader-election", "--leader-election-renew-deadline-seconds", "20"]
+    assert exit_code(*args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "retry period < renew deadline < lease" in err
+    assert "(got 2 < 20 < 15 s)" in err and "Traceback" not in err
+    monkeypatch.setenv("DISTILLERY_PEERING", "distillery")
+    assert exit_code("run", "--leader-election") == 1
+    assert "set one" in capsys.readouterr().err
+
+
 def test_readme_example_row_is_what_the_planner_chooses(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     f = tmp_path / "readme-dmd.yaml"

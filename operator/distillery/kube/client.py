@@ -316,19 +316,38 @@ class NodeCatalog:
         return self.latest
 
 
-def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig."""
+def new_api_client(kubeconfig: str | None = None, identity: str = "") -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig.
+
+    With an ``identity``, the user agent names the instance (``distillery/VERSION
+    (IDENTITY)``), so the API server's audit log tells replicas and shards apart."""
+    api: client.ApiClient | None = None
     if kubeconfig is None:
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return client.ApiClient()
+            api = client.ApiClient()
         except config.ConfigException:
             pass
-    cfg = client.Configuration()
-    config.load_kube_config(  # type: ignore[no-untyped-call]
-        config_file=kubeconfig, client_configuration=cfg
-    )
-    return client.ApiClient(cfg)
+    if api is None:
+        cfg = client.Configuration()
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=cfg
+        )
+        api = client.ApiClient(cfg)
+    if identity:
+        api.user_agent = user_agent(identity)
+    return api
+
+
+def user_agent(identity: str) -> str:
+    """The user agent of an instance's API requests."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("distillery-operator")
+    except PackageNotFoundError:
+        release = "unknown"
+    return f"distillery/{release} ({identity})"
 
 
 def unreachable_reason(kubeconfig: str | None = None, timeout: float = 10.0) -> str | None:

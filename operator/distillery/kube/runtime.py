@@ -20,8 +20,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import start_http_server
-
 from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.autoscale.inputs import PodInfo
@@ -73,7 +71,7 @@ class Runtime:
             with open(path, encoding="utf-8") as f:
                 extra.append((path, f.read()))
         catalog = load_catalog(extra)
-        kube = Kube(new_api_client(cfg.kubeconfig or None))
+        kube = Kube(new_api_client(cfg.kubeconfig or None, cfg.instance_identity()))
         pod_monitor = cfg.pod_monitor == "true" or (
             cfg.pod_monitor == "auto" and await in_thread(kube.podmonitor_api_present)
         )
@@ -110,7 +108,9 @@ class Runtime:
             asyncio.create_task(_every(cfg.rollout_interval_seconds, runtime.rollout_pass)),
         ]
         if cfg.metrics_port:
-            start_http_server(cfg.metrics_port, addr=cfg.metrics_bind, registry=metrics.REGISTRY)
+            metrics.serve(cfg.metrics_port, cfg.metrics_bind)
+        if not cfg.leader_election:
+            metrics.LEADER.set(1)  # the only instance
         log.info(
             "distillery started: namespaces=%s pod_monitor=%s http_route=%s "
             "catalog=%d models/%d gpus",

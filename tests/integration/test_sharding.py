@@ -1,0 +1,114 @@
+"""Sharding on the real control plane: two operator instances, each watching its own
+namespaces and holding its own Lease, reconcile every DMD of their shard and write
+nothing outside it (read from the API server's audit log, by each instance's user
+agent)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from distillery.api.types import GROUP, PLURAL, VERSION
+from localcluster import Cluster
+from tests.integration.operator_process import OperatorProcess
+from tests.integration.waits import wait_for
+from tests.support.dmds import dmd
+
+pytestmark = [pytest.mark.cluster]
+
+SPEC = {
+    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
+    "placement": {"gpuTypes": ["nvidia-l4"]},
+    "scaling": {"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"},
+}
+PER_SHARD = 6
+
+
+@pytest.fixture
+def shards(api_client: client.ApiClient) -> Iterator[tuple[str, str]]:
+    core = client.CoreV1Api(api_client)
+    names = (f"shard-a-{uuid.uuid4().hex[:6]}", f"shard-b-{uuid.uuid4().hex[:6]}")
+    for name in names:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    try:
+        yield names
+    finally:
+        for name in names:
+            core.delete_namespace(name)
+
+
+def shard(cluster: Cluster, namespace: str, workdir: Path, identity: str) -> OperatorProcess:
+    """One shard as production runs it: its namespaces, its own Lease."""
+    return OperatorProcess(
+        cluster,
+        namespace,
+        workdir / identity,
+        "--identity",
+        identity,
+        "--leader-election",
+        "--leader-election-id",
+        f"distillery-{identity}",
+        "--leader-election-namespace",
+        namespace,
+    )
+
+
+def test_two_shards_reconcile_only_their_own_namespaces(
+    cluster: Cluster,
+    api_client: client.ApiClient,
+    crd_installed: None,
+    shards: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    ns_a, ns_b = shards
+    a = shard(cluster, ns_a, tmp_path, "shard-a").start()
+    b = shard(cluster, ns_b, tmp_path, "shard-b").start()
+    custom = client.CustomObjectsApi(api_client)
+    apps = client.AppsV1Api(api_client)
+    try:
+        for ns in shards:
+            for i in range(PER_SHARD):
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, dmd(f"m-{i}", SPEC)
+                )
+
+        def reconciled(ns: str) -> int:
+            deployments = {d.metadata.name for d in apps.list_namespaced_deployment(ns).items}
+            objs = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
+            return sum(
+                1
+                for o in objs
+                if o["metadata"]["name"] in deployments
+                and (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
+            )
+
+        for ns, op in ((ns_a, a), (ns_b, b)):
+
+            def all_of(ns: str = ns) -> bool:
+                return reconciled(ns) == PER_SHARD
+
+            wait_for(
+                all_of,
+                f"every DMD of {ns} reconciled",
+                op.bounds.reconcile,
+                describe=op.tail,
+            )
+    finally:
+        b.stop()
+        a.stop()
+
+    for identity, own in (("shard-a", ns_a), ("shard-b", ns_b)):
+        writes = cluster.operator_writes(agent=f"({identity})")
+        assert writes, f"{identity} wrote nothing"
+        outside = [
+            (w["verb"], w["objectRef"].get("namespace"), w["objectRef"].get("resource"))
+            for w in writes
+            if w["objectRef"].get("namespace") != own
+        ]
+        assert not outside, f"{identity} wrote outside its shard {own}: {outside}"
+        resources = {w["objectRef"].get("resource") for w in writes}
+        assert {"deployments", "services", "distilledmodeldeployments", "leases"} <= resources
