@@ -11,7 +11,7 @@ counts can change it). One entry per DMD: memory stays bounded by the number of 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -53,7 +53,11 @@ class PlanCache:
             return found.resolved
         try:
             dmd = parse(body)
-            resolved: Resolved | None = (dmd, plan(dmd.spec, catalog))
+            # The operator reads only the chosen option; the alternatives (every GPU type,
+            # size and quantization tried, with why it lost) are for `distillery plan`, and
+            # would cost a few KiB per DMD held for the DMD's lifetime.
+            chosen = replace(plan(dmd.spec, catalog), alternatives=[])
+            resolved: Resolved | None = (dmd, chosen)
         except (ValidationError, PlanError, UnknownModelError):
             resolved = None
         self.plans_made += 1

@@ -165,10 +165,15 @@ class Reconciler:
     ) -> Desired:
         key = (namespace, name)
         # Our last status write is authoritative for the fields we own until the watch
-        # catches up with it.
+        # catches up with it; from then on the body says the same, and holding a copy
+        # per DMD would only cost memory.
         effective = dict(body)
         if key in self._status:
-            effective["status"] = {**(body.get("status") or {}), **self._status[key]}
+            live = body.get("status") or {}
+            if {k: v for k, v in live.items() if k in OWNED_STATUS} == self._status[key]:
+                del self._status[key]
+            else:
+                effective["status"] = {**live, **self._status[key]}
         effective["metadata"] = self._unconsumed(key, body.get("metadata") or {})
         user_template, template_error = await self._user_template(body)
         catalog = await self.nodes.refresh() if self.nodes else self.catalog
