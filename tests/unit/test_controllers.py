@@ -23,7 +23,7 @@ from distillery.kube.client import NodeCatalog
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
-from distillery.kube.runtime import CHILD_INDICES, Runtime
+from distillery.kube.runtime import CHILD_INDICES, CONCURRENT_RECONCILES, Runtime
 from distillery.render import RenderOptions
 from tests.support.dmds import dmd
 from tests.support.fake_cluster import FakeCluster
@@ -284,6 +284,40 @@ def test_the_runtime_retries_a_failed_reconcile_from_the_latest_body() -> None:
         assert runtime.retries.failures((NS, "m")) == 0 and not runtime.retries.pending()
         runtime.forget(NS, "m")
         await runtime.stop()
+
+    asyncio.run(scenario())
+
+
+def test_events_of_a_dmd_waiting_for_its_turn_make_one_reconcile_of_the_latest_body() -> None:
+    """A burst's child events would reconcile each DMD once per child: while one waits
+    for a slot, the others add nothing, and the one that runs reads the latest body. A
+    DMD deleted while it waited is not reconciled at all."""
+    cluster = FakeCluster()
+    runtime = runtime_for(cluster)
+    first, latest = body(), body(scaling={"minReplicas": 2, "maxReplicas": 4})
+    runtime.indices = indices_with(first)
+
+    async def scenario() -> None:
+        assert runtime.indices is not None
+        for _ in range(CONCURRENT_RECONCILES):  # every slot taken
+            await runtime._slots.acquire()
+        waiting = [asyncio.create_task(runtime.reconcile(first, runtime.indices)) for _ in range(5)]
+        gone = asyncio.create_task(runtime.reconcile(body("gone"), runtime.indices))
+        await asyncio.sleep(0)
+        runtime.indices["dmd_bodies"][(NS, "m")] = [latest]  # the watch moved on
+        for _ in range(CONCURRENT_RECONCILES):
+            runtime._slots.release()
+        await asyncio.gather(*waiting, gone)
+        applied = [what for call, what in cluster.writes() if call == "apply"]
+        assert sorted(applied) == ["Deployment/m", "PodDisruptionBudget/m", "Service/m"]
+        deployment = cluster.objects[("Deployment", NS, "m")]
+        assert deployment["spec"]["replicas"] == 2  # the latest spec, not the first
+        assert [w for w in cluster.writes() if w[0] == "patch_dmd_status"] == [
+            ("patch_dmd_status", "m")
+        ]
+        # After it ran, a new event reconciles again (nothing missed): here, no change.
+        await runtime.reconcile(first, runtime.indices)
+        assert len(applied) == 3
 
     asyncio.run(scenario())
 

@@ -37,6 +37,10 @@ from distillery.settings import Settings
 log = logging.getLogger("distillery")
 # Consecutive failures before the DMD gets a Warning event: a blip stays in the log.
 REPORT_AFTER_FAILURES = 3
+# Reconciles under way at once. Each holds its desired state (tens of KiB) while its API
+# calls wait for a worker thread; a burst of thousands of DMDs and child events would
+# otherwise hold thousands at once, and the API client's threads are the bottleneck anyway.
+CONCURRENT_RECONCILES = 8
 
 
 Key = tuple[str, str]
@@ -62,6 +66,12 @@ class Runtime:
     # kopf's live index objects, handed over by the first handler that runs.
     indices: Indices | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # DMDs with a reconcile waiting for a slot: it will read the latest body, so another
+    # event of the same DMD meanwhile needs no reconcile of its own.
+    _queued: set[Key] = field(default_factory=set)
+    _slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CONCURRENT_RECONCILES)
+    )
 
     @classmethod
     async def start(cls, cfg: Settings) -> Runtime:
@@ -130,7 +140,30 @@ class Runtime:
     # ---- one DMD ------------------------------------------------------------------
 
     async def reconcile(self, body: Mapping[str, Any], indices: Indices) -> None:
-        """Reconcile one DMD from what the indices hold; a failure is retried."""
+        """Reconcile one DMD from what the indices hold; a failure is retried.
+
+        Coalesced: while a reconcile of the DMD waits for a slot, further events of the
+        DMD or its children add nothing; the waiting one reads the latest body when its
+        turn comes (a burst's child events would otherwise reconcile each DMD once per
+        child). An event after that point queues one more, so none is missed."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        try:
+            async with self._slots:
+                self._queued.discard(key)
+                if "dmd_bodies" in indices:
+                    latest = list(indices["dmd_bodies"].get(key, []))
+                    if not latest:
+                        return  # deleted while it waited
+                    body = latest[0]
+                await self._reconcile_one(body, indices)
+        finally:
+            self._queued.discard(key)
+
+    async def _reconcile_one(self, body: Mapping[str, Any], indices: Indices) -> None:
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return
