@@ -37,8 +37,22 @@ sys.path.insert(0, str(ROOT))
 from kubernetes import client, config  # noqa: E402
 
 from distillery.api.types import GROUP, PLURAL, VERSION  # noqa: E402
+from distillery.autoscale.inputs import PodInfo  # noqa: E402
+from distillery.autoscale.source import (  # noqa: E402
+    ENGINE_QUERIES,
+    PrometheusOptions,
+    PrometheusSource,
+)
+from distillery.catalog import load_catalog  # noqa: E402
+from distillery.kube.autoscale_controller import Autoscaler  # noqa: E402
 from localcluster import Cluster, start  # noqa: E402
 from tests.integration.operator_process import OperatorProcess  # noqa: E402
+from tests.support.dmds import dmd  # noqa: E402
+from tests.support.fake_cluster import FakeCluster  # noqa: E402
+
+# The figures of the previous release, printed beside each new one (update them when a
+# change is measured and committed).
+PREVIOUS = ROOT / "benchmarks" / "data" / "bench-operator-previous.json"
 
 SPEC_ONE = {
     "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
@@ -244,10 +258,88 @@ class Bench:
         print(f"memory profile at {count} DMDs: {out}", flush=True)
 
 
+class SyntheticPrometheus(PrometheusSource):
+    """The real Prometheus source (its queries, parsing and grouping by pod) answered with
+    one sample per pod for every query, so a pass costs what it would but the network."""
+
+    def __init__(self, pods: list[tuple[str, str]]):
+        super().__init__(PrometheusOptions(url="http://127.0.0.1:9"))
+        self.pods = pods
+        q = ENGINE_QUERIES["vllm"]
+        self.values = {
+            q.running: 20.0,
+            q.waiting: 0.0,
+            q.kv_usage: 0.35,
+            q.prompt_tokens_rate: 9000.0,
+            q.completions_rate: 3.0,
+            q.generation_tokens_rate: 2500.0,
+            q.computed_prompt_tokens_rate: 8000.0,
+            q.ttft_sum: 0.9,
+        }
+        self.buckets = q.ttft_buckets
+
+    def _query(self, promql: str) -> list[dict[str, Any]]:
+        self.queries += 1
+        now = time.time()
+        if promql == self.buckets:
+            les = ["0.25", "0.5", "1.0", "2.5", "+Inf"]
+            counts = [0.5, 2.0, 2.8, 3.0, 3.0]
+            return [
+                {"metric": {"namespace": ns, "pod": pod, "le": le}, "value": [now, str(c)]}
+                for ns, pod in self.pods
+                for le, c in zip(les, counts, strict=True)
+            ]
+        value = self.values.get(promql, now)  # the freshness query: the newest sample
+        return [
+            {"metric": {"namespace": ns, "pod": pod}, "value": [now, str(value)]}
+            for ns, pod in self.pods
+        ]
+
+
+def autoscale_pass(count: int) -> dict[str, Any]:
+    """CPU of one autoscaler pass over ``count`` DMDs of two ready replicas each: the first
+    (plans made) and a steady one (plans cached), and the Prometheus queries per pass."""
+    import asyncio
+
+    spec = {**SPEC_ONE, "scaling": {"minReplicas": 1, "maxReplicas": 8}, "replicas": 2}
+    bodies = [
+        dmd(f"dmd-{i:04d}", spec, namespace="bench", uid=f"uid-{i}", generation=1)
+        for i in range(count)
+    ]
+    pods = {
+        ("bench", b["metadata"]["name"]): [
+            PodInfo(name=f"{b['metadata']['name']}-{r}", ready=True) for r in range(2)
+        ]
+        for b in bodies
+    }
+    source = SyntheticPrometheus([(ns, p.name) for (ns, _), ps in pods.items() for p in ps])
+    cluster = FakeCluster()
+    autoscaler = Autoscaler(kube=cluster, catalog=load_catalog(), source=source)
+    out: dict[str, Any] = {"dmds": count}
+    for label in ("firstPass", "steadyPass"):
+        queries, writes = source.queries, len(cluster.writes())
+        t0 = time.process_time()
+        asyncio.run(autoscaler.run_pass(bodies, pods))
+        out[f"{label}CpuS"] = round(time.process_time() - t0, 3)
+        out[f"{label}Queries"] = source.queries - queries
+        out[f"{label}Writes"] = len(cluster.writes()) - writes
+        # The next pass sees what this one wrote, as the watch would show it.
+        for b in bodies:
+            key = ("bench", b["metadata"]["name"])
+            b["status"] = cluster.status.get(key, {})
+            b["spec"]["replicas"] = cluster.replicas.get(key, b["spec"]["replicas"])
+    out["target"] = {"steadyPassCpuS": 2.0}
+    return out
+
+
+def beside(now: float, before: float | None, unit: str = "") -> str:
+    return f"{now}{unit}" + (f" (was {before}{unit})" if before is not None else "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--bursts", type=int, nargs="*", default=[200, 500])
+    parser.add_argument("--bursts", type=int, nargs="*", default=[500, 2000])
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument(
         "--profile",
@@ -259,6 +351,9 @@ def main() -> int:
     parser.add_argument("-o", "--output", default=str(ROOT / "reports" / "bench-operator.json"))
     args = parser.parse_args()
     workdir = ROOT / ".cache" / "bench"
+    report: dict[str, Any] = {}
+    previous: dict[str, Any] = json.loads(PREVIOUS.read_text())
+    report["previousRelease"] = previous.get("measured")
     cluster = start(state_dir=workdir / "cluster", quiet=True)
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
@@ -272,7 +367,7 @@ def main() -> int:
         if args.profile:
             os.environ["PYTHONTRACEMALLOC"] = "25"
         bench = Bench(cluster, workdir, profile=args.profile)
-        report: dict[str, Any] = {"machine": {"cores": os.cpu_count()}}
+        report["machine"] = {"cores": os.cpu_count()}
         report["single"] = bench.single_latency(args.runs)
         print(
             f"single DMD: apply->children p50 {report['single']['applyToChildrenP50S']}s "
@@ -284,17 +379,34 @@ def main() -> int:
         report["bursts"] = []
         for count in args.bursts:
             r = bench.burst(count, args.idle)
+            was = previous.get("bursts", {}).get(str(count), {})
+            r["previous"] = was
             report["bursts"].append(r)
             print(
-                f"{count} DMDs at once: all reconciled in {r['allReconciledS']}s, Ready in "
-                f"{r['allReadyS']}s "
+                f"{count} DMDs at once: all reconciled in "
+                f"{beside(r['allReconciledS'], was.get('allReconciledS'), 's')}, Ready in "
+                f"{beside(r['allReadyS'], was.get('allReadyS'), 's')} "
                 f"(creating them took {r['baselineCreateAllS']}s, x{r['ratioToCreate']}); "
-                f"idle {args.idle:.0f}s writes {r['idleWrites']}; RSS {r['rssIdleMiB']} -> "
-                f"{r['rssWithDmdsMiB']} MiB",
+                f"idle {args.idle:.0f}s writes {beside(r['idleWrites'], was.get('idleWrites'))}; "
+                f"RSS {r['rssIdleMiB']} -> "
+                f"{beside(r['rssWithDmdsMiB'], was.get('rssWithDmdsMiB'), ' MiB')}",
                 flush=True,
             )
     finally:
         cluster.stop()
+    report["autoscalePass"] = []
+    for count in args.bursts:
+        a = autoscale_pass(count)
+        was = previous.get("autoscalePass", {}).get(str(count), {})
+        a["previous"] = was
+        report["autoscalePass"].append(a)
+        print(
+            f"autoscaler pass over {count} DMDs: first "
+            f"{beside(a['firstPassCpuS'], was.get('firstPassCpuS'), 's')} CPU, steady "
+            f"{beside(a['steadyPassCpuS'], was.get('steadyPassCpuS'), 's')} CPU, "
+            f"{a['steadyPassQueries']} Prometheus queries, {a['steadyPassWrites']} writes",
+            flush=True,
+        )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
