@@ -19,6 +19,26 @@ ROOT = Path(__file__).resolve().parents[2]
 RESYNC_SECONDS = 20
 
 
+def elected(
+    identity: str,
+    lease_namespace: str,
+    lease_id: str = "distillery",
+    timings: tuple[float, float, float] | None = None,
+) -> tuple[str, ...]:
+    """The flags of an instance that acts only while it holds the Lease ``lease_id``;
+    ``timings`` are (lease, renew deadline, retry period) seconds, else the defaults."""
+    flags = [
+        "--identity", identity,
+        "--leader-election",
+        "--leader-election-id", lease_id,
+        "--leader-election-namespace", lease_namespace,
+    ]  # fmt: skip
+    if timings is not None:
+        for name, seconds in zip(("lease", "renew-deadline", "retry-period"), timings, strict=True):
+            flags += [f"--leader-election-{name}-seconds", f"{seconds:g}"]
+    return tuple(flags)
+
+
 class OperatorProcess:
     def __init__(self, cluster: Cluster, namespace: str, workdir: Path, *extra: str):
         self.cluster, self.namespace, self.workdir = cluster, namespace, workdir

@@ -21,7 +21,7 @@ from kubernetes import client
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
-from tests.integration.operator_process import OperatorProcess
+from tests.integration.operator_process import OperatorProcess, elected
 from tests.integration.waits import Dmds, wait_for
 from tests.support.dmds import dmd
 
@@ -42,21 +42,9 @@ IN_FLIGHT = timedelta(seconds=1)
 
 
 def instance(cluster: Cluster, namespace: str, workdir: Path, name: str) -> OperatorProcess:
+    timings = (LEASE_SECONDS, RENEW_DEADLINE, RETRY_PERIOD)
     return OperatorProcess(
-        cluster,
-        namespace,
-        workdir / name,
-        "--leader-election",
-        "--leader-election-namespace",
-        namespace,
-        "--leader-election-lease-seconds",
-        str(LEASE_SECONDS),
-        "--leader-election-renew-deadline-seconds",
-        str(RENEW_DEADLINE),
-        "--leader-election-retry-period-seconds",
-        str(RETRY_PERIOD),
-        "--identity",
-        name,
+        cluster, namespace, workdir / name, *elected(name, namespace, timings=timings)
     )
 
 

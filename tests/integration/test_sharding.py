@@ -14,7 +14,7 @@ from kubernetes import client
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
-from tests.integration.operator_process import OperatorProcess
+from tests.integration.operator_process import OperatorProcess, elected
 from tests.integration.waits import wait_for
 from tests.support.dmds import dmd
 
@@ -43,18 +43,8 @@ def shards(api_client: client.ApiClient) -> Iterator[tuple[str, str]]:
 
 def shard(cluster: Cluster, namespace: str, workdir: Path, identity: str) -> OperatorProcess:
     """One shard as production runs it: its namespaces, its own Lease."""
-    return OperatorProcess(
-        cluster,
-        namespace,
-        workdir / identity,
-        "--identity",
-        identity,
-        "--leader-election",
-        "--leader-election-id",
-        f"distillery-{identity}",
-        "--leader-election-namespace",
-        namespace,
-    )
+    flags = elected(identity, namespace, lease_id=f"distillery-{identity}")
+    return OperatorProcess(cluster, namespace, workdir / identity, *flags)
 
 
 def test_two_shards_reconcile_only_their_own_namespaces(

@@ -39,8 +39,10 @@ log = logging.getLogger("distillery")
 REPORT_AFTER_FAILURES = 3
 # Reconciles under way at once. Each holds its desired state (tens of KiB) while its API
 # calls wait for a worker thread; a burst of thousands of DMDs and child events would
-# otherwise hold thousands at once, and the API client's threads are the bottleneck anyway.
-CONCURRENT_RECONCILES = 8
+# otherwise hold thousands at once. Enough that the event loop always has a render to do
+# while others wait on the API server: 8 slowed a 500-DMD burst from 33 s to 44 s (a
+# 2,000 burst from 143 s to 226 s), 32 kept 33 s (benchmarks/operator_bench.py).
+CONCURRENT_RECONCILES = 32
 
 
 Key = tuple[str, str]
