@@ -547,7 +547,7 @@ def _own_namespace() -> str:
 
 
 def _log_memory_on_sigusr2() -> None:
-    """With tracemalloc on (``PYTHONTRACEMALLOC=25``), ``kill -USR2`` logs where the
+    """With tracemalloc on (``PYTHONTRACEMALLOC=12``), ``kill -USR2`` logs where the
     operator's memory is held, by allocating call stack: how to find what grows with the
     fleet in a running operator, without a debugger or a restart."""
     import logging
