@@ -504,8 +504,7 @@ def _run_elected(settings: Settings, run_kopf: Callable[[], None]) -> int:
     health = (
         StandbyHealth(settings.metrics_bind, settings.health_port) if settings.health_port else None
     )
-    never = threading.Event()  # a standby is stopped by SIGTERM's default action
-    elector.acquire(never)
+    elector.acquire()
     if health is not None:
         health.close()  # kopf serves /healthz from here on, on the same port
     stop = threading.Event()

@@ -23,6 +23,7 @@ from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess, elected
 from tests.integration.waits import Dmds, wait_for
+from tests.integration.waits import reconciled as reconciled_dmds
 from tests.support.dmds import dmd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -95,19 +96,8 @@ def pair(
 
 
 def reconciled(api_client: client.ApiClient, namespace: str, names: set[str]) -> set[str]:
-    """The DMDs of ``names`` whose children exist and whose status is of their spec."""
-    apps = client.AppsV1Api(api_client)
-    deployments = {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
-    objs = client.CustomObjectsApi(api_client).list_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL
-    )["items"]
-    return {
-        o["metadata"]["name"]
-        for o in objs
-        if o["metadata"]["name"] in names
-        and o["metadata"]["name"] in deployments
-        and (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
-    }
+    """The DMDs of ``names`` reconciled so far."""
+    return names & reconciled_dmds(api_client, namespace)
 
 
 def test_the_standby_finishes_a_burst_when_the_leader_is_killed(

@@ -15,7 +15,7 @@ from kubernetes import client
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess, elected
-from tests.integration.waits import wait_for
+from tests.integration.waits import reconciled, wait_for
 from tests.support.dmds import dmd
 
 pytestmark = [pytest.mark.cluster]
@@ -58,7 +58,6 @@ def test_two_shards_reconcile_only_their_own_namespaces(
     a = shard(cluster, ns_a, tmp_path, "shard-a").start()
     b = shard(cluster, ns_b, tmp_path, "shard-b").start()
     custom = client.CustomObjectsApi(api_client)
-    apps = client.AppsV1Api(api_client)
     try:
         for ns in shards:
             for i in range(PER_SHARD):
@@ -66,20 +65,10 @@ def test_two_shards_reconcile_only_their_own_namespaces(
                     GROUP, VERSION, ns, PLURAL, dmd(f"m-{i}", SPEC)
                 )
 
-        def reconciled(ns: str) -> int:
-            deployments = {d.metadata.name for d in apps.list_namespaced_deployment(ns).items}
-            objs = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]
-            return sum(
-                1
-                for o in objs
-                if o["metadata"]["name"] in deployments
-                and (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
-            )
-
         for ns, op in ((ns_a, a), (ns_b, b)):
 
             def all_of(ns: str = ns) -> bool:
-                return reconciled(ns) == PER_SHARD
+                return len(reconciled(api_client, ns)) == PER_SHARD
 
             wait_for(
                 all_of,

@@ -224,6 +224,20 @@ class Dmds:
         return found[0]
 
 
+def reconciled(api_client: client.ApiClient, namespace: str) -> set[str]:
+    """The DMDs of ``namespace`` whose Deployment exists and whose status is of their
+    current spec (``observedGeneration``)."""
+    apps, custom = client.AppsV1Api(api_client), client.CustomObjectsApi(api_client)
+    deployments = {d.metadata.name for d in apps.list_namespaced_deployment(namespace).items}
+    objs = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
+    return {
+        o["metadata"]["name"]
+        for o in objs
+        if o["metadata"]["name"] in deployments
+        and (o.get("status") or {}).get("observedGeneration") == o["metadata"]["generation"]
+    }
+
+
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     """The condition ``type_`` of an object, or {}."""
     conditions = (obj.get("status") or {}).get("conditions", [])

@@ -36,7 +36,8 @@ MERGE = "application/merge-patch+json"
 LWS = (LWS_GROUP, LWS_VERSION)
 
 
-def _count(verb: str, kind: str) -> None:
+def count_write(verb: str, kind: str) -> None:
+    """Count one write to the API server in ``distillery_api_writes_total``."""
     metrics.API_WRITES.labels(verb, kind).inc()
 
 
@@ -118,7 +119,7 @@ class Kube:
             )
         else:
             raise ValueError(f"distillery does not apply {kind}")
-        _count("apply", kind)
+        count_write("apply", kind)
 
     def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
@@ -130,7 +131,7 @@ class Kube:
             {"status": dict(status)},
             _content_type=MERGE,
         )
-        _count("patch-status", "DistilledModelDeployment")
+        count_write("patch-status", "DistilledModelDeployment")
 
     def scale_dmd(self, namespace: str, name: str, replicas: int) -> None:
         """Write spec.replicas through /scale as the autoscaler."""
@@ -144,7 +145,7 @@ class Kube:
             field_manager=AUTOSCALER_FIELD_MANAGER,
             _content_type=MERGE,
         )
-        _count("scale", "DistilledModelDeployment")
+        count_write("scale", "DistilledModelDeployment")
 
     def scale_workload(
         self, namespace: str, name: str, replicas: int, kind: str = "Deployment"
@@ -161,7 +162,7 @@ class Kube:
             self.apps.patch_namespaced_deployment_scale(
                 name, namespace, body, field_manager=FIELD_MANAGER, _content_type=MERGE
             )
-        _count("scale", kind)
+        count_write("scale", kind)
 
     def delete_child(self, namespace: str, name: str, kind: str) -> None:
         """Delete a retired child: a canary Deployment or LeaderWorkerSet, a weight
@@ -184,7 +185,7 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-        _count("delete", kind)
+        count_write("delete", kind)
 
     def remove_dmd_annotation(self, namespace: str, name: str, key: str) -> None:
         """Consume a one-shot command annotation (``distillery.dev/rollout``)."""
@@ -197,7 +198,7 @@ class Kube:
             {"metadata": {"annotations": {key: None}}},
             _content_type=MERGE,
         )
-        _count("patch", "DistilledModelDeployment")
+        count_write("patch", "DistilledModelDeployment")
 
     def post_event(
         self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
@@ -225,7 +226,7 @@ class Kube:
             reporting_instance="distillery",
         )
         self.core.create_namespaced_event(meta["namespace"], event)
-        _count("create", "Event")
+        count_write("create", "Event")
 
     # ---- reads -------------------------------------------------------------------------
 

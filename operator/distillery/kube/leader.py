@@ -40,7 +40,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from distillery import metrics
-from distillery.kube.client import error_summary
+from distillery.kube.client import count_write, error_summary
 
 log = logging.getLogger("distillery.leader")
 LEASES = ("coordination.k8s.io", "v1", "leases")
@@ -194,23 +194,22 @@ class LeaderElector:
                     resource_version=record.resource_version,
                     acquire_time=record.acquire_time if keep else None,
                 )
-                obj = self.api.replace_namespaced_custom_object(
-                    *LEASES[:2],
-                    self.namespace,
-                    LEASES[2],
-                    self.name,
-                    body,
-                    _request_timeout=self._timeout,
-                )
+                obj = self._replace(body)
         except ApiException as exc:
             if exc.status == 409:  # another instance wrote first: read again next time
                 self._record = None
                 return False
             raise
-        metrics.API_WRITES.labels("update" if record else "create", "Lease").inc()
+        count_write("update" if record else "create", "Lease")
         self._record = LeaseRecord.from_object(obj)
         self._seen_version, self._seen_at = self._record.resource_version, self.clock()
         return True
+
+    def _replace(self, body: dict[str, Any]) -> object:
+        """Write the Lease if nobody wrote since ``body``'s resourceVersion (else 409)."""
+        return self.api.replace_namespaced_custom_object(
+            *LEASES[:2], self.namespace, LEASES[2], self.name, body, _request_timeout=self._timeout
+        )
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt: True when this instance holds the Lease afterwards.
@@ -234,23 +233,23 @@ class LeaderElector:
 
     # ---- the loops --------------------------------------------------------------------
 
-    def acquire(self, stop: threading.Event) -> bool:
-        """Block until this instance leads (True) or ``stop`` is set (False)."""
+    def acquire(self) -> None:
+        """Block until this instance leads (a standby is stopped by SIGTERM's default
+        action: it has nothing to clean up)."""
         reported: str | None = None
-        while not stop.is_set():
+        while True:
             try:
                 if self.try_acquire_or_renew():
                     metrics.LEADER.set(1)
                     log.info("%r: leading", self)
-                    return True
+                    return
                 holder = self._record.holder if self._record else None
                 if holder != reported:
                     log.info("%r: standing by, held by %s", self, holder)
                     reported = holder
             except Exception as exc:  # noqa: BLE001 - a standby keeps trying
                 log.warning("%r: could not read or take the lease: %s", self, error_summary(exc))
-            stop.wait(self.timings.retry_period_seconds)
-        return False
+            time.sleep(self.timings.retry_period_seconds)
 
     def hold(self, stop: threading.Event, on_lost: Callable[[str], None]) -> threading.Thread:
         """Renew in a thread until ``stop``; call ``on_lost`` once if leadership is lost."""
@@ -298,15 +297,8 @@ class LeaderElector:
             acquire_time=self._record.acquire_time,
         )
         try:
-            self.api.replace_namespaced_custom_object(
-                *LEASES[:2],
-                self.namespace,
-                LEASES[2],
-                self.name,
-                body,
-                _request_timeout=self._timeout,
-            )
-            metrics.API_WRITES.labels("update", "Lease").inc()
+            self._replace(body)
+            count_write("update", "Lease")
             log.info("%r: released", self)
         except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
             log.warning("%r: could not release the lease: %s", self, error_summary(exc))

@@ -156,12 +156,10 @@ class Runtime:
         try:
             async with self._slots:
                 self._queued.discard(key)
-                if "dmd_bodies" in indices:
-                    latest = list(indices["dmd_bodies"].get(key, []))
-                    if not latest:
-                        return  # deleted while it waited
-                    body = latest[0]
-                await self._reconcile_one(body, indices)
+                latest = list(indices["dmd_bodies"].get(key, []))
+                if not latest:
+                    return  # deleted while it waited
+                await self._reconcile_one(latest[0], indices)
         finally:
             self._queued.discard(key)
 
