@@ -600,7 +600,7 @@ def test_a_dmd_scaled_to_zero_takes_a_new_revision_without_a_canary() -> None:
 def test_a_rolling_update_completes_when_every_new_replica_is_ready() -> None:
     """As `kubectl rollout status` waits for: all replicas updated is not enough while the
     last one still starts; a scale-up of a settled revision is never a rollout."""
-    from distillery.api.types import RolloutSpec
+    from distillery.api.types import RolloutSpec, RolloutStatus
     from distillery.rollout import RolloutInput, TrackState, decide
 
     rolling = {"strategy": "RollingUpdate", "phase": "Progressing", "canaryRevision": "r2"}
@@ -612,9 +612,9 @@ def test_a_rolling_update_completes_when_every_new_replica_is_ready() -> None:
         )  # fmt: skip
         inp = RolloutInput(
             spec=RolloutSpec(), desired_revision="r2", total=4, stable=stable, canary=None,
-            status=status, now=at(0),
+            status=RolloutStatus.model_validate(status), now=at(0),
         )  # fmt: skip
-        return str(decide(inp).status["phase"])
+        return str(decide(inp).status.phase)
 
     assert phase(3, rolling) == "Progressing"
     assert phase(4, rolling) == "Stable"

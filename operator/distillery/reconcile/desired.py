@@ -469,7 +469,7 @@ def _rollout_step(
             total=count,
             stable=_track(stable_child, pods, "stable", revision),
             canary=_track(canary_child, pods, CANARY, revision),
-            status=old_status.get("rollout") or {},
+            status=_rollout_status(old_status.get("rollout") or {}),
             now=now,
             criteria=_criteria(dmd),
             measurement=measurement,
@@ -483,11 +483,11 @@ def _rollout_step(
         set_one_at_a_time(workload)
     if rendered.http_route is not None:
         set_route_weights(rendered.http_route, *route_weights(dmd.spec.rollout, decision))
-        decision.status["traffic"] = f"HTTPRoute {rendered.http_route['metadata']['name']}"
+        traffic = f"HTTPRoute {rendered.http_route['metadata']['name']}"
+        decision = replace(decision, status=decision.status.model_copy(update={"traffic": traffic}))
     elif dmd.spec.rollout.strategy == "Canary":
-        decision.status["traffic"] = "replica ratio behind Service " + str(
-            rendered.service["metadata"]["name"]
-        )
+        traffic = f"replica ratio behind Service {rendered.service['metadata']['name']}"
+        decision = replace(decision, status=decision.status.model_copy(update={"traffic": traffic}))
     objects = rendered.objects()
     scale: dict[tuple[str, str], int] = {}
     if not decision.stable_takes_desired:
@@ -566,7 +566,7 @@ def _serving_conditions(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Ready, Reconciling and Stalled, from the rollout's phase and the Deployments."""
     decision, count = step.decision, step.count
-    phase = decision.status.get("phase")
+    phase = decision.status.phase
     if phase == ROLLED_BACK:
         why = decision.progressing[2]
         return (
@@ -577,7 +577,7 @@ def _serving_conditions(
             cond.condition(cond.STALLED, True, "RolledBack", why, gen),
         )
     stalled = cond.condition(cond.STALLED, False, "Reconciled", "", gen)
-    if phase in (PROGRESSING, PROMOTING) and decision.status.get("strategy") == "Canary":
+    if phase in (PROGRESSING, PROMOTING) and decision.status.strategy == "Canary":
         counts = f"{ready_count}/{count} replicas ready across the stable and canary tracks"
         return (
             cond.condition(cond.READY, ready_count >= count, "RolloutInProgress", counts, gen),
@@ -685,7 +685,7 @@ def _status(
         ),
         endpoint=rendered.endpoint,
         revision=rendered.revision,
-        rollout=_rollout_status(step.decision.status),
+        rollout=step.decision.status,
         cache=cached.status if cached is not None else None,
         startup=_startup_status(dmd, rendered, pods),
     )

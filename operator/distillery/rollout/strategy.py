@@ -33,13 +33,12 @@ capacity held at the SLO counts both revisions.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from distillery.api.conditions import parse_rfc3339, rfc3339
 from distillery.api.events import Event
-from distillery.api.types import RolloutSpec, clip
+from distillery.api.types import CanaryAnalysisStatus, RolloutSpec, RolloutStatus, clip
 from distillery.rollout.analysis import Criteria, Measurement, Verdict, judge
 
 COMMAND_ANNOTATION = "distillery.dev/rollout"
@@ -93,7 +92,7 @@ class RolloutInput:
     total: int  # replicas the DMD should run, both tracks together
     stable: TrackState | None
     canary: TrackState | None
-    status: Mapping[str, Any]  # the recorded status.rollout
+    status: RolloutStatus  # the recorded status.rollout
     now: str  # RFC 3339
     criteria: Criteria | None = None
     measurement: Measurement | None = None
@@ -107,7 +106,7 @@ class RolloutDecision:
     canary_replicas: int  # 0 retires the canary Deployment
     stable_takes_desired: bool  # False: the stable Deployment keeps its template
     one_at_a_time: bool  # render the stable Deployment with maxSurge 0
-    status: dict[str, Any]
+    status: RolloutStatus
     progressing: tuple[bool, str, str]  # RolloutProgressing: status, reason, message
     events: tuple[Event, ...] = ()
     consume_command: bool = False
@@ -139,8 +138,7 @@ def route_weights(spec: RolloutSpec, decision: RolloutDecision) -> tuple[int, in
     ready (before that, the previous step's: a backend without ready pods would fail
     its share); during promotion, by replicas, as both tracks run the new revision."""
     status = decision.status
-    phase = status.get("phase")
-    if phase == PROMOTING:
+    if status.phase == PROMOTING:
         total = decision.stable_replicas + decision.canary_replicas
         return (
             (100, 0)
@@ -150,12 +148,25 @@ def route_weights(spec: RolloutSpec, decision: RolloutDecision) -> tuple[int, in
                 round(100 * decision.canary_replicas / total),
             )
         )
-    if phase != PROGRESSING or spec.canary is None or not isinstance(status.get("step"), int):
+    if status.phase != PROGRESSING or spec.canary is None or status.step is None:
         return 100, 0
-    step = int(status["step"])
-    index = step - 1 if status.get("stepStartedAt") else step - 2
+    index = status.step - 1 if status.step_started_at else status.step - 2
     weight = spec.canary.steps[index].weight if index >= 0 else 0
     return 100 - weight, weight
+
+
+def _with(status: RolloutStatus, **fields: Any) -> RolloutStatus:
+    """``status`` with ``fields`` (snake_case names) replaced, its message clipped to
+    what the API server takes."""
+    out = status.model_copy(update=fields)
+    if out.message is not None and out.message != clip(out.message):
+        out = out.model_copy(update={"message": clip(out.message)})
+    return out
+
+
+def _overlaid(base: RolloutStatus, over: RolloutStatus) -> RolloutStatus:
+    """``base`` with every field ``over`` sets."""
+    return _with(base, **{k: v for k, v in over if v is not None})
 
 
 # ---- RollingUpdate -----------------------------------------------------------------------
@@ -178,15 +189,15 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
     # it has not observed is a rollout only if the recorded revision is another one.
     # A rolling update under way is complete when every replica runs the new revision
     # and is ready, as `kubectl rollout status` waits for; a scale-up is never a rollout.
-    rolling = old.get("phase") == PROGRESSING and old.get("canaryRevision") == rev
+    rolling = old.phase == PROGRESSING and old.canary_revision == rev
     in_flight = stable is not None and (
         stable.updated < stable.replicas
-        or (stable.observed_generation < stable.generation and old.get("stableRevision") != rev)
+        or (stable.observed_generation < stable.generation and old.stable_revision != rev)
         or (rolling and stable.ready < stable.replicas)
     )
     if stable is None or (stable.revision == rev and not in_flight):
-        settled = {"strategy": "RollingUpdate", "phase": STABLE, "stableRevision": rev}
-        if old.get("phase") == PROGRESSING and old.get("strategy") == "RollingUpdate":
+        settled = RolloutStatus(strategy="RollingUpdate", phase=STABLE, stable_revision=rev)
+        if old.phase == PROGRESSING and old.strategy == "RollingUpdate":
             events.append(Event("Normal", "RolloutComplete", f"all replicas run revision {rev}"))
         return RolloutDecision(
             stable_replicas=n,
@@ -199,21 +210,20 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
             consume_command=consume,
         )
     # The stable Deployment rolls to the desired revision (or is about to).
-    previous = old.get("stableRevision") if old.get("stableRevision") != rev else None
+    previous = old.stable_revision if old.stable_revision != rev else None
     if previous is None and stable.revision != rev:
         previous = stable.revision
     fallback = stable.surge_blocked(rev)
     updated = stable.updated if stable.revision == rev else 0
     how = "one replica at a time (no spare GPU for a surge pod)" if fallback else "with surge"
     message = f"rolling to {rev} {how}: {updated}/{n} replicas updated"
-    status: dict[str, Any] = {
-        "strategy": "RollingUpdate",
-        "phase": PROGRESSING,
-        "stableRevision": previous,
-        "canaryRevision": rev,
-        "message": message,
-    }
-    if old.get("phase") != PROGRESSING or old.get("canaryRevision") != rev:
+    status = _with(
+        RolloutStatus(strategy="RollingUpdate", phase=PROGRESSING),
+        stable_revision=previous,
+        canary_revision=rev,
+        message=message,
+    )
+    if old.phase != PROGRESSING or old.canary_revision != rev:
         events.append(Event("Normal", "RolloutStarted", f"rolling update to revision {rev}"))
     if fallback and not stable.one_at_a_time:
         events.append(
@@ -229,7 +239,7 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
         canary_replicas=canary,
         stable_takes_desired=True,
         one_at_a_time=fallback,
-        status=_clean(status),
+        status=status,
         progressing=(True, "RollingUpdate", message),
         events=tuple(events),
         consume_command=consume,
@@ -253,17 +263,17 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
     old, stable, rev = inp.status, inp.stable, inp.desired_revision
     assert inp.spec.canary is not None
     steps = inp.spec.canary.steps
-    phase = old.get("phase")
-    same = old.get("canaryRevision") == rev
+    phase = old.phase
+    same = old.canary_revision == rev
+    settled = RolloutStatus(strategy="Canary", phase=STABLE, stable_revision=rev)
     if stable is None or stable.revision is None:
         # First deployment: nothing to compare a canary with.
-        status = {"strategy": "Canary", "phase": STABLE, "stableRevision": rev}
         return RolloutDecision(
             stable_replicas=inp.total,
             canary_replicas=0,
             stable_takes_desired=True,
             one_at_a_time=False,
-            status=status,
+            status=settled,
             progressing=(False, "RolloutComplete", f"serving {rev}"),
         )
     if stable.revision == rev and not (phase == PROMOTING and same):
@@ -271,17 +281,16 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
     if inp.total == 0:
         # Scaled to zero: no traffic to compare, nothing to protect. The new revision is
         # taken as is, and the next scale-up starts on it.
-        status = {"strategy": "Canary", "phase": STABLE, "stableRevision": rev}
         message = f"scaled to zero: revision {rev} taken without a canary"
         return RolloutDecision(
             stable_replicas=0,
             canary_replicas=0,
             stable_takes_desired=True,
             one_at_a_time=False,
-            status={**status, "message": message},
+            status=_with(settled, message=message),
             progressing=(False, "RolloutComplete", message),
             events=(Event("Normal", "RolloutComplete", message),)
-            if old.get("stableRevision") != rev
+            if old.stable_revision != rev
             else (),
             consume_command=inp.command is not None,
         )
@@ -291,33 +300,33 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
         if inp.command == "retry":
             return _start(inp, "retry requested")
         if inp.command == "promote":
-            return _promote(inp, dict(old), [], "promote requested after rollback")
+            return _promote(inp, old, [], "promote requested after rollback")
         return _rolled_back(inp)
-    if phase == PROGRESSING and same and isinstance(old.get("step"), int):
-        step = max(1, min(int(old["step"]), len(steps)))
+    if phase == PROGRESSING and same and old.step is not None:
+        step = max(1, min(old.step, len(steps)))
         return _progress(inp, step)
     return _start(inp, None)
 
 
-def _base(inp: RolloutInput, stable_revision: str | None) -> dict[str, Any]:
+def _base(inp: RolloutInput, stable_revision: str | None) -> RolloutStatus:
     assert inp.spec.canary is not None
-    return {
-        "strategy": "Canary",
-        "stableRevision": stable_revision,
-        "canaryRevision": inp.desired_revision,
-        "steps": len(inp.spec.canary.steps),
-        "lastAnalysis": inp.status.get("lastAnalysis"),
-        "verdict": inp.status.get("verdict"),
-    }
+    return RolloutStatus(
+        strategy="Canary",
+        stable_revision=stable_revision,
+        canary_revision=inp.desired_revision,
+        steps=len(inp.spec.canary.steps),
+        last_analysis=inp.status.last_analysis,
+        verdict=inp.status.verdict,
+    )
 
 
 def _start(inp: RolloutInput, why: str | None) -> RolloutDecision:
     assert inp.stable is not None
     old = inp.status
-    stable_rev = old.get("stableRevision") or inp.stable.revision
-    if old.get("phase") in (STABLE, None) or stable_rev == inp.desired_revision:
+    stable_rev = old.stable_revision or inp.stable.revision
+    if old.phase in (STABLE, None) or stable_rev == inp.desired_revision:
         stable_rev = inp.stable.revision
-    status = {**_base(inp, stable_rev), "lastAnalysis": None, "verdict": None}
+    status = _with(_base(inp, stable_rev), last_analysis=None, verdict=None)
     events = [
         Event(
             "Normal",
@@ -333,14 +342,14 @@ def _progress(
     inp: RolloutInput,
     step: int,
     *,
-    status: dict[str, Any] | None = None,
+    status: RolloutStatus | None = None,
     events: list[Event] | None = None,
     fresh: bool = False,
 ) -> RolloutDecision:
     assert inp.spec.canary is not None and inp.stable is not None
     old = inp.status
     steps = inp.spec.canary.steps
-    status = status if status is not None else _base(inp, old.get("stableRevision"))
+    status = status if status is not None else _base(inp, old.stable_revision)
     events = events if events is not None else []
     consume = inp.command is not None
     if inp.command == "abort":
@@ -370,7 +379,7 @@ def _progress(
         and canary.observed_generation >= canary.generation
         and canary.new_ready >= canary_n
     )
-    started_at = None if fresh else old.get("stepStartedAt")
+    started_at = None if fresh else old.step_started_at
     if ready and started_at is None:
         started_at = inp.now
     if started_at is None:
@@ -386,7 +395,7 @@ def _progress(
         )
         if squeezed and canary is not None:
             message += f"; unschedulable: {canary.unschedulable_message}"
-        status.update(_split_fields(step, stable_target, canary_n, None, message))
+        status = _at_step(status, step, stable_target, canary_n, None, message)
         return _decision(status, stable_target, canary_n, events, consume, message)
 
     elapsed = parse_rfc3339(inp.now) - parse_rfc3339(started_at)
@@ -400,8 +409,9 @@ def _progress(
     verdict: Verdict | None = None
     if usable and m is not None and inp.criteria is not None:
         verdict = judge(m, inp.criteria)
-        status["lastAnalysis"] = _analysis_status(m, verdict, step)
-        status["verdict"] = verdict.result
+        status = _with(
+            status, last_analysis=_analysis_status(m, verdict, step), verdict=verdict.result
+        )
         if verdict.result == "Fail":
             return _roll_back(inp, status, events, "AnalysisFailed", verdict.message)
     covers = usable and m is not None and m.end >= parse_rfc3339(started_at) + pause - 1
@@ -418,27 +428,33 @@ def _progress(
         message = f"step {step}/{len(steps)} held: {verdict.message}"
     else:
         message = f"step {step}/{len(steps)}: waiting for the analysis of the full pause"
-    status.update(_split_fields(step, stable_n, canary_n, started_at, message))
+    status = _at_step(status, step, stable_n, canary_n, started_at, message)
     return _decision(status, stable_n, canary_n, events, consume, message)
 
 
-def _split_fields(
-    step: int, stable_n: int, canary_n: int, started_at: str | None, message: str
-) -> dict[str, Any]:
+def _at_step(
+    status: RolloutStatus,
+    step: int,
+    stable_n: int,
+    canary_n: int,
+    started_at: str | None,
+    message: str,
+) -> RolloutStatus:
     total = stable_n + canary_n
-    return {
-        "phase": PROGRESSING,
-        "step": step,
-        "weight": round(100 * canary_n / total) if total else 0,
-        "stableReplicas": stable_n,
-        "canaryReplicas": canary_n,
-        "stepStartedAt": started_at,
-        "message": message,
-    }
+    return _with(
+        status,
+        phase=PROGRESSING,
+        step=step,
+        weight=round(100 * canary_n / total) if total else 0,
+        stable_replicas=stable_n,
+        canary_replicas=canary_n,
+        step_started_at=started_at,
+        message=message,
+    )
 
 
 def _decision(
-    status: dict[str, Any],
+    status: RolloutStatus,
     stable_n: int,
     canary_n: int,
     events: list[Event],
@@ -450,7 +466,7 @@ def _decision(
         canary_replicas=canary_n,
         stable_takes_desired=False,
         one_at_a_time=False,
-        status=_clean(status),
+        status=status,
         progressing=(True, "CanaryStep", message),
         events=tuple(events),
         consume_command=consume,
@@ -459,7 +475,7 @@ def _decision(
 
 def _advance(
     inp: RolloutInput,
-    status: dict[str, Any],
+    status: RolloutStatus,
     events: list[Event],
     step: int,
     why: str,
@@ -469,18 +485,18 @@ def _advance(
     events.append(Event("Normal", "CanaryStepPassed", f"step {step}/{len(steps)} passed: {why}"))
     if step >= len(steps):
         return _promote(inp, status, events, "all steps passed")
-    nxt = replace(inp, status={**status, "stepStartedAt": None})
+    nxt = replace(inp, status=_with(status, step_started_at=None))
     return _progress(nxt, step + 1, status=status, events=events, fresh=True)
 
 
 def _promote(
     inp: RolloutInput,
-    status: dict[str, Any],
+    status: RolloutStatus,
     events: list[Event],
     why: str,
 ) -> RolloutDecision:
     events.append(Event("Normal", "Promoting", f"promoting revision {inp.desired_revision}: {why}"))
-    status = {**status, "phase": PROMOTING, "stepStartedAt": None}
+    status = _with(status, phase=PROMOTING, step_started_at=None)
     decision = _promoting(replace(inp, status=status, command=None))
     return replace(
         decision,
@@ -495,7 +511,7 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
     scheduled, so the GPUs it holds go to the stable track)."""
     assert inp.stable is not None
     stable, canary, n, rev = inp.stable, inp.canary, inp.total, inp.desired_revision
-    status = {**_base(inp, inp.status.get("stableRevision")), **dict(inp.status)}
+    status = _overlaid(_base(inp, inp.status.stable_revision), inp.status)
     consume = inp.command is not None
     events: list[Event] = []
     if consume:
@@ -516,35 +532,25 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
         and (canary is None or canary.replicas == 0 or canary.spec_replicas == 0)
     ):
         events.append(Event("Normal", "Promoted", f"revision {rev} is stable"))
-        done = {
-            "strategy": "Canary",
-            "phase": STABLE,
-            "stableRevision": rev,
-            "steps": status.get("steps"),
-            "verdict": status.get("verdict"),
-            "lastAnalysis": status.get("lastAnalysis"),
-            "message": f"promoted {rev}",
-        }
         return RolloutDecision(
             stable_replicas=n,
             canary_replicas=0,
             stable_takes_desired=True,
             one_at_a_time=False,
-            status=_clean(done),
+            status=_stable_after(status, rev, message=f"promoted {rev}"),
             progressing=(False, "RolloutComplete", f"serving {rev}"),
             events=tuple(events),
             consume_command=consume,
         )
     message = f"promoting {rev}: {on_new}/{n} stable replicas on the new revision"
-    status.update(
-        {
-            "phase": PROMOTING,
-            "stableReplicas": n,
-            "canaryReplicas": canary_n,
-            "weight": None,
-            "stepStartedAt": None,
-            "message": message,
-        }
+    status = _with(
+        status,
+        phase=PROMOTING,
+        stable_replicas=n,
+        canary_replicas=canary_n,
+        weight=None,
+        step_started_at=None,
+        message=message,
     )
     fallback = stable.surge_blocked(rev)
     return RolloutDecision(
@@ -552,26 +558,37 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
         canary_replicas=canary_n,
         stable_takes_desired=True,
         one_at_a_time=fallback,
-        status=_clean(status),
+        status=status,
         progressing=(True, "Promoting", message),
         events=tuple(events),
         consume_command=consume,
     )
 
 
+def _stable_after(old: RolloutStatus, rev: str, message: str | None = None) -> RolloutStatus:
+    """A canary rollout's settled status: ``rev`` is stable; the last analysis stays."""
+    return _with(
+        RolloutStatus(strategy="Canary", phase=STABLE, stable_revision=rev),
+        steps=old.steps,
+        verdict=old.verdict,
+        last_analysis=old.last_analysis,
+        message=message,
+    )
+
+
 def _roll_back(
     inp: RolloutInput,
-    status: dict[str, Any],
+    status: RolloutStatus,
     events: list[Event],
     reason: str,
     why: str,
 ) -> RolloutDecision:
     message = (
-        f"rolled back to {status.get('stableRevision')}: canary {inp.desired_revision} "
+        f"rolled back to {status.stable_revision}: canary {inp.desired_revision} "
         f"{'aborted' if reason == 'Aborted' else 'failed'}: {why}"
     )
     events.append(Event("Warning", "RolledBack", message))
-    status = {**status, "phase": ROLLED_BACK, "message": message}
+    status = _with(status, phase=ROLLED_BACK, message=message)
     decision = _rolled_back(replace(inp, status=status, command=None))
     return replace(decision, events=tuple(events), consume_command=inp.command is not None)
 
@@ -579,17 +596,15 @@ def _roll_back(
 def _rolled_back(inp: RolloutInput) -> RolloutDecision:
     """The canary is gone at once; the stable revision serves the full count until a new
     revision is committed or a person says retry/promote."""
-    status = {**dict(inp.status)}
-    message = str(status.get("message") or f"canary {inp.desired_revision} rolled back")
-    status.update(
-        {
-            "phase": ROLLED_BACK,
-            "step": None,
-            "weight": 0,
-            "stableReplicas": inp.total,
-            "canaryReplicas": 0,
-            "stepStartedAt": None,
-        }
+    message = inp.status.message or f"canary {inp.desired_revision} rolled back"
+    status = _with(
+        inp.status,
+        phase=ROLLED_BACK,
+        step=None,
+        weight=0,
+        stable_replicas=inp.total,
+        canary_replicas=0,
+        step_started_at=None,
     )
     events: list[Event] = []
     consume = inp.command is not None
@@ -600,7 +615,7 @@ def _rolled_back(inp: RolloutInput) -> RolloutDecision:
         canary_replicas=0,
         stable_takes_desired=False,
         one_at_a_time=False,
-        status=_clean(status),
+        status=status,
         progressing=(False, "RolledBack", message),
         events=tuple(events),
         consume_command=consume,
@@ -618,18 +633,10 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
         events.append(
             Event("Warning", "RolloutCommandIgnored", f"{inp.command}: no rollout in progress")
         )
-    if old.get("phase") in (PROGRESSING, ROLLED_BACK) and old.get("canaryRevision") != rev:
+    if old.phase in (PROGRESSING, ROLLED_BACK) and old.canary_revision != rev:
         events.append(
             Event("Normal", "RolloutCancelled", f"the spec went back to the stable revision {rev}")
         )
-    status = {
-        "strategy": "Canary",
-        "phase": STABLE,
-        "stableRevision": rev,
-        "steps": old.get("steps"),
-        "verdict": old.get("verdict"),
-        "lastAnalysis": old.get("lastAnalysis"),
-    }
     canary_n = _retire(inp.canary, inp.stable, inp.total)
     fallback = inp.stable.rolling() and inp.stable.surge_blocked(rev)
     return RolloutDecision(
@@ -637,26 +644,20 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
         canary_replicas=canary_n,
         stable_takes_desired=True,
         one_at_a_time=fallback,
-        status=_clean(status),
+        status=_stable_after(old, rev),
         progressing=(False, "RolloutComplete", f"serving {rev}"),
         events=tuple(events),
         consume_command=consume,
     )
 
 
-def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "time": rfc3339(m.end),
-        "step": step,
-        "result": verdict.result,
-        "message": clip(verdict.message),
-    }
-    out.update(verdict.numbers)
-    return out
-
-
-def _clean(status: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in status.items() if v is not None}
-    if isinstance(out.get("message"), str):
-        out["message"] = clip(out["message"])
-    return out
+def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> CanaryAnalysisStatus:
+    return CanaryAnalysisStatus.model_validate(
+        {
+            "time": rfc3339(m.end),
+            "step": step,
+            "result": verdict.result,
+            "message": clip(verdict.message),
+            **verdict.numbers,
+        }
+    )
