@@ -470,7 +470,7 @@ def test_judge_rules() -> None:
     silent = judge(m(TrackSample(pods=1), None), CRITERIA)
     assert silent.result == "Pass" and "no request" in silent.message
     verdict = judge(m(sample(0.9), sample(0.3)), CRITERIA)
-    assert verdict.numbers["canaryTTFTSeconds"] > verdict.numbers["stableTTFTSeconds"]
+    assert verdict.numbers["canary_ttft_seconds"] > verdict.numbers["stable_ttft_seconds"]
 
 
 def test_judge_reads_vllm_buckets_as_buckets() -> None:
@@ -480,11 +480,11 @@ def test_judge_reads_vllm_buckets_as_buckets() -> None:
     crossed = judge(m(sample(2.1, requests=200), sample(1.9, requests=200)), lenient)
     assert crossed.result == "Fail", crossed.message
     assert "20.0% of canary requests" in crossed.message
-    assert crossed.numbers["canaryAboveSLO"] == 0.2 and crossed.numbers["stableAboveSLO"] == 0
+    assert crossed.numbers["canary_above_slo"] == 0.2 and crossed.numbers["stable_above_slo"] == 0
     # 0.95 s -> 1.05 s is harmless, though interpolation reads p95 0.99 s vs 2.43 s.
     harmless = judge(m(sample(1.05), sample(0.95)), CRITERIA)
     assert harmless.result == "Pass", harmless.message
-    assert harmless.numbers["canaryTTFTSeconds"] > 2.4  # the interpolated figure, shown
+    assert harmless.numbers["canary_ttft_seconds"] > 2.4  # the interpolated figure, shown
     # Both tracks equally over the SLO: the load, not the revision.
     assert judge(m(sample(2.1), sample(2.1)), lenient).result == "Pass"
 

@@ -35,3 +35,52 @@ def test_init_files_only_re_export() -> None:
                 continue
             offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert not offenders, f"logic in __init__.py: {offenders}"
+
+
+def _status_wire_names() -> set[str]:
+    """The camelCase names of every field in the DMD's status, nested models included."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from distillery.api.types import DistilledModelDeploymentStatus
+
+    names: set[str] = set()
+    todo: list[type[BaseModel]] = [DistilledModelDeploymentStatus]
+    seen: set[type[BaseModel]] = set()
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            names.add(info.alias or name)
+            stack: list[object] = [info.annotation]
+            while stack:
+                hint = stack.pop()
+                stack.extend(typing.get_args(hint))
+                if isinstance(hint, type) and issubclass(hint, BaseModel):
+                    todo.append(hint)
+    return {n for n in names if n != n.lower()}
+
+
+def test_status_is_built_from_the_models() -> None:
+    """The controllers and the pure decisions they call never spell a status field's
+    wire name as a dict key: status is built from ``api.types`` and serialised once."""
+    wire = _status_wire_names()
+    assert {"observedGeneration", "stableRevision", "lastTransitionTime"} <= wire
+    writers = [
+        *(PACKAGE / "reconcile").glob("*.py"),
+        *(PACKAGE / "rollout").glob("*.py"),
+        *(PACKAGE / "kube").glob("*.py"),
+        PACKAGE / "api" / "conditions.py",
+    ]
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno} {key.value}"
+        for path in writers
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Dict)
+        for key in node.keys
+        if isinstance(key, ast.Constant) and key.value in wire
+    ]
+    assert not offenders, f"status fields written as dict keys: {offenders}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distillery.api import conditions as cond
+from distillery.api.conditions import ConditionState
 from distillery.api.types import CacheStatus, DistilledModelDeployment, RetiredCache
 from distillery.autoscale.inputs import PodFailure, pod_failure
 from distillery.reconcile.children import ChildState, child_key
@@ -49,7 +50,7 @@ class CacheStep:
     """The cache's state and what it changes about this reconcile."""
 
     status: CacheStatus
-    condition: dict[str, Any]
+    condition: ConditionState
     hold_workload: bool  # serving pods wait for the cache
     drop_job: bool  # the Job exists: its template is immutable, never re-applied
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from distillery.api import conditions as cond
+from distillery.api.conditions import ConditionState
 from distillery.api.errors import validation_summary
 from distillery.api.events import Event
 from distillery.api.hashing import content_hash
@@ -73,20 +74,12 @@ from distillery.rollout.strategy import (
 )
 from distillery.sizing import Plan, PlanError, UnknownModelError, plan
 
-# Status fields the reconciler owns; the autoscaler and rollouts own theirs.
-OWNED_STATUS = (
-    "observedGeneration",
-    "conditions",
-    "replicas",
-    "readyReplicas",
-    "selector",
-    "placement",
-    "cost",
-    "endpoint",
-    "revision",
-    "rollout",
-    "cache",
-    "startup",
+# The status fields the reconciler writes: every field of the status model but
+# ``autoscaling``, which the autoscaler owns (the rollout's fields are decided here).
+OWNED_STATUS = tuple(
+    f.alias or n
+    for n, f in DistilledModelDeploymentStatus.model_fields.items()
+    if n != "autoscaling"
 )
 
 
@@ -138,7 +131,8 @@ def _stalled(
 ) -> Desired:
     meta = body.get("metadata") or {}
     gen = meta.get("generation")
-    old = (body.get("status") or {}).get("conditions") or []
+    old_status = body.get("status") or {}
+    old = cond.parse_conditions(old_status.get("conditions") or [])
     desired = [
         cond.condition(cond.READY, False, reason, message, gen),
         cond.condition(cond.RECONCILING, False, reason, "waiting for a spec change", gen),
@@ -146,13 +140,14 @@ def _stalled(
     ]
     if sized is not None:
         desired.append(cond.condition(cond.SIZED, sized, reason, message, gen))
-    status = dict(body.get("status") or {})
-    status["observedGeneration"] = gen
-    status["conditions"] = cond.merge_conditions(old, desired, now)
-    events = _transition_events(old, status["conditions"])
+    merged = cond.merge_conditions(old, desired, now)
+    events = _transition_events(old, merged)
+    # What the last good reconcile recorded (placement, cost, ...) stays as it was.
+    fresh = DistilledModelDeploymentStatus(observed_generation=gen, conditions=merged)
+    status = {**_owned(old_status), **fresh.to_wire()}
     return Desired(
-        status=_owned(status),
-        status_changed=_owned(status) != _owned(body.get("status") or {}),
+        status=status,
+        status_changed=status != _owned(old_status),
         events=events,
         stalled_reason=reason,
     )
@@ -162,31 +157,31 @@ def _owned(status: Mapping[str, Any]) -> dict[str, Any]:
     return {k: status[k] for k in OWNED_STATUS if k in status and status[k] is not None}
 
 
-def _transition_events(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> list[Event]:
+def _transition_events(old: Sequence[Condition], new: Sequence[Condition]) -> list[Event]:
     events: list[Event] = []
-    before = {c["type"]: c for c in old}
+    before = {c.type: c for c in old}
     for c in new:
-        prev = before.get(c["type"])
-        flipped = prev is None or prev.get("status") != c["status"]
-        changed = flipped or (prev or {}).get("reason") != c.get("reason")
-        if c["type"] == cond.STALLED and c["status"] == "True" and changed:
-            events.append(Event("Warning", c["reason"], c["message"]))
-        elif c["type"] == cond.READY and c["status"] == "True" and flipped:
-            events.append(Event("Normal", "Ready", c["message"]))
-        elif c["type"] == cond.READY and c.get("reason") in POD_FAILURE_REASONS and changed:
-            events.append(Event("Warning", c["reason"], c["message"]))
+        prev = before.get(c.type)
+        flipped = prev is None or prev.status != c.status
+        changed = flipped or (prev is not None and prev.reason != c.reason)
+        if c.type == cond.STALLED and c.status == "True" and changed:
+            events.append(Event("Warning", c.reason, c.message))
+        elif c.type == cond.READY and c.status == "True" and flipped:
+            events.append(Event("Normal", "Ready", c.message))
+        elif c.type == cond.READY and c.reason in POD_FAILURE_REASONS and changed:
+            events.append(Event("Warning", c.reason, c.message))
         elif (
-            c["type"] == cond.SIZED
-            and c["status"] == "True"
-            and (flipped or (prev or {}).get("message") != c.get("message"))
+            c.type == cond.SIZED
+            and c.status == "True"
+            and (flipped or (prev is not None and prev.message != c.message))
         ):
-            events.append(Event("Normal", "Planned", c["message"]))
+            events.append(Event("Normal", "Planned", c.message))
     return events
 
 
 def _autoscaling_conditions(
     dmd: DistilledModelDeployment, auto: Mapping[str, Any], gen: int | None
-) -> list[dict[str, Any]]:
+) -> list[ConditionState]:
     """MetricsAvailable and ScalingLimited, from what the autoscaler recorded."""
     if dmd.spec.scaling.mode == "external":
         msg = "spec.replicas is left to an external scaler (HPA/KEDA) through /scale"
@@ -224,7 +219,7 @@ def _autoscaling_conditions(
     return [metrics_cond, limit_cond]
 
 
-def _slo_condition(dmd: DistilledModelDeployment, gen: int | None) -> dict[str, Any]:
+def _slo_condition(dmd: DistilledModelDeployment, gen: int | None) -> ConditionState:
     m = spec_slo_measurement(dmd.spec)
     return cond.condition(cond.SLO_MEASURABLE, m.exact, m.reason, m.message, gen)
 
@@ -236,7 +231,7 @@ def _deployment_conditions(
     gen: int | None,
     unschedulable: str | None = None,
     pods: Sequence[PodInfo] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[ConditionState, ConditionState]:
     """Ready and Reconciling, from the Deployment's own status and, when known, its
     pods: a failing container names the reason (a missing Secret, a bad image, an OOM
     kill) instead of a bare count, and terminating pods do not count as ready."""
@@ -357,12 +352,15 @@ def desired_state(
         # claim until the pods still mounting it are replaced).
         step = replace(step, delete=[*step.delete, *unused_caches(children)])
     apply, reasons = _diff(step.objects, children, dmd.name)
-    status = _status(
-        dmd, chosen_plan, rendered, step, old_status, meta.get("generation"), now,
+    old_conds = cond.parse_conditions(old_status.get("conditions") or [])
+    new_status = _status(
+        dmd, chosen_plan, rendered, step, old_status, old_conds, meta.get("generation"), now,
         unschedulable, pods, cached,
     )  # fmt: skip
-    old_conds = old_status.get("conditions") or []
-    events = _transition_events(old_conds, status["conditions"])
+    # Serialised once, in the API's shape; None fields are left out (the merge patch
+    # writes nulls for what an older status had and this one drops).
+    status = new_status.to_wire()
+    events = _transition_events(old_conds, new_status.conditions)
     events += step.decision.events
     if raw_command and command is None:
         events.append(
@@ -563,7 +561,7 @@ def _serving_conditions(
     gen: Any,
     unschedulable: str | None,
     pods: Sequence[PodInfo] | None,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+) -> tuple[ConditionState, ConditionState, ConditionState]:
     """Ready, Reconciling and Stalled, from the rollout's phase and the Deployments."""
     decision, count = step.decision, step.count
     phase = decision.status.phase
@@ -611,12 +609,13 @@ def _status(
     rendered: Rendered,
     step: _RolloutStep,
     old_status: Mapping[str, Any],
+    old_conds: Sequence[Condition],
     gen: Any,
     now: str,
     unschedulable: str | None,
     pods: Sequence[PodInfo] | None,
     cached: CacheStep | None = None,
-) -> dict[str, Any]:
+) -> DistilledModelDeploymentStatus:
     """The status the reconciler owns, conditions merged with the old ones."""
     stable_child, canary_child = step.stable_child, step.canary_child
     canary_live = canary_child.replicas if canary_child else 0
@@ -649,11 +648,9 @@ def _status(
     old_cost = _owned(old_status).get("cost")
     # Keep what the reconciler does not compute this time (the measured cost per token).
     per_mtok = old_cost.get("perMillionTokens") if isinstance(old_cost, Mapping) else None
-    status = DistilledModelDeploymentStatus(
+    return DistilledModelDeploymentStatus(
         observed_generation=gen,
-        conditions=_conditions(
-            cond.merge_conditions(old_status.get("conditions") or [], desired_conds, now)
-        ),
+        conditions=cond.merge_conditions(old_conds, desired_conds, now),
         replicas=running,
         ready_replicas=ready_count,
         selector=rendered.selector,
@@ -689,14 +686,11 @@ def _status(
         cache=cached.status if cached is not None else None,
         startup=_startup_status(dmd, rendered, pods),
     )
-    # Serialised once, in the API's shape; None fields are left out (the merge patch
-    # writes nulls for what an older status had and this one drops).
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def _cache_conditions(
-    cached: CacheStep, ready: dict[str, Any], no_workload: bool, gen: Any
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    cached: CacheStep, ready: ConditionState, no_workload: bool, gen: Any
+) -> tuple[ConditionState, ConditionState, ConditionState]:
     """Ready, Reconciling and Stalled while the serving pods wait for the weight cache.
     Pods already serving the previous revision keep Ready as it was."""
     failed = cached.status.phase == "Failed"
@@ -735,18 +729,6 @@ def _startup_status(
         measured_seconds=round(median, 1) if median is not None else None,
         measured_pods=len(measured) or None,
     )
-
-
-def _conditions(merged: Sequence[Mapping[str, Any]]) -> list[Condition]:
-    """The merged conditions as models; one kept from an old status in another shape
-    (written by hand or an older release) is dropped, never fatal to the reconcile."""
-    out = []
-    for c in merged:
-        try:
-            out.append(Condition.model_validate(c))
-        except ValidationError:
-            continue
-    return out
 
 
 def _rollout_status(raw: Mapping[str, Any]) -> RolloutStatus:

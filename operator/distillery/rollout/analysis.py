@@ -139,6 +139,7 @@ class Criteria:
 class Verdict:
     result: Result
     message: str
+    # The figures behind it, by CanaryAnalysisStatus's field names.
     numbers: dict[str, float]
 
 
@@ -151,17 +152,17 @@ def _fmt(seconds: float | None) -> str:
 def _numbers(m: Measurement, c: Criteria) -> dict[str, float]:
     canary, stable = m.canary, m.stable or TrackSample()
     p = c.percentile
-    numbers: dict[str, float] = {"windowSeconds": round(m.end - m.start, 1)}
+    numbers: dict[str, float] = {"window_seconds": round(m.end - m.start, 1)}
     slo = c.slo_ttft_seconds
     for key, value in (
-        ("canaryRequests", canary.requests),
-        ("stableRequests", stable.requests),
-        ("canaryTTFTSeconds", canary.ttft(p)),
-        ("stableTTFTSeconds", stable.ttft(p)),
-        ("canaryErrorRate", canary.error_rate()),
-        ("stableErrorRate", stable.error_rate()),
-        ("canaryAboveSLO", _surely(canary.above_slo(slo)) if slo else None),
-        ("stableAboveSLO", _surely(stable.above_slo(slo)) if slo else None),
+        ("canary_requests", canary.requests),
+        ("stable_requests", stable.requests),
+        ("canary_ttft_seconds", canary.ttft(p)),
+        ("stable_ttft_seconds", stable.ttft(p)),
+        ("canary_error_rate", canary.error_rate()),
+        ("stable_error_rate", stable.error_rate()),
+        ("canary_above_slo", _surely(canary.above_slo(slo)) if slo else None),
+        ("stable_above_slo", _surely(stable.above_slo(slo)) if slo else None),
     ):
         if value is not None:
             numbers[key] = round(value, 4)

@@ -652,12 +652,10 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
 
 
 def _analysis_status(m: Measurement, verdict: Verdict, step: int) -> CanaryAnalysisStatus:
-    return CanaryAnalysisStatus.model_validate(
-        {
-            "time": rfc3339(m.end),
-            "step": step,
-            "result": verdict.result,
-            "message": clip(verdict.message),
-            **verdict.numbers,
-        }
+    return CanaryAnalysisStatus(
+        time=rfc3339(m.end),
+        step=step,
+        result=verdict.result,
+        message=clip(verdict.message),
+        **verdict.numbers,
     )
