@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from distillery.engines.model import (
-    PORT,
-    AnalysisQueries,
-    EngineInputs,
-    EngineLaunch,
-    EngineQueries,
-    ServingEngine,
-)
-from distillery.engines.model import promql_by_pod as q
+from distillery.engines import model as m
+from distillery.engines.model import PORT, EngineInputs, EngineLaunch
 
 
 def launch(i: EngineInputs) -> EngineLaunch:
@@ -27,15 +20,12 @@ def launch(i: EngineInputs) -> EngineLaunch:
     ]  # fmt: skip
     if i.kv_cache_dtype == "fp8":
         args += ["--cache-type-k", "q8_0", "--cache-type-v", "q8_0"]
-    return EngineLaunch(
-        command=["/app/llama-server"],
-        args=args + list(i.extra_args),
-        env={"LLAMA_CACHE": "/models/llama.cpp"},
-        run_as_non_root=True,
+    return m.serve(
+        i, ["/app/llama-server"], args, {"LLAMA_CACHE": "/models/llama.cpp"}, run_as_non_root=True
     )
 
 
-ENGINE = ServingEngine(
+ENGINE = m.ServingEngine(
     name="llamacpp",
     launch=launch,
     image="ghcr.io/ggml-org/llama.cpp:server-cuda-b6700",
@@ -44,14 +34,13 @@ ENGINE = ServingEngine(
     online_fp8=False,
     # llama.cpp maps the file: no graph capture or profiling.
     start_seconds=10.0,
-    queries=EngineQueries(
-        running=q("llamacpp:requests_processing"),
-        waiting=q("llamacpp:requests_deferred"),
-        kv_usage=q("llamacpp:kv_cache_usage_ratio", "avg"),
-        prompt_tokens_rate=q("rate(llamacpp:prompt_tokens_total[1m])"),
-        ttft_buckets=None,
-        freshness=q("timestamp(llamacpp:requests_processing)", "max"),
-        generation_tokens_rate=q("rate(llamacpp:tokens_predicted_total[1m])"),
+    queries=m.EngineQueries.from_metrics(
+        running="llamacpp:requests_processing",
+        waiting="llamacpp:requests_deferred",
+        kv_usage="llamacpp:kv_cache_usage_ratio",
+        prompt_tokens="llamacpp:prompt_tokens_total",
+        ttft_histogram=None,
+        generation_tokens="llamacpp:tokens_predicted_total",
     ),
-    analysis=AnalysisQueries(requests=None, failures=None, ttft_buckets=None),
+    analysis=m.AnalysisQueries.of_histogram(None, requests=None, failures=None),
 )

@@ -74,6 +74,42 @@ class EngineQueries:
     # Rate of the TTFT histogram's _sum: bounds the latency inside a coarse bucket.
     ttft_sum: str | None = None
 
+    @classmethod
+    def from_metrics(
+        cls,
+        *,
+        running: str,
+        waiting: str,
+        kv_usage: str | None,
+        prompt_tokens: str | None,
+        ttft_histogram: str | None,
+        completions: str | None = None,
+        generation_tokens: str | None = None,
+        computed_prompt_tokens: str | None = None,
+        freshness_of: str | None = None,
+    ) -> EngineQueries:
+        """The queries from the engine's metric names: gauges per pod, counters as
+        one-minute rates, the histogram's buckets and sum; freshness is the newest
+        sample of ``freshness_of`` (default: ``running``)."""
+        return cls(
+            running=promql_by_pod(running),
+            waiting=promql_by_pod(waiting),
+            kv_usage=promql_by_pod(kv_usage, "avg") if kv_usage else None,
+            prompt_tokens_rate=_rate(prompt_tokens),
+            ttft_buckets=f"sum by (namespace, pod, le) (rate({ttft_histogram}_bucket[1m]))"
+            if ttft_histogram
+            else None,
+            freshness=promql_by_pod(f"timestamp({freshness_of or running})", "max"),
+            completions_rate=_rate(completions),
+            generation_tokens_rate=_rate(generation_tokens),
+            computed_prompt_tokens_rate=_rate(computed_prompt_tokens),
+            ttft_sum=_rate(f"{ttft_histogram}_sum") if ttft_histogram else None,
+        )
+
+
+def _rate(counter: str | None) -> str | None:
+    return promql_by_pod(f"rate({counter}[1m])") if counter else None
+
 
 @dataclass(frozen=True, kw_only=True)
 class AnalysisQueries:
@@ -88,6 +124,26 @@ class AnalysisQueries:
     failure_signal: str = "no failure counter"
     ttft_buckets: tuple[str, str] | None
     ttft_sum: tuple[str, str] | None = None
+
+    @classmethod
+    def of_histogram(
+        cls,
+        ttft_histogram: str | None,
+        *,
+        requests: tuple[str, str] | None,
+        failures: tuple[str, str] | None,
+        responses: tuple[str, str] | None = None,
+        failure_signal: str = "no failure counter",
+    ) -> AnalysisQueries:
+        """The counters, and the TTFT histogram's buckets and sum by its name."""
+        return cls(
+            requests=requests,
+            failures=failures,
+            responses=responses,
+            failure_signal=failure_signal,
+            ttft_buckets=(f"{ttft_histogram}_bucket", "") if ttft_histogram else None,
+            ttft_sum=(f"{ttft_histogram}_sum", "") if ttft_histogram else None,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,6 +180,38 @@ class ServingEngine:
 # the leader pod's address and the pod's index in the group (0: the leader).
 LWS_LEADER_ADDRESS = "$(LWS_LEADER_ADDRESS)"
 LWS_WORKER_INDEX = "$(LWS_WORKER_INDEX)"
+
+
+def hub_revision(i: EngineInputs) -> list[str]:
+    """``--revision`` for a model the engine downloads from the Hub itself (a model on a
+    volume or fetched by the init container is already the pinned revision)."""
+    return ["--revision", i.revision] if i.source.scheme == "hf" else []
+
+
+def serve(
+    i: EngineInputs,
+    command: list[str],
+    args: list[str],
+    env: dict[str, str],
+    *,
+    group: Sequence[str] = (),
+    worker_only: Sequence[str] = (),
+    run_as_non_root: bool = False,
+) -> EngineLaunch:
+    """The launch with the user's extra arguments last. On more than one node, ``group``
+    (where the ranks meet) goes to every pod: rank 0 is the leader and serves the API,
+    the workers take their rank from the LeaderWorkerSet and ``worker_only``. An engine
+    without a ``group`` runs on one node."""
+    extra = list(i.extra_args)
+    if i.nodes <= 1 or not group:
+        return EngineLaunch(command, [*args, *extra], env, run_as_non_root=run_as_non_root)
+    return EngineLaunch(
+        command,
+        [*args, *group, "--node-rank", "0", *extra],
+        env,
+        worker_args=[*args, *group, "--node-rank", LWS_WORKER_INDEX, *worker_only, *extra],
+        run_as_non_root=run_as_non_root,
+    )
 
 
 def ttft_bucket_args(flag: str, defaults: Sequence[float], slo_seconds: float) -> list[str]:

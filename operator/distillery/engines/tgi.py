@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from distillery.engines.model import (
-    PORT,
-    AnalysisQueries,
-    EngineInputs,
-    EngineLaunch,
-    EngineQueries,
-    ServingEngine,
-    fmt_fraction,
-)
-from distillery.engines.model import promql_by_pod as q
+from distillery.engines import model as m
+from distillery.engines.model import PORT, EngineInputs, EngineLaunch
 
 
 def launch(i: EngineInputs) -> EngineLaunch:
@@ -23,44 +15,44 @@ def launch(i: EngineInputs) -> EngineLaunch:
         "--max-total-tokens", str(i.max_model_len),
         "--max-input-tokens", str(i.max_model_len - 1),
         "--max-concurrent-requests", str(i.max_concurrency),
-        "--cuda-memory-fraction", fmt_fraction(i.gpu_memory_utilization),
+        "--cuda-memory-fraction", m.fmt_fraction(i.gpu_memory_utilization),
     ]  # fmt: skip
-    if i.source.scheme == "hf":
-        args += ["--revision", i.revision]
+    args += m.hub_revision(i)
     if i.quantization in ("fp8", "awq", "gptq"):
         args += ["--quantize", i.quantization]
     if i.kv_cache_dtype == "fp8":
         args += ["--kv-cache-dtype", "fp8_e5m2"]
-    return EngineLaunch(
-        command=["text-generation-launcher"],
-        args=args + list(i.extra_args),
-        env={"HF_HOME": "/models/hf", "HUGGINGFACE_HUB_CACHE": "/models/hf"},
+    return m.serve(
+        i,
+        ["text-generation-launcher"],
+        args,
+        {"HF_HOME": "/models/hf", "HUGGINGFACE_HUB_CACHE": "/models/hf"},
     )
 
 
-ENGINE = ServingEngine(
+ENGINE = m.ServingEngine(
     name="tgi",
     launch=launch,
     image="ghcr.io/huggingface/text-generation-inference:3.3.6",
     quantizations=frozenset({"none", "fp8", "awq", "gptq"}),
     online_fp8=True,
     start_seconds=60.0,
-    queries=EngineQueries(
-        running=q("tgi_batch_current_size"),
-        waiting=q("tgi_queue_size"),
+    queries=m.EngineQueries.from_metrics(
+        running="tgi_batch_current_size",
+        waiting="tgi_queue_size",
         kv_usage=None,
-        prompt_tokens_rate=q("rate(tgi_request_input_length_sum[1m])"),
-        ttft_buckets=None,  # TGI exports no time to first token
-        freshness=q("timestamp(tgi_queue_size)", "max"),
-        completions_rate=q("rate(tgi_request_success[1m])"),
-        generation_tokens_rate=q("rate(tgi_request_generated_tokens_sum[1m])"),
+        prompt_tokens="tgi_request_input_length_sum",
+        ttft_histogram=None,  # TGI exports no time to first token
+        completions="tgi_request_success",
+        generation_tokens="tgi_request_generated_tokens_sum",
+        freshness_of="tgi_queue_size",
     ),
     # The router counts every request and every failure (validation, generation,
     # overloaded, ...) in tgi_request_failure{err}.
-    analysis=AnalysisQueries(
+    analysis=m.AnalysisQueries.of_histogram(
+        None,
         requests=("tgi_request_count", ""),
         failures=("tgi_request_failure", ""),
         failure_signal="failed requests (tgi_request_failure)",
-        ttft_buckets=None,
     ),
 )

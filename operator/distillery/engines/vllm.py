@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from distillery.engines.model import (
-    LWS_LEADER_ADDRESS,
-    LWS_WORKER_INDEX,
-    PORT,
-    AnalysisQueries,
-    EngineInputs,
-    EngineLaunch,
-    EngineQueries,
-    ServingEngine,
-    fmt_fraction,
-)
-from distillery.engines.model import promql_by_pod as q
+from distillery.engines import model as m
+from distillery.engines.model import PORT, EngineInputs, EngineLaunch
 
 # The release the image, the flags and the metric contract are pinned to
 # (tests/data/vllm-metrics.json lists its /metrics, with the sources cited).
@@ -24,6 +14,7 @@ TTFT_BUCKETS: tuple[float, ...] = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
     2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 )  # fmt: skip
+TTFT = "vllm:time_to_first_token_seconds"
 FINISHED_REASONS = ("stop", "length", "abort", "error", "repetition")
 _INFERENCE_ROUTES = 'handler=~"/v1/completions|/v1/chat/completions"'
 
@@ -36,13 +27,12 @@ def launch(i: EngineInputs) -> EngineLaunch:
         "--port", str(PORT),
         "--tensor-parallel-size", str(i.tensor_parallel),
         "--max-model-len", str(i.max_model_len),
-        "--gpu-memory-utilization", fmt_fraction(i.gpu_memory_utilization),
+        "--gpu-memory-utilization", m.fmt_fraction(i.gpu_memory_utilization),
         "--max-num-seqs", str(i.max_concurrency),
     ]  # fmt: skip
     if i.pipeline_parallel > 1:
         args += ["--pipeline-parallel-size", str(i.pipeline_parallel)]
-    if i.source.scheme == "hf":
-        args += ["--revision", i.revision]
+    args += m.hub_revision(i)
     if i.quantization in ("fp8", "awq", "gptq"):
         args += ["--quantization", i.quantization]
     # int8 checkpoints (compressed-tensors W8A8) are detected from their config.
@@ -50,23 +40,19 @@ def launch(i: EngineInputs) -> EngineLaunch:
         args += ["--kv-cache-dtype", "fp8"]
     if i.expert_parallel:
         args += ["--enable-expert-parallel"]
-    worker_args = None
-    if i.nodes > 1:
-        # Multiprocessing across nodes (no Ray): every node runs `vllm serve` with the
-        # same parallel layout; rank 0 serves the API, the others run headless.
-        group = ["--nnodes", str(i.nodes), "--master-addr", LWS_LEADER_ADDRESS]
-        worker_args = [*args, *group, "--node-rank", LWS_WORKER_INDEX, "--headless"]
-        worker_args += list(i.extra_args)
-        args += [*group, "--node-rank", "0"]
-    return EngineLaunch(
-        command=["vllm", "serve"],
-        args=args + list(i.extra_args),
-        env={"HF_HOME": "/models/hf", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
-        worker_args=worker_args,
+    # Multiprocessing across nodes (no Ray): every node runs `vllm serve` with the same
+    # parallel layout; rank 0 serves the API, the others run headless.
+    return m.serve(
+        i,
+        ["vllm", "serve"],
+        args,
+        {"HF_HOME": "/models/hf", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
+        group=["--nnodes", str(i.nodes), "--master-addr", m.LWS_LEADER_ADDRESS],
+        worker_only=["--headless"],
     )
 
 
-ENGINE = ServingEngine(
+ENGINE = m.ServingEngine(
     name="vllm",
     launch=launch,
     image=f"vllm/vllm-openai:{VERSION}",
@@ -75,36 +61,30 @@ ENGINE = ServingEngine(
     multi_node="pipeline",
     expert_parallel=True,
     start_seconds=90.0,
-    queries=EngineQueries(
-        running=q("vllm:num_requests_running"),
-        waiting=q("vllm:num_requests_waiting"),
+    queries=m.EngineQueries.from_metrics(
+        running="vllm:num_requests_running",
+        waiting="vllm:num_requests_waiting",
         # Older vLLM releases export gpu_cache_usage_perc instead.
-        kv_usage=q('{__name__=~"vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc"}', "avg"),
-        prompt_tokens_rate=q("rate(vllm:prompt_tokens_total[1m])"),
-        ttft_buckets="sum by (namespace, pod, le) "
-        "(rate(vllm:time_to_first_token_seconds_bucket[1m]))",
-        freshness=q("timestamp(vllm:num_requests_running)", "max"),
+        kv_usage='{__name__=~"vllm:kv_cache_usage_perc|vllm:gpu_cache_usage_perc"}',
+        prompt_tokens="vllm:prompt_tokens_total",
+        ttft_histogram=TTFT,
         # Finished requests of every finished_reason (stop, length, abort, ...).
-        completions_rate=q("rate(vllm:request_success_total[1m])"),
-        generation_tokens_rate=q("rate(vllm:generation_tokens_total[1m])"),
+        completions="vllm:request_success_total",
+        generation_tokens="vllm:generation_tokens_total",
         # prompt_tokens_total counts prefix-cache hits; current vLLM splits it by source.
-        computed_prompt_tokens_rate=q(
-            'rate(vllm:prompt_tokens_by_source_total{source="local_compute"}[1m])'
-        ),
-        ttft_sum=q("rate(vllm:time_to_first_token_seconds_sum[1m])"),
+        computed_prompt_tokens='vllm:prompt_tokens_by_source_total{source="local_compute"}',
     ),
     # request_success_total counts requests the engine finished (stop, length, abort,
     # error, repetition), never an HTTP error: a request that fails before or outside
     # the engine is not in it. Failures are the API server's HTTP 5xx responses on the
     # inference routes (prometheus-fastapi-instrumentator, status grouped as "5xx").
-    analysis=AnalysisQueries(
+    analysis=m.AnalysisQueries.of_histogram(
+        TTFT,
         requests=("vllm:request_success_total", ""),
         failures=("http_requests_total", f'{_INFERENCE_ROUTES},status="5xx"'),
         responses=("http_requests_total", _INFERENCE_ROUTES),
         failure_signal="HTTP 5xx responses on /v1/completions and /v1/chat/completions "
         "(http_requests_total)",
-        ttft_buckets=("vllm:time_to_first_token_seconds_bucket", ""),
-        ttft_sum=("vllm:time_to_first_token_seconds_sum", ""),
     ),
     ttft_boundaries=TTFT_BUCKETS,
 )
