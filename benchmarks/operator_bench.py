@@ -360,14 +360,7 @@ def main() -> int:
     report["previousRelease"] = previous.get("measured")
     cluster = start(state_dir=workdir / "cluster", quiet=True)
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/distilledmodeldeployments.distillery.dev",
-        )
-        time.sleep(2)
+        cluster.install_crds()
         if args.profile:
             os.environ["PYTHONTRACEMALLOC"] = "12"
         bench = Bench(cluster, workdir, profile=args.profile)

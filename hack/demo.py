@@ -39,8 +39,11 @@ from localcluster import (  # noqa: E402
     BIN_DIR,
     Cluster,
     ClusterError,
+    background,
+    fleet_argv,
     free_port,
     operator_argv,
+    operator_env,
     start,
     stop,
 )
@@ -250,53 +253,14 @@ def main() -> int:
         prom = Prometheus(workdir=work / "prometheus", file_sd=sd).start()
         print(f"[demo] Prometheus {prom.url}", flush=True)
         door = free_port()
-        py = sys.executable
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
-        with open(logs / "fleet.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        py,
-                        str(ROOT / "hack" / "fleet.py"),
-                        "--kubeconfig",
-                        env["KUBECONFIG"],
-                        "--namespace",
-                        NAMESPACE,
-                        "--sd-file",
-                        str(sd),
-                        "--port",
-                        str(door),
-                        "--time-scale",
-                        str(TIME_SCALE),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        op_env = {
-            **{k_: v for k_, v in os.environ.items() if not k_.startswith("DISTILLERY_")},
-            "MALLOC_ARENA_MAX": "2",
-        }
-        with open(logs / "operator.log", "wb") as log:
-            procs.append(
-                subprocess.Popen(
-                    operator_argv(
-                        op_kubeconfig,
-                        NAMESPACE,
-                        "--prometheus-url",
-                        prom.url,
-                        "--autoscale-interval",
-                        "1",
-                    ),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=op_env,
-                    cwd=ROOT,
-                )
-            )
+        fleet = fleet_argv(env["KUBECONFIG"], NAMESPACE, sd, door, TIME_SCALE)
+        procs.append(background(fleet, logs / "fleet.log"))
+        op = operator_argv(
+            op_kubeconfig, NAMESPACE, "--prometheus-url", prom.url, "--autoscale-interval", "1"
+        )
+        procs.append(background(op, logs / "operator.log", env=operator_env(), cwd=ROOT))
         startup_wall = 151.0 / TIME_SCALE
         k("apply", "-f", "-", input=json.dumps(dmd_manifest(startup_wall)))
         print(f"[demo] applied dmd/{DMD}; waiting for Ready", flush=True)

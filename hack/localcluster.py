@@ -201,6 +201,40 @@ def operator_argv(kubeconfig: str | Path, namespace: str, *flags: str) -> list[s
     ]  # fmt: skip
 
 
+def operator_env(**extra: str) -> dict[str, str]:
+    """This process's environment without its ``DISTILLERY_`` settings (the operator
+    under test gets only the ones given), with the operator image's allocator setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
+    # As the operator image sets it: fewer malloc arenas, far less RSS with threads.
+    env["MALLOC_ARENA_MAX"] = "2"
+    return {**env, **extra}
+
+
+def fleet_argv(
+    kubeconfig: str | Path, namespace: str, sd_file: Path, port: int, time_scale: float
+) -> list[str]:
+    """The emulated fleet (hack/fleet.py): pods of ``namespace`` as engines, their
+    scrape targets in ``sd_file``, the front door on ``port``."""
+    return [
+        sys.executable, str(ROOT / "hack" / "fleet.py"),
+        "--kubeconfig", str(kubeconfig),
+        "--namespace", namespace,
+        "--sd-file", str(sd_file),
+        "--port", str(port),
+        "--time-scale", str(time_scale),
+    ]  # fmt: skip
+
+
+def background(
+    argv: list[str], log: Path, *, append: bool = False, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with no standard input, its output and errors in ``log``."""
+    with open(log, "ab" if append else "wb") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **popen
+        )
+
+
 @dataclass
 class Cluster:
     """A running local cluster: where it listens and how to reach it."""
@@ -240,6 +274,24 @@ class Cluster:
         if check and proc.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
+
+    def install_crds(self) -> None:
+        """Apply the generated CRDs (crds/) as ``make install`` does, and wait until the
+        API server serves them and discovery lists them."""
+        self.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/distilledmodeldeployments.distillery.dev",
+        )
+        deadline = time.monotonic() + 60
+        while "distilledmodeldeployments" not in self.kubectl(
+            "api-resources", "--api-group", "distillery.dev", check=False
+        ):
+            if time.monotonic() > deadline:
+                raise ClusterError("distilledmodeldeployments is not in discovery after 60 s")
+            time.sleep(0.25)
 
     @property
     def operator_kubeconfig(self) -> Path:
@@ -294,6 +346,12 @@ class Cluster:
         log = self.state_dir / "logs" / f"{name}.log"
         if name == "kube-apiserver":
             _wait(name, lambda: self.api("GET", "/readyz") == "ok", proc, log, timeout)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         stop(self.state_dir)
@@ -446,14 +504,8 @@ def _spawn(state_dir: Path, name: str, args: list[str]) -> subprocess.Popen[byte
     (state_dir / "logs" / f"{name}.args.json").write_text(json.dumps(args))
     # A new session per component: `make cluster` exits and leaves them running, and
     # stop() can end each one with its whole process group.
-    with open(state_dir / "logs" / f"{name}.log", "ab") as log:
-        return subprocess.Popen(
-            [*argv0, *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    log = state_dir / "logs" / f"{name}.log"
+    return background([*argv0, *args], log, append=True, start_new_session=True)
 
 
 def _wait(

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from localcluster import free_port
+from localcluster import background, free_port
 
 
 @dataclass
@@ -63,22 +63,17 @@ class Prometheus:
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(self.config()))
         self.port = self.port or free_port()
-        with open(self.workdir / "prometheus.log", "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={cfg}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--web.enable-lifecycle",
-                    "--storage.tsdb.retention.time=1d",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        argv = [
+            binary,
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=1d",
+            "--log.level=warn",
+        ]
+        log = self.workdir / "prometheus.log"
+        self.proc = background(argv, log, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -23,11 +23,8 @@ from tests.integration.waits import Dmds, new_api_client, wait_for
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     state = tmp_path_factory.mktemp("cluster")
-    c = start(state_dir=state, quiet=True)
-    try:
+    with start(state_dir=state, quiet=True) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="session")
@@ -62,23 +59,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
 
 @pytest.fixture(scope="session")
 def crd_installed(cluster: Cluster) -> None:
-    from distillery.api.crd import CRD_FILE
-
-    root = Path(__file__).resolve().parents[2]
-    cluster.kubectl("apply", "--server-side", "-f", str(root / "crds" / CRD_FILE))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/distilledmodeldeployments.distillery.dev",
-    )
-    wait_for(
-        lambda: (
-            "distilledmodeldeployments"
-            in cluster.kubectl("api-resources", "--api-group", "distillery.dev")
-        ),
-        "dmd in discovery",
-    )
+    cluster.install_crds()
 
 
 @pytest.fixture

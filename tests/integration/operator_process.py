@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from distillery.cli import build_parser
 from distillery.settings import Settings
-from localcluster import Cluster, operator_argv
+from localcluster import Cluster, background, operator_argv, operator_env
 from tests.integration.waits import Bounds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,19 +68,9 @@ class OperatorProcess:
         election never starts kopf: wait for "standing by")."""
         self.starts += 1
         self.workdir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
-        env["DISTILLERY_RESYNC_INTERVAL_SECONDS"] = str(RESYNC_SECONDS)
-        # As the operator image sets it: fewer malloc arenas, far less RSS with threads.
-        env["MALLOC_ARENA_MAX"] = "2"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                operator_argv(self.cluster.operator_kubeconfig, self.namespace, *self.extra),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=ROOT,
-            )
+        env = operator_env(DISTILLERY_RESYNC_INTERVAL_SECONDS=str(RESYNC_SECONDS))
+        argv = operator_argv(self.cluster.operator_kubeconfig, self.namespace, *self.extra)
+        self.proc = background(argv, self.log, env=env, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

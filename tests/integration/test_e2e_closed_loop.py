@@ -20,11 +20,10 @@ import pytest
 from kubernetes import client
 
 from distillery.simulate.workload import Request
-from localcluster import Cluster, free_port
+from localcluster import Cluster, background, fleet_argv, free_port
 from localprom import Prometheus
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import Dmds
-from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,11 +54,11 @@ def steady(rate_per_trace_second: float, seconds: float) -> list[Request]:
     return [Request(i / rate_per_trace_second, 500, 2000) for i in range(n)]
 
 
+@pytest.mark.usefixtures("crd_installed")
 def test_closed_loop(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    crd_installed: None,
     tmp_path: Path,
     prometheus: Callable[..., Prometheus],
 ) -> None:
@@ -67,46 +66,17 @@ def test_closed_loop(
     sd.write_text("[]")
     prom = prometheus(file_sd=sd)
     door = free_port()
-    fleet_log = open(tmp_path / "fleet.log", "wb")  # noqa: SIM115 - closed below
-    fleet = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "hack" / "fleet.py"),
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-            "--namespace",
-            namespace,
-            "--sd-file",
-            str(sd),
-            "--port",
-            str(door),
-            "--time-scale",
-            str(SCALE),
-        ],
-        stdout=fleet_log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+    fleet = background(
+        fleet_argv(cluster.kubeconfig, namespace, sd, door, SCALE), tmp_path / "fleet.log"
     )
     op = OperatorProcess(
-        cluster,
-        namespace,
-        tmp_path / "op",
-        "--prometheus-url",
-        prom.url,
-        "--autoscale-interval",
-        "1",
-    ).start()
+        cluster, namespace, tmp_path / "op",
+        "--prometheus-url", prom.url, "--autoscale-interval", "1",
+    ).start()  # fmt: skip
     results: list[Result] = []
-    dmds, bounds = Dmds(api_client, namespace), op.bounds
+    dmds, bounds = Dmds(api_client, namespace, cluster), op.bounds
     try:
-        cluster.kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=dmd_yaml("qwen", spec()),
-        )
+        dmds.apply("qwen", spec())
         dmds.wait_condition("qwen", "Ready", bounds.ready)
         dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
 
@@ -163,4 +133,3 @@ def test_closed_loop(
             fleet.wait(timeout=20)
         except subprocess.TimeoutExpired:
             fleet.kill()
-        fleet_log.close()

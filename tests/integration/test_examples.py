@@ -30,11 +30,11 @@ def manifests() -> list[Path]:
     return out
 
 
+@pytest.mark.usefixtures("crd_installed")
 def test_examples_apply_and_dmds_become_ready(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    crd_installed: None,
     tmp_path: Path,
 ) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(DATA / "gitops-crds.yaml"))
@@ -50,40 +50,34 @@ def test_examples_apply_and_dmds_become_ready(
     for ns in ("argocd", "flux-system"):
         cluster.kubectl("create", "namespace", ns, check=False)
     # The llama.cpp example reads its GGUF file from a claim: a static volume for it.
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=yaml.safe_dump_all(
-            [
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolume",
-                    "metadata": {"name": f"gguf-{namespace}"},
-                    "spec": {
-                        "capacity": {"storage": "10Gi"},
-                        "accessModes": ["ReadOnlyMany"],
-                        "storageClassName": "manual",
-                        "hostPath": {"path": "/srv/gguf"},
-                        "claimRef": {"namespace": namespace, "name": "gguf-models"},
-                    },
+    volume = yaml.safe_dump_all(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"gguf-{namespace}"},
+                "spec": {
+                    "capacity": {"storage": "10Gi"},
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "manual",
+                    "hostPath": {"path": "/srv/gguf"},
+                    "claimRef": {"namespace": namespace, "name": "gguf-models"},
                 },
-                {
-                    "apiVersion": "v1",
-                    "kind": "PersistentVolumeClaim",
-                    "metadata": {"name": "gguf-models"},
-                    "spec": {
-                        "accessModes": ["ReadOnlyMany"],
-                        "storageClassName": "manual",
-                        "volumeName": f"gguf-{namespace}",
-                        "resources": {"requests": {"storage": "10Gi"}},
-                    },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "gguf-models"},
+                "spec": {
+                    "accessModes": ["ReadOnlyMany"],
+                    "storageClassName": "manual",
+                    "volumeName": f"gguf-{namespace}",
+                    "resources": {"requests": {"storage": "10Gi"}},
                 },
-            ]
-        ),
+            },
+        ]
     )
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=volume)
     paths = manifests()
     assert len(paths) >= 12
     dmds = []

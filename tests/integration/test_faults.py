@@ -32,20 +32,11 @@ KILLS = 20
 
 @pytest.fixture(scope="module")
 def fault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = start(state_dir=tmp_path_factory.mktemp("fault-cluster"), quiet=True)
-    try:
-        c.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        c.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/distilledmodeldeployments.distillery.dev",
-        )
+    with start(state_dir=tmp_path_factory.mktemp("fault-cluster"), quiet=True) as c:
+        c.install_crds()
         c.kubectl("create", "namespace", NS)
         wait_for(lambda: c.kubectl("get", "sa", "default", "-n", NS, check=False), "SA")
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

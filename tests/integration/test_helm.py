@@ -30,15 +30,12 @@ SA = f"system:serviceaccount:{NS}:distillery"
 
 @pytest.fixture(scope="module")
 def helm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = start(state_dir=tmp_path_factory.mktemp("helm-cluster"), quiet=True)
-    try:
+    with start(state_dir=tmp_path_factory.mktemp("helm-cluster"), quiet=True) as c:
         # The prometheus-operator API, so RBAC checks on PodMonitors resolve the resource,
         # and the Gateway API's HTTPRoute, for canary routes.
         c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "podmonitor-crd.yaml"))
         c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "gateway-api-crds.yaml"))
         yield c
-    finally:
-        c.stop()
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

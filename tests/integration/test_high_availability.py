@@ -232,7 +232,6 @@ def test_a_stopped_leader_hands_over_at_once_and_a_returning_one_stands_by(
 
 
 def test_a_leader_that_loses_its_lease_stops_acting(
-    cluster: Cluster,
     namespace: str,
     api_client: client.ApiClient,
     pair: tuple[OperatorProcess, OperatorProcess],

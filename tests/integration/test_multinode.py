@@ -99,13 +99,13 @@ def ready_groups(core: client.CoreV1Api, namespace: str, name: str, revision: st
     return count
 
 
+@pytest.mark.usefixtures("extra_h100")
 def test_r1_on_h100_is_one_group_of_two_nodes_that_scales_rolls_and_deletes(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
-    extra_h100: list[str],
 ) -> None:
     bounds = operator.bounds
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)

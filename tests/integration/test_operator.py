@@ -139,7 +139,7 @@ def test_roll_scale_and_delete(
         "the /scale change observed",
         bounds.reconcile,
     )
-    time.sleep(3)
+    # Children are applied before status, so the observed generation's Deployment is final.
     assert apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3
     # Delete: children are garbage-collected.
     cluster.kubectl("delete", "dmd", "qwen", "-n", namespace, "--wait=true")
@@ -156,7 +156,6 @@ def test_roll_scale_and_delete(
 
 
 def test_does_not_fit_stalls_then_recovers(
-    cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
     operator: OperatorProcess,
@@ -183,9 +182,6 @@ def test_does_not_fit_stalls_then_recovers(
 
 
 def test_plans_fit_the_nodes_the_cluster_has(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
 ) -> None:
@@ -291,7 +287,13 @@ def test_restart_and_idle_cost_no_writes(
         "the autoscaler's first pass",
         bounds.metrics,
     )
-    time.sleep(5)
+    seen: list[int] = []
+
+    def settled() -> bool:
+        seen.append(len(cluster.operator_writes(namespace)))
+        return len(seen) >= 3 and seen[-1] == seen[-3]
+
+    wait_for(settled, "no operator write for two seconds", bounds.reconcile, interval=1.0)
 
     def versions() -> dict[str, str]:
         apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
@@ -321,8 +323,9 @@ def test_restart_and_idle_cost_no_writes(
     assert len(client.CoreV1Api(api_client).list_namespaced_pod(namespace).items) == 1
 
 
+@pytest.mark.usefixtures("crd_installed")
 def test_metrics_and_liveness_endpoints(
-    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path, dmds: Dmds
+    cluster: Cluster, namespace: str, tmp_path: Path, dmds: Dmds
 ) -> None:
     import urllib.request
 
@@ -330,14 +333,9 @@ def test_metrics_and_liveness_endpoints(
 
     metrics_port, health_port = free_port(), free_port()
     op = OperatorProcess(
-        cluster,
-        namespace,
-        tmp_path / "op",
-        "--metrics-port",
-        str(metrics_port),
-        "--health-port",
-        str(health_port),
-    ).start()
+        cluster, namespace, tmp_path / "op",
+        "--metrics-port", str(metrics_port), "--health-port", str(health_port),
+    ).start()  # fmt: skip
     try:
         dmds.apply("qwen", QWEN7B_H100)
         dmds.wait_condition("qwen", "Ready", op.bounds.ready)
@@ -362,8 +360,9 @@ def test_metrics_and_liveness_endpoints(
         op.stop()
 
 
+@pytest.mark.usefixtures("crd_installed")
 def test_a_failed_apply_is_retried_without_waiting_for_a_resync(
-    cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path, dmds: Dmds
+    cluster: Cluster, namespace: str, tmp_path: Path, dmds: Dmds
 ) -> None:
     """kopf never retries event handlers: the operator's own backoff must. A quota that
     admits no Deployment makes the apply fail; once it is gone, nothing else happens to

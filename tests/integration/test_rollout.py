@@ -64,6 +64,12 @@ def rollout(api: client.ApiClient, ns: str) -> dict[str, Any]:
     return dict((get(api, ns).get("status") or {}).get("rollout") or {})
 
 
+def stable_on(api: client.ApiClient, ns: str, revision: str) -> bool:
+    """The rollout is over and the stable Deployment runs ``revision``."""
+    status = rollout(api, ns)
+    return status.get("phase") == "Stable" and status.get("stableRevision") == revision
+
+
 def condition(api: client.ApiClient, ns: str, type_: str) -> dict[str, Any]:
     conds = (get(api, ns).get("status") or {}).get("conditions") or []
     return next((c for c in conds if c["type"] == type_), {})
@@ -123,14 +129,9 @@ def traffic(
     ):
         prom = prometheus(static_targets=[f"127.0.0.1:{port}"], honor_labels=True)
         op = OperatorProcess(
-            cluster,
-            namespace,
-            tmp_path / "op",
-            "--prometheus-url",
-            prom.url,
-            "--rollout-interval",
-            "1",
-        ).start()
+            cluster, namespace, tmp_path / "op",
+            "--prometheus-url", prom.url, "--rollout-interval", "1",
+        ).start()  # fmt: skip
         try:
             yield load, op
         finally:
@@ -244,10 +245,7 @@ def test_healthy_canary_is_promoted_through_every_step(
     wait(
         api_client,
         namespace,
-        lambda: (
-            rollout(api_client, namespace).get("phase") == "Stable"
-            and rollout(api_client, namespace).get("stableRevision") == v2
-        ),
+        lambda: stable_on(api_client, namespace, v2),
         "promotion",
         bounds.rollout(6, 0),
     )
@@ -469,10 +467,7 @@ def test_rolling_update_without_spare_gpus_completes(
     wait(
         api_client,
         namespace,
-        lambda: (
-            rollout(api_client, namespace).get("phase") == "Stable"
-            and rollout(api_client, namespace).get("stableRevision") == v2
-        ),
+        lambda: stable_on(api_client, namespace, v2),
         "rolling update complete",
         bounds.rollout(*[0] * replicas) + bounds.reconcile,
     )
@@ -502,8 +497,8 @@ def route_weights(api: client.ApiClient, ns: str) -> tuple[int, int]:
     return int(refs[0]["weight"]), int(refs[1]["weight"])
 
 
+@pytest.mark.usefixtures("gateway_api")
 def test_httproute_weights_follow_the_steps(
-    gateway_api: None,
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,

@@ -47,10 +47,10 @@ def shard(cluster: Cluster, namespace: str, workdir: Path, identity: str) -> Ope
     return OperatorProcess(cluster, namespace, workdir / identity, *flags)
 
 
+@pytest.mark.usefixtures("crd_installed")
 def test_two_shards_reconcile_only_their_own_namespaces(
     cluster: Cluster,
     api_client: client.ApiClient,
-    crd_installed: None,
     shards: tuple[str, str],
     tmp_path: Path,
 ) -> None:

@@ -1,62 +1,49 @@
 """Rendering: a DMD and its plan in, the children's manifests out (pure).
 
-The workload (Deployment, Service, PodDisruptionBudget, PodMonitor, HTTPRoute) is in
-:mod:`.workload`; engine command lines in :mod:`.engines`; model sources in
-:mod:`.source`; sandboxed user templates in :mod:`.user_template`.
+The package exports what the CLI, the controllers and the tests use; the reconcile
+pipeline's canary and traffic-split helpers are imported from :mod:`.workload` itself.
+
+The workload (Deployment or LeaderWorkerSet, Service, PodDisruptionBudget, PodMonitor,
+HTTPRoute) is in :mod:`.workload`; the weight cache's claim and fill Job in :mod:`.cache`;
+the manifest templates in :mod:`.layout`; sandboxed user templates in
+:mod:`.user_template`. Engine command lines and model sources live with the engines
+(:mod:`distillery.engines`).
 """
 
 from distillery.render.workload import (
     DEFAULT_IMAGES,
-    LABEL_DEPLOYMENT,
-    LABEL_REVISION,
-    LABEL_TRACK,
     LWS_GROUP,
     LWS_GROUP_KEY_LABEL,
     LWS_PLURAL,
     LWS_VERSION,
     LWS_WORKER_INDEX_LABEL,
-    ONE_AT_A_TIME,
     WORKLOAD_KINDS,
     Rendered,
     RenderError,
     RenderOptions,
-    canary_workload,
     desired_replicas,
-    label_value,
     manifests_yaml,
     objects_text,
     pod_templates,
     render,
     replica_startup_seconds,
-    set_one_at_a_time,
-    set_route_weights,
-    weights_from,
 )
 
 __all__ = [
     "DEFAULT_IMAGES",
-    "LABEL_DEPLOYMENT",
-    "LABEL_REVISION",
-    "LABEL_TRACK",
     "LWS_GROUP",
     "LWS_GROUP_KEY_LABEL",
     "LWS_PLURAL",
     "LWS_VERSION",
     "LWS_WORKER_INDEX_LABEL",
-    "ONE_AT_A_TIME",
     "WORKLOAD_KINDS",
     "RenderError",
     "RenderOptions",
     "Rendered",
-    "canary_workload",
     "desired_replicas",
-    "label_value",
     "manifests_yaml",
     "objects_text",
     "pod_templates",
     "render",
     "replica_startup_seconds",
-    "set_one_at_a_time",
-    "set_route_weights",
-    "weights_from",
 ]
