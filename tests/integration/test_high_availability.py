@@ -192,9 +192,6 @@ def test_the_standby_finishes_a_burst_when_the_leader_is_killed(
 
 
 def test_a_stopped_leader_hands_over_at_once_and_a_returning_one_stands_by(
-    cluster: Cluster,
-    namespace: str,
-    api_client: client.ApiClient,
     pair: tuple[OperatorProcess, OperatorProcess],
     dmds: Dmds,
 ) -> None:
@@ -204,16 +201,18 @@ def test_a_stopped_leader_hands_over_at_once_and_a_returning_one_stands_by(
     a.stop()  # SIGTERM, as in a rolling update
     # Released on the way out: no holder, or already op-b. Had it not been released, op-a
     # would still hold it here (renewed within the last retry period, lease 6 s).
-    assert holder(api_client, namespace) in (None, "op-b"), lease(api_client, namespace)
+    assert holder(dmds.api_client, dmds.namespace) in (None, "op-b"), lease(
+        dmds.api_client, dmds.namespace
+    )
     t0 = time.monotonic()
     wait_for(
-        lambda: holder(api_client, namespace) == "op-b",
+        lambda: holder(dmds.api_client, dmds.namespace) == "op-b",
         "op-b to take the released lease",
         b.bounds.within(2 * RETRY_PERIOD),
         describe=b.tail,
     )
     print(f"\nhanded over {time.monotonic() - t0:.1f}s after op-a exited")
-    assert lease(api_client, namespace)["spec"]["leaseTransitions"] >= 1
+    assert lease(dmds.api_client, dmds.namespace)["spec"]["leaseTransitions"] >= 1
 
     # op-a comes back: it stands by, and acts on nothing while op-b leads.
     a.start(until="standing by")
@@ -226,7 +225,7 @@ def test_a_stopped_leader_hands_over_at_once_and_a_returning_one_stands_by(
         "the change reconciled by op-b",
         b.bounds.reconcile,
     )
-    by_a = cluster.operator_writes(namespace, agent="(op-a)")
+    by_a = dmds.cluster.operator_writes(dmds.namespace, agent="(op-a)")
     late = [w for w in by_a if received(w) > restarted_at]
     assert not late, writes_summary(late)
 

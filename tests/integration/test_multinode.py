@@ -101,38 +101,35 @@ def ready_groups(core: client.CoreV1Api, namespace: str, name: str, revision: st
 
 @pytest.mark.usefixtures("extra_h100")
 def test_r1_on_h100_is_one_group_of_two_nodes_that_scales_rolls_and_deletes(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
 ) -> None:
     bounds = operator.bounds
-    core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
+    core, custom = dmds.core, client.CustomObjectsApi(dmds.api_client)
     dmds.apply("r1", R1_ON_H100)
     dmds.wait_condition("r1", "Ready", bounds.ready)
 
     # One LeaderWorkerSet group: a leader and a worker, 8 GPUs each, on two nodes.
-    lws = custom.get_namespaced_custom_object(*LWS, namespace, "leaderworkersets", "r1")
+    lws = custom.get_namespaced_custom_object(*LWS, dmds.namespace, "leaderworkersets", "r1")
     assert lws["spec"]["replicas"] == 1
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
     assert lws["metadata"]["ownerReferences"][0]["kind"] == "DistilledModelDeployment"
-    pods = group_pods(core, namespace, "r1")
-    assert len(pods) == 2, describe_pods(core, namespace, "r1")
+    pods = group_pods(core, dmds.namespace, "r1")
+    assert len(pods) == 2, describe_pods(core, dmds.namespace, "r1")
     assert len({p.spec.node_name for p in pods}) == 2
     assert all(p.spec.node_name.startswith("h100-") for p in pods)
     for p in pods:
         assert p.spec.containers[0].resources.limits["nvidia.com/gpu"] == "8"
         # The LWS pod webhook told every pod where its leader is.
         env = {e.name: e.value for e in p.spec.containers[0].env}
-        assert env["LWS_LEADER_ADDRESS"] == f"r1-0.r1-0.{namespace}"
+        assert env["LWS_LEADER_ADDRESS"] == f"r1-0.r1-0.{dmds.namespace}"
     leader = next(
         p for p in pods if p.metadata.labels["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
     )
     assert "--headless" not in leader.spec.containers[0].args
-    assert not apps_deployments(api_client, namespace)
+    assert not apps_deployments(dmds.api_client, dmds.namespace)
     # Only the leader serves the API.
-    svc = core.read_namespaced_service("r1", namespace)
+    svc = core.read_namespaced_service("r1", dmds.namespace)
     assert svc.spec.selector["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
     status = dmds.get("r1")["status"]
     assert status["placement"]["nodes"] == 2 and status["placement"]["gpuCount"] == 16
@@ -141,17 +138,17 @@ def test_r1_on_h100_is_one_group_of_two_nodes_that_scales_rolls_and_deletes(
     assert status["cost"]["currentPerHour"] == pytest.approx(16 * 6.88)
 
     # Scaling to 2 creates a second group, placed on the two extra nodes.
-    cluster.kubectl("scale", "dmd/r1", "-n", namespace, "--replicas=2")
+    dmds.cluster.kubectl("scale", "dmd/r1", "-n", dmds.namespace, "--replicas=2")
     dmds.wait(
         "r1",
         lambda: (
-            ready_groups(core, namespace, "r1", None) == 2
+            ready_groups(core, dmds.namespace, "r1", None) == 2
             and dmds.get("r1")["status"].get("readyReplicas") == 2
         ),
-        "two groups ready\n" + describe_pods(core, namespace, "r1"),
+        "two groups ready\n" + describe_pods(core, dmds.namespace, "r1"),
         bounds.ready,
     )
-    assert len({p.spec.node_name for p in group_pods(core, namespace, "r1")}) == 4
+    assert len({p.spec.node_name for p in group_pods(core, dmds.namespace, "r1")}) == 4
 
     # A revision change rolls group by group: no GPU is free for a surge group, so the
     # rollout replaces one group at a time and one group keeps serving throughout.
@@ -168,9 +165,9 @@ def test_r1_on_h100_is_one_group_of_two_nodes_that_scales_rolls_and_deletes(
 
     def rolled() -> bool:
         nonlocal lowest
-        ready = ready_groups(core, namespace, "r1", None)
+        ready = ready_groups(core, dmds.namespace, "r1", None)
         lowest = min(lowest, ready)
-        return ready_groups(core, namespace, "r1", after) == 2
+        return ready_groups(core, dmds.namespace, "r1", after) == 2
 
     dmds.wait(
         "r1",
@@ -179,17 +176,19 @@ def test_r1_on_h100_is_one_group_of_two_nodes_that_scales_rolls_and_deletes(
         Bounds.within(bounds.ready, bounds.ready, POD_START),
     )
     assert lowest >= 1, "both groups were down at once during the rollout"
-    for p in group_pods(core, namespace, "r1"):
+    for p in group_pods(core, dmds.namespace, "r1"):
         args = p.spec.containers[0].args
         assert args[args.index("--revision") + 1] == "v2"
 
     # Deleting the DMD removes the LeaderWorkerSet, its pods and Services.
-    cluster.kubectl("delete", "dmd", "r1", "-n", namespace)
+    dmds.cluster.kubectl("delete", "dmd", "r1", "-n", dmds.namespace)
 
     def gone() -> bool:
-        left = custom.list_namespaced_custom_object(*LWS, namespace, "leaderworkersets")["items"]
-        services = core.list_namespaced_service(namespace).items
-        return not left and not group_pods(core, namespace, "r1") and not services
+        left = custom.list_namespaced_custom_object(*LWS, dmds.namespace, "leaderworkersets")[
+            "items"
+        ]
+        services = core.list_namespaced_service(dmds.namespace).items
+        return not left and not group_pods(core, dmds.namespace, "r1") and not services
 
     wait_for(gone, "LeaderWorkerSet, pods and Services garbage-collected", bounds.ready)
 

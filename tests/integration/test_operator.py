@@ -11,7 +11,6 @@ import pytest
 from kubernetes import client
 
 from distillery.kube.retry import RetrySchedule
-from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import POD_START, Bounds, Dmds, wait_for
 
@@ -32,19 +31,18 @@ def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_create_children_and_ready(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
 ) -> None:
     dmds.apply("qwen", QWEN7B_H100)
     dmds.wait_condition("qwen", "Ready", operator.bounds.ready)
     dmd = dmds.get("qwen")
-    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
-    dep = apps.read_namespaced_deployment("qwen", namespace)
-    svc = core.read_namespaced_service("qwen", namespace)
-    pdb = client.PolicyV1Api(api_client).read_namespaced_pod_disruption_budget("qwen", namespace)
+    apps, core = dmds.apps, dmds.core
+    dep = apps.read_namespaced_deployment("qwen", dmds.namespace)
+    svc = core.read_namespaced_service("qwen", dmds.namespace)
+    pdb = client.PolicyV1Api(dmds.api_client).read_namespaced_pod_disruption_budget(
+        "qwen", dmds.namespace
+    )
     for obj in (dep, svc, pdb):
         ref = obj.metadata.owner_references[0]
         assert (ref.kind, ref.name, ref.uid, ref.controller) == (
@@ -60,40 +58,37 @@ def test_create_children_and_ready(
     assert status["observedGeneration"] == dmd["metadata"]["generation"]
     assert status["readyReplicas"] == 1 and status["replicas"] == 1
     assert status["placement"]["summary"] == "nvidia-h100-80gbx1"
-    assert status["endpoint"] == f"http://qwen.{namespace}.svc.cluster.local:8000/v1"
+    assert status["endpoint"] == f"http://qwen.{dmds.namespace}.svc.cluster.local:8000/v1"
     assert status["cost"]["currentPerHour"] == pytest.approx(6.88)
     conds = conditions(dmd)
     assert conds["Stalled"]["status"] == "False" and conds["Reconciling"]["status"] == "False"
-    pods = core.list_namespaced_pod(namespace, label_selector=status["selector"]).items
+    pods = core.list_namespaced_pod(dmds.namespace, label_selector=status["selector"]).items
     assert len(pods) == 1 and pods[0].spec.node_name.startswith("h100-")
-    row = cluster.kubectl("get", "dmd", "qwen", "-n", namespace, "--no-headers").split()
+    row = dmds.cluster.kubectl("get", "dmd", "qwen", "-n", dmds.namespace, "--no-headers").split()
     assert row[1:4] == ["deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "nvidia-h100-80gbx1", "1"]
     assert row[6] == "Ready"
     reasons = [
         e.reason
-        for e in core.list_namespaced_event(namespace).items
+        for e in core.list_namespaced_event(dmds.namespace).items
         if e.involved_object.kind == "DistilledModelDeployment"
     ]
     assert "Planned" in reasons and "Ready" in reasons
 
 
 def test_roll_scale_and_delete(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
 ) -> None:
     bounds = operator.bounds
     dmds.apply("qwen", QWEN7B_H100)
     dmds.wait_condition("qwen", "Ready", bounds.ready)
-    apps = client.AppsV1Api(api_client)
+    apps = dmds.apps
     before = dmds.get("qwen")["status"]["revision"]
     # A new model revision rolls the pods.
     dmds.patch("qwen", {"spec": {"model": {"revision": "v2"}}})
 
     def rolled() -> bool:
-        dep = apps.read_namespaced_deployment("qwen", namespace)
+        dep = apps.read_namespaced_deployment("qwen", dmds.namespace)
         args = dep.spec.template.spec.containers[0].args
         return args[args.index("--revision") + 1] == "v2" and (
             dep.status.updated_replicas == 1 and dep.status.ready_replicas == 1
@@ -110,15 +105,15 @@ def test_roll_scale_and_delete(
     dmds.patch("qwen", {"spec": {"scaling": {"minReplicas": 2}}})
     dmds.wait(
         "qwen",
-        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 2,
+        lambda: apps.read_namespaced_deployment("qwen", dmds.namespace).spec.replicas == 2,
         "Deployment at 2 replicas",
         bounds.reconcile,
     )
     # kubectl scale goes through /scale; above maxReplicas it is clamped.
-    cluster.kubectl("scale", "dmd/qwen", "-n", namespace, "--replicas=3")
+    dmds.cluster.kubectl("scale", "dmd/qwen", "-n", dmds.namespace, "--replicas=3")
     dmds.wait(
         "qwen",
-        lambda: apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3,
+        lambda: apps.read_namespaced_deployment("qwen", dmds.namespace).spec.replicas == 3,
         "Deployment at 3 replicas",
         bounds.reconcile,
     )
@@ -128,7 +123,7 @@ def test_roll_scale_and_delete(
         "3 ready replicas",
         bounds.ready,
     )
-    cluster.kubectl("scale", "dmd/qwen", "-n", namespace, "--replicas=9")
+    dmds.cluster.kubectl("scale", "dmd/qwen", "-n", dmds.namespace, "--replicas=9")
     # The clamp is the reconcile's answer to the change: one reconcile later, still 3.
     dmds.wait(
         "qwen",
@@ -140,15 +135,15 @@ def test_roll_scale_and_delete(
         bounds.reconcile,
     )
     # Children are applied before status, so the observed generation's Deployment is final.
-    assert apps.read_namespaced_deployment("qwen", namespace).spec.replicas == 3
+    assert apps.read_namespaced_deployment("qwen", dmds.namespace).spec.replicas == 3
     # Delete: children are garbage-collected.
-    cluster.kubectl("delete", "dmd", "qwen", "-n", namespace, "--wait=true")
-    core = client.CoreV1Api(api_client)
+    dmds.cluster.kubectl("delete", "dmd", "qwen", "-n", dmds.namespace, "--wait=true")
+    core = dmds.core
     wait_for(
         lambda: (
-            not apps.list_namespaced_deployment(namespace).items
-            and not core.list_namespaced_service(namespace).items
-            and not core.list_namespaced_pod(namespace).items
+            not apps.list_namespaced_deployment(dmds.namespace).items
+            and not core.list_namespaced_service(dmds.namespace).items
+            and not core.list_namespaced_pod(dmds.namespace).items
         ),
         "children collected",
         bounds.reconcile,
@@ -156,8 +151,6 @@ def test_roll_scale_and_delete(
 
 
 def test_does_not_fit_stalls_then_recovers(
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
 ) -> None:
@@ -172,7 +165,7 @@ def test_does_not_fit_stalls_then_recovers(
     assert "does not fit nvidia-t4" in conds["Stalled"]["message"]
     assert "Would fit" in conds["Stalled"]["message"]
     assert conds["Ready"]["status"] == "False"
-    assert not client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items
+    assert not dmds.apps.list_namespaced_deployment(dmds.namespace).items
     # Fix the spec: it recovers.
     dmds.patch("big", {"spec": {"placement": {"gpuTypes": ["nvidia-h100-80gb"]}}})
     dmds.wait_condition("big", "Ready", operator.bounds.ready)
@@ -209,17 +202,14 @@ def test_plans_fit_the_nodes_the_cluster_has(
 
 
 def test_ready_names_the_failing_container(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
 ) -> None:
     dmds.apply("oom", QWEN7B_H100)
     dmds.wait_condition("oom", "Ready", operator.bounds.ready)
-    core = client.CoreV1Api(api_client)
+    core = dmds.core
     selector = dmds.get("oom")["status"]["selector"]
-    [pod] = core.list_namespaced_pod(namespace, label_selector=selector).items
+    [pod] = core.list_namespaced_pod(dmds.namespace, label_selector=selector).items
     # What the kubelet writes when vLLM is OOM-killed loading weights and restarts.
     status = {
         "status": {
@@ -246,8 +236,8 @@ def test_ready_names_the_failing_container(
             ],
         }
     }
-    cluster.kubectl(
-        "patch", "pod", str(pod.metadata.name), "-n", namespace, "--subresource=status",
+    dmds.cluster.kubectl(
+        "patch", "pod", str(pod.metadata.name), "-n", dmds.namespace, "--subresource=status",
         "--type=strategic", "-p", json.dumps(status),
     )  # fmt: skip
 
@@ -256,7 +246,7 @@ def test_ready_names_the_failing_container(
     def warned() -> list[Any]:
         return [
             e
-            for e in core.list_namespaced_event(namespace).items
+            for e in core.list_namespaced_event(dmds.namespace).items
             if e.involved_object.kind == "DistilledModelDeployment"
             and e.type == "Warning"
             and e.reason == "CrashLoopBackOff"
@@ -271,9 +261,6 @@ def test_ready_names_the_failing_container(
 
 
 def test_restart_and_idle_cost_no_writes(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
 ) -> None:
@@ -290,42 +277,45 @@ def test_restart_and_idle_cost_no_writes(
     seen: list[int] = []
 
     def settled() -> bool:
-        seen.append(len(cluster.operator_writes(namespace)))
+        seen.append(len(dmds.cluster.operator_writes(dmds.namespace)))
         return len(seen) >= 3 and seen[-1] == seen[-3]
 
     wait_for(settled, "no operator write for two seconds", bounds.reconcile, interval=1.0)
 
     def versions() -> dict[str, str]:
-        apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+        apps, core = dmds.apps, dmds.core
         return {
             "dmd": str(dmds.get("qwen")["metadata"]["resourceVersion"]),
             "deployment": str(
-                apps.read_namespaced_deployment("qwen", namespace).metadata.resource_version
+                apps.read_namespaced_deployment("qwen", dmds.namespace).metadata.resource_version
             ),
             "service": str(
-                core.read_namespaced_service("qwen", namespace).metadata.resource_version
+                core.read_namespaced_service("qwen", dmds.namespace).metadata.resource_version
             ),
         }
 
     before = versions()
-    writes_before = len(cluster.operator_writes(namespace))
+    writes_before = len(dmds.cluster.operator_writes(dmds.namespace))
     assert writes_before > 0  # the audit log does see the operator's writes
     operator.kill()
     operator.start()
     # Restart, then idle for three resync periods and three autoscaler decisions.
     settings = operator.settings
     time.sleep(3 * max(settings.resync_interval_seconds, settings.autoscale_interval_seconds))
-    writes = cluster.operator_writes(namespace)[writes_before:]
+    writes = dmds.cluster.operator_writes(dmds.namespace)[writes_before:]
     assert writes == [], [(w["verb"], w["objectRef"]) for w in writes]
     assert versions() == before
-    apps = client.AppsV1Api(api_client)
-    assert [d.metadata.name for d in apps.list_namespaced_deployment(namespace).items] == ["qwen"]
-    assert len(client.CoreV1Api(api_client).list_namespaced_pod(namespace).items) == 1
+    apps = dmds.apps
+    assert [d.metadata.name for d in apps.list_namespaced_deployment(dmds.namespace).items] == [
+        "qwen"
+    ]
+    assert len(dmds.core.list_namespaced_pod(dmds.namespace).items) == 1
 
 
 @pytest.mark.usefixtures("crd_installed")
 def test_metrics_and_liveness_endpoints(
-    cluster: Cluster, namespace: str, tmp_path: Path, dmds: Dmds
+    tmp_path: Path,
+    dmds: Dmds,
 ) -> None:
     import urllib.request
 
@@ -333,7 +323,7 @@ def test_metrics_and_liveness_endpoints(
 
     metrics_port, health_port = free_port(), free_port()
     op = OperatorProcess(
-        cluster, namespace, tmp_path / "op",
+        dmds.cluster, dmds.namespace, tmp_path / "op",
         "--metrics-port", str(metrics_port), "--health-port", str(health_port),
     ).start()  # fmt: skip
     try:
@@ -344,7 +334,7 @@ def test_metrics_and_liveness_endpoints(
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
                 return str(r.read().decode())
 
-        series = f'{{name="qwen",namespace="{namespace}"}}'
+        series = f'{{name="qwen",namespace="{dmds.namespace}"}}'
 
         def costed() -> str | None:
             text = scrape()
@@ -362,18 +352,19 @@ def test_metrics_and_liveness_endpoints(
 
 @pytest.mark.usefixtures("crd_installed")
 def test_a_failed_apply_is_retried_without_waiting_for_a_resync(
-    cluster: Cluster, namespace: str, tmp_path: Path, dmds: Dmds
+    tmp_path: Path,
+    dmds: Dmds,
 ) -> None:
     """kopf never retries event handlers: the operator's own backoff must. A quota that
     admits no Deployment makes the apply fail; once it is gone, nothing else happens to
     the DMD (no event, resync and autoscaler an hour away), yet the children are applied."""
-    cluster.kubectl(
-        "create", "quota", "no-deployments", "-n", namespace, "--hard=count/deployments.apps=0"
+    dmds.cluster.kubectl(
+        "create", "quota", "no-deployments", "-n", dmds.namespace, "--hard=count/deployments.apps=0"
     )
     # Nothing else may reconcile it: no resync, and no autoscaler pass (whose status
     # write is itself an event of the DMD).
     op = OperatorProcess(
-        cluster, namespace, tmp_path / "op",
+        dmds.cluster, dmds.namespace, tmp_path / "op",
         "--resync-interval-seconds", "3600", "--autoscale-interval", "3600",
     ).start()  # fmt: skip
     try:
@@ -391,7 +382,7 @@ def test_a_failed_apply_is_retried_without_waiting_for_a_resync(
         def reported() -> list[Any]:
             return [
                 e
-                for e in core.list_namespaced_event(namespace).items
+                for e in core.list_namespaced_event(dmds.namespace).items
                 if e.involved_object.name == "qwen" and e.reason == "ReconcileFailed"
             ]
 
@@ -399,7 +390,7 @@ def test_a_failed_apply_is_retried_without_waiting_for_a_resync(
             reported, "a ReconcileFailed event", Bounds.within(1 + 2 + 4), describe=op.tail
         )
         assert event.type == "Warning" and "exceeded quota" in event.message, event.message
-        cluster.kubectl("delete", "quota", "no-deployments", "-n", namespace)
+        dmds.cluster.kubectl("delete", "quota", "no-deployments", "-n", dmds.namespace)
         dmds.wait_condition("qwen", "Ready", Bounds.within(RETRY_CAP_SECONDS, POD_START))
     finally:
         op.stop()

@@ -18,7 +18,6 @@ import pytest
 from kubernetes import client
 
 from distillery.render.cache import MARKER
-from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import POD_START, Bounds, Dmds, wait_for
 from tests.support.hub import FakeHub, serve_hub
@@ -62,15 +61,12 @@ def deployments(api_client: client.ApiClient, namespace: str) -> list[Any]:
 
 
 def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_revision(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
     hub: FakeHub,
 ) -> None:
     bounds = operator.bounds
-    core = client.CoreV1Api(api_client)
+    core = dmds.core
     assert hub.gate is not None
     dmds.apply("qwen", spec(hub.endpoint))
     fill = Bounds.within(operator.settings.resync_interval_seconds, FILL_POLL, POD_START)
@@ -85,8 +81,10 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     claim = status["cache"]["claim"]
     ready = dmds.condition("qwen", "Ready")
     assert ready["status"] == "False" and ready["reason"] == "FillingWeightCache"
-    assert not deployments(api_client, namespace), "no GPU pod while the weights download"
-    assert core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase == "Bound"
+    assert not deployments(dmds.api_client, dmds.namespace), "no GPU pod while the weights download"
+    assert (
+        core.read_namespaced_persistent_volume_claim(claim, dmds.namespace).status.phase == "Bound"
+    )
 
     hub.gate.set()
     dmds.wait_condition("qwen", "Ready", Bounds.within(fill, bounds.ready))
@@ -94,11 +92,11 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     assert status["cache"]["phase"] == "Ready"
     assert status["cache"]["bytes"] == sum(len(v) for v in V1.values())
     assert dmds.condition("qwen", "WeightsCached")["status"] == "True"
-    folder = host_path(core, namespace, claim)
+    folder = host_path(core, dmds.namespace, claim)
     assert (folder / "model.safetensors").read_bytes() == V1["model.safetensors"]
     assert json.loads((folder / MARKER).read_text())["revision"] == "main"
     # The serving pods mount the claim read-only and wait for the marker.
-    pod_spec = deployments(api_client, namespace)[0].spec.template.spec
+    pod_spec = deployments(dmds.api_client, dmds.namespace)[0].spec.template.spec
     volume = next(v for v in pod_spec.volumes if v.name == "model")
     assert volume.persistent_volume_claim.claim_name == claim
     assert volume.persistent_volume_claim.read_only
@@ -106,7 +104,7 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     served = [
         p
         for p in core.list_namespaced_pod(
-            namespace, label_selector="distillery.dev/deployment=qwen"
+            dmds.namespace, label_selector="distillery.dev/deployment=qwen"
         ).items
         if p.status.phase == "Running"
     ]
@@ -114,12 +112,12 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     downloads = len(hub.downloads())
     # Steady state: over a resync, nothing of the cache (bound by the PV controller,
     # completed by the Job controller) or the workload is written again.
-    seen = len(cluster.operator_writes(namespace))
+    seen = len(dmds.cluster.operator_writes(dmds.namespace))
     time.sleep(operator.settings.resync_interval_seconds + POD_START)
     children = ("persistentvolumeclaims", "jobs", "deployments")
     rewrites = [
         (w["verb"], w["objectRef"]["resource"], w["objectRef"].get("name"))
-        for w in cluster.operator_writes(namespace)[seen:]
+        for w in dmds.cluster.operator_writes(dmds.namespace)[seen:]
         if w["objectRef"]["resource"] in children
     ]
     assert rewrites == [], rewrites
@@ -127,7 +125,9 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     # A new revision: its cache fills while the running pods keep the old template.
     hub.gate.clear()
     revision = status["revision"]
-    template = deployments(api_client, namespace)[0].metadata.annotations["distillery.dev/revision"]
+    template = deployments(dmds.api_client, dmds.namespace)[0].metadata.annotations[
+        "distillery.dev/revision"
+    ]
     dmds.patch("qwen", {"spec": {"model": {"revision": "v2"}}})
 
     def new_cache_filling() -> bool:
@@ -135,7 +135,7 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
         return cache.get("claim") != claim and cache.get("phase") == "Filling"
 
     dmds.wait("qwen", new_cache_filling, "the v2 cache filling", fill)
-    live = deployments(api_client, namespace)[0]
+    live = deployments(dmds.api_client, dmds.namespace)[0]
     assert live.metadata.annotations["distillery.dev/revision"] == template, (
         "the rollout waits for the new cache"
     )
@@ -143,7 +143,7 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     hub.gate.set()
 
     def rolled() -> bool:
-        dep = deployments(api_client, namespace)[0]
+        dep = deployments(dmds.api_client, dmds.namespace)[0]
         return bool(
             dep.metadata.annotations["distillery.dev/revision"] != template
             and dmds.get("qwen")["status"].get("cache", {}).get("phase") == "Ready"
@@ -157,23 +157,22 @@ def test_a_cache_is_filled_once_before_pods_start_and_refilled_first_on_a_new_re
     assert [r["claim"] for r in status["cache"]["retired"]] == [claim]
     new_claim = status["cache"]["claim"]
     assert (
-        json.loads((host_path(core, namespace, new_claim) / MARKER).read_text())["revision"] == "v2"
+        json.loads((host_path(core, dmds.namespace, new_claim) / MARKER).read_text())["revision"]
+        == "v2"
     )
     # One download per file of each revision: the replicas never went to the hub.
     assert len(hub.downloads()) == downloads + len(V2)
 
     # Deleting the DMD takes its caches with it (deletePolicy: Delete, the default).
-    cluster.kubectl("delete", "dmd", "qwen", "-n", namespace)
+    dmds.cluster.kubectl("delete", "dmd", "qwen", "-n", dmds.namespace)
 
     def claims_gone() -> bool:
-        return not core.list_namespaced_persistent_volume_claim(namespace).items
+        return not core.list_namespaced_persistent_volume_claim(dmds.namespace).items
 
     wait_for(claims_gone, "the cache claims garbage-collected with the DMD", bounds.ready)
 
 
 def test_a_gated_model_without_a_token_fails_the_fill_and_says_what_to_set(
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
     hub: FakeHub,
@@ -193,13 +192,13 @@ def test_a_gated_model_without_a_token_fails_the_fill_and_says_what_to_set(
     assert cond["status"] == "False" and cond["reason"] == "FillFailed"
     assert "HTTP 401" in cond["message"] and "credentialsSecretRef" in cond["message"]
     assert "to retry" in cond["message"]
-    assert not deployments(api_client, namespace), "no pod starts without complete weights"
+    assert not deployments(dmds.api_client, dmds.namespace), (
+        "no pod starts without complete weights"
+    )
     assert "hf_not_given" not in json.dumps(dmds.get("gated"))
 
 
 def test_a_download_cut_midway_is_retried_and_resumed_before_any_pod_starts(
-    api_client: client.ApiClient,
-    namespace: str,
     operator: OperatorProcess,
     dmds: Dmds,
     hub: FakeHub,
@@ -217,7 +216,7 @@ def test_a_download_cut_midway_is_retried_and_resumed_before_any_pod_starts(
     assert status["cache"]["bytes"] == sum(len(v) for v in V1.values())
     blobs = [r for r in hub.downloads() if "model.safetensors" in r[0]]
     assert [r[1] for r in blobs] == ["", "bytes=100000-"], "the retry resumed the cut file"
-    core = client.CoreV1Api(api_client)
-    folder = host_path(core, namespace, status["cache"]["claim"])
+    core = dmds.core
+    folder = host_path(core, dmds.namespace, status["cache"]["claim"])
     assert (folder / "model.safetensors").read_bytes() == V1["model.safetensors"]
     assert not list(folder.glob("*.part"))

@@ -147,22 +147,28 @@ class Bounds:
 
 
 class Dmds:
-    """Reads DistilledModelDeployments in one namespace and waits on them."""
+    """DistilledModelDeployments in one test namespace: applies, reads and waits on them,
+    and carries the clients a test reads their children with."""
 
     def __init__(
         self, api_client: client.ApiClient, namespace: str, cluster: Cluster | None = None
     ):
+        self.api_client, self.namespace, self._cluster = api_client, namespace, cluster
         self.api = client.CustomObjectsApi(api_client)
-        self.namespace, self.cluster = namespace, cluster
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    @property
+    def cluster(self) -> Cluster:
+        assert self._cluster is not None, "kubectl needs Dmds(api_client, namespace, cluster)"
+        return self._cluster
 
     def apply(self, name: str, spec: dict[str, Any]) -> None:
         """``kubectl apply`` a DMD, as a user would."""
-        assert self.cluster is not None, "Dmds(..., cluster) applies"
         self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=dmd_yaml(name, spec))
 
     def patch(self, name: str, patch: dict[str, Any]) -> None:
         """``kubectl patch --type=merge`` a DMD."""
-        assert self.cluster is not None, "Dmds(..., cluster) patches"
         self.cluster.kubectl(
             "patch", "dmd", name, "-n", self.namespace, "--type=merge", "-p", json.dumps(patch)
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from distillery.api.merge_patch import apply_merge_patch
 from distillery.reconcile.children import OWNER_LABEL, child_key, child_state
+from distillery.render import WORKLOAD_KINDS
 
 WRITES = (
     "apply",
@@ -28,10 +29,10 @@ WRITES = (
 
 def observed(obj: Mapping[str, Any], ready: int | None = None) -> dict[str, Any]:
     """An applied object as the API server shows it once its controller caught up: a
-    Deployment with its status (``ready`` ready replicas, all when None); other kinds as
-    applied."""
+    Deployment or LeaderWorkerSet with its status (``ready`` ready replicas, all when
+    None); other kinds as applied."""
     body = copy.deepcopy(dict(obj))
-    if body["kind"] == "Deployment":
+    if body["kind"] in WORKLOAD_KINDS:
         want = body["spec"]["replicas"]
         n = want if ready is None else ready
         body["metadata"]["generation"] = 1

@@ -11,6 +11,7 @@ import yaml
 
 from distillery.api.crd import crd_yaml
 from distillery.cli import main
+from tests.support.dmds import dmd_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("deepseek-r1-distill-*.yaml"))
@@ -78,22 +79,11 @@ def test_plan_and_render_say_when_the_slo_falls_between_buckets(
 
 def test_plan_nothing_fits_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "big.yaml"
-    f.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "distillery.dev/v1alpha1",
-                "kind": "DistilledModelDeployment",
-                "metadata": {"name": "big"},
-                "spec": {
-                    "model": {
-                        "name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
-                        "quantization": "none",
-                    },
-                    "placement": {"gpuTypes": ["nvidia-t4"], "maxNodesPerReplica": 1},
-                },
-            }
-        )
-    )
+    spec = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "quantization": "none"},
+        "placement": {"gpuTypes": ["nvidia-t4"], "maxNodesPerReplica": 1},
+    }
+    f.write_text(dmd_yaml("big", spec))
     code, _ = run("plan", str(f), "-o", "json")
     assert code == 1
     err = capsys.readouterr().err
@@ -283,16 +273,7 @@ def test_recommend_tiers_follow_the_output_format() -> None:
 def auto_manifest(tmp_path: Path, name: str = "auto-7b", **spec: object) -> Path:
     f = tmp_path / f"{name}.yaml"
     body = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}, **spec}
-    f.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "distillery.dev/v1alpha1",
-                "kind": "DistilledModelDeployment",
-                "metadata": {"name": name},
-                "spec": body,
-            }
-        )
-    )
+    f.write_text(dmd_yaml(name, body))
     return f
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from tests.support.dmds import dmd_yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "distillery"
 
@@ -77,19 +79,11 @@ def test_template_variables_documented_are_the_ones_given(tmp_path: Path) -> Non
         + "".join(f"    v{i}: {{{{ ({n}) | string | tojson }}}}\n" for i, n in enumerate(names))
     )
     manifest = tmp_path / "dmd.yaml"
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "distillery.dev/v1alpha1",
-                "kind": "DistilledModelDeployment",
-                "metadata": {"name": "t"},
-                "spec": {
-                    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-                    "serving": {"templateRef": {"name": "t"}},
-                },
-            }
-        )
-    )
+    spec = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
+        "serving": {"templateRef": {"name": "t"}},
+    }
+    manifest.write_text(dmd_yaml("t", spec))
     out = io.StringIO()
     assert main(["render", str(manifest), "--user-template", f"t={template}"], out=out) == 0
     [dep] = [d for d in yaml.safe_load_all(out.getvalue()) if d["kind"] == "Deployment"]

@@ -26,6 +26,7 @@ from distillery.render import (
 )
 from distillery.sizing import PlanError, plan
 from tests.render_cases import CASES
+from tests.support.dmds import dmd as dmd_body
 
 CATALOG = load_catalog()
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "render"
@@ -169,12 +170,7 @@ specs = st.fixed_dictionaries(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs)
 def test_any_valid_spec_renders_with_invariants(spec: dict[str, Any]) -> None:
-    raw = {
-        "apiVersion": "distillery.dev/v1alpha1",
-        "kind": "DistilledModelDeployment",
-        "metadata": {"name": "prop", "namespace": "ns"},
-        "spec": {k: v for k, v in spec.items() if v is not None},
-    }
+    raw = dmd_body("prop", {k: v for k, v in spec.items() if v is not None}, namespace="ns")
     dmd = DistilledModelDeployment.model_validate(raw)
     try:
         p = plan(dmd.spec, CATALOG)

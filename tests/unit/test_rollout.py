@@ -21,6 +21,8 @@ from distillery.reconcile.children import ChildState, child_key, child_state
 from distillery.render import RenderOptions
 from distillery.rollout import canary_split
 from distillery.rollout.analysis import Criteria, Measurement, TrackSample, judge
+from tests.support.dmds import dmd
+from tests.support.fake_cluster import observed
 
 CATALOG = load_catalog()
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -81,19 +83,15 @@ class World:
     kind: str = "Deployment"
 
     def body(self) -> dict[str, Any]:
-        return {
-            "apiVersion": "distillery.dev/v1alpha1",
-            "kind": "DistilledModelDeployment",
-            "metadata": {
-                "name": "m",
-                "namespace": "ns",
-                "uid": "u-1",
-                "generation": self.generation,
-                "annotations": dict(self.annotations),
-            },
-            "spec": copy.deepcopy(self.spec),
-            "status": json.loads(json.dumps(self.status)),
-        }
+        return dmd(
+            "m",
+            self.spec,
+            namespace="ns",
+            status=self.status,
+            uid="u-1",
+            generation=self.generation,
+            annotations=dict(self.annotations),
+        )
 
     def pods(self) -> list[PodInfo]:
         out = []
@@ -129,18 +127,8 @@ class World:
             options=self.options,
         )
         for obj in d.apply:
-            body = copy.deepcopy(obj)
-            key = child_key(body["kind"], body["metadata"]["name"], "m")
-            if body["kind"] == self.kind:
-                n = body["spec"]["replicas"]
-                body["metadata"]["generation"] = 1
-                body["status"] = {
-                    "observedGeneration": 1,
-                    "replicas": n,
-                    "readyReplicas": n,
-                    "updatedReplicas": n,
-                }
-            self.children[key] = child_state(body)
+            key = child_key(obj["kind"], obj["metadata"]["name"], "m")
+            self.children[key] = child_state(observed(obj))
         for (_, name), n in d.scale.items():
             key = child_key(self.kind, name, "m")
             c = self.children[key]
