@@ -103,13 +103,12 @@ class RolloutInput:
 @dataclass(frozen=True, kw_only=True)
 class RolloutDecision:
     stable_replicas: int
-    canary_replicas: int  # 0 retires the canary Deployment
-    stable_takes_desired: bool  # False: the stable Deployment keeps its template
-    one_at_a_time: bool  # render the stable Deployment with maxSurge 0
     status: RolloutStatus
     progressing: tuple[bool, str, str]  # RolloutProgressing: status, reason, message
+    canary_replicas: int = 0  # 0 retires the canary Deployment
+    stable_takes_desired: bool = True  # False: the stable Deployment keeps its template
+    one_at_a_time: bool = False  # render the stable Deployment with maxSurge 0
     events: tuple[Event, ...] = ()
-    consume_command: bool = False
 
 
 def canary_split(total: int, weight: int) -> tuple[int, int]:
@@ -175,8 +174,7 @@ def _overlaid(base: RolloutStatus, over: RolloutStatus) -> RolloutStatus:
 def _rolling(inp: RolloutInput) -> RolloutDecision:
     old, stable, n, rev = inp.status, inp.stable, inp.total, inp.desired_revision
     events: list[Event] = []
-    consume = inp.command is not None
-    if consume:
+    if inp.command is not None:
         events.append(
             Event(
                 "Warning",
@@ -202,12 +200,9 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
         return RolloutDecision(
             stable_replicas=n,
             canary_replicas=canary,
-            stable_takes_desired=True,
-            one_at_a_time=False,
             status=settled,
             progressing=(False, "RolloutComplete", f"serving {rev}"),
             events=tuple(events),
-            consume_command=consume,
         )
     # The stable Deployment rolls to the desired revision (or is about to).
     previous = old.stable_revision if old.stable_revision != rev else None
@@ -237,12 +232,10 @@ def _rolling(inp: RolloutInput) -> RolloutDecision:
     return RolloutDecision(
         stable_replicas=n,
         canary_replicas=canary,
-        stable_takes_desired=True,
         one_at_a_time=fallback,
         status=status,
         progressing=(True, "RollingUpdate", message),
         events=tuple(events),
-        consume_command=consume,
     )
 
 
@@ -270,9 +263,6 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
         # First deployment: nothing to compare a canary with.
         return RolloutDecision(
             stable_replicas=inp.total,
-            canary_replicas=0,
-            stable_takes_desired=True,
-            one_at_a_time=False,
             status=settled,
             progressing=(False, "RolloutComplete", f"serving {rev}"),
         )
@@ -284,15 +274,11 @@ def _canary(inp: RolloutInput) -> RolloutDecision:
         message = f"scaled to zero: revision {rev} taken without a canary"
         return RolloutDecision(
             stable_replicas=0,
-            canary_replicas=0,
-            stable_takes_desired=True,
-            one_at_a_time=False,
             status=_with(settled, message=message),
             progressing=(False, "RolloutComplete", message),
             events=(Event("Normal", "RolloutComplete", message),)
             if old.stable_revision != rev
             else (),
-            consume_command=inp.command is not None,
         )
     if phase == PROMOTING and same:
         return _promoting(inp)
@@ -351,7 +337,6 @@ def _progress(
     steps = inp.spec.canary.steps
     status = status if status is not None else _base(inp, old.stable_revision)
     events = events if events is not None else []
-    consume = inp.command is not None
     if inp.command == "abort":
         return _roll_back(inp, status, events, "Aborted", f"{COMMAND_ANNOTATION}=abort")
     if inp.command == "promote":
@@ -396,7 +381,7 @@ def _progress(
         if squeezed and canary is not None:
             message += f"; unschedulable: {canary.unschedulable_message}"
         status = _at_step(status, step, stable_target, canary_n, None, message)
-        return _decision(status, stable_target, canary_n, events, consume, message)
+        return _decision(status, stable_target, canary_n, events, message)
 
     elapsed = parse_rfc3339(inp.now) - parse_rfc3339(started_at)
     m = inp.measurement
@@ -429,7 +414,7 @@ def _progress(
     else:
         message = f"step {step}/{len(steps)}: waiting for the analysis of the full pause"
     status = _at_step(status, step, stable_n, canary_n, started_at, message)
-    return _decision(status, stable_n, canary_n, events, consume, message)
+    return _decision(status, stable_n, canary_n, events, message)
 
 
 def _at_step(
@@ -458,18 +443,15 @@ def _decision(
     stable_n: int,
     canary_n: int,
     events: list[Event],
-    consume: bool,
     message: str,
 ) -> RolloutDecision:
     return RolloutDecision(
         stable_replicas=stable_n,
         canary_replicas=canary_n,
         stable_takes_desired=False,
-        one_at_a_time=False,
         status=status,
         progressing=(True, "CanaryStep", message),
         events=tuple(events),
-        consume_command=consume,
     )
 
 
@@ -501,7 +483,6 @@ def _promote(
     return replace(
         decision,
         events=tuple(events) + decision.events,
-        consume_command=inp.command is not None,
     )
 
 
@@ -512,9 +493,8 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
     assert inp.stable is not None
     stable, canary, n, rev = inp.stable, inp.canary, inp.total, inp.desired_revision
     status = _overlaid(_base(inp, inp.status.stable_revision), inp.status)
-    consume = inp.command is not None
     events: list[Event] = []
-    if consume:
+    if inp.command is not None:
         events.append(
             Event("Warning", "RolloutCommandIgnored", f"{inp.command}: the rollout is promoting")
         )
@@ -534,13 +514,9 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
         events.append(Event("Normal", "Promoted", f"revision {rev} is stable"))
         return RolloutDecision(
             stable_replicas=n,
-            canary_replicas=0,
-            stable_takes_desired=True,
-            one_at_a_time=False,
             status=_stable_after(status, rev, message=f"promoted {rev}"),
             progressing=(False, "RolloutComplete", f"serving {rev}"),
             events=tuple(events),
-            consume_command=consume,
         )
     message = f"promoting {rev}: {on_new}/{n} stable replicas on the new revision"
     status = _with(
@@ -556,12 +532,10 @@ def _promoting(inp: RolloutInput) -> RolloutDecision:
     return RolloutDecision(
         stable_replicas=n,
         canary_replicas=canary_n,
-        stable_takes_desired=True,
         one_at_a_time=fallback,
         status=status,
         progressing=(True, "Promoting", message),
         events=tuple(events),
-        consume_command=consume,
     )
 
 
@@ -590,7 +564,7 @@ def _roll_back(
     events.append(Event("Warning", "RolledBack", message))
     status = _with(status, phase=ROLLED_BACK, message=message)
     decision = _rolled_back(replace(inp, status=status, command=None))
-    return replace(decision, events=tuple(events), consume_command=inp.command is not None)
+    return replace(decision, events=tuple(events))
 
 
 def _rolled_back(inp: RolloutInput) -> RolloutDecision:
@@ -603,22 +577,17 @@ def _rolled_back(inp: RolloutInput) -> RolloutDecision:
         step=None,
         weight=0,
         stable_replicas=inp.total,
-        canary_replicas=0,
         step_started_at=None,
     )
     events: list[Event] = []
-    consume = inp.command is not None
     if inp.command == "abort":
         events.append(Event("Warning", "RolloutCommandIgnored", "abort: already rolled back"))
     return RolloutDecision(
         stable_replicas=inp.total,
-        canary_replicas=0,
         stable_takes_desired=False,
-        one_at_a_time=False,
         status=status,
         progressing=(False, "RolledBack", message),
         events=tuple(events),
-        consume_command=consume,
     )
 
 
@@ -628,8 +597,7 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
     assert inp.stable is not None
     old, rev = inp.status, inp.desired_revision
     events: list[Event] = []
-    consume = inp.command is not None
-    if consume:
+    if inp.command is not None:
         events.append(
             Event("Warning", "RolloutCommandIgnored", f"{inp.command}: no rollout in progress")
         )
@@ -642,12 +610,10 @@ def _canary_settled(inp: RolloutInput) -> RolloutDecision:
     return RolloutDecision(
         stable_replicas=inp.total,
         canary_replicas=canary_n,
-        stable_takes_desired=True,
         one_at_a_time=fallback,
         status=_stable_after(old, rev),
         progressing=(False, "RolloutComplete", f"serving {rev}"),
         events=tuple(events),
-        consume_command=consume,
     )
 
 
