@@ -340,6 +340,20 @@ def beside(now: float, before: float | None, unit: str = "") -> str:
     return f"{now}{unit}" + (f" (was {before}{unit})" if before is not None else "")
 
 
+def recorded(
+    report: dict[str, Any],
+    previous: dict[str, Any],
+    section: str,
+    count: int,
+    figures: dict[str, Any],
+) -> dict[str, Any]:
+    """Add ``figures`` for ``count`` DMDs to ``report[section]`` with the previous
+    release's beside them; return the previous release's."""
+    was: dict[str, Any] = previous.get(section, {}).get(str(count), {})
+    report.setdefault(section, []).append({**figures, "previous": was})
+    return was
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -373,12 +387,9 @@ def main() -> int:
             f"{report['single']['baselineCreateP50S']}s)",
             flush=True,
         )
-        report["bursts"] = []
         for count in args.bursts:
             r = bench.burst(count, args.idle)
-            was = previous.get("bursts", {}).get(str(count), {})
-            r["previous"] = was
-            report["bursts"].append(r)
+            was = recorded(report, previous, "bursts", count, r)
             print(
                 f"{count} DMDs at once: all reconciled in "
                 f"{beside(r['allReconciledS'], was.get('allReconciledS'), 's')}, Ready in "
@@ -391,12 +402,9 @@ def main() -> int:
             )
     finally:
         cluster.stop()
-    report["autoscalePass"] = []
     for count in args.bursts:
         a = autoscale_pass(count)
-        was = previous.get("autoscalePass", {}).get(str(count), {})
-        a["previous"] = was
-        report["autoscalePass"].append(a)
+        was = recorded(report, previous, "autoscalePass", count, a)
         print(
             f"autoscaler pass over {count} DMDs: first "
             f"{beside(a['firstPassCpuS'], was.get('firstPassCpuS'), 's')} CPU, steady "
