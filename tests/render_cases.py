@@ -131,4 +131,14 @@ CASES: dict[str, dict[str, Any]] = {
             "placement": {"gpuTypes": ["nvidia-l40s"]},
         },
     ),
+    "vllm-nodelocal-h100": dmd(
+        "r1-8b",
+        {
+            "model": {
+                "name": "deepseek-ai/DeepSeek-R1-Distill-Llama-8B",
+                "cache": {"mode": "NodeLocal", "nodePath": "/mnt/nvme/distillery"},
+            },
+            "placement": {"gpuTypes": ["nvidia-h100-80gb"], "spot": True},
+        },
+    ),
 }

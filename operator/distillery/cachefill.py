@@ -26,7 +26,9 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -282,6 +284,9 @@ def _walk(root: Path) -> Iterator[Path]:
 def fill_from_directory(source: Path, dest: Path, log: Callable[[str], None]) -> Summary:
     if not source.is_dir():
         raise FillError(f"{source} is not a directory: the artifact was not mounted")
+    if (source / LOCK).exists() and not (source / MARKER).exists():
+        # A weight cache as the source (a node-local copy): only a complete one.
+        raise FillError(f"{source} is a weight cache without its marker: it is not complete")
     files = list(_walk(source))
     _check_space(dest, sum(p.stat().st_size for p in files))
     total = 0
@@ -388,10 +393,17 @@ def _fill_locked(
 
 
 def main(
-    source: str, revision: str | None, dest: str, termination_log: str = "/dev/termination-log"
+    source: str,
+    revision: str | None,
+    dest: str,
+    termination_log: str = "/dev/termination-log",
+    *,
+    hold: bool = False,
 ) -> int:
     """The command: 0 on a complete cache. The outcome's one line goes to the
-    termination log, where the operator reads it."""
+    termination log, where the operator reads it. With ``hold`` a complete cache is
+    held: the process waits for SIGTERM (a DaemonSet's pod stays Running, Ready by its
+    marker) and exits 0 then."""
 
     def report(line: str) -> None:
         with contextlib.suppress(OSError):  # outside a pod there may be none
@@ -404,4 +416,16 @@ def main(
         report(json.dumps({"error": str(exc)}))
         return 1
     report(summary.to_json())
+    if hold:
+        _wait_for_stop()
     return 0
+
+
+def _wait_for_stop() -> None:
+    """Sleep until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print("holding the complete copy until stopped", flush=True)
+    while not stop.wait(3600):
+        pass

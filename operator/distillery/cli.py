@@ -1176,13 +1176,21 @@ def _cache_fill_parser(sub: Subparsers) -> None:
         default="/dev/termination-log",
         help="where the one-line outcome goes (the operator reads it from the pod)",
     )
+    f.add_argument(
+        "--hold",
+        action="store_true",
+        help="once complete, stay running until stopped (a node-local copy's DaemonSet pod, "
+        "Ready while its marker is there)",
+    )
     f.set_defaults(func=cmd_cache_fill)
 
 
 def cmd_cache_fill(args: argparse.Namespace, out: TextIO) -> int:
     from distillery import cachefill  # the fill's HTTP client is not the CLI's concern
 
-    return cachefill.main(args.source, args.revision, args.dest, args.termination_log)
+    return cachefill.main(
+        args.source, args.revision, args.dest, args.termination_log, hold=args.hold
+    )
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -177,6 +177,12 @@ def child_jobs(**kwargs: Any) -> dict[Any, ChildState]:
     return _child(kwargs["body"])
 
 
+# The pre-pull DaemonSets of NodeLocal weight caches.
+@kopf.index("apps", "v1", "daemonsets", labels=MANAGED)
+def child_daemonsets(**kwargs: Any) -> dict[Any, ChildState]:
+    return _child(kwargs["body"])
+
+
 # Served only where the Gateway API is installed; kopf skips it elsewhere.
 @kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
 def child_routes(**kwargs: Any) -> dict[Any, ChildState]:
@@ -229,6 +235,7 @@ kopf.on.event(
 kopf.on.event("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT}, id="pod_event")(_on_child)
 kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED, id="claim_event")(_on_child)
 kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job_event")(_on_child)
+kopf.on.event("apps", "v1", "daemonsets", labels=MANAGED, id="daemonset_event")(_on_child)
 kopf.on.event("v1", "pods", labels={LABEL_CACHE_OF: kopf.PRESENT}, id="fill_pod_event")(_on_child)
 
 

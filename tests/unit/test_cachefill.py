@@ -4,6 +4,10 @@ failures say what to do, and the token never follows a redirect."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +187,40 @@ def test_a_filled_cache_as_a_source_copies_its_files_not_its_bookkeeping(tmp_pat
     assert sorted(p.name for p in dest.iterdir()) == sorted(
         [MARKER, cachefill.LOCK, "w.safetensors"]
     )
+
+
+def test_an_incomplete_cache_is_never_copied(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (src / "w.safetensors").write_bytes(b"w" * 5)
+    (src / cachefill.LOCK).write_text("")  # a fill ran here and wrote no marker
+    with pytest.raises(FillError, match="not complete"):
+        fill(f"file://{src}", None, dest, env={}, log=lambda _: None)
+    assert not (dest / MARKER).exists()
+
+
+def test_hold_keeps_a_complete_copy_running_until_sigterm(tmp_path: Path) -> None:
+    """A node-local copy's DaemonSet pod: it copies, stays up (Ready by its marker) and
+    exits cleanly when the kubelet stops it."""
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    src.mkdir()
+    (src / "w.safetensors").write_bytes(b"w" * 5)
+    (src / MARKER).write_text("{}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distillery.cli", "cache-fill", f"--source=file://{src}",
+         f"--dest={dest}", "--hold", f"--termination-log={tmp_path / 'log'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (dest / MARKER).exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0]
+            time.sleep(0.1)
+        assert (dest / "w.safetensors").read_bytes() == b"w" * 5
+        time.sleep(0.5)
+        assert proc.poll() is None, "a held copy keeps running"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert "holding the complete copy" in out

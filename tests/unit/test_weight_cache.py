@@ -307,3 +307,147 @@ def test_turning_the_cache_off_deletes_its_claim_and_job() -> None:
     assert sorted(d.delete) == [("Job", claim), ("PersistentVolumeClaim", claim)]
     assert "cache" not in d.status
     assert [o["kind"] for o in d.apply] == ["Deployment"], "pods download again"
+
+
+# ---- NodeLocal: the claim, then a copy on every node of the pool ------------------------
+
+
+def node_local() -> dict[str, Any]:
+    return spec(cache={"mode": "NodeLocal"})
+
+
+def with_copies(
+    children: dict[str, ChildState], objects: list[dict[str, Any]], nodes: int, ready: int
+) -> dict[str, ChildState]:
+    """``children`` with the pre-pull DaemonSet of ``objects`` as its controller counts
+    it: scheduled on ``nodes`` nodes, ``ready`` of them with a complete copy."""
+    out = dict(children)
+    for obj in objects:
+        if obj["kind"] == "DaemonSet":
+            b = observed(obj)
+            b["metadata"]["generation"] = 1
+            b["status"] = {
+                "observedGeneration": 1,
+                "desiredNumberScheduled": nodes,
+                "numberReady": ready,
+                "updatedNumberScheduled": nodes,
+                "numberAvailable": ready,
+            }
+            state = child_state(b)
+            out[state.key] = state
+    return out
+
+
+def test_node_local_copies_on_the_serving_pods_nodes_and_pods_read_the_copy() -> None:
+    r = rendered(node_local())
+    assert r.cache is not None and r.cache.prepull is not None and r.cache.node_dir
+    assert [o["kind"] for o in r.objects()][:3] == ["PersistentVolumeClaim", "Job", "DaemonSet"]
+    ds, pod = r.cache.prepull, r.workload["spec"]["template"]["spec"]
+    ds_pod = ds["spec"]["template"]["spec"]
+    # Where the replicas may land, and nowhere else; no GPU taken from them.
+    assert ds_pod["affinity"] == pod["affinity"] and ds_pod["tolerations"] == pod["tolerations"]
+    assert "nvidia.com/gpu" not in json.dumps(ds_pod["containers"])
+    assert ds["spec"]["selector"]["matchLabels"] == ds["spec"]["template"]["metadata"]["labels"]
+    labels = ds["spec"]["template"]["metadata"]["labels"]
+    assert "distillery.dev/deployment" not in labels and LABEL_CACHE_OF not in labels
+    copy_ = ds_pod["containers"][0]
+    assert copy_["command"][:2] == ["distillery", "cache-fill"] and "--hold" in copy_["command"]
+    assert MARKER in copy_["readinessProbe"]["exec"]["command"][-1]
+    volumes = {v["name"]: v for v in ds_pod["volumes"]}
+    assert volumes["weights"]["persistentVolumeClaim"]["readOnly"] is True
+    assert volumes["local"]["hostPath"]["path"] == r.cache.node_dir
+    assert r.cache.node_dir == f"/var/lib/distillery/weights/ns/{r.cache.claim}"
+    # The serving pods mount the node's copy where a Shared cache's claim would be.
+    model = next(v for v in pod["volumes"] if v["name"] == "model")
+    assert model == {
+        "name": "model",
+        "hostPath": {"path": r.cache.node_dir, "type": "DirectoryOrCreate"},
+    }
+    shared = rendered(spec())
+    engine = next(c for c in pod["containers"] if c["name"] == "engine")
+    shared_engine = next(
+        c
+        for c in shared.workload["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "engine"
+    )
+    assert engine["args"] == shared_engine["args"]
+    # A pod on a node whose copy is still being made waits for it rather than failing.
+    assert "until test -f" in pod["initContainers"][0]["command"][-1]
+    assert (
+        "until"
+        not in shared.workload["spec"]["template"]["spec"]["initContainers"][0]["command"][-1]
+    )
+
+
+def test_node_local_reads_faster_than_the_shared_claim() -> None:
+    local = DistilledModelDeployment.model_validate(body(node_local()))
+    shared = DistilledModelDeployment.model_validate(body(spec()))
+    assert replica_startup_seconds(local, plan(local.spec, CATALOG)) < replica_startup_seconds(
+        shared, plan(shared.spec, CATALOG)
+    )
+
+
+def test_node_local_holds_replicas_until_every_node_has_its_copy() -> None:
+    s = node_local()
+    first = desired_state(body(s), {}, CATALOG, now=T0)
+    kinds = [o["kind"] for o in first.apply]
+    assert kinds[:2] == ["PersistentVolumeClaim", "Job"]
+    assert "DaemonSet" not in kinds and "Deployment" not in kinds, "nothing to copy yet"
+    filled = live_children(first.apply, Complete="True")
+    second = desired_state(body(s, roundtrip(first.status)), filled, CATALOG, now=T1)
+    assert [o["kind"] for o in second.apply] == ["DaemonSet"], "no replica before the copies"
+    assert second.status["cache"]["phase"] == "Distributing"
+    c = conds(second.status)
+    assert c["Ready"]["reason"] == "CopyingWeightsToNodes"
+    assert c["WeightsCached"]["status"] == "False"
+    copying = with_copies(filled, second.apply, nodes=3, ready=1)
+    third = desired_state(body(s, roundtrip(second.status)), copying, CATALOG, now=T1)
+    assert all(o["kind"] != "Deployment" for o in third.apply)
+    cache = third.status["cache"]
+    assert (cache["phase"], cache["nodes"], cache["nodesReady"]) == ("Distributing", 3, 1)
+    assert "1/3 node(s)" in cache["message"]
+    copied = with_copies(filled, second.apply, nodes=3, ready=3)
+    fourth = desired_state(body(s, roundtrip(third.status)), copied, CATALOG, now=T1)
+    assert [o["kind"] for o in fourth.apply] == ["Deployment"]
+    assert fourth.status["cache"]["phase"] == "Ready"
+    assert conds(fourth.status)["WeightsCached"]["status"] == "True"
+    # A node joins the pool: the replicas already serving go on, the status says so.
+    serving = {**copied, **live_children(fourth.apply)}
+    joined = with_copies(serving, second.apply, nodes=4, ready=3)
+    fifth = desired_state(body(s, roundtrip(fourth.status)), joined, CATALOG, now=T2)
+    assert fifth.status["cache"]["phase"] == "Ready" and fifth.scale == {}
+    assert "3/4 node(s)" in fifth.status["cache"]["message"]
+    DistilledModelDeploymentStatus.model_validate(roundtrip(fifth.status))
+
+
+def test_node_local_with_no_node_in_the_pool_yet_does_not_wait_forever() -> None:
+    """Held replicas would ask no cluster autoscaler for a node, and without a node the
+    copy never runs: with none scheduled, replicas are created and wait on their node."""
+    s = node_local()
+    first = desired_state(body(s), {}, CATALOG, now=T0)
+    filled = live_children(first.apply, Complete="True")
+    second = desired_state(body(s, roundtrip(first.status)), filled, CATALOG, now=T1)
+    empty = with_copies(filled, second.apply, nodes=0, ready=0)
+    third = desired_state(body(s, roundtrip(second.status)), empty, CATALOG, now=T1)
+    assert [o["kind"] for o in third.apply] == ["Deployment"]
+    assert "no node of the pool yet" in third.status["cache"]["message"]
+
+
+def test_leaving_node_local_deletes_the_prepull_and_keeps_the_claim() -> None:
+    s = node_local()
+    first = desired_state(body(s), {}, CATALOG, now=T0)
+    filled = live_children(first.apply, Complete="True")
+    second = desired_state(body(s, roundtrip(first.status)), filled, CATALOG, now=T1)
+    copied = with_copies(filled, second.apply, nodes=2, ready=2)
+    shared = desired_state(body(spec(), roundtrip(second.status)), copied, CATALOG, now=T1)
+    ds = second.apply[0]["metadata"]["name"]
+    assert shared.delete == [("DaemonSet", ds)]
+    assert all(o["kind"] != "PersistentVolumeClaim" for o in shared.apply), "same claim"
+    off = desired_state(body(spec(cache={"mode": "None"})), copied, CATALOG, now=T1)
+    assert ("DaemonSet", ds) in off.delete and ("PersistentVolumeClaim", filled_claim(filled)) in (
+        off.delete
+    )
+
+
+def filled_claim(children: dict[str, ChildState]) -> str:
+    return next(c.name for c in children.values() if c.kind == "PersistentVolumeClaim")

@@ -60,6 +60,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   # The Jobs that fill weight caches; delete: with a retired cache.
   resources: [jobs]
   verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  # NodeLocal weight caches' pre-pull; delete: another revision's, or the mode changed.
+  resources: [daemonsets]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]

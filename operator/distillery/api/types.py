@@ -246,11 +246,22 @@ class ModelCacheSpec(_Model):
     mounted read-only by every replica, so a scale-up reads weights from the volume
     instead of downloading them again."""
 
-    mode: Literal["None", "Shared"] = Field(
+    mode: Literal["None", "Shared", "NodeLocal"] = Field(
         default="None",
         description="None: every pod downloads the weights itself. Shared: one "
         "PersistentVolumeClaim per model revision, filled by a Job before any serving pod "
-        "starts (no GPU is held while it fills) and mounted read-only by every replica.",
+        "starts (no GPU is held while it fills) and mounted read-only by every replica. "
+        "NodeLocal: the Shared claim, then copied by a DaemonSet to `nodePath` on every "
+        "node the replicas may land on before they start; replicas read the node's copy "
+        "(hostPath, read-only), and a pod on a node that joined later waits for its copy.",
+    )
+    node_path: str = Field(
+        default="/var/lib/distillery/weights",
+        description="NodeLocal: the folder on each node (local NVMe) that holds the copies, "
+        "one subfolder per namespace and cache claim. The namespace must admit hostPath "
+        "volumes (Pod Security baseline or privileged).",
+        max_length=200,
+        pattern=r"^/[-._/A-Za-z0-9]*$",
     )
     storage_class_name: str | None = Field(
         default=None,
@@ -346,8 +357,8 @@ class ModelSpec(_Model):
         CrossFieldRule(
             cel="!has(self.cache) || !has(self.cache.mode) || self.cache.mode == 'None' || "
             "!has(self.uri) || !self.uri.startsWith('pvc://')",
-            message="cache.mode Shared needs a source to download from: a pvc:// model is "
-            "already on a volume (set cache.mode: None)",
+            message="cache.mode Shared or NodeLocal needs a source to download from: a "
+            "pvc:// model is already on a volume (set cache.mode: None)",
             holds=lambda m: m.cache.mode == "None" or not (m.uri or "").startswith("pvc://"),
             field_path=".cache.mode",
         ),
@@ -951,7 +962,7 @@ class CacheStatus(_Model):
 
     claim: str = Field(description="The PersistentVolumeClaim holding this revision's weights.")
     source: str = Field(description="What it is filled from (URI and revision).")
-    phase: Literal["Filling", "Ready", "Failed"]
+    phase: Literal["Filling", "Distributing", "Ready", "Failed"]
     expected_bytes: int | None = Field(
         default=None, description="The checkpoint's size from the catalog."
     )
@@ -960,6 +971,13 @@ class CacheStatus(_Model):
     completed_at: str | None = Field(default=None, description="When it completed (RFC 3339).")
     estimated_fill_seconds: float | None = Field(
         default=None, description="Expected fill time at the source's bandwidth."
+    )
+    nodes: int | None = Field(
+        default=None,
+        description="NodeLocal: the nodes the copy runs on (the pre-pull DaemonSet's).",
+    )
+    nodes_ready: int | None = Field(
+        default=None, description="NodeLocal: the nodes whose copy is complete."
     )
     message: str | None = Field(default=None, max_length=STATUS_MESSAGE_LIMIT)
     retired: list[RetiredCache] = Field(
@@ -975,7 +993,8 @@ class StartupStatus(_Model):
 
     estimated_seconds: float
     weights_from: str = Field(
-        description="Where a new replica reads weights: hf, s3, gs, oci, pvc or cache."
+        description="Where a new replica reads weights: hf, s3, gs, oci, pvc, cache (a "
+        "Shared cache) or local (a NodeLocal copy)."
     )
     measured_seconds: float | None = Field(
         default=None,

@@ -109,6 +109,8 @@ class Kube:
             self.core.patch_namespaced_persistent_volume_claim(name, ns, body, **kwargs)
         elif kind == "Job":
             self.batch.patch_namespaced_job(name, ns, body, **kwargs)
+        elif kind == "DaemonSet":
+            self.apps.patch_namespaced_daemon_set(name, ns, body, **kwargs)
         elif kind == "HTTPRoute":
             self.custom.patch_namespaced_custom_object(
                 "gateway.networking.k8s.io", "v1", ns, "httproutes", name, body, **kwargs
@@ -166,7 +168,7 @@ class Kube:
 
     def delete_child(self, namespace: str, name: str, kind: str) -> None:
         """Delete a retired child: a canary Deployment or LeaderWorkerSet, a weight
-        cache's claim or fill Job (already gone is fine)."""
+        cache's claim, fill Job or pre-pull DaemonSet (already gone is fine)."""
         try:
             if kind == "LeaderWorkerSet":
                 self.custom.delete_namespaced_custom_object(
@@ -178,6 +180,10 @@ class Kube:
                 self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
             elif kind == "Deployment":
                 self.apps.delete_namespaced_deployment(
+                    name, namespace, propagation_policy="Background"
+                )
+            elif kind == "DaemonSet":
+                self.apps.delete_namespaced_daemon_set(
                     name, namespace, propagation_policy="Background"
                 )
             else:

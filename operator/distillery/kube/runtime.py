@@ -56,6 +56,7 @@ CHILD_INDICES = (
     "child_routes",
     "child_claims",
     "child_jobs",
+    "child_daemonsets",
 )
 
 

@@ -29,8 +29,10 @@ from distillery.render.cache import WeightCache
 
 PVC_KIND = "PersistentVolumeClaim"
 JOB_KIND = "Job"
+DAEMONSET_KIND = "DaemonSet"
+CACHE_KINDS = (PVC_KIND, JOB_KIND, DAEMONSET_KIND)
 WEIGHTS_CACHED = "WeightsCached"
-FILLING, READY, FAILED = "Filling", "Ready", "Failed"
+FILLING, DISTRIBUTING, READY, FAILED = "Filling", "Distributing", "Ready", "Failed"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class CacheStep:
     condition: ConditionState
     hold_workload: bool  # serving pods wait for the cache
     drop_job: bool  # the Job exists: its template is immutable, never re-applied
+    drop_prepull: bool = False  # NodeLocal while the claim fills: nothing to copy yet
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
 
 
@@ -158,8 +161,19 @@ def cache_step(
     if phase == READY and completed is None:
         completed = now
     written = report.get("bytes") if phase == READY else None
+    nodes = nodes_ready = None
+    if cache.prepull is not None and phase == READY:
+        phase, message, nodes, nodes_ready = _distribution(cache, children, name, prev)
     retired, due = _retire(dmd, cache, children, old, now, phase == READY)
     delete += due
+    current = cache.prepull["metadata"]["name"] if cache.prepull is not None else None
+    # Another revision's (or mode's) copies: their DaemonSet goes at once; the folders
+    # stay on the nodes, so a pod of that revision still starting reads its copy.
+    delete += sorted(
+        (DAEMONSET_KIND, s.name)
+        for s in children.values()
+        if s.kind == DAEMONSET_KIND and s.name != current
+    )
     status = CacheStatus(
         claim=cache.claim,
         source=cache.source,
@@ -169,10 +183,12 @@ def cache_step(
         started_at=started,
         completed_at=completed if phase == READY else None,
         estimated_fill_seconds=round(cache.fill_seconds, 1),
+        nodes=nodes,
+        nodes_ready=nodes_ready,
         message=message,
         retired=retired,
     )
-    reason = {READY: "Filled", FAILED: "FillFailed", FILLING: "Filling"}[phase]
+    reason = {READY: "Filled", FAILED: "FillFailed", FILLING: "Filling", DISTRIBUTING: phase}[phase]
     if phase == FILLING and stuck:
         reason = "FillBlocked"
     return CacheStep(
@@ -180,13 +196,44 @@ def cache_step(
         condition=cond.condition(WEIGHTS_CACHED, phase == READY, reason, message, gen),
         hold_workload=phase != READY,
         drop_job=drop_job,
+        drop_prepull=phase in (FILLING, FAILED),
         delete=delete,
     )
 
 
+def _distribution(
+    cache: WeightCache, children: Mapping[str, ChildState], name: str, prev: Mapping[str, Any]
+) -> tuple[str, str, int | None, int | None]:
+    """A NodeLocal cache once its claim is full: Distributing (replicas held) until every
+    node the pre-pull DaemonSet runs on has a complete copy, then Ready. Once Ready it
+    stays Ready: a node that joins later gets its copy while the replicas already
+    serving go on, and a replica scheduled there waits for that node's copy. A pool with
+    no node yet holds nothing, or no replica would ever ask the cluster for one."""
+    assert cache.prepull is not None
+    ds = children.get(child_key(DAEMONSET_KIND, cache.prepull["metadata"]["name"], name))
+    counted = ds is not None and ds.observed_generation >= ds.generation > 0
+    nodes = ds.replicas if ds is not None and counted else None
+    ready = ds.ready_replicas if ds is not None and counted else None
+    was_ready = prev.get("phase") == READY and prev.get("nodesReady") is not None
+    held = f"{cache.claim} holds {cache.source}"
+    if nodes is None or ready is None:
+        if was_ready:
+            return READY, f"{held}; copying it to the nodes", None, None
+        return DISTRIBUTING, f"{held}; starting its copy to every node of the pool", None, None
+    if nodes == 0:
+        message = f"{held}; no node of the pool yet: each replica waits for its node's copy"
+        return READY, message, 0, 0
+    if ready >= nodes:
+        return READY, f"{held}, copied to all {nodes} node(s) of the pool", nodes, ready
+    copying = f"copied to {ready}/{nodes} node(s) of the pool"
+    if was_ready:
+        return READY, f"{held}, {copying}: a replica on another waits for it", nodes, ready
+    return DISTRIBUTING, f"{held}; {copying}: serving pods start when all are", nodes, ready
+
+
 def unused_caches(children: Mapping[str, ChildState]) -> list[tuple[str, str]]:
     """Every cache claim and fill Job of a DMD whose spec no longer has a cache."""
-    return sorted((s.kind, s.name) for s in children.values() if s.kind in (PVC_KIND, JOB_KIND))
+    return sorted((s.kind, s.name) for s in children.values() if s.kind in CACHE_KINDS)
 
 
 def _retire(

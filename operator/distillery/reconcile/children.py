@@ -163,6 +163,16 @@ def child_key(kind: str, name: str, owner: str) -> str:
     return f"{kind}/{suffix}"
 
 
+# The status fields ChildState's replicas, ready, updated and available come from.
+WORKLOAD_COUNTS = ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas")
+DAEMONSET_COUNTS = (
+    "desiredNumberScheduled",
+    "numberReady",
+    "updatedNumberScheduled",
+    "numberAvailable",
+)
+
+
 def child_state(body: Mapping[str, Any]) -> ChildState:
     meta = body.get("metadata") or {}
     spec = body.get("spec") or {}
@@ -171,6 +181,8 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
         (spec.get("rolloutStrategy") or {}).get("rollingUpdateConfiguration") or {}
     )
     generation = int(meta.get("generation") or 0)
+    # A DaemonSet counts its pods per node: desired, ready, updated, available.
+    counts = DAEMONSET_COUNTS if body.get("kind") == "DaemonSet" else WORKLOAD_COUNTS
     # A LeaderWorkerSet's status has no observedGeneration: its counts are all there is.
     observed = (
         generation
@@ -189,10 +201,10 @@ def child_state(body: Mapping[str, Any]) -> ChildState:
         foreign=foreign_fields(meta.get("managedFields")),
         generation=generation,
         observed_generation=observed,
-        replicas=int(status.get("replicas") or 0),
-        ready_replicas=int(status.get("readyReplicas") or 0),
-        updated_replicas=int(status.get("updatedReplicas") or 0),
-        available_replicas=int(status.get("availableReplicas") or 0),
+        replicas=int(status.get(counts[0]) or 0),
+        ready_replicas=int(status.get(counts[1]) or 0),
+        updated_replicas=int(status.get(counts[2]) or 0),
+        available_replicas=int(status.get(counts[3]) or 0),
         spec_replicas=spec.get("replicas") if isinstance(spec.get("replicas"), int) else None,
         conditions=tuple(
             (

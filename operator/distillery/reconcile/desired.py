@@ -514,7 +514,12 @@ def _with_cache(step: _RolloutStep, cached: CacheStep, rendered: Rendered) -> _R
     re-applied (its template is immutable); while the cache fills, no workload template
     is applied, the running one only follows the replica count; retired caches go."""
     job = rendered.cache.fill_job if rendered.cache is not None else None
-    objects = [o for o in step.objects if not (cached.drop_job and o is job)]
+    prepull = rendered.cache.prepull if rendered.cache is not None else None
+    objects = [
+        o
+        for o in step.objects
+        if not (cached.drop_job and o is job) and not (cached.drop_prepull and o is prepull)
+    ]
     scale = dict(step.scale)
     if cached.hold_workload:
         objects = [o for o in objects if o["kind"] not in WORKLOAD_KINDS]
@@ -695,6 +700,8 @@ def _cache_conditions(
     Pods already serving the previous revision keep Ready as it was."""
     failed = cached.status.phase == "Failed"
     reason = "WeightCacheFailed" if failed else "FillingWeightCache"
+    if cached.status.phase == "Distributing":
+        reason = "CopyingWeightsToNodes"
     message = cached.status.message or ""
     if no_workload:
         ready = cond.condition(cond.READY, False, reason, message, gen)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from distillery.api.hashing import content_hash
@@ -35,6 +35,9 @@ from distillery.sizing.startup import fill_seconds
 # Written last by every fill, at the claim's root; its content is the fill's summary.
 MARKER = ".distillery-complete"
 FILL_MOUNT = "/weights"
+LOCAL_MOUNT = "/local"
+# On a NodeLocal cache's pre-pull pods (not replicas either, see LABEL_CACHE_OF).
+LABEL_PREPULL_OF = "distillery.dev/weight-prepull-of"
 SOURCE_MOUNT = "/source"
 LABEL_CACHE_KEY = "distillery.dev/cache-key"
 # On the fill's pods instead of distillery.dev/deployment: they are not replicas, and
@@ -70,6 +73,13 @@ class WeightCache:
     fill_job: dict[str, Any]
     # The serving pods' view: the claim as a read-only pvc:// source.
     serving_source: ModelSource
+    # NodeLocal: the DaemonSet that copies the claim to every node the replicas may land
+    # on, and the folder each node holds the copy in (the serving pods mount it instead).
+    prepull: dict[str, Any] | None = None
+    node_dir: str | None = None
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [self.pvc, self.fill_job, *([self.prepull] if self.prepull else [])]
 
 
 class CacheError(ValueError):
@@ -246,18 +256,73 @@ def weight_cache(
     )
 
 
-def marker_check(image: str) -> dict[str, Any]:
+def with_prepull(
+    cache: WeightCache,
+    dmd: DistilledModelDeployment,
+    *,
+    image: str,
+    placement: Mapping[str, Any],
+) -> WeightCache:
+    """``cache`` with its node-local copy (``cache.mode: NodeLocal``): a DaemonSet on
+    the nodes the serving pods may land on (their ``placement``: nodeSelector, affinity,
+    tolerations) that copies the filled claim to the node and stays ready while the copy
+    is complete. It requests no GPU, so it never takes one from a replica."""
+    spec = dmd.spec.model.cache
+    if spec.mode != "NodeLocal":
+        return cache
+    labels = dict(cache.pvc["metadata"]["labels"])
+    key = labels[LABEL_CACHE_KEY]
+    name = f"{dmd.name}-prepull-{key}"
+    node_dir = f"{spec.node_path.rstrip('/')}/{dmd.namespace}/{cache.claim}"
+    pod_labels = {LABEL_PREPULL_OF: dmd.name, LABEL_CACHE_KEY: key}
+    prepull = load_template(
+        "weightcache-prepull.yaml.j2",
+        {
+            "name": name,
+            "namespace": dmd.namespace,
+            "labels": {**labels, "app.kubernetes.io/component": "weight-prepull"},
+            "annotations": cache.pvc["metadata"].get("annotations") or {},
+            "owner": (cache.fill_job["metadata"].get("ownerReferences") or [None])[0],
+            "selector": pod_labels,
+            "pod_labels": pod_labels,
+            "image": image,
+            "command": [
+                "distillery",
+                "cache-fill",
+                f"--source=file://{FILL_MOUNT}",
+                f"--dest={LOCAL_MOUNT}",
+                "--hold",
+            ],
+            "marker": f"{LOCAL_MOUNT}/{MARKER}",
+            "claim": cache.claim,
+            "node_dir": node_dir,
+            "fill_mount": FILL_MOUNT,
+            "local_mount": LOCAL_MOUNT,
+            "placement": dict(placement),
+        },
+    )
+    return replace(cache, prepull=prepull, node_dir=node_dir)
+
+
+def marker_check(image: str, *, wait_seconds: int = 0) -> dict[str, Any]:
     """The serving pods' init container: no engine starts without the fill's marker.
-    It runs the engine's own image (already pulled) and touches nothing."""
+    It runs the engine's own image (already pulled) and touches nothing. With
+    ``wait_seconds`` (a node-local copy, which a node that joined late may still be
+    making) it waits for the marker that long, then fails and is started again."""
     path = f"/models/pvc/{MARKER}"
+    missing = f'echo "weight cache incomplete: {path} missing"; exit 1'
+    script = f"test -f {path} || {{ {missing}; }}"
+    if wait_seconds:
+        script = (
+            f"i=0; until test -f {path}; do "
+            f"if [ $i -ge {wait_seconds} ]; then {missing}; fi; "
+            f'[ $((i % 60)) -eq 0 ] && echo "waiting for the copy on this node: {path}"; '
+            "sleep 5; i=$((i + 5)); done"
+        )
     return {
         "name": "wait-for-weights",
         "image": image,
-        "command": [
-            "sh",
-            "-c",
-            f'test -f {path} || {{ echo "weight cache incomplete: {path} missing"; exit 1; }}',
-        ],
+        "command": ["sh", "-c", script],
         "volumeMounts": [{"name": "model", "mountPath": "/models/pvc", "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},

@@ -47,6 +47,7 @@ from distillery.render.cache import (
     WeightCache,
     marker_check,
     weight_cache,
+    with_prepull,
 )
 from distillery.render.layout import load_template
 from distillery.render.user_template import UserTemplateError, merge, render_user_template
@@ -129,7 +130,7 @@ class Rendered:
     cache: WeightCache | None = None
 
     def objects(self) -> list[dict[str, Any]]:
-        out = [self.cache.pvc, self.cache.fill_job] if self.cache else []
+        out = self.cache.objects() if self.cache else []
         out += [self.workload, self.service, self.pdb]
         out += [self.pod_monitor] if self.pod_monitor else []
         out += list(self.track_services)
@@ -159,8 +160,9 @@ def replica_startup_seconds(dmd: DistilledModelDeployment, p: Plan) -> float:
 
 def weights_from(dmd: DistilledModelDeployment) -> str:
     """Where a new replica reads its weights: the source's scheme, or ``cache``."""
-    if dmd.spec.model.cache.mode == "Shared":
-        return "cache"
+    mode = dmd.spec.model.cache.mode
+    if mode != "None":
+        return "local" if mode == "NodeLocal" else "cache"
     return ModelSource.parse(dmd.spec.model.uri, dmd.spec.model.name).scheme
 
 
@@ -512,9 +514,26 @@ def render(
     leaders = {LWS_WORKER_INDEX_LABEL: "0"} if multi_node else {}
     service_selector = {LABEL_DEPLOYMENT: name, **leaders}
     volumes, mounts, init = _storage(dmd, plan, source, options)
-    if cache is not None:
-        init.insert(0, marker_check(image))
     affinity, node_selector, tolerations = _placement(dmd, plan)
+    if cache is not None:
+        placement = {"affinity": affinity, "nodeSelector": node_selector}
+        cache = with_prepull(
+            cache,
+            dmd,
+            image=options.cache_fill_image,
+            placement={**placement, "tolerations": tolerations},
+        )
+        if cache.node_dir is not None:
+            # The node's copy instead of the claim, at the same path: the engine's
+            # command line is the same either way.
+            volumes = [
+                {"name": "model", "hostPath": {"path": cache.node_dir, "type": "DirectoryOrCreate"}}
+                if v.get("name") == "model"
+                else v
+                for v in volumes
+            ]
+        wait = math.ceil(cache.fill_seconds) + 600 if cache.node_dir else 0
+        init.insert(0, marker_check(image, wait_seconds=wait))
     non_root = launch_.run_as_non_root
     pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
     if non_root:
