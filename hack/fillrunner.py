@@ -17,8 +17,14 @@ process stands in for their kubelet and for a volume provisioner:
   status: exit code, reason and message, then phase Succeeded or Failed. The Job
   controller takes it from there (retries, completion).
 
+- A node-local copy's pod (a NodeLocal cache's pre-pull DaemonSet) has its
+  ``cache-fill --hold`` run the same way, its ``hostPath`` mapped to a folder per node
+  under the state folder (``nodes/<node>/<path>``); the pod is Running, and Ready once
+  the copy's marker is there, as its readiness probe would say. A copy that exits is
+  counted as a restart and started again; a deleted pod's copy is stopped.
+
 Only ``distillery cache-fill`` runs here (there is no image to run anything else): any
-other command fails the pod with a message that says so.
+other command fails the pod with a message that says so. Init containers are not run.
 
 Usage: ``python hack/fillrunner.py --kubeconfig K --state-dir D``.
 """
@@ -43,6 +49,9 @@ from kubernetes.client.exceptions import ApiException
 
 STORAGE_CLASS = "distillery-local"
 FILL_LABEL = "distillery.dev/weight-cache-of"
+PREPULL_LABEL = "distillery.dev/weight-prepull-of"
+MARKER = ".distillery-complete"
+RESTART_SECONDS = 2.0
 DISTILLERY = Path(sys.executable).parent / "distillery"
 POLL_SECONDS = 0.5
 log = logging.getLogger("fillrunner")
@@ -58,7 +67,11 @@ class FillRunner:
         self.core: Any = client.CoreV1Api(api)
         self.volumes = state_dir / "volumes"
         self.volumes.mkdir(parents=True, exist_ok=True)
+        self.nodes = state_dir / "nodes"
         self._started: set[str] = set()
+        # Node-local copies by pod uid: the running process, or None between restarts.
+        self._copies: dict[str, subprocess.Popen[str] | None] = {}
+        self._stopped: set[str] = set()
 
     # ---- provisioner -------------------------------------------------------------
 
@@ -174,32 +187,50 @@ class FillRunner:
         self.core.patch_namespaced_pod_status(name, ns, {"status": status})
         log.info("pod %s/%s: exit %d: %s", ns, name, code, message.strip()[:200])
 
-    def _execute(self, pod: Any, container: Any) -> tuple[int, str]:
+    def _mounts(self, pod: Any, container: Any) -> dict[str, Path]:
+        """The container's mount paths and the folders on this machine behind them: a
+        claim's volume, or a hostPath in the folder of the pod's node."""
         ns = pod.metadata.namespace
+        volumes = {v.name: v for v in pod.spec.volumes or []}
+        out: dict[str, Path] = {}
+        for m in container.volume_mounts or []:
+            v = volumes.get(m.name)
+            if v is None:
+                continue
+            if v.persistent_volume_claim is not None:
+                out[m.mount_path] = self._host_path(ns, v.persistent_volume_claim.claim_name)
+            elif v.host_path is not None:
+                folder = self.nodes / pod.spec.node_name / v.host_path.path.lstrip("/")
+                folder.mkdir(parents=True, exist_ok=True)
+                out[m.mount_path] = folder
+        return out
+
+    def _argv(self, pod: Any, container: Any) -> list[str] | None:
+        """The container's ``cache-fill`` on this machine's folders (None: another
+        command, which the local cluster cannot run)."""
         command = list(container.command or []) + list(container.args or [])
         if command[:2] != ["distillery", "cache-fill"]:
-            return 127, f"the local cluster runs only distillery cache-fill, not {command[:1]}"
-        claims = {
-            v.name: v.persistent_volume_claim.claim_name
-            for v in pod.spec.volumes or []
-            if v.persistent_volume_claim is not None
-        }
-        mounts = {
-            m.mount_path: self._host_path(ns, claims[m.name])
-            for m in container.volume_mounts or []
-            if m.name in claims
-        }
+            return None
+        mounts = self._mounts(pod, container)
 
         def mapped(arg: str) -> str:
+            flag, sep, value = arg.partition("=")
+            scheme = "file://" if value.startswith("file://") else ""
+            path = value[len(scheme) :]
             for mount, host in mounts.items():
-                flag, sep, value = arg.partition("=")
-                if sep and (value == mount or value.startswith(mount + "/")):
-                    return f"{flag}={host}{value[len(mount) :]}"
+                if sep and (path == mount or path.startswith(mount + "/")):
+                    return f"{flag}={scheme}{host}{path[len(mount) :]}"
             return arg
 
+        return [str(DISTILLERY), *(mapped(a) for a in command[1:])]
+
+    def _execute(self, pod: Any, container: Any) -> tuple[int, str]:
+        ns = pod.metadata.namespace
+        argv = self._argv(pod, container)
+        if argv is None:
+            return 127, "the local cluster runs only distillery cache-fill"
         with tempfile.TemporaryDirectory() as tmp:
             termination = Path(tmp) / "termination-log"
-            argv = [str(DISTILLERY), *(mapped(a) for a in command[1:])]
             proc = subprocess.run(
                 [*argv, f"--termination-log={termination}"],
                 env=self._env(ns, container),
@@ -212,9 +243,96 @@ class FillRunner:
         sys.stdout.write(proc.stdout[-4096:])
         return proc.returncode, message
 
+    # ---- node-local copies ----------------------------------------------------------
+
+    def run_copies(self) -> None:
+        pods = self.core.list_pod_for_all_namespaces(label_selector=PREPULL_LABEL).items
+        live = set()
+        for pod in pods:
+            uid = pod.metadata.uid
+            if pod.metadata.deletion_timestamp:
+                continue
+            live.add(uid)
+            if uid in self._copies or not pod.spec.node_name:
+                continue
+            self._copies[uid] = None
+            threading.Thread(target=self._hold_copy, args=(pod,), daemon=True).start()
+        for uid in set(self._copies) - live:
+            self._stopped.add(uid)
+            proc = self._copies.pop(uid)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+
+    def _copy_status(self, pod: Any, ready: bool, restarts: int, last: str = "") -> None:
+        container = pod.spec.containers[0]
+        now, flag = _now(), "True" if ready else "False"
+        status: dict[str, Any] = {
+            "phase": "Running",
+            "conditions": [
+                {"type": t, "status": s, "lastTransitionTime": now}
+                for t, s in (("Initialized", "True"), ("ContainersReady", flag), ("Ready", flag))
+            ],
+            "containerStatuses": [
+                {
+                    "name": container.name,
+                    "image": container.image,
+                    "imageID": "",
+                    "ready": ready,
+                    "started": True,
+                    "restartCount": restarts,
+                    "state": {"running": {"startedAt": now}},
+                }
+            ],
+        }
+        if last:
+            status["containerStatuses"][0]["lastState"] = {
+                "terminated": {"exitCode": 1, "reason": "Error", "message": last[-1024:]}
+            }
+        self.core.patch_namespaced_pod_status(
+            pod.metadata.name, pod.metadata.namespace, {"status": status}
+        )
+
+    def _hold_copy(self, pod: Any) -> None:
+        """Run a copy the way a kubelet runs a DaemonSet's container: restarted when it
+        exits, Ready while its marker is there, stopped with its pod."""
+        uid, ns, name = pod.metadata.uid, pod.metadata.namespace, pod.metadata.name
+        container = pod.spec.containers[0]
+        restarts, last = 0, ""
+        try:
+            argv = self._argv(pod, container)
+            dest = next(Path(a.split("=", 1)[1]) for a in argv or [] if a.startswith("--dest="))
+        except Exception as exc:  # noqa: BLE001 - the pod says why
+            self._copy_status(pod, False, 0, f"local runner: {exc}")
+            return
+        assert argv is not None
+        while uid not in self._stopped:
+            with tempfile.TemporaryDirectory() as tmp:
+                termination = Path(tmp) / "termination-log"
+                proc = subprocess.Popen(
+                    [*argv, f"--termination-log={termination}"],
+                    env=self._env(ns, container), text=True,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                )  # fmt: skip
+                self._copies[uid] = proc
+                self._copy_status(pod, False, restarts, last)
+                reported = False
+                while proc.poll() is None and uid not in self._stopped:
+                    if not reported and (dest / MARKER).exists():
+                        self._copy_status(pod, True, restarts, last)
+                        log.info("pod %s/%s: copy complete on %s", ns, name, pod.spec.node_name)
+                        reported = True
+                    time.sleep(POLL_SECONDS)
+                if uid in self._stopped:
+                    return
+                out = proc.stderr.read() if proc.stderr else ""
+                last = termination.read_text() if termination.exists() else out[-2048:]
+            restarts += 1
+            log.info("pod %s/%s: copy exited %s: %s", ns, name, proc.returncode, last.strip())
+            time.sleep(RESTART_SECONDS)
+
     def loop(self) -> None:
         while True:
-            for step in (self.provision, self.reclaim, self.run_pods):
+            for step in (self.provision, self.reclaim, self.run_pods, self.run_copies):
                 try:
                     step()
                 except Exception as exc:  # noqa: BLE001 - next round tries again

@@ -69,6 +69,8 @@ COMPONENTS = (
 PYTHON_COMPONENTS = {"fill-runner": ROOT / "hack" / "fillrunner.py"}
 # Pods kwok must not complete on its own: the fill runner runs them (see fillrunner.py).
 FILL_POD_LABEL = "distillery.dev/weight-cache-of"
+# A NodeLocal cache's copy on a node: the fill runner runs it and reports it Ready.
+PREPULL_POD_LABEL = "distillery.dev/weight-prepull-of"
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 OPERATOR_USER = "distillery-operator"
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
@@ -135,8 +137,9 @@ def _gomodcache() -> Path:
 
 def kwok_stage_files(state_dir: Path) -> list[Path]:
     """The stage set kwok's own 'fast' kustomization lists, read from the module cache,
-    with one change: a weight cache's fill pod is not completed by kwok (the fill runner
-    runs it and reports how it ended)."""
+    with two changes: a weight cache's fill pod is not completed by kwok (the fill runner
+    runs it and reports how it ended), and a node-local copy's pod is not made ready by
+    kwok (the fill runner runs the copy and reports it ready once complete)."""
     version = _versions()["KWOK_VERSION"]
     base = _gomodcache() / f"sigs.k8s.io/kwok@{version}" / "kustomize" / "stage"
     if not base.is_dir():
@@ -147,12 +150,13 @@ def kwok_stage_files(state_dir: Path) -> list[Path]:
     files = [f for f in files if f.name != "kustomization.yaml"]
     out = []
     for f in files:
-        if f.name == "pod-complete.yaml":
+        left_to_runner = {"pod-complete.yaml": FILL_POD_LABEL, "pod-ready.yaml": PREPULL_POD_LABEL}
+        if f.name in left_to_runner:
             stage = yaml.safe_load(f.read_text())
             stage["spec"]["selector"]["matchExpressions"].append(
-                {"key": f'.metadata.labels["{FILL_POD_LABEL}"]', "operator": "DoesNotExist"}
+                {"key": f'.metadata.labels["{left_to_runner[f.name]}"]', "operator": "DoesNotExist"}
             )
-            f = state_dir / "kwok-pod-complete.yaml"
+            f = state_dir / f"kwok-{f.name}"
             f.write_text(yaml.safe_dump(stage))
         out.append(f)
     return out

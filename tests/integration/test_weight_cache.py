@@ -11,8 +11,9 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -220,3 +221,58 @@ def test_a_download_cut_midway_is_retried_and_resumed_before_any_pod_starts(
     folder = host_path(core, dmds.namespace, status["cache"]["claim"])
     assert (folder / "model.safetensors").read_bytes() == V1["model.safetensors"]
     assert not list(folder.glob("*.part"))
+
+
+def test_node_local_copies_reach_every_node_of_the_pool_before_a_replica_starts(
+    operator: OperatorProcess,
+    dmds: Dmds,
+    hub: FakeHub,
+) -> None:
+    """NodeLocal on the real DaemonSet controller: one copy per L4 node, each run for
+    real by the fill runner from the filled claim into that node's folder; the replicas
+    are created only once every copy is complete, and read the node's copy."""
+    assert hub.gate is not None
+    hub.gate.set()
+    dmds.apply("local", spec(hub.endpoint, mode="NodeLocal"))
+    fill = Bounds.within(operator.settings.resync_interval_seconds, FILL_POLL, POD_START)
+    copies = Bounds.within(fill, POD_START, 2 * FILL_POLL)
+    dmds.wait_condition("local", "Ready", Bounds.within(copies, operator.bounds.ready))
+    status = dmds.get("local")["status"]
+    cache = status["cache"]
+    l4 = sorted(
+        str(n.metadata.name)
+        for n in dmds.core.list_node(label_selector="nvidia.com/gpu.product=NVIDIA-L4").items
+    )
+    assert len(l4) >= 2, "the local cluster has an L4 pool"
+    assert (cache["phase"], cache["nodes"], cache["nodesReady"]) == ("Ready", len(l4), len(l4))
+    assert status["startup"]["weightsFrom"] == "local"
+    pods = dmds.core.list_namespaced_pod(
+        dmds.namespace, label_selector="distillery.dev/weight-prepull-of=local"
+    ).items
+    assert sorted(str(p.spec.node_name) for p in pods) == l4, "one copy per node of the pool"
+    copied_at = max(
+        cast(datetime, c.last_transition_time)
+        for p in pods
+        for c in p.status.conditions
+        if c.type == "Ready" and c.status == "True"
+    )
+    [dep] = deployments(dmds.api_client, dmds.namespace)
+    assert dep.metadata.creation_timestamp >= copied_at, "replicas only after every copy"
+    volume = next(v for v in dep.spec.template.spec.volumes if v.name == "model")
+    node_dir = str(volume.host_path.path)
+    assert node_dir.endswith(f"/{dmds.namespace}/{cache['claim']}")
+    for node in l4:
+        folder = dmds.cluster.state_dir / "nodes" / node / node_dir.lstrip("/")
+        assert (folder / "model.safetensors").read_bytes() == V1["model.safetensors"], node
+        assert (folder / MARKER).exists(), node
+    # The hub was read once, by the fill; every node copied from the claim.
+    assert len(hub.downloads()) == len(V1)
+
+    # Back to Shared: the copies' DaemonSet goes, the same claim serves.
+    dmds.patch("local", {"spec": {"model": {"cache": {"mode": "Shared"}}}})
+    wait_for(
+        lambda: not dmds.apps.list_namespaced_daemon_set(dmds.namespace).items,
+        "the pre-pull DaemonSet deleted",
+        Bounds.within(operator.settings.resync_interval_seconds, POD_START),
+    )
+    assert dmds.get("local")["status"]["cache"]["claim"] == cache["claim"]
