@@ -34,11 +34,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from distillery.render.cache import MARKER
+from distillery.render.cache import MARKER, PROGRESS_PREFIX
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20
@@ -183,6 +183,27 @@ class _AlreadyWholeError(Exception):
     pass
 
 
+@dataclass
+class _Progress:
+    """The whole fill's bytes on disk, logged every PROGRESS_SECONDS as one line the
+    operator reads back from the pod's log for the DMD's status (:data:`PROGRESS_PREFIX`)."""
+
+    log: Callable[[str], None]
+    expected: int | None
+    done: int = 0
+    last: float = field(default_factory=time.monotonic)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            self.log(PROGRESS_PREFIX + json.dumps({"bytes": self.done, "of": self.expected}))
+
+
+NO_PROGRESS = _Progress(log=lambda _: None, expected=None)
+
+
 def _copy(
     src: IO[bytes],
     out: IO[bytes],
@@ -190,6 +211,7 @@ def _copy(
     start: int,
     size: int | None,
     log: Callable[[str], None],
+    progress: _Progress = NO_PROGRESS,
 ) -> None:
     """Copy a download, with a progress line every PROGRESS_SECONDS (``kubectl logs``
     on the fill Job shows how far a 100 GB checkpoint is)."""
@@ -198,6 +220,7 @@ def _copy(
     while chunk := src.read(CHUNK):
         out.write(chunk)
         done += len(chunk)
+        progress.add(len(chunk))
         now = time.monotonic()
         if now - last >= PROGRESS_SECONDS:
             last = now
@@ -212,16 +235,24 @@ def _whole(target: Path, size: int | None) -> bool:
 
 
 def _download(
-    hub: HubClient, repo: str, revision: str, f: RemoteFile, dest: Path, log: Callable[[str], None]
+    hub: HubClient,
+    repo: str,
+    revision: str,
+    f: RemoteFile,
+    dest: Path,
+    log: Callable[[str], None],
+    progress: _Progress = NO_PROGRESS,
 ) -> int:
     """One file into ``dest``, resuming a ``.part`` left by an earlier attempt; its size
     checked against the listing. Returns the bytes on disk."""
     target = dest / _safe_relative(f.path)
     if _whole(target, f.size):
+        progress.add(target.stat().st_size)
         return target.stat().st_size
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
+    progress.add(offset)
     try:
         resp = hub.open(repo, revision, f.path, offset)
     except _AlreadyWholeError:
@@ -233,7 +264,7 @@ def _download(
             start = offset if mode == "ab" else 0
             with part.open(mode) as out:
                 try:
-                    _copy(resp, out, f.path, start, f.size, log)
+                    _copy(resp, out, f.path, start, f.size, log, progress)
                 except (OSError, http.client.HTTPException) as exc:
                     raise FillError(f"downloading {f.path}: {exc!r}") from None
     got = part.stat().st_size
@@ -269,7 +300,8 @@ def fill_from_hub(
     missing = sum((f.size or 0) for f in files if not _whole(dest / f.path, f.size))
     _check_space(dest, missing)
     log(f"{repo}@{revision} ({commit or 'unknown commit'}): {len(files)} files, {missing} bytes")
-    total = sum(_download(hub, repo, revision, f, dest, log) for f in files)
+    progress = _Progress(log, sum(f.size or 0 for f in files) or None)
+    total = sum(_download(hub, repo, revision, f, dest, log, progress) for f in files)
     return Summary(f"hf://{location.strip('/')}", revision, commit, len(files), total)
 
 
@@ -289,6 +321,7 @@ def fill_from_directory(source: Path, dest: Path, log: Callable[[str], None]) ->
         raise FillError(f"{source} is a weight cache without its marker: it is not complete")
     files = list(_walk(source))
     _check_space(dest, sum(p.stat().st_size for p in files))
+    progress = _Progress(log, sum(p.stat().st_size for p in files))
     total = 0
     for path in files:
         rel = path.relative_to(source)
@@ -301,6 +334,7 @@ def fill_from_directory(source: Path, dest: Path, log: Callable[[str], None]) ->
             part.replace(target)
             log(f"{rel}: {size} bytes")
         total += size
+        progress.add(size)
     return Summary(f"file://{source}", None, None, len(files), total)
 
 

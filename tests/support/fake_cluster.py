@@ -55,6 +55,7 @@ class FakeCluster:
         self.events: list[tuple[str, str, str]] = []
         self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
         self.gpus_per_node: dict[str, int] = {}
+        self.logs: dict[tuple[str, str], str] = {}  # (namespace, pod) -> its log
         self._failures: dict[str, Exception] = {}
         self._times: dict[str, int] = {}
 
@@ -118,6 +119,10 @@ class FakeCluster:
     def node_gpu_counts(self) -> dict[str, int]:
         self._call("node_gpu_counts", "")
         return dict(self.gpus_per_node)
+
+    def pod_log_tail(self, namespace: str, name: str, lines: int) -> str:
+        self._call("pod_log_tail", name)
+        return "\n".join(self.logs.get((namespace, name), "").splitlines()[-lines:])
 
     # ---- what a watch would show ------------------------------------------------------
 

@@ -14,7 +14,8 @@ import pytest
 
 from distillery import cachefill
 from distillery.cachefill import FillError, RemoteFile, fill, select_files
-from distillery.render.cache import MARKER
+from distillery.reconcile.cache import parse_progress
+from distillery.render.cache import MARKER, PROGRESS_PREFIX
 from tests.support.hub import FakeHub, serve_hub
 
 REPO = "org/tiny"
@@ -224,3 +225,23 @@ def test_hold_keeps_a_complete_copy_running_until_sigterm(tmp_path: Path) -> Non
         out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, out
     assert "holding the complete copy" in out
+
+
+def test_the_whole_fill_reports_its_bytes_in_a_line_the_operator_parses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cachefill, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(cachefill, "CHUNK", 4096)
+    seen: list[str] = []
+    with serve_hub(_hub()) as hub:
+        summary = fill(
+            f"hf://{REPO}", "main", tmp_path, env={"HF_ENDPOINT": hub.endpoint}, log=seen.append
+        )
+    lines = [line for line in seen if line.startswith(PROGRESS_PREFIX)]
+    assert lines, seen
+    reported = [parse_progress(line) or 0 for line in lines]
+    assert reported == sorted(reported), "the bytes only grow"
+    assert reported[-1] == summary.bytes
+    assert parse_progress("\n".join(seen)) == summary.bytes, "the last line in a log counts"
+    last = json.loads(lines[-1][len(PROGRESS_PREFIX) :])
+    assert last["of"] == summary.bytes

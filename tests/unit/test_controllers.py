@@ -24,6 +24,7 @@ from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
 from distillery.kube.runtime import CHILD_INDICES, CONCURRENT_RECONCILES, Runtime
+from distillery.reconcile.cache import FillPod
 from distillery.render import RenderOptions
 from tests.support.dmds import dmd
 from tests.support.fake_cluster import FakeCluster
@@ -491,3 +492,32 @@ def test_the_autoscaler_status_is_built_from_its_model_and_survives_old_shapes()
     AutoscalingStatus.model_validate(auto)
     [decision] = auto["lastDecisions"]
     assert decision["from"] == 1 and decision["to"] > 1
+
+
+def test_a_running_fill_is_asked_for_its_progress_and_a_failing_log_read_is_harmless() -> None:
+    cluster = FakeCluster()
+    r = reconciler(cluster)
+    s: dict[str, Any] = {
+        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "cache": {"mode": "Shared"}}
+    }
+
+    async def scenario() -> None:
+        first = await r.reconcile(body(**s), {})
+        assert first.rendered is not None and first.rendered.cache is not None
+        job = first.rendered.cache.job
+        running = FillPod(job=job, name=f"{job}-p", phase="Running")
+        done = FillPod(job=job, name=f"{job}-old", phase="Failed")
+        cluster.logs[(NS, running.name)] = 'x: 1 bytes\nprogress: {"bytes": 4200000000, "of": 1}'
+        status = copy.deepcopy(cluster.status[(NS, "m")])
+        await r.reconcile(
+            body(status=status, **s), cluster.children(NS, "m"), fill_pods=[running, done]
+        )
+        assert ("pod_log_tail", running.name) in cluster.calls
+        assert ("pod_log_tail", done.name) not in cluster.calls, "only a running fill logs"
+        assert cluster.status[(NS, "m")]["cache"]["filledBytes"] == 4200000000
+        cluster.fail_next("pod_log_tail", ApiException(status=403))
+        status = copy.deepcopy(cluster.status[(NS, "m")])
+        await r.reconcile(body(status=status, **s), cluster.children(NS, "m"), fill_pods=[running])
+        assert cluster.status[(NS, "m")]["cache"]["phase"] == "Filling"
+
+    asyncio.run(scenario())

@@ -14,7 +14,7 @@ from distillery.api.types import DistilledModelDeployment, DistilledModelDeploym
 from distillery.autoscale.inputs import PodFailure, PodInfo
 from distillery.catalog import load_catalog
 from distillery.reconcile import desired_state
-from distillery.reconcile.cache import FillPod
+from distillery.reconcile.cache import FillPod, parse_progress
 from distillery.reconcile.children import ChildState, child_state
 from distillery.render import RenderError, render, replica_startup_seconds
 from distillery.render.cache import LABEL_CACHE_OF, MARKER
@@ -451,3 +451,22 @@ def test_leaving_node_local_deletes_the_prepull_and_keeps_the_claim() -> None:
 
 def filled_claim(children: dict[str, ChildState]) -> str:
     return next(c.name for c in children.values() if c.kind == "PersistentVolumeClaim")
+
+
+def test_a_running_fill_shows_how_far_it_is() -> None:
+    first = desired_state(body(spec()), {}, CATALOG, now=T0)
+    job = first.apply[1]["metadata"]["name"]
+    pods = [
+        FillPod(job=job, name=f"{job}-a", phase="Running", progress_bytes=6_000_000_000),
+        FillPod(job="another-job", name="x", phase="Running", progress_bytes=9),
+    ]
+    d = desired_state(
+        body(spec(), roundtrip(first.status)), live_children(first.apply), CATALOG, now=T1,
+        fill_pods=pods,
+    )  # fmt: skip
+    cache = d.status["cache"]
+    assert cache["phase"] == "Filling" and cache["filledBytes"] == 6_000_000_000
+    assert "6.0 of 15.2 GB written" in cache["message"]
+    assert "6.0 of" in conds(d.status)["WeightsCached"]["message"]
+    assert parse_progress('a: 1 bytes\nprogress: {"bytes": 5, "of": 9}\nb: 2 bytes') == 5
+    assert parse_progress("progress: not json") is None and parse_progress("") is None

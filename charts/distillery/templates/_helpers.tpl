@@ -68,6 +68,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [pods]
   verbs: [get, list, watch]
 - apiGroups: [""]
+  # A running weight-cache fill's progress line, for status.cache.filledBytes.
+  resources: [pods/log]
+  verbs: [get]
+- apiGroups: [""]
   resources: [configmaps]
   verbs: [get]
 - apiGroups: ["", events.k8s.io]

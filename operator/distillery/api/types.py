@@ -967,6 +967,11 @@ class CacheStatus(_Model):
         default=None, description="The checkpoint's size from the catalog."
     )
     bytes: int | None = Field(default=None, description="Bytes the fill wrote, once complete.")
+    filled_bytes: int | None = Field(
+        default=None,
+        description="While it fills: the bytes on the claim so far, from the fill's "
+        "progress line (every 30 s), read at each reconcile.",
+    )
     started_at: str | None = Field(default=None, description="When the fill started (RFC 3339).")
     completed_at: str | None = Field(default=None, description="When it completed (RFC 3339).")
     estimated_fill_seconds: float | None = Field(

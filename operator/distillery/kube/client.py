@@ -71,6 +71,7 @@ class ClusterClient(Protocol):
     ) -> None: ...
     def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None: ...
     def node_gpu_counts(self) -> dict[str, int]: ...
+    def pod_log_tail(self, namespace: str, name: str, lines: int) -> str: ...
 
 
 class Kube:
@@ -244,6 +245,11 @@ class Kube:
                 return None
             raise
         return (cm.data or {}).get(key)
+
+    def pod_log_tail(self, namespace: str, name: str, lines: int) -> str:
+        """The last ``lines`` lines of a pod's (first container's) log."""
+        text = self.core.read_namespaced_pod_log(name, namespace, tail_lines=lines)
+        return str(text or "")
 
     def node_gpu_counts(self) -> dict[str, int]:
         """The most allocatable ``nvidia.com/gpu`` any one node offers, per GPU product

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from distillery import metrics
@@ -21,10 +21,10 @@ from distillery.api.conditions import rfc3339
 from distillery.api.merge_patch import merge_patch
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
-from distillery.kube.client import ClusterClient, NodeCatalog, in_thread
+from distillery.kube.client import ClusterClient, NodeCatalog, error_summary, in_thread
 from distillery.kube.plans import PlanCache
 from distillery.reconcile import OWNED_STATUS, Desired, desired_state
-from distillery.reconcile.cache import FillPod
+from distillery.reconcile.cache import FillPod, parse_progress
 from distillery.reconcile.children import (
     APPLIED_HASH,
     REVISION_ANNOTATION,
@@ -36,6 +36,9 @@ from distillery.rollout import COMMAND_ANNOTATION
 from distillery.rollout.analysis import Measurement
 
 log = logging.getLogger("distillery.reconciler")
+# Lines of a running fill pod's log read for its progress: a line every 30 s, with the
+# per-file lines between them.
+FILL_LOG_LINES = 40
 Key = tuple[str, str]
 
 
@@ -176,6 +179,7 @@ class Reconciler:
                 effective["status"] = {**live, **self._status[key]}
         effective["metadata"] = self._unconsumed(key, body.get("metadata") or {})
         user_template, template_error = await self._user_template(body)
+        fill_pods = [await self._with_progress(namespace, p) for p in fill_pods]
         catalog = await self.nodes.refresh() if self.nodes else self.catalog
         desired = desired_state(
             effective,
@@ -280,6 +284,18 @@ class Reconciler:
             self._deleted.add((namespace, name, dep))
         gone = {dep for _, dep in desired.delete}
         self._deleted = {k for k in self._deleted if k[:2] != (namespace, name) or k[2] in gone}
+
+    async def _with_progress(self, namespace: str, pod: FillPod) -> FillPod:
+        """A running fill pod with how far it is, from the last progress line of its
+        log. Best effort: without it the status shows the estimate only."""
+        if pod.phase != "Running":
+            return pod
+        try:
+            tail = await in_thread(self.kube.pod_log_tail, namespace, pod.name, FILL_LOG_LINES)
+        except Exception as exc:  # noqa: BLE001 - progress is never worth a failure
+            log.debug("no progress from %s/%s: %s", namespace, pod.name, error_summary(exc))
+            return pod
+        return replace(pod, progress_bytes=parse_progress(tail))
 
     async def _user_template(self, body: Mapping[str, Any]) -> tuple[str | None, str | None]:
         ref = ((body.get("spec") or {}).get("serving") or {}).get("templateRef")

@@ -25,7 +25,7 @@ from distillery.api.conditions import ConditionState
 from distillery.api.types import CacheStatus, DistilledModelDeployment, RetiredCache
 from distillery.autoscale.inputs import PodFailure, pod_failure
 from distillery.reconcile.children import ChildState, child_key
-from distillery.render.cache import WeightCache
+from distillery.render.cache import PROGRESS_PREFIX, WeightCache
 
 PVC_KIND = "PersistentVolumeClaim"
 JOB_KIND = "Job"
@@ -45,6 +45,20 @@ class FillPod:
     message: str | None = None  # the container's termination message
     failure: PodFailure | None = None  # why it cannot run (missing Secret, bad image)
     finished_at: str = ""  # when its container terminated (RFC 3339): the newest speaks
+    progress_bytes: int | None = None  # a running fill's bytes on disk, from its log
+
+
+def parse_progress(log: str) -> int | None:
+    """The bytes of the last progress line in a fill pod's log (see cachefill)."""
+    for line in reversed(log.splitlines()):
+        if line.startswith(PROGRESS_PREFIX):
+            try:
+                data = json.loads(line[len(PROGRESS_PREFIX) :])
+            except ValueError:
+                return None
+            done = data.get("bytes") if isinstance(data, dict) else None
+            return int(done) if isinstance(done, int | float) and done >= 0 else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,12 @@ def _report(pods: Sequence[FillPod], job: str) -> dict[str, Any]:
     return {}
 
 
+def _progress(pods: Sequence[FillPod], job: str) -> int | None:
+    """How far the running fill of ``job`` is (the most a pod of it reported)."""
+    seen = [p.progress_bytes for p in pods if p.job == job and p.progress_bytes is not None]
+    return max(seen) if seen else None
+
+
 def _stuck(pods: Sequence[FillPod], job: str) -> str | None:
     """Why the Job's pod cannot run, when it cannot (the Job itself would wait forever)."""
     for pod in pods:
@@ -150,9 +170,15 @@ def cache_step(
         )
     else:
         phase = FILLING
+        written_so_far = _progress(fill_pods, cache.job)
+        so_far = (
+            f", {written_so_far / 1e9:.1f} of {cache.expected_bytes / 1e9:.1f} GB written"
+            if written_so_far is not None and cache.expected_bytes
+            else ""
+        )
         message = (
             f"filling {cache.claim} from {cache.source} (about {cache.fill_seconds:.0f}s at "
-            "the source's bandwidth); serving pods start when it is complete"
+            f"the source's bandwidth{so_far}); serving pods start when it is complete"
         )
         if stuck:
             message += f"; {stuck}"
@@ -183,6 +209,7 @@ def cache_step(
         started_at=started,
         completed_at=completed if phase == READY else None,
         estimated_fill_seconds=round(cache.fill_seconds, 1),
+        filled_bytes=_progress(fill_pods, cache.job) if phase == FILLING else None,
         nodes=nodes,
         nodes_ready=nodes_ready,
         message=message,

@@ -34,6 +34,8 @@ from distillery.sizing.startup import fill_seconds
 
 # Written last by every fill, at the claim's root; its content is the fill's summary.
 MARKER = ".distillery-complete"
+# How the fill's progress line starts; the operator reads the last one from the pod's log.
+PROGRESS_PREFIX = "progress: "
 FILL_MOUNT = "/weights"
 LOCAL_MOUNT = "/local"
 # On a NodeLocal cache's pre-pull pods (not replicas either, see LABEL_CACHE_OF).
