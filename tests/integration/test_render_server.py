@@ -82,7 +82,10 @@ def test_rendered_manifests_pass_server_dry_run(
     workload = (
         "LeaderWorkerSet" if plan(dmd.spec, load_catalog()).chosen.nodes > 1 else "Deployment"
     )
-    # A weight cache adds its claim and the Job that fills it.
-    cache = ["PersistentVolumeClaim", "Job"] if rendered.cache is not None else []
+    # A weight cache adds its claim, the Job that fills it and, NodeLocal, the DaemonSet
+    # that copies it to the nodes.
+    cache = [o["kind"] for o in rendered.cache.objects()] if rendered.cache else []
+    if "nodelocal" in case:
+        assert cache == ["PersistentVolumeClaim", "Job", "DaemonSet"]
     want = [workload, "PodDisruptionBudget", "PodMonitor", "Service", *cache]
     assert sorted(kinds) == sorted(want)
