@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from distillery.api.merge_patch import apply_merge_patch
-from distillery.reconcile.children import OWNER_LABEL, child_key, child_state
+from distillery.reconcile.children import (
+    DAEMONSET_COUNTS,
+    OWNER_LABEL,
+    WORKLOAD_COUNTS,
+    child_key,
+    child_state,
+)
 from distillery.render import WORKLOAD_KINDS
 
 WRITES = (
@@ -27,22 +33,21 @@ WRITES = (
 )
 
 
-def observed(obj: Mapping[str, Any], ready: int | None = None) -> dict[str, Any]:
+def observed(
+    obj: Mapping[str, Any], ready: int | None = None, nodes: int | None = None
+) -> dict[str, Any]:
     """An applied object as the API server shows it once its controller caught up: a
     Deployment or LeaderWorkerSet with its status (``ready`` ready replicas, all when
-    None); other kinds as applied."""
+    None); with ``nodes``, a DaemonSet scheduled on that many nodes; other kinds as
+    applied."""
     body = copy.deepcopy(dict(obj))
-    if body["kind"] in WORKLOAD_KINDS:
-        want = body["spec"]["replicas"]
+    daemonset = body["kind"] == "DaemonSet" and nodes is not None
+    if body["kind"] in WORKLOAD_KINDS or daemonset:
+        want = nodes if daemonset and nodes is not None else body["spec"]["replicas"]
         n = want if ready is None else ready
+        counts = DAEMONSET_COUNTS if daemonset else WORKLOAD_COUNTS
         body["metadata"]["generation"] = 1
-        body["status"] = {
-            "observedGeneration": 1,
-            "replicas": want,
-            "readyReplicas": n,
-            "updatedReplicas": want,
-            "availableReplicas": n,
-        }
+        body["status"] = {"observedGeneration": 1, **dict(zip(counts, (want, n, want, n), strict=True))}
     return body
 
 

@@ -324,16 +324,7 @@ def with_copies(
     out = dict(children)
     for obj in objects:
         if obj["kind"] == "DaemonSet":
-            b = observed(obj)
-            b["metadata"]["generation"] = 1
-            b["status"] = {
-                "observedGeneration": 1,
-                "desiredNumberScheduled": nodes,
-                "numberReady": ready,
-                "updatedNumberScheduled": nodes,
-                "numberAvailable": ready,
-            }
-            state = child_state(b)
+            state = child_state(observed(obj, ready=ready, nodes=nodes))
             out[state.key] = state
     return out
 
