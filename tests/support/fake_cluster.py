@@ -47,7 +47,8 @@ def observed(
         n = want if ready is None else ready
         counts = DAEMONSET_COUNTS if daemonset else WORKLOAD_COUNTS
         body["metadata"]["generation"] = 1
-        body["status"] = {"observedGeneration": 1, **dict(zip(counts, (want, n, want, n), strict=True))}
+        figures = dict(zip(counts, (want, n, want, n), strict=True))
+        body["status"] = {"observedGeneration": 1, **figures}
     return body
 
 
