@@ -247,8 +247,9 @@ def _download(
     checked against the listing. Returns the bytes on disk."""
     target = dest / _safe_relative(f.path)
     if _whole(target, f.size):
-        progress.add(target.stat().st_size)
-        return target.stat().st_size
+        size = target.stat().st_size
+        progress.add(size)
+        return size
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     offset = part.stat().st_size if part.exists() else 0
@@ -320,8 +321,9 @@ def fill_from_directory(source: Path, dest: Path, log: Callable[[str], None]) ->
         # A weight cache as the source (a node-local copy): only a complete one.
         raise FillError(f"{source} is a weight cache without its marker: it is not complete")
     files = list(_walk(source))
-    _check_space(dest, sum(p.stat().st_size for p in files))
-    progress = _Progress(log, sum(p.stat().st_size for p in files))
+    needed = sum(p.stat().st_size for p in files)
+    _check_space(dest, needed)
+    progress = _Progress(log, needed)
     total = 0
     for path in files:
         rel = path.relative_to(source)

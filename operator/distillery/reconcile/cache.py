@@ -151,6 +151,7 @@ def cache_step(
     failed = job is not None and (job.condition("Failed") or ("",))[0] == "True"
     report = _report(fill_pods, cache.job)
     stuck = _stuck(fill_pods, cache.job)
+    written_so_far = _progress(fill_pods, cache.job)
     delete: list[tuple[str, str]] = []
     drop_job = job is not None
     if job is not None and pvc is None and prev.get("phase") == READY:
@@ -170,7 +171,6 @@ def cache_step(
         )
     else:
         phase = FILLING
-        written_so_far = _progress(fill_pods, cache.job)
         so_far = (
             f", {written_so_far / 1e9:.1f} of {cache.expected_bytes / 1e9:.1f} GB written"
             if written_so_far is not None and cache.expected_bytes
@@ -209,13 +209,18 @@ def cache_step(
         started_at=started,
         completed_at=completed if phase == READY else None,
         estimated_fill_seconds=round(cache.fill_seconds, 1),
-        filled_bytes=_progress(fill_pods, cache.job) if phase == FILLING else None,
+        filled_bytes=written_so_far if phase == FILLING else None,
         nodes=nodes,
         nodes_ready=nodes_ready,
         message=message,
         retired=retired,
     )
-    reason = {READY: "Filled", FAILED: "FillFailed", FILLING: "Filling", DISTRIBUTING: phase}[phase]
+    reason = {
+        READY: "Filled",
+        FAILED: "FillFailed",
+        FILLING: "Filling",
+        DISTRIBUTING: "Distributing",
+    }[phase]
     if phase == FILLING and stuck:
         reason = "FillBlocked"
     return CacheStep(
@@ -238,9 +243,10 @@ def _distribution(
     no node yet holds nothing, or no replica would ever ask the cluster for one."""
     assert cache.prepull is not None
     ds = children.get(child_key(DAEMONSET_KIND, cache.prepull["metadata"]["name"], name))
-    counted = ds is not None and ds.observed_generation >= ds.generation > 0
-    nodes = ds.replicas if ds is not None and counted else None
-    ready = ds.ready_replicas if ds is not None and counted else None
+    # Counts only once the DaemonSet controller has seen this generation.
+    counted = ds if ds is not None and ds.observed_generation >= ds.generation > 0 else None
+    nodes = counted.replicas if counted is not None else None
+    ready = counted.ready_replicas if counted is not None else None
     was_ready = prev.get("phase") == READY and prev.get("nodesReady") is not None
     held = f"{cache.claim} holds {cache.source}"
     if nodes is None or ready is None:

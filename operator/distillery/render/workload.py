@@ -516,13 +516,12 @@ def render(
     volumes, mounts, init = _storage(dmd, plan, source, options)
     affinity, node_selector, tolerations = _placement(dmd, plan)
     if cache is not None:
-        placement = {"affinity": affinity, "nodeSelector": node_selector}
-        cache = with_prepull(
-            cache,
-            dmd,
-            image=options.cache_fill_image,
-            placement={**placement, "tolerations": tolerations},
-        )
+        placement = {
+            "affinity": affinity,
+            "nodeSelector": node_selector,
+            "tolerations": tolerations,
+        }
+        cache = with_prepull(cache, dmd, image=options.cache_fill_image, placement=placement)
         if cache.node_dir is not None:
             # The node's copy instead of the claim, at the same path: the engine's
             # command line is the same either way.
