@@ -24,6 +24,7 @@ from distillery.autoscale.policy import (
     LoadSample,
     capacity_for,
     decide,
+    return_risk,
 )
 
 # A 7B-class replica: 64 slots at 2,000 output tok/s, 12,000 prompt tok/s.
@@ -418,3 +419,35 @@ def test_a_burst_in_the_first_minutes_is_held_before_the_quantile_can_be() -> No
         burst_demand - 1000.0 / CAP.decode_tokens_per_second
     )
     assert d.recommendation >= math.ceil(0.8 * burst_demand / CAP.utilization)
+
+
+def test_return_risk_judges_the_stretches_that_were_quiet_as_long_as_this_one() -> None:
+    # Stretches at or below 1.0: 2, 5 and 3 minutes, then the current one, 2 so far.
+    values = [2.0, 1, 1, 2, 1, 1, 1, 1, 1, 2, 1, 1, 1, 2, 1, 1]
+    assert return_risk(values, 1.0, within=2) == (2, 3)  # the 2 and the 3 ended by minute 4
+    assert return_risk(values, 1.0, within=1) == (1, 3)
+    longer = [*values[:-2], 1, 1, 1, 1]  # 4 so far: only the 5 was that long
+    assert return_risk(longer, 1.0, within=1) == (0, 1)  # and it outlasted 4 + 1
+    assert return_risk(longer, 1.0, within=2) == (1, 1)
+    assert return_risk([3.0, 3.0, 1.0], 1.0, within=5) == (0, 0)  # never quiet before
+
+
+def test_a_scale_down_that_did_not_pay_is_not_made_again() -> None:
+    """Eight-minute dips every two hours: too rare for the learned headroom (under 5% of
+    minutes lead into a return), each one long enough to pass the down window. The first
+    dip is scaled down (no evidence yet); once the history shows dips like it coming back
+    within the payback time, the later ones are held."""
+    samples = []
+    for t in range(0, 8 * 3600, 15):
+        dip = 6000 <= t % 7200 < 6480
+        gen = 1000.0 if dip else 8000.0
+        samples.append(sample(t, gen=gen, prompt=0, done=gen / 400, running=gen / 40))
+    _, _, counts = run(samples, current=6)
+    per_dip = []
+    for start in range(6000, 8 * 3600, 7200):
+        i, j = start // 15, (start + 600) // 15
+        per_dip.append(min(counts[i:j]) < counts[i - 1])
+    assert per_dip[0], "no evidence yet: the first dip is scaled down"
+    assert not any(per_dip[1:]), per_dip
+    held = decide(samples[6300 // 15], History(), CAP, LIMITS, Cluster(current=6, ready=6), 6300)
+    assert "quietStretchesJudged" not in held.inputs or held.inputs["quietStretchesJudged"] == 0

@@ -45,8 +45,13 @@ One decision:
    surely within the SLO (bucket boundary below it) meets the percentile raises it
    0.5% back. Shown as ``utilizationScale`` in the decision inputs.
 6. **Scale-down that pays for itself.** A replica removed and needed again costs a
-   cold start of GPU time for nothing; so the count goes down only to the highest
-   recommendation over ``max(scaleDown.stabilizationSeconds, 2 x startup)``.
+   cold start of GPU time for nothing, and the SLO while it starts; so the count goes
+   down only to the highest recommendation over ``max(scaleDown.stabilizationSeconds,
+   2 x startup)``, and only if the removal is expected to last its payback time
+   (two cold starts, at least the flap window): of the quiet stretches in this DMD's
+   history that lasted as long as the current one (demand below what the lower count
+   carries, less the headroom), at most a quarter ended sooner. No history, no
+   evidence: the scale-down goes.
 7. **Limits**: ``[minReplicas, maxReplicas]``, the hourly budget, and the cluster: while
    pods are unschedulable for lack of GPUs, never ask for more than exist.
 8. **Missing data**: no fresh metrics means hold — never scale down blind.
@@ -113,6 +118,12 @@ RELAX_PER_MINUTE = 0.005
 # A backlog is drained within this many cold starts.
 DRAIN_COLD_STARTS = 2.0
 DOWN_TOLERANCE = 0.10
+# A scale-down pays for itself when it lasts this many cold starts (at least the flap
+# window): one pays back the GPU time of starting the replica again, one the SLO risk
+# of serving while it starts. It is made only when, in this DMD's own history, at most
+# this share of the quiet stretches that lasted as long as the current one ended sooner.
+PAYBACK_COLD_STARTS = 2.0
+RETURN_RISK = 0.25
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,9 @@ class History:
     # What this DMD's own SLO record says about its utilization target (1 = as planned).
     utilization_scale: float = 1.0
     last_time: float | None = None
+    # The last payback verdict, (minute, count proposed, count allowed, stretches that
+    # came back, stretches judged): judged again once a minute, when its evidence changes.
+    down_verdict: tuple[int, int, int, int, int] | None = None
 
     def add(self, sample: LoadSample | None, now: float, keep_seconds: float) -> History:
         queue = self.queue + (((sample.time, sample.waiting),) if sample is not None else ())
@@ -323,6 +337,72 @@ def _learned_headroom(values: Sequence[float], horizon: float, q: float, level: 
         return 0.0
     rises.sort()
     return rises[min(len(rises) - 1, int(q * len(rises)))]
+
+
+def return_risk(values: Sequence[float], level: float, within: int) -> tuple[int, int]:
+    """How often demand came back: of the past stretches of minutes with demand at or
+    below ``level`` that lasted at least as long as the current one has, how many ended
+    (a minute above ``level``) within ``within`` more minutes, and how many there were.
+
+    The stretch a scale-down starts is conditioned on the quiet it has already shown;
+    the stretches this DMD's traffic had before are the evidence of how long such quiet
+    lasts. A stretch at the start of the history counts as long as it is seen (shorter
+    than it was: the safe side)."""
+    age = 0
+    for v in reversed(values):
+        if v > level:
+            break
+        age += 1
+    stretches: list[int] = []
+    run = 0
+    for v in values[: len(values) - age]:
+        if v <= level:
+            run += 1
+        elif run:
+            stretches.append(run)
+            run = 0
+    alike = [n for n in stretches if n >= age]
+    return sum(1 for n in alike if n < age + within), len(alike)
+
+
+def _paying_scale_down(
+    history: History, proposed: int, current: int, cap: Capacity, headroom: float
+) -> tuple[int, int, int]:
+    """The lowest count in [proposed, current) whose scale-down is expected to last its
+    payback time, by this DMD's own history; ``current`` when none is. Also the
+    stretches that came back too soon and the stretches judged, for the decision's
+    inputs. A count n is left when demand rises above what n carries less the headroom
+    held (``n x utilization - headroom``): that is when the recommendation exceeds n."""
+    rho = cap.utilization * history.utilization_scale
+    payback = max(FLAP_SECONDS, PAYBACK_COLD_STARTS * cap.startup_seconds)
+    within = _ceil(payback / 60.0)
+    returned, judged = 0, 0
+    for n in range(proposed, current):
+        returned, judged = return_risk(history.demand_values, n * rho - headroom, within)
+        # One stretch that did not come back is assumed: a single early return is no
+        # proof, and no evidence at all lets the scale-down go.
+        if returned / (judged + 1) <= RETURN_RISK:
+            return n, returned, judged
+    return current, returned, judged
+
+
+def _judge_scale_down(
+    history: History,
+    proposed: int,
+    current: int,
+    cap: Capacity,
+    inputs: Mapping[str, float],
+    now: float,
+) -> tuple[int, tuple[int, int, int, int, int]]:
+    """The count a scale-down to ``proposed`` may go to, and the verdict to remember."""
+    minute = int(now // 60)
+    cached = history.down_verdict
+    if cached is not None and cached[:2] == (minute, proposed):
+        return cached[2], cached
+    allowed, returned, judged = _paying_scale_down(
+        history, proposed, current, cap, inputs.get("headroomReplicas", 0.0)
+    )
+    return allowed, (minute, proposed, allowed, returned, judged)
 
 
 def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
@@ -573,7 +653,19 @@ def decide(
         if limits.scale_down_max_step:
             target = max(target, current - limits.scale_down_max_step)
         if target < current:
-            reason = f"{reason} (lower for {down_window:.0f}s)"
+            target, held_by = _judge_scale_down(history, target, current, cap, inputs, now)
+            history = replace(history, down_verdict=held_by)
+            returned, judged = held_by[3], held_by[4]
+            inputs["quietStretchesReturned"] = float(returned)
+            inputs["quietStretchesJudged"] = float(judged)
+            if target < current:
+                reason = f"{reason} (lower for {down_window:.0f}s)"
+            else:
+                payback = max(FLAP_SECONDS, PAYBACK_COLD_STARTS * cap.startup_seconds)
+                reason = (
+                    f"holding: demand came back within {payback:.0f}s in {returned} of "
+                    f"{judged} quiet stretches like this one"
+                )
         else:
             reason = "stabilizing before scale-down"
     else:
