@@ -23,10 +23,13 @@ TRACES = Path(__file__).resolve().parent / "traces"
 
 class Explained(Distillery):
     log: list[str]
+    holding: bool = False
 
     def desired(self, sig: Signals, current: int) -> int:
         want = super().desired(sig, current)
-        if want != current:
+        # A change, or the first decision of a stretch the payback rule holds.
+        held = self.last_reason.startswith("holding")
+        if want != current or (held and not self.holding):
             i = self.last_inputs
             ttft = "-" if "ttftPercentile" not in i else f"{i['ttftPercentile']:.2f}s"
             self.log.append(
@@ -37,6 +40,7 @@ class Explained(Distillery):
                 f"p95={ttft:>6} guard={i.get('ttftGuardReplicas', 0):.0f} "
                 f"ready={sig.gauges.ready}"
             )
+        self.holding = held
         return want
 
 

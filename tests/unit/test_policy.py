@@ -250,6 +250,20 @@ def test_headroom_is_learned_from_burstiness() -> None:
     assert bursty_count > smooth_count
 
 
+def test_a_rise_seen_once_is_not_held_once_it_is_gone() -> None:
+    """A 10x step for 20 minutes, then back: the minutes before the step all saw the
+    same rise; seen once, it is a one-off, and after the step the count comes back down
+    to what the base level needs (a burst that recurs is held: the test above)."""
+    samples = []
+    for t in range(0, 3600, 15):  # the step's five minutes are 8% of the history
+        level = 10.0 if 1200 <= t < 2400 else 1.0
+        samples.append(sample(t, gen=2000 * level, prompt=0, done=5 * level, running=10 * level))
+    count, history, counts = run(samples)
+    assert max(counts) >= 10
+    assert history.learned_rise is not None and history.learned_rise < 1.0
+    assert count <= 3, counts[-60:]
+
+
 def test_scale_down_waits_two_cold_starts() -> None:
     high = [sample(t, gen=8000, prompt=0, done=20, running=200) for t in range(0, 600, 15)]
     low = [sample(t, gen=1000, prompt=0, done=3, running=20) for t in range(600, 1200, 15)]

@@ -23,9 +23,12 @@ One decision:
    start (or the flap window, if longer), above where it is now — a high quantile over
    the minutes of this DMD's history (up to a day) — is held on top: bursty traffic
    gets more, smooth traffic less; bursts shorter than a cold start are held, not
-   chased. Until 20 minutes of history exist, the largest rise seen so far (the
+   chased. A rise is held only as high as it went twice, a horizon apart: the
+   minutes before one step all see the same step, and one step is not a pattern.
+   Until 20 minutes of history exist, the largest rise seen so far (the
    largest of n samples estimates a high quantile from above), and never less than
-   ``PRIOR_HEADROOM`` of the level: a burst in the first minutes is held from then on.
+   ``PRIOR_HEADROOM`` of the level: a burst in the first minutes is held until the
+   quantile takes over, and after that if it comes again.
 4. **Latency guard, per episode.** When the TTFT histogram proves the SLO broken
    (more than the allowed share of requests, and at least five, surely above it: from
    the buckets and the histogram's ``_sum``, never a percentile guessed between coarse
@@ -92,6 +95,8 @@ PRIOR_HEADROOM = {"latency": 0.4, "balanced": 0.2, "cost": 0.1}
 # History the headroom is learned from: one point a minute (the minute's peak demand).
 LEARN_MINUTES = 24 * 60
 LEARN_MIN_MINUTES = 20
+# Once learned, a rise is held as headroom only as high as it went this many times.
+REPEATS = 2
 # A scale-down reversed within this long is a flap; rises over this horizon are held.
 FLAP_SECONDS = 300.0
 # The guard adds this share of the ready replicas per allowed share of requests missed
@@ -219,9 +224,10 @@ class History:
     # What this DMD's own SLO record says about its utilization target (1 = as planned).
     utilization_scale: float = 1.0
     last_time: float | None = None
-    # The last payback verdict, (minute, count proposed, count allowed, stretches that
-    # came back, stretches judged): judged again once a minute, when its evidence changes.
-    down_verdict: tuple[int, int, int, int, int] | None = None
+    # The last payback verdict, (minute, count proposed, count now, count allowed,
+    # stretches that came back, stretches judged): judged again when the minute (its
+    # evidence) or the counts change.
+    down_verdict: tuple[int, int, int, int, int, int] | None = None
 
     def add(self, sample: LoadSample | None, now: float, keep_seconds: float) -> History:
         queue = self.queue + (((sample.time, sample.waiting),) if sample is not None else ())
@@ -322,21 +328,39 @@ def _work_rate(sample: LoadSample, cap: Capacity) -> float | None:
     return work
 
 
-def _learned_headroom(values: Sequence[float], horizon: float, q: float, level: float) -> float:
+def _learned_headroom(
+    values: Sequence[float], horizon: float, q: float, level: float, episodes: int = 1
+) -> float:
     """Replicas (at full use) to hold above ``level``: a high quantile, over the minutes
     of history, of how far demand went within ``horizon`` seconds above both that
     minute's level and ``level``. Rises seen from a quiet night count only as far as
     they went above where the DMD is now; a regime change teaches nothing above its
-    new level; bursts that repeat teach their height."""
+    new level; bursts that repeat teach their height.
+
+    With ``episodes`` 2, a rise is held only as high as it went at least twice, more
+    than one horizon apart: the minutes before one step all see the same step, and a
+    rise seen once is a one-off, not a pattern (a recurring burst is seen again)."""
     span = max(1, _ceil(horizon / 60.0))
     rises = []
     for i, d in enumerate(values[:-1]):
         ahead = max(values[i + 1 : i + 1 + span])
-        rises.append(max(0.0, ahead - max(d, level)))
+        rises.append((max(0.0, ahead - max(d, level)), i))
     if not rises:
         return 0.0
     rises.sort()
-    return rises[min(len(rises) - 1, int(q * len(rises)))]
+    k = min(len(rises) - 1, int(q * len(rises)))
+    if episodes < 2:
+        return rises[k][0]
+    # The highest rise at or below the quantile reached in two places a span apart:
+    # walking down from the top, the first value at which the minutes seen so far
+    # (all rising at least that far) are more than a span apart.
+    first = last = rises[-1][1]
+    for j in range(len(rises) - 1, -1, -1):
+        value, i = rises[j]
+        first, last = min(first, i), max(last, i)
+        if j <= k and last - first > span:
+            return value
+    return 0.0
 
 
 def return_risk(values: Sequence[float], level: float, within: int) -> tuple[int, int]:
@@ -393,16 +417,16 @@ def _judge_scale_down(
     cap: Capacity,
     inputs: Mapping[str, float],
     now: float,
-) -> tuple[int, tuple[int, int, int, int, int]]:
+) -> tuple[int, tuple[int, int, int, int, int, int]]:
     """The count a scale-down to ``proposed`` may go to, and the verdict to remember."""
     minute = int(now // 60)
     cached = history.down_verdict
-    if cached is not None and cached[:2] == (minute, proposed):
-        return cached[2], cached
+    if cached is not None and cached[:3] == (minute, proposed, current):
+        return cached[3], cached
     allowed, returned, judged = _paying_scale_down(
         history, proposed, current, cap, inputs.get("headroomReplicas", 0.0)
     )
-    return allowed, (minute, proposed, allowed, returned, judged)
+    return allowed, (minute, proposed, current, allowed, returned, judged)
 
 
 def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
@@ -421,7 +445,9 @@ def _remember_demand(history: History, now: float, demand: float, cap: Capacity)
         # Once a minute: cheap enough for thousands of DMDs per pass.
         horizon = max(cap.startup_seconds, FLAP_SECONDS)
         if len(values) >= LEARN_MIN_MINUTES:
-            rise = _learned_headroom(values, horizon, cap.headroom_quantile, demand)
+            rise = _learned_headroom(
+                values, horizon, cap.headroom_quantile, demand, episodes=REPEATS
+            )
             learned = demand + rise
         elif len(values) >= 2:
             # Too few minutes for the quantile: the largest rise seen so far estimates
@@ -655,7 +681,7 @@ def decide(
         if target < current:
             target, held_by = _judge_scale_down(history, target, current, cap, inputs, now)
             history = replace(history, down_verdict=held_by)
-            returned, judged = held_by[3], held_by[4]
+            returned, judged = held_by[4], held_by[5]
             inputs["quietStretchesReturned"] = float(returned)
             inputs["quietStretchesJudged"] = float(judged)
             if target < current:
