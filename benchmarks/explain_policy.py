@@ -27,8 +27,9 @@ class Explained(Distillery):
 
     def desired(self, sig: Signals, current: int) -> int:
         want = super().desired(sig, current)
-        # A change, or the first decision of a stretch the payback rule holds.
-        held = self.last_reason.startswith("holding")
+        # A change, or the first decision of a stretch the payback rule holds (it judged
+        # a scale-down and the count stays).
+        held = want == current and "quietStretchesJudged" in self.last_inputs
         if want != current or (held and not self.holding):
             i = self.last_inputs
             ttft = "-" if "ttftPercentile" not in i else f"{i['ttftPercentile']:.2f}s"

@@ -95,8 +95,6 @@ PRIOR_HEADROOM = {"latency": 0.4, "balanced": 0.2, "cost": 0.1}
 # History the headroom is learned from: one point a minute (the minute's peak demand).
 LEARN_MINUTES = 24 * 60
 LEARN_MIN_MINUTES = 20
-# Once learned, a rise is held as headroom only as high as it went this many times.
-REPEATS = 2
 # A scale-down reversed within this long is a flap; rises over this horizon are held.
 FLAP_SECONDS = 300.0
 # The guard adds this share of the ready replicas per allowed share of requests missed
@@ -195,6 +193,18 @@ class Cluster:
     unschedulable_reason: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class DownVerdict:
+    """The payback rule's verdict on one proposed scale-down, and its evidence."""
+
+    minute: int
+    proposed: int
+    current: int
+    allowed: int
+    returned: int  # quiet stretches like this one that ended within the payback time
+    judged: int  # quiet stretches that lasted as long as this one
+
+
 @dataclass(frozen=True)
 class History:
     """What the policy remembers between decisions; the caller keeps it."""
@@ -224,10 +234,9 @@ class History:
     # What this DMD's own SLO record says about its utilization target (1 = as planned).
     utilization_scale: float = 1.0
     last_time: float | None = None
-    # The last payback verdict, (minute, count proposed, count now, count allowed,
-    # stretches that came back, stretches judged): judged again when the minute (its
-    # evidence) or the counts change.
-    down_verdict: tuple[int, int, int, int, int, int] | None = None
+    # The last payback verdict: judged again when the minute (its evidence) or the
+    # counts change.
+    down_verdict: DownVerdict | None = None
 
     def add(self, sample: LoadSample | None, now: float, keep_seconds: float) -> History:
         queue = self.queue + (((sample.time, sample.waiting),) if sample is not None else ())
@@ -329,7 +338,7 @@ def _work_rate(sample: LoadSample, cap: Capacity) -> float | None:
 
 
 def _learned_headroom(
-    values: Sequence[float], horizon: float, q: float, level: float, episodes: int = 1
+    values: Sequence[float], horizon: float, q: float, level: float, *, seen_twice: bool = False
 ) -> float:
     """Replicas (at full use) to hold above ``level``: a high quantile, over the minutes
     of history, of how far demand went within ``horizon`` seconds above both that
@@ -337,7 +346,7 @@ def _learned_headroom(
     they went above where the DMD is now; a regime change teaches nothing above its
     new level; bursts that repeat teach their height.
 
-    With ``episodes`` 2, a rise is held only as high as it went at least twice, more
+    With ``seen_twice``, a rise is held only as high as it went at least twice, more
     than one horizon apart: the minutes before one step all see the same step, and a
     rise seen once is a one-off, not a pattern (a recurring burst is seen again)."""
     span = max(1, _ceil(horizon / 60.0))
@@ -349,7 +358,7 @@ def _learned_headroom(
         return 0.0
     rises.sort()
     k = min(len(rises) - 1, int(q * len(rises)))
-    if episodes < 2:
+    if not seen_twice:
         return rises[k][0]
     # The highest rise at or below the quantile reached in two places a span apart:
     # walking down from the top, the first value at which the minutes seen so far
@@ -398,8 +407,7 @@ def _paying_scale_down(
     inputs. A count n is left when demand rises above what n carries less the headroom
     held (``n x utilization - headroom``): that is when the recommendation exceeds n."""
     rho = cap.utilization * history.utilization_scale
-    payback = max(FLAP_SECONDS, PAYBACK_COLD_STARTS * cap.startup_seconds)
-    within = _ceil(payback / 60.0)
+    within = _ceil(_payback_seconds(cap) / 60.0)
     returned, judged = 0, 0
     for n in range(proposed, current):
         returned, judged = return_risk(history.demand_values, n * rho - headroom, within)
@@ -410,6 +418,11 @@ def _paying_scale_down(
     return current, returned, judged
 
 
+def _payback_seconds(cap: Capacity) -> float:
+    """How long a scale-down must last to pay for the cold start that would undo it."""
+    return max(FLAP_SECONDS, PAYBACK_COLD_STARTS * cap.startup_seconds)
+
+
 def _judge_scale_down(
     history: History,
     proposed: int,
@@ -417,16 +430,28 @@ def _judge_scale_down(
     cap: Capacity,
     inputs: Mapping[str, float],
     now: float,
-) -> tuple[int, tuple[int, int, int, int, int, int]]:
-    """The count a scale-down to ``proposed`` may go to, and the verdict to remember."""
+) -> DownVerdict:
+    """The verdict on a scale-down from ``current`` to ``proposed``: the last one while
+    its minute and counts are the same, else judged afresh."""
     minute = int(now // 60)
     cached = history.down_verdict
-    if cached is not None and cached[:3] == (minute, proposed, current):
-        return cached[3], cached
+    if cached is not None and (cached.minute, cached.proposed, cached.current) == (
+        minute,
+        proposed,
+        current,
+    ):
+        return cached
     allowed, returned, judged = _paying_scale_down(
         history, proposed, current, cap, inputs.get("headroomReplicas", 0.0)
     )
-    return allowed, (minute, proposed, current, allowed, returned, judged)
+    return DownVerdict(
+        minute=minute,
+        proposed=proposed,
+        current=current,
+        allowed=allowed,
+        returned=returned,
+        judged=judged,
+    )
 
 
 def _remember_demand(history: History, now: float, demand: float, cap: Capacity) -> History:
@@ -446,7 +471,7 @@ def _remember_demand(history: History, now: float, demand: float, cap: Capacity)
         horizon = max(cap.startup_seconds, FLAP_SECONDS)
         if len(values) >= LEARN_MIN_MINUTES:
             rise = _learned_headroom(
-                values, horizon, cap.headroom_quantile, demand, episodes=REPEATS
+                values, horizon, cap.headroom_quantile, demand, seen_twice=True
             )
             learned = demand + rise
         elif len(values) >= 2:
@@ -679,18 +704,17 @@ def decide(
         if limits.scale_down_max_step:
             target = max(target, current - limits.scale_down_max_step)
         if target < current:
-            target, held_by = _judge_scale_down(history, target, current, cap, inputs, now)
-            history = replace(history, down_verdict=held_by)
-            returned, judged = held_by[4], held_by[5]
-            inputs["quietStretchesReturned"] = float(returned)
-            inputs["quietStretchesJudged"] = float(judged)
+            verdict = _judge_scale_down(history, target, current, cap, inputs, now)
+            history = replace(history, down_verdict=verdict)
+            target = verdict.allowed
+            inputs["quietStretchesReturned"] = float(verdict.returned)
+            inputs["quietStretchesJudged"] = float(verdict.judged)
             if target < current:
                 reason = f"{reason} (lower for {down_window:.0f}s)"
             else:
-                payback = max(FLAP_SECONDS, PAYBACK_COLD_STARTS * cap.startup_seconds)
                 reason = (
-                    f"holding: demand came back within {payback:.0f}s in {returned} of "
-                    f"{judged} quiet stretches like this one"
+                    f"holding: demand came back within {_payback_seconds(cap):.0f}s in "
+                    f"{verdict.returned} of {verdict.judged} quiet stretches like this one"
                 )
         else:
             reason = "stabilizing before scale-down"
