@@ -96,6 +96,22 @@ build_lws() {
   stamp lws-controller "$LWS_VERSION"
 }
 
+build_gie() {
+  # The Gateway API Inference Extension's endpoint picker, built the same way as LWS
+  # (hack/gie/go.mod requires the pinned version).
+  if fresh epp "$GIE_VERSION"; then log "epp $GIE_VERSION: cached"; return; fi
+  local mod="$root/hack/gie"
+  if ! grep -q "sigs.k8s.io/gateway-api-inference-extension $GIE_VERSION\$" "$mod/go.mod"; then
+    log "pinning hack/gie/go.mod to $GIE_VERSION"
+    (cd "$mod" && go mod edit -require "sigs.k8s.io/gateway-api-inference-extension@$GIE_VERSION" \
+      && rm -f go.sum)
+  fi
+  log "building epp $GIE_VERSION"
+  (cd "$mod" && go build -ldflags "-s -w" -o "$bin/epp" \
+    sigs.k8s.io/gateway-api-inference-extension/cmd/epp)
+  stamp epp "$GIE_VERSION"
+}
+
 want=${*:-all}
 for t in $want; do
   case $t in
@@ -103,15 +119,20 @@ for t in $want; do
     kwok) build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" ;;
     helm) build_helm ;;
     lws) build_lws ;;
+    gie) build_gie ;;
     all) build_kubernetes
          build_go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
          build_helm
-         build_lws ;;
-    *) echo "unknown tool: $t (kubernetes|kwok|helm|lws|all)" >&2; exit 2 ;;
+         build_lws
+         build_gie ;;
+    *) echo "unknown tool: $t (kubernetes|kwok|helm|lws|gie|all)" >&2; exit 2 ;;
   esac
 done
 # The kwok stage configs ship inside its module: make sure they are in the module cache.
 (cd /tmp && go mod download "sigs.k8s.io/kwok@$KWOK_VERSION")
 # So do the LeaderWorkerSet CRD and webhook manifests the local cluster installs.
 (cd /tmp && go mod download "sigs.k8s.io/lws@$LWS_VERSION")
+# And the inference extension's and the Gateway API's CRDs.
+(cd /tmp && go mod download "sigs.k8s.io/gateway-api-inference-extension@$GIE_VERSION" \
+  "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")
 log "done: $(ls "$bin" | tr '\n' ' ')"

@@ -171,6 +171,23 @@ def lws_module_dir() -> Path:
     return base
 
 
+def inference_extension_crd_files() -> list[Path]:
+    """The Gateway API's standard CRDs and the inference extension's (InferencePool v1,
+    InferenceObjective), from the pinned modules in the Go module cache."""
+    versions, cache = _versions(), _gomodcache()
+    gateway = cache / f"sigs.k8s.io/gateway-api@{versions['GATEWAY_API_VERSION']}"
+    gie = cache / f"sigs.k8s.io/gateway-api-inference-extension@{versions['GIE_VERSION']}"
+    files = sorted((gateway / "config" / "crd" / "standard").glob("*.yaml"))
+    files += [
+        gie / "config" / "crd" / "bases" / "inference.networking.k8s.io_inferencepools.yaml",
+        gie / "config" / "crd" / "bases" / "inference.networking.x-k8s.io_inferenceobjectives.yaml",
+    ]
+    missing = [f for f in files if not f.is_file()]
+    if missing or not files:
+        raise ClusterError(f"CRDs not found ({missing or gateway}): run hack/build-tools.sh")
+    return files
+
+
 def lws_webhooks(base: Path, port: int, ca_bundle: str) -> list[dict[str, Any]]:
     """LWS's webhook configurations as its release ships them (pod webhooks only for
     pods of a LeaderWorkerSet), served at https://127.0.0.1:``port``."""
@@ -283,18 +300,30 @@ class Cluster:
         """Apply the generated CRDs (crds/) as ``make install`` does, and wait until the
         API server serves them and discovery lists them."""
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/distilledmodeldeployments.distillery.dev",
-        )
+        self._wait_served("distillery.dev", ["distilledmodeldeployments", "reasoningroutes"])
+
+    def install_inference_extension(self) -> None:
+        """The Gateway API's standard CRDs and the Gateway API Inference Extension's CRDs,
+        as their releases ship them (from the pinned modules), served and discoverable."""
+        for f in inference_extension_crd_files():
+            self.kubectl("apply", "--server-side", "-f", str(f))
+        self._wait_served("gateway.networking.k8s.io", ["httproutes", "gateways"])
+        self._wait_served("inference.networking.k8s.io", ["inferencepools"])
+        self._wait_served("inference.networking.x-k8s.io", ["inferenceobjectives"])
+
+    def _wait_served(self, group: str, plurals: list[str]) -> None:
+        for plural in plurals:
+            self.kubectl(
+                "wait", "--for=condition=Established", "--timeout=60s", f"crd/{plural}.{group}"
+            )
         deadline = time.monotonic() + 60
-        while "distilledmodeldeployments" not in self.kubectl(
-            "api-resources", "--api-group", "distillery.dev", check=False
-        ):
+        while True:
+            listed = self.kubectl("api-resources", "--api-group", group, "-o", "name", check=False)
+            missing = [p for p in plurals if f"{p}.{group}" not in listed.split()]
+            if not missing:
+                return
             if time.monotonic() > deadline:
-                raise ClusterError("distilledmodeldeployments is not in discovery after 60 s")
+                raise ClusterError(f"{', '.join(missing)} ({group}) not in discovery after 60 s")
             time.sleep(0.25)
 
     @property

@@ -22,15 +22,19 @@ from pydantic import ValidationError
 from distillery.api.crd import (
     CHART_CRD_FILE,
     CRD_FILE,
+    ROUTE_CRD_FILE,
     crd_chart_template,
     crd_yaml,
     reference_markdown,
+    route_crd_yaml,
 )
 from distillery.api.errors import validation_problems
+from distillery.api.routing import ROUTE_KIND, ReasoningRoute
 from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelDeploymentSpec
 from distillery.catalog import Catalog, CatalogError, load_catalog
 from distillery.reconcile.slo import spec_slo_measurement
 from distillery.render import DEFAULT_IMAGES, RenderError, RenderOptions, objects_text, render
+from distillery.render.routing import RouteRenderError, TierBackend, render_route
 from distillery.sizing import Option, Plan, PlanError, UnknownModelError, plan
 
 if TYPE_CHECKING:  # recommend pulls in the simulator: imported when the command runs
@@ -144,6 +148,55 @@ def load_manifests(
     if not out and not allow_empty:
         raise InputError(f"{path}: no {KIND} found")
     return out
+
+
+def load_routes(documents: Mapping[str, Sequence[Any]]) -> list[tuple[str, ReasoningRoute]]:
+    """Every ReasoningRoute in the documents read, validated."""
+    out: list[tuple[str, ReasoningRoute]] = []
+    for path, docs in documents.items():
+        for i, doc in enumerate(docs):
+            if not isinstance(doc, dict) or doc.get("kind") != ROUTE_KIND:
+                continue
+            name = (doc.get("metadata") or {}).get("name", f"document {i}")
+            source = f"{path} ({name})"
+            doc = {k: v for k, v in doc.items() if k != "status"}
+            try:
+                out.append((source, ReasoningRoute.model_validate(doc)))
+            except ValidationError as exc:
+                raise InputError(format_validation_error(exc, source)) from exc
+    return out
+
+
+def _render_route(
+    args: argparse.Namespace,
+    route: ReasoningRoute,
+    dmds: Mapping[str, tuple[DistilledModelDeployment, bool]],
+) -> list[dict[str, Any]]:
+    """What the operator applies for ``route``, its tiers' DMDs read from the manifests
+    given (the operator reads them from the route's namespace)."""
+    from distillery.settings import Settings
+
+    if args.namespace:
+        route = route.model_copy(
+            update={"metadata": {**route.metadata, "namespace": args.namespace}}
+        )
+    backends: dict[str, TierBackend] = {}
+    for tier in route.spec.tiers:
+        if tier.deployment not in dmds:
+            raise RouteRenderError(
+                f"tier {tier.name}: DMD {tier.deployment} is not in the manifests given: add "
+                "its manifest to the command line"
+            )
+        dmd, multi_node = dmds[tier.deployment]
+        backends[tier.name] = TierBackend(engine=dmd.spec.serving.engine, multi_node=multi_node)
+    try:
+        settings = Settings.from_env()
+    except ValidationError as exc:
+        raise InputError(f"DISTILLERY_* environment: {exc}") from exc
+    options = settings.route_render_options(
+        inference_extension=args.inference_extension, gateway_api=args.http_route
+    )
+    return render_route(route, backends, options=options).objects
 
 
 def read_all_manifests(
@@ -373,6 +426,8 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
             raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     collected: list[dict[str, Any]] = []
     failed = False
+    # Each DMD by name, and whether a replica spans nodes: what a route's tiers need.
+    dmds: dict[str, tuple[DistilledModelDeployment, bool]] = {}
     for source, dmd in read_all_manifests(args, documents):
         # Like `helm template`: a manifest without a namespace renders without one, so
         # `distillery render f.yaml | kubectl -n team apply -f -` works; -n sets it.
@@ -400,9 +455,8 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
                 failed = True
                 continue
         try:
-            rendered = render(
-                dmd, plan(dmd.spec, catalog), options=options, user_template=user_template
-            )
+            chosen = plan(dmd.spec, catalog)
+            rendered = render(dmd, chosen, options=options, user_template=user_template)
         except (PlanError, UnknownModelError, RenderError) as exc:
             print(f"{source}: {exc}", file=sys.stderr)
             failed = True
@@ -411,6 +465,16 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
         if not slo.exact:  # on stderr: stdout stays exactly what the operator applies
             print(f"{source}: note: {slo.message}", file=sys.stderr)
         objects = rendered.objects()
+        collected += objects if namespaced else [_strip_namespace(o) for o in objects]
+        dmds[dmd.name] = (dmd, chosen.chosen.nodes > 1)
+    for source, route in load_routes(documents):
+        try:
+            objects = _render_route(args, route, dmds)
+        except RouteRenderError as exc:
+            print(f"{source}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        namespaced = bool(args.namespace or route.metadata.get("namespace"))
         collected += objects if namespaced else [_strip_namespace(o) for o in objects]
     if args.output == "name":
         out.write("".join(f"{o['kind'].lower()}/{o['metadata']['name']}\n" for o in collected))
@@ -928,12 +992,13 @@ def cmd_crd(args: argparse.Namespace, out: TextIO) -> int:
         target.write_text(crd_chart_template(), encoding="utf-8")
         print(f"wrote {target}", file=sys.stderr)
     if args.output_dir:
-        target = Path(args.output_dir) / CRD_FILE
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        print(f"wrote {target}", file=sys.stderr)
+        for name, body in ((CRD_FILE, text), (ROUTE_CRD_FILE, route_crd_yaml())):
+            target = Path(args.output_dir) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(body, encoding="utf-8")
+            print(f"wrote {target}", file=sys.stderr)
     else:
-        out.write(text)
+        out.write(text + route_crd_yaml().split("\n", 2)[2])
     return 0
 
 
@@ -1035,7 +1100,14 @@ def _render_parser(sub: Subparsers) -> None:
         dest="http_route",
         action="store_false",
         help="render as on a cluster without the Gateway API (no per-track Services or "
-        "HTTPRoute for spec.rollout.canary.httpRoute)",
+        "HTTPRoute for spec.rollout.canary.httpRoute, no HTTPRoute for a ReasoningRoute)",
+    )
+    r.add_argument(
+        "--no-inference-extension",
+        dest="inference_extension",
+        action="store_false",
+        help="render ReasoningRoutes as on a cluster without the Gateway API Inference "
+        "Extension (an HTTPRoute to each tier's Service; no InferencePool or picker)",
     )
     r.add_argument(
         "--image",
@@ -1156,8 +1228,8 @@ def _recommend_parser(sub: Subparsers) -> None:
 
 
 def _crd_parser(sub: Subparsers) -> None:
-    c = sub.add_parser("crd", help="print the generated CustomResourceDefinition")
-    c.add_argument("--output-dir", help=f"write {CRD_FILE} into this folder")
+    c = sub.add_parser("crd", help="print the generated CustomResourceDefinitions")
+    c.add_argument("--output-dir", help=f"write {CRD_FILE} and {ROUTE_CRD_FILE} here")
     c.add_argument("--reference", help="also write the field reference (Markdown) here")
     c.add_argument("--chart-dir", help=f"also write the Helm template {CHART_CRD_FILE} here")
     c.set_defaults(func=cmd_crd)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from distillery.render import RenderOptions
 from distillery.render.cache import DEFAULT_CACHE_FILL_IMAGE
+from distillery.render.routing import DEFAULT_EPP_IMAGE, RouteRenderOptions
 
 PREFIX = "DISTILLERY_"
 # Flags named before the rest were generated; every other field is --field-name.
@@ -70,6 +71,12 @@ class Settings(BaseModel):
         default="",
         description="image that fills weight caches, `distillery cache-fill` (empty: the "
         "operator's own release image)",
+    )
+    image_endpoint_picker: str = Field(
+        default="",
+        description="image of the Gateway API Inference Extension's endpoint picker a "
+        "ReasoningRoute runs per tier (empty: its v1.2.0 release image by name; set your "
+        "mirror of it)",
     )
     metrics_port: int = Field(
         default=8080, ge=0, le=65535, description="operator metrics port (0: off)"
@@ -185,6 +192,19 @@ class Settings(BaseModel):
             http_route=http_route,
             cache_storage_class=self.cache_storage_class or None,
             cache_fill_image=self.image_cache_fill or DEFAULT_CACHE_FILL_IMAGE,
+        )
+
+    def route_render_options(
+        self, *, inference_extension: bool, gateway_api: bool, owner_uid: str | None = None
+    ) -> RouteRenderOptions:
+        """What a ReasoningRoute renders with; ``inference_extension`` and ``gateway_api``
+        say whether those APIs are served (the operator asks the cluster, the CLI its
+        flags)."""
+        return RouteRenderOptions(
+            inference_extension=inference_extension,
+            gateway_api=gateway_api,
+            endpoint_picker_image=self.image_endpoint_picker or DEFAULT_EPP_IMAGE,
+            owner_uid=owner_uid,
         )
 
     @classmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillery.api.crd import crd_yaml
+from distillery.api.crd import crd_yaml, route_crd_yaml
 from distillery.cli import main
 from tests.support.dmds import dmd_yaml
 
@@ -157,9 +157,14 @@ def test_plan_with_user_prices(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_crd_command(tmp_path: Path) -> None:
     code, out = run("crd")
-    assert code == 0 and out == crd_yaml()
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert code == 0 and [d["spec"]["names"]["kind"] for d in docs] == [
+        "DistilledModelDeployment",
+        "ReasoningRoute",
+    ]
     assert main(["crd", "--output-dir", str(tmp_path)]) == 0
-    assert (tmp_path / "distillery.dev_distilledmodeldeployments.yaml").read_text() == out
+    assert (tmp_path / "distillery.dev_distilledmodeldeployments.yaml").read_text() == crd_yaml()
+    assert (tmp_path / "distillery.dev_reasoningroutes.yaml").read_text() == route_crd_yaml()
 
 
 REPORT_KEYS = {

@@ -15,11 +15,20 @@ from __future__ import annotations
 import json
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
+from distillery.api.routing import (
+    ROUTE_KIND,
+    ROUTE_PLURAL,
+    ROUTE_SHORT_NAMES,
+    ROUTE_SINGULAR,
+    ReasoningRouteSpec,
+    ReasoningRouteStatus,
+)
 from distillery.api.types import (
     CATEGORIES,
     GROUP,
@@ -34,6 +43,7 @@ from distillery.api.types import (
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
+ROUTE_CRD_FILE = f"{GROUP}_{ROUTE_PLURAL}.yaml"
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
@@ -51,6 +61,19 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase", "priority": 1},
     {"name": "Canary%", "type": "integer", "jsonPath": ".status.rollout.weight", "priority": 1},
     {"name": "Revision", "type": "string", "jsonPath": ".status.revision", "priority": 1},
+]
+
+ROUTE_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model"},
+    {"name": "Tiers", "type": "string", "jsonPath": ".status.summary"},
+    {"name": "Backend", "type": "string", "jsonPath": ".status.backend"},
+    {"name": "Cost/h", "type": "number", "jsonPath": ".status.costPerHour"},
+    {
+        "name": "Status",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
 
@@ -148,22 +171,68 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def _status_schema() -> dict[str, Any]:
-    schema = openapi_schema(DistilledModelDeploymentStatus)
+def _status_schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = openapi_schema(model)
     conditions = schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"
     conditions["x-kubernetes-list-map-keys"] = ["type"]
     return schema
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition object for DistilledModelDeployment."""
-    spec_schema = openapi_schema(DistilledModelDeploymentSpec)
+@dataclass(frozen=True, kw_only=True)
+class _Kind:
+    """What tells one of the project's CRDs from another."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: list[str]
+    description: str
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    subresources: dict[str, Any]
+    columns: list[dict[str, Any]]
+
+
+DMD = _Kind(
+    kind=KIND,
+    plural=PLURAL,
+    singular=SINGULAR,
+    short_names=SHORT_NAMES,
+    description="A distilled reasoning model served on GPUs: sized onto the "
+    "cheapest GPUs it fits, rendered for its engine, and autoscaled from Prometheus "
+    "metrics to hold its latency SLO at the lowest cost.",
+    spec=DistilledModelDeploymentSpec,
+    status=DistilledModelDeploymentStatus,
+    subresources={
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    },
+    columns=PRINTER_COLUMNS,
+)
+
+ROUTE = _Kind(
+    kind=ROUTE_KIND,
+    plural=ROUTE_PLURAL,
+    singular=ROUTE_SINGULAR,
+    short_names=ROUTE_SHORT_NAMES,
+    description="One OpenAI model name served by tiers of DistilledModelDeployments "
+    "(routine, hard, by domain), routed through the Gateway API Inference Extension.",
+    spec=ReasoningRouteSpec,
+    status=ReasoningRouteStatus,
+    subresources={"status": {}},
+    columns=ROUTE_PRINTER_COLUMNS,
+)
+
+
+def _crd(k: _Kind) -> dict[str, Any]:
     root = {
         "type": "object",
-        "description": "A distilled reasoning model served on GPUs: sized onto the "
-        "cheapest GPUs it fits, rendered for its engine, and autoscaled from Prometheus "
-        "metrics to hold its latency SLO at the lowest cost.",
+        "description": k.description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -178,15 +247,15 @@ def crd() -> dict[str, Any]:
                     }
                 },
             },
-            "spec": spec_schema,
-            "status": _status_schema(),
+            "spec": openapi_schema(k.spec),
+            "status": _status_schema(k.status),
         },
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": f"{k.plural}.{GROUP}",
             "labels": {
                 "app.kubernetes.io/name": "distillery",
                 "app.kubernetes.io/part-of": "distillery",
@@ -196,11 +265,11 @@ def crd() -> dict[str, Any]:
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
+                "kind": k.kind,
+                "listKind": f"{k.kind}List",
+                "plural": k.plural,
+                "singular": k.singular,
+                "shortNames": k.short_names,
                 "categories": CATEGORIES,
             },
             "versions": [
@@ -209,19 +278,22 @@ def crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": root},
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.replicas",
-                            "statusReplicasPath": ".status.replicas",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "subresources": k.subresources,
+                    "additionalPrinterColumns": k.columns,
                 }
             ],
         },
     }
+
+
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object for DistilledModelDeployment."""
+    return _crd(DMD)
+
+
+def route_crd() -> dict[str, Any]:
+    """The CustomResourceDefinition object for ReasoningRoute."""
+    return _crd(ROUTE)
 
 
 CHART_CRD_FILE = "crd.yaml"
@@ -231,7 +303,6 @@ def crd_chart_template() -> str:
     """The CRD as a Helm template of charts/distillery: installed and upgraded with the
     release (Helm never upgrades files under a chart's crds/), kept on uninstall unless
     ``crds.keep`` is false, so deleting the release never deletes every DMD."""
-    body = yaml.safe_dump(crd(), sort_keys=False, width=100)
     meta_line = "metadata:\n"
     keep = (
         "metadata:\n"
@@ -240,19 +311,26 @@ def crd_chart_template() -> str:
         "    helm.sh/resource-policy: keep\n"
         "    {{- end }}\n"
     )
-    body = body.replace(meta_line, keep, 1)
+    body = "---\n".join(
+        yaml.safe_dump(c, sort_keys=False, width=100).replace(meta_line, keep, 1)
+        for c in (crd(), route_crd())
+    )
     return (
         "{{- /* Generated by `distillery crd` from distillery.api; DO NOT EDIT. */ -}}\n"
         "{{- if .Values.crds.enabled }}\n" + body + "{{- end }}\n"
     )
 
 
-def crd_yaml() -> str:
+def crd_yaml(kind: _Kind = DMD) -> str:
     header = (
         "# Generated by `distillery crd` from distillery.api; DO NOT EDIT.\n"
         "# Regenerate with `make generate`.\n"
     )
-    return header + "---\n" + yaml.safe_dump(crd(), sort_keys=False, width=100)
+    return header + "---\n" + yaml.safe_dump(_crd(kind), sort_keys=False, width=100)
+
+
+def route_crd_yaml() -> str:
+    return crd_yaml(ROUTE)
 
 
 def _type_of(node: dict[str, Any]) -> str:
@@ -301,21 +379,29 @@ def _rows(node: dict[str, Any], path: str, out: list[str]) -> None:
         out.append(f"| `{path}` | rule | {text} |")
 
 
-def reference_markdown() -> str:
-    """docs/crd-reference.md: every field, generated from the same schema as the CRD."""
-    root = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
-    lines = [
-        "<!-- Generated by `distillery crd --reference`; DO NOT EDIT. -->",
-        f"# {KIND} reference (`{GROUP}/{VERSION}`)",
-        "",
-        "Short name `dmd`, category `distillery`; subresources `status` and `scale` "
-        "(`kubectl scale dmd/NAME --replicas=N`, HPA/KEDA).",
-        "",
-    ]
+def _reference_sections(k: _Kind, intro: str) -> list[str]:
+    root = _crd(k)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    lines = [f"# {k.kind} reference (`{GROUP}/{VERSION}`)", "", intro, ""]
     for section in ("spec", "status"):
         lines += [f"## {section}", "", "| field | type | description |", "|---|---|---|"]
         rows: list[str] = []
         _rows(root[section], section, rows)
         lines += [r.replace("\n", " ") for r in rows]
         lines.append("")
+    return lines
+
+
+def reference_markdown() -> str:
+    """docs/crd-reference.md: every field, generated from the same schema as the CRDs."""
+    lines = ["<!-- Generated by `distillery crd --reference`; DO NOT EDIT. -->"]
+    lines += _reference_sections(
+        DMD,
+        "Short name `dmd`, category `distillery`; subresources `status` and `scale` "
+        "(`kubectl scale dmd/NAME --replicas=N`, HPA/KEDA).",
+    )
+    lines += _reference_sections(
+        ROUTE,
+        "Short name `rroute`, category `distillery`; subresource `status`. How to use it: "
+        "docs/tiered-serving.md.",
+    )
     return "\n".join(lines)

@@ -34,6 +34,9 @@ ENGINE = m.ServingEngine(
     online_fp8=False,
     # llama.cpp maps the file: no graph capture or profiling.
     start_seconds=10.0,
+    picker=m.PickerMetrics(
+        queued="llamacpp:requests_deferred", kv_cache_usage="llamacpp:kv_cache_usage_ratio"
+    ),
     queries=m.EngineQueries.from_metrics(
         running="llamacpp:requests_processing",
         waiting="llamacpp:requests_deferred",

@@ -147,6 +147,24 @@ class AnalysisQueries:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PickerMetrics:
+    """The metrics the Gateway API Inference Extension's endpoint picker scrapes from
+    each pod to pick one (its ``--*-metric`` flags, in its ``name{label=value}`` form);
+    "" turns one off, as for an engine that does not export it."""
+
+    queued: str
+    kv_cache_usage: str = ""
+    lora_info: str = ""
+
+    def flags(self) -> list[str]:
+        return [
+            "--total-queued-requests-metric", self.queued,
+            "--kv-cache-usage-percentage-metric", self.kv_cache_usage,
+            "--lora-info-metric", self.lora_info,
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServingEngine:
     """One engine: everything distillery does differently for it."""
 
@@ -162,6 +180,7 @@ class ServingEngine:
     start_seconds: float
     queries: EngineQueries
     analysis: AnalysisQueries
+    picker: PickerMetrics
     # The TTFT histogram's finite bucket boundaries as the engine exports them by
     # default; None: no TTFT histogram. An SLO between two of them is measured as a range.
     ttft_boundaries: tuple[float, ...] | None = None

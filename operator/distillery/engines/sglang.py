@@ -62,6 +62,7 @@ ENGINE = m.ServingEngine(
     multi_node="tensor",
     expert_parallel=True,
     start_seconds=75.0,
+    picker=m.PickerMetrics(queued="sglang:num_queue_reqs", kv_cache_usage="sglang:token_usage"),
     queries=m.EngineQueries.from_metrics(
         running="sglang:num_running_reqs",
         waiting="sglang:num_queue_reqs",

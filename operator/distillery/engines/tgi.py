@@ -37,6 +37,8 @@ ENGINE = m.ServingEngine(
     quantizations=frozenset({"none", "fp8", "awq", "gptq"}),
     online_fp8=True,
     start_seconds=60.0,
+    # TGI exports no KV-cache usage: the picker scores its pods by queue alone.
+    picker=m.PickerMetrics(queued="tgi_queue_size"),
     queries=m.EngineQueries.from_metrics(
         running="tgi_batch_current_size",
         waiting="tgi_queue_size",

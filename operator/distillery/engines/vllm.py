@@ -61,6 +61,11 @@ ENGINE = m.ServingEngine(
     multi_node="pipeline",
     expert_parallel=True,
     start_seconds=90.0,
+    picker=m.PickerMetrics(
+        queued="vllm:num_requests_waiting",
+        kv_cache_usage="vllm:kv_cache_usage_perc",
+        lora_info="vllm:lora_requests_info",
+    ),
     queries=m.EngineQueries.from_metrics(
         running="vllm:num_requests_running",
         waiting="vllm:num_requests_waiting",
