@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from distillery.api.routing import ROUTE_PLURAL
 from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.autoscale.inputs import PodInfo, pod_failure, start_to_ready_seconds
 from distillery.kube.runtime import CHILD_INDICES, Runtime
@@ -43,6 +44,7 @@ from distillery.rollout import COMMAND_ANNOTATION
 from distillery.settings import Settings
 
 DMD = (GROUP, VERSION, PLURAL)
+ROUTE = (GROUP, VERSION, ROUTE_PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "distillery"}
 log = logging.getLogger("distillery")
 
@@ -78,12 +80,12 @@ async def startup(**kwargs: Any) -> None:
 
 # ---- indices ----------------------------------------------------------------------------
 
-INDICES = ("dmd_bodies", "dmd_pods", "fill_pods", *CHILD_INDICES)
+INDICES = ("dmd_bodies", "route_bodies", "dmd_pods", "fill_pods", *CHILD_INDICES)
 
 
-@kopf.index(*DMD)
-def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
-    # Only what reconciling reads: managedFields and the rest would cost memory per DMD.
+def _slim(kwargs: dict[str, Any], annotations: tuple[str, ...] = ()) -> dict[Any, Any]:
+    """Only what reconciling reads: managedFields and the rest would cost memory per
+    object."""
     body = kwargs["body"]
     meta = body.get("metadata") or {}
     kept = {
@@ -91,9 +93,9 @@ def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
         for k in ("name", "namespace", "uid", "generation", "deletionTimestamp")
         if k in meta
     }
-    command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
-    if command is not None:
-        kept["annotations"] = {COMMAND_ANNOTATION: command}
+    wanted = {k: v for k, v in (meta.get("annotations") or {}).items() if k in annotations}
+    if wanted:
+        kept["annotations"] = wanted
     slim = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
@@ -102,6 +104,16 @@ def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
         "status": body.get("status"),
     }
     return {(kwargs["namespace"], kwargs["name"]): slim}
+
+
+@kopf.index(*DMD)
+def dmd_bodies(**kwargs: Any) -> dict[Any, Any]:
+    return _slim(kwargs, (COMMAND_ANNOTATION,))
+
+
+@kopf.index(*ROUTE)
+def route_bodies(**kwargs: Any) -> dict[Any, Any]:
+    return _slim(kwargs)
 
 
 @kopf.index("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
@@ -209,6 +221,19 @@ async def dmd_event(**kwargs: Any) -> None:
         runtime.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     await runtime.reconcile(body, kwargs)
+
+
+@kopf.on.event(*ROUTE)
+async def route_event(**kwargs: Any) -> None:
+    runtime = _remember_indices(kwargs)
+    body = kwargs["body"]
+    meta = body["metadata"]
+    if kwargs["event"].get("type") == "DELETED":
+        runtime.forget_route(meta["namespace"], meta["name"])
+        return
+    # The index may not hold this event's body yet: reconcile the latest there is.
+    latest = list(kwargs["route_bodies"].get((meta["namespace"], meta["name"]), [])) or [body]
+    await runtime.reconcile_route(latest[0], runtime.indices or {})
 
 
 async def _on_child(**kwargs: Any) -> None:

@@ -279,6 +279,17 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("get", "configmaps"),
         ("create", "events"),
         ("list", "nodes"),  # GPUs per node, so a plan never outgrows a node
+        # ReasoningRoutes: read them, write their status, and render each tier's
+        # InferencePool, objective and endpoint picker (its identity and namespaced Role);
+        # delete: a tier the route no longer has.
+        ("watch", "reasoningroutes.distillery.dev"),
+        ("patch", "reasoningroutes.distillery.dev/status"),
+        ("create", "inferencepools.inference.networking.k8s.io"),
+        ("delete", "inferenceobjectives.inference.networking.x-k8s.io"),
+        ("create", "serviceaccounts"),
+        ("create", "roles.rbac.authorization.k8s.io"),
+        ("create", "rolebindings.rbac.authorization.k8s.io"),
+        ("delete", "services"),
     ]
     denied = [
         ("get", "secrets"),
@@ -290,8 +301,9 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("patch", "nodes"),
         ("create", "pods"),
         ("patch", "configmaps"),
-        ("delete", "services"),
         ("create", "persistentvolumes"),
+        ("patch", "reasoningroutes.distillery.dev"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ]
 
     # Leader election: its one Lease in the release namespace, no other.

@@ -25,6 +25,7 @@ from distillery.render import WORKLOAD_KINDS
 WRITES = (
     "apply",
     "patch_dmd_status",
+    "patch_route_status",
     "scale_dmd",
     "scale_workload",
     "delete_child",
@@ -57,6 +58,7 @@ class FakeCluster:
         self.calls: list[tuple[str, str]] = []
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (kind, ns, name)
         self.status: dict[tuple[str, str], dict[str, Any]] = {}
+        self.route_status: dict[tuple[str, str], dict[str, Any]] = {}
         self.replicas: dict[tuple[str, str], int] = {}
         self.events: list[tuple[str, str, str]] = []
         self.config_maps: dict[tuple[str, str], dict[str, str]] = {}
@@ -94,6 +96,13 @@ class FakeCluster:
         # As the API server treats a merge patch: null deletes.
         current = self.status.get((namespace, name), {})
         self.status[(namespace, name)] = apply_merge_patch(current, copy.deepcopy(dict(status)))
+
+    def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self._call("patch_route_status", name)
+        current = self.route_status.get((namespace, name), {})
+        self.route_status[(namespace, name)] = apply_merge_patch(
+            current, copy.deepcopy(dict(status))
+        )
 
     def scale_dmd(self, namespace: str, name: str, replicas: int) -> None:
         self._call("scale_dmd", f"{name}={replicas}")

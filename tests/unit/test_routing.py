@@ -148,8 +148,8 @@ def test_each_tier_gets_a_pool_a_picker_and_an_objective() -> None:
     # The picker may read only what it needs, in its namespace.
     [role] = [r for r in by_kind(out.objects, "Role") if r["metadata"]["name"] == "r1-routine-epp"]
     assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
-    config = by_kind(out.objects, "ConfigMap")[0]["data"]["default-plugins.yaml"]
-    assert "flowControl" in yaml.safe_load(config)["featureGates"]
+    config = yaml.safe_load(args[args.index("--config-text") + 1])
+    assert config["kind"] == "EndpointPickerConfig" and "flowControl" in config["featureGates"]
 
 
 def test_the_picker_reads_each_engines_own_metrics() -> None:

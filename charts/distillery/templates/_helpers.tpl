@@ -26,6 +26,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [distillery.dev]
   resources: [distilledmodeldeployments/status, distilledmodeldeployments/scale]
   verbs: [get, patch]
+- apiGroups: [distillery.dev]
+  resources: [reasoningroutes]
+  verbs: [get, list, watch]
+- apiGroups: [distillery.dev]
+  resources: [reasoningroutes/status]
+  verbs: [get, patch]
+- apiGroups: [inference.networking.k8s.io]
+  # A ReasoningRoute's tiers; delete: a tier the route no longer has. Its endpoint
+  # pickers' Roles grant get, list and watch on these, which the operator must hold.
+  resources: [inferencepools]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [inference.networking.x-k8s.io]
+  resources: [inferenceobjectives]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  # The endpoint pickers' identities.
+  resources: [serviceaccounts]
+  verbs: [get, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  # Each endpoint picker's namespaced Role (read pods, pools, objectives) and binding.
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
   # delete: a retired canary Deployment.
@@ -41,8 +63,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [leaderworkersets/scale]
   verbs: [get, patch]
 - apiGroups: [""]
+  # delete: a retired tier's endpoint picker Service.
   resources: [services]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch]

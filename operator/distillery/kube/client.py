@@ -22,10 +22,12 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from distillery import metrics
+from distillery.api.routing import ROUTE_KIND, ROUTE_PLURAL
 from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.catalog import Catalog
 from distillery.reconcile.children import FIELD_MANAGER
 from distillery.render import LWS_GROUP, LWS_PLURAL, LWS_VERSION
+from distillery.render.routing import OBJECTIVE_GROUP, OBJECTIVE_VERSION, POOL_GROUP, POOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,11 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 # The LeaderWorkerSet API (sigs.k8s.io/lws): multi-node replicas.
 LWS = (LWS_GROUP, LWS_VERSION)
+# The Gateway API Inference Extension's kinds a ReasoningRoute renders.
+ROUTE_CUSTOM_KINDS = {
+    "InferencePool": (POOL_GROUP, POOL_VERSION, "inferencepools"),
+    "InferenceObjective": (OBJECTIVE_GROUP, OBJECTIVE_VERSION, "inferenceobjectives"),
+}
 
 
 def count_write(verb: str, kind: str) -> None:
@@ -70,6 +77,7 @@ class ClusterClient(Protocol):
         self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
     ) -> None: ...
     def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None: ...
+    def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
     def node_gpu_counts(self) -> dict[str, int]: ...
     def pod_log_tail(self, namespace: str, name: str, lines: int) -> str: ...
 
@@ -84,6 +92,7 @@ class Kube:
         self.policy = client.PolicyV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.batch = client.BatchV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
 
     # ---- writes ------------------------------------------------------------------------
 
@@ -120,6 +129,19 @@ class Kube:
             self.custom.patch_namespaced_custom_object(
                 "monitoring.coreos.com", "v1", ns, "podmonitors", name, body, **kwargs
             )
+        elif kind in ROUTE_CUSTOM_KINDS:
+            group, version, plural = ROUTE_CUSTOM_KINDS[kind]
+            self.custom.patch_namespaced_custom_object(
+                group, version, ns, plural, name, body, **kwargs
+            )
+        elif kind == "ServiceAccount":
+            self.core.patch_namespaced_service_account(name, ns, body, **kwargs)
+        elif kind == "ConfigMap":
+            self.core.patch_namespaced_config_map(name, ns, body, **kwargs)
+        elif kind == "Role":
+            self.rbac.patch_namespaced_role(name, ns, body, **kwargs)
+        elif kind == "RoleBinding":
+            self.rbac.patch_namespaced_role_binding(name, ns, body, **kwargs)
         else:
             raise ValueError(f"distillery does not apply {kind}")
         count_write("apply", kind)
@@ -169,7 +191,8 @@ class Kube:
 
     def delete_child(self, namespace: str, name: str, kind: str) -> None:
         """Delete a retired child: a canary Deployment or LeaderWorkerSet, a weight
-        cache's claim, fill Job or pre-pull DaemonSet (already gone is fine)."""
+        cache's claim, fill Job or pre-pull DaemonSet, a route's retired tier (already
+        gone is fine)."""
         try:
             if kind == "LeaderWorkerSet":
                 self.custom.delete_namespaced_custom_object(
@@ -187,6 +210,19 @@ class Kube:
                 self.apps.delete_namespaced_daemon_set(
                     name, namespace, propagation_policy="Background"
                 )
+            elif kind in ROUTE_CUSTOM_KINDS:
+                group, version, plural = ROUTE_CUSTOM_KINDS[kind]
+                self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
+            elif kind == "Service":
+                self.core.delete_namespaced_service(name, namespace)
+            elif kind == "ServiceAccount":
+                self.core.delete_namespaced_service_account(name, namespace)
+            elif kind == "ConfigMap":
+                self.core.delete_namespaced_config_map(name, namespace)
+            elif kind == "Role":
+                self.rbac.delete_namespaced_role(name, namespace)
+            elif kind == "RoleBinding":
+                self.rbac.delete_namespaced_role_binding(name, namespace)
             else:
                 raise ValueError(f"distillery never deletes a {kind}")
         except ApiException as exc:
@@ -207,9 +243,22 @@ class Kube:
         )
         count_write("patch", "DistilledModelDeployment")
 
+    def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            ROUTE_PLURAL,
+            name,
+            {"status": dict(status)},
+            _content_type=MERGE,
+        )
+        count_write("patch-status", ROUTE_KIND)
+
     def post_event(
         self, dmd: Mapping[str, Any], type_: str, reason: str, message: str, now: str
     ) -> None:
+        """An event on ``dmd`` (a DMD, or any object of the API group: a route)."""
         meta = dmd["metadata"]
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(
@@ -217,7 +266,7 @@ class Kube:
             ),
             involved_object=client.V1ObjectReference(
                 api_version=f"{GROUP}/{VERSION}",
-                kind="DistilledModelDeployment",
+                kind=str(dmd.get("kind") or "DistilledModelDeployment"),
                 name=meta["name"],
                 namespace=meta["namespace"],
                 uid=meta.get("uid"),
@@ -280,6 +329,20 @@ class Kube:
         except ApiException:
             return False
         return any(r.name == "httproutes" for r in (found.resources or []))
+
+    def inference_extension_present(self) -> bool:
+        """The Gateway API Inference Extension's InferencePool (v1) and InferenceObjective
+        are served."""
+        for group, version, plural in ROUTE_CUSTOM_KINDS.values():
+            if not self._group_present(group):
+                return False
+            try:
+                found = self.custom.get_api_resources(group, version)
+            except ApiException:
+                return False
+            if not any(r.name == plural for r in (found.resources or [])):
+                return False
+        return True
 
     def _group_present(self, group: str) -> bool:
         try:

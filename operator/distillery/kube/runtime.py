@@ -22,6 +22,7 @@ from typing import Any
 
 from distillery import metrics
 from distillery.api.conditions import rfc3339
+from distillery.api.routing import ROUTE_KIND
 from distillery.autoscale.inputs import PodInfo
 from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
@@ -31,6 +32,7 @@ from distillery.kube.client import Kube, NodeCatalog, error_summary, in_thread, 
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
+from distillery.kube.route_controller import RouteReconciler, ServedApis
 from distillery.reconcile.children import ChildState
 from distillery.settings import Settings
 
@@ -66,6 +68,8 @@ class Runtime:
     autoscaler: Autoscaler
     analyzer: CanaryAnalyzer
     retries: RetrySchedule = field(default_factory=RetrySchedule)
+    # ReasoningRoutes: None in tests that build a runtime without them.
+    routes: RouteReconciler | None = None
     # kopf's live index objects, handed over by the first handler that runs.
     indices: Indices | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -114,6 +118,16 @@ class Runtime:
                 kube=kube, catalog=catalog, source=source, nodes=nodes, plans=plans
             ),
             analyzer=CanaryAnalyzer(source),
+            routes=RouteReconciler(
+                kube=kube,
+                apis=ServedApis(
+                    gateway_api=kube.httproute_api_present,
+                    inference_extension=kube.inference_extension_present,
+                ),
+                endpoint_picker_image=cfg.route_render_options(
+                    inference_extension=True, gateway_api=True
+                ).endpoint_picker_image,
+            ),
         )
         runtime.tasks = [
             asyncio.create_task(_every(cfg.resync_interval_seconds, runtime.resync_pass)),
@@ -197,6 +211,64 @@ class Runtime:
                 await self._report(body, failures, why)
             return
         self.retries.succeeded((ns, name))
+        # A tier's replicas, readiness and limits are the routes' inputs.
+        for route in self._routes_naming(ns, name):
+            await self.reconcile_route(route, indices)
+
+    # ---- one route ----------------------------------------------------------------
+
+    def _routes_naming(self, namespace: str, dmd: str) -> list[Mapping[str, Any]]:
+        if self.routes is None or self.indices is None or "route_bodies" not in self.indices:
+            return []
+        return [
+            body
+            for (ns, _), store in list(self.indices["route_bodies"].items())
+            if ns == namespace
+            for body in store
+            if any(t.get("deployment") == dmd for t in (body.get("spec") or {}).get("tiers") or [])
+        ]
+
+    async def reconcile_route(self, body: Mapping[str, Any], indices: Indices) -> None:
+        """Reconcile one ReasoningRoute from its tiers' DMDs in the index; a failure is
+        retried on the same backoff as a DMD's."""
+        if self.routes is None:
+            return
+        meta = body.get("metadata") or {}
+        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        if meta.get("deletionTimestamp"):
+            return
+        key = (ns, f"{ROUTE_KIND}/{name}")
+        tiers = (body.get("spec") or {}).get("tiers") or []
+        dmds = {
+            str(t.get("deployment")): store[0]
+            for t in tiers
+            if (store := list(indices["dmd_bodies"].get((ns, t.get("deployment")), [])))
+        }
+        try:
+            await self.routes.reconcile(body, dmds)
+        except Exception as exc:  # noqa: BLE001 - retried below, never lost
+            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+            delay = self.retries.failed(key, lambda: self._retry_route(ns, name))
+            log.warning(
+                "reconcile of route %s/%s failed: %s%s",
+                ns,
+                name,
+                error_summary(exc),
+                f"; retrying in {delay:.1f}s" if delay is not None else "",
+            )
+            return
+        self.retries.succeeded(key)
+
+    async def _retry_route(self, namespace: str, name: str) -> None:
+        if self.indices is None:
+            return
+        for body in list(self.indices["route_bodies"].get((namespace, name), [])):
+            await self.reconcile_route(body, self.indices)
+
+    def forget_route(self, namespace: str, name: str) -> None:
+        if self.routes is not None:
+            self.routes.forget(namespace, name)
+        self.retries.forget((namespace, f"{ROUTE_KIND}/{name}"))
 
     async def _report(self, body: Mapping[str, Any], failures: int, why: str) -> None:
         """Say on the DMD (kubectl describe) that its changes are not being applied."""
@@ -264,6 +336,9 @@ class Runtime:
             return
         for body in self._bodies():
             await self.reconcile(body, self.indices)
+        for store in list(self.indices.get("route_bodies", {}).values()):
+            for route in list(store):
+                await self.reconcile_route(route, self.indices)
 
 
 def _children(namespace: str, name: str, indices: Indices) -> dict[str, ChildState]:

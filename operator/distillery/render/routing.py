@@ -2,7 +2,7 @@
 
 Per tier the route renders what the extension's own ``inferencepool`` chart installs for
 one model server pool: an ``InferencePool`` selecting the tier's DMD pods, and its
-endpoint picker (a Deployment running the extension's EPP with its ConfigMap, Service,
+endpoint picker (a Deployment running the extension's EPP with its configuration, Service,
 ServiceAccount and the namespaced Role it needs). Per tier an ``InferenceObjective``
 carries the tier's priority, so under contention the picker sheds the routine tier
 before the hard one. One ``HTTPRoute`` sends each request to a tier: the gateway's
@@ -46,7 +46,6 @@ LABEL_TIER = "distillery.dev/tier"
 EPP_GRPC_PORT = 9002
 EPP_HEALTH_PORT = 9003
 EPP_METRICS_PORT = 9090
-EPP_CONFIG_FILE = "default-plugins.yaml"
 # The image of the endpoint picker release the CRDs and flags match (hack/versions.env
 # GIE_VERSION); operators mirror it and set DISTILLERY_IMAGE_ENDPOINT_PICKER.
 DEFAULT_EPP_IMAGE = "gateway-api-inference-extension/epp:v1.2.0"
@@ -210,7 +209,8 @@ def _pool_objects(
     args = [
         "--pool-name", pool,
         "--pool-namespace", route.namespace,
-        "--config-file", f"/config/{EPP_CONFIG_FILE}",
+        # The configuration inline: no ConfigMap for the operator to write.
+        "--config-text", _picker_config(),
         "--zap-encoder", "json",
         "--v", "1",
         "--tracing=false",
@@ -259,7 +259,6 @@ def _pool_objects(
                                     "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
                                 },
                             ],
-                            "volumeMounts": [{"name": "config", "mountPath": "/config"}],
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
                                 "runAsNonRoot": True,
@@ -269,7 +268,6 @@ def _pool_objects(
                             },
                         }
                     ],
-                    "volumes": [{"name": "config", "configMap": {"name": picker}}],
                 },
             },
         },
@@ -329,12 +327,6 @@ def _pool_objects(
             "metadata": meta,
             "subjects": [{"kind": "ServiceAccount", "name": picker, "namespace": route.namespace}],
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": picker},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": meta,
-            "data": {EPP_CONFIG_FILE: _picker_config()},
         },
         {
             "apiVersion": "v1",

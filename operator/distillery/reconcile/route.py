@@ -1,0 +1,290 @@
+"""A ReasoningRoute's desired state from what its tiers' DMDs report (pure).
+
+The route controller reads each tier's DMD from the operator's index (spec and status,
+as the DMD reconciler and the autoscaler wrote them) and asks this module for the
+children to apply, the status to write and the events to post. Nothing here reads the
+cluster: a DMD that is missing is a tier that is missing, said in ``Ready``.
+
+Spill is decided from the DMD's own status, so it follows the same evidence the DMD
+shows in ``kubectl get``: a tier is ``AtZero`` while it has no ready replica, and
+``Saturated`` while its ``ScalingLimited`` condition is True (the autoscaler holds it
+below what its load asks, at maxReplicas or the budget). A tier spills only to a tier
+that has a ready replica itself: spilling into nothing would drop what holding keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distillery.api.conditions import READY, ConditionState, condition
+from distillery.api.events import Event
+from distillery.api.routing import ReasoningRoute, ReasoningRouteStatus, SpillWhen, TierStatus
+from distillery.render.routing import (
+    RenderedRoute,
+    RouteRenderError,
+    RouteRenderOptions,
+    TierBackend,
+    render_route,
+)
+
+ROUTED = "Routed"
+INFERENCE_EXTENSION = "InferenceExtension"
+SCALING_LIMITED = "ScalingLimited"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TierView:
+    """What a route needs of a tier's DMD, read from its body."""
+
+    engine: str
+    multi_node: bool
+    replicas: int
+    ready_replicas: int
+    cost_per_hour: float
+    scaling_limited: bool
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> TierView:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        limited = any(
+            c.get("type") == SCALING_LIMITED and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        )
+        return cls(
+            engine=str((spec.get("serving") or {}).get("engine") or "vllm"),
+            multi_node=int((status.get("placement") or {}).get("nodes") or 1) > 1,
+            replicas=int(status.get("replicas") or 0),
+            ready_replicas=int(status.get("readyReplicas") or 0),
+            cost_per_hour=float((status.get("cost") or {}).get("currentPerHour") or 0.0),
+            scaling_limited=limited,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteDesired:
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    conditions: list[ConditionState] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    # tier -> tier answering its requests now
+    serving_to: dict[str, str] = field(default_factory=dict)
+
+
+def spill_reason(view: TierView, when: list[SpillWhen]) -> str | None:
+    """Why a tier's requests should go elsewhere now, or None."""
+    if "AtZero" in when and view.ready_replicas == 0:
+        return "AtZero"
+    if "Saturated" in when and view.scaling_limited:
+        return "Saturated"
+    return None
+
+
+def decide_spills(
+    route: ReasoningRoute, views: Mapping[str, TierView]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(tier -> tier answering it, tier -> why) for the tiers that spill now."""
+    serving_to: dict[str, str] = {}
+    reasons: dict[str, str] = {}
+    for rule in route.spec.spill:
+        source, target = views.get(rule.from_), views.get(rule.to)
+        if source is None or target is None:
+            continue
+        reason = spill_reason(source, list(rule.when))
+        if reason is not None and target.ready_replicas > 0:
+            serving_to[rule.from_] = rule.to
+            reasons[rule.from_] = reason
+    return serving_to, reasons
+
+
+def route_desired(
+    route: ReasoningRoute,
+    dmds: Mapping[str, Mapping[str, Any]],
+    *,
+    options: RouteRenderOptions,
+    previous_serving_to: Mapping[str, str] | None = None,
+) -> RouteDesired:
+    """Children, status, conditions and events for ``route``; ``dmds`` holds the bodies
+    of the DMDs in its namespace by name (those it names, at least)."""
+    generation = route.metadata.get("generation")
+    views = {
+        t.name: TierView.of(dmds[t.deployment]) for t in route.spec.tiers if t.deployment in dmds
+    }
+    missing = [t for t in route.spec.tiers if t.name not in views]
+    serving_to, reasons = decide_spills(route, views)
+    # A missing DMD renders as vLLM on one node: its pool selects nothing until the DMD
+    # exists, and then the route is rendered again from it.
+    backends = {
+        t.name: TierBackend(
+            engine=views[t.name].engine if t.name in views else "vllm",
+            multi_node=views[t.name].multi_node if t.name in views else False,
+        )
+        for t in route.spec.tiers
+    }
+    conditions: list[ConditionState] = []
+    try:
+        rendered = render_route(route, backends, serving_to=serving_to, options=options)
+    except RouteRenderError as exc:
+        rendered = RenderedRoute()
+        conditions.append(
+            condition(READY, False, "InvalidRoute", f"{exc}: fix the route's spec", generation)
+        )
+    tiers = [
+        TierStatus(
+            name=t.name,
+            deployment=t.deployment,
+            pool=rendered.backends.get(t.name) if options.inference_extension else None,
+            replicas=views[t.name].replicas if t.name in views else 0,
+            ready_replicas=views[t.name].ready_replicas if t.name in views else 0,
+            cost_per_hour=round(views[t.name].cost_per_hour, 4) if t.name in views else 0.0,
+            serving_to=serving_to.get(t.name, t.name),
+            spill_reason=reasons.get(t.name),
+        )
+        for t in route.spec.tiers
+    ]
+    cost = round(sum(t.cost_per_hour for t in tiers), 4)
+    if options.inference_extension:
+        conditions.append(
+            condition(
+                INFERENCE_EXTENSION,
+                True,
+                "InferencePoolsRendered",
+                "each tier is an InferencePool with its endpoint picker",
+                generation,
+            )
+        )
+    else:
+        services = ", ".join(f"{t.deployment}.{route.namespace}.svc:8000" for t in route.spec.tiers)
+        conditions.append(
+            condition(
+                INFERENCE_EXTENSION,
+                False,
+                "InferenceExtensionAbsent",
+                "the Gateway API Inference Extension is not installed (no InferencePool "
+                "inference.networking.k8s.io/v1): no endpoint picker, priorities or "
+                f"hold-at-zero; each tier serves on its own Service: {services}",
+                generation,
+            )
+        )
+    if not any(c.type == READY for c in conditions):
+        conditions.append(_ready(route, tiers, missing_names=[t.name for t in missing], cost=cost))
+    conditions.append(_routed(route, options, generation))
+    events = _spill_events(route, serving_to, reasons, previous_serving_to)
+    status = ReasoningRouteStatus(
+        observed_generation=generation,
+        backend="InferencePool" if options.inference_extension else "Service",
+        tiers=tiers,
+        cost_per_hour=cost,
+        summary=" ".join(
+            f"{t.name}:{t.ready_replicas}/{t.replicas}"
+            + (f"->{t.serving_to}" if t.serving_to != t.name else "")
+            for t in tiers
+        ),
+    ).to_wire()
+    # Conditions are merged with the recorded ones by the controller (transition times).
+    status.pop("conditions", None)
+    return RouteDesired(
+        objects=rendered.objects,
+        status=status,
+        conditions=conditions,
+        events=events,
+        serving_to=serving_to,
+    )
+
+
+def _ready(
+    route: ReasoningRoute, tiers: list[TierStatus], *, missing_names: list[str], cost: float
+) -> ConditionState:
+    generation = route.metadata.get("generation")
+    by_name = {t.name: t for t in tiers}
+    if missing_names:
+        named = ", ".join(f"{n} ({by_name[n].deployment})" for n in missing_names)
+        return condition(
+            READY,
+            False,
+            "TierDeploymentMissing",
+            f"no DistilledModelDeployment for tiers {named} in namespace {route.namespace}: "
+            "create it, or fix tiers[].deployment",
+            generation,
+        )
+    unserved = [t.name for t in tiers if by_name[t.serving_to].ready_replicas == 0]
+    if unserved:
+        return condition(
+            READY,
+            False,
+            "TierNotServing",
+            f"tiers {', '.join(unserved)} have no ready replica and nothing to spill to: "
+            "their requests wait (held by the endpoint picker) until a replica is ready",
+            generation,
+        )
+    budget = route.spec.budget
+    if budget is not None and cost > budget.max_cost_per_hour:
+        return condition(
+            READY,
+            True,
+            "OverBudget",
+            f"every tier serves; the tiers cost {cost:g}/h together, over the shared "
+            f"budget of {budget.max_cost_per_hour:g}/h",
+            generation,
+        )
+    return condition(READY, True, "Serving", "every tier serves", generation)
+
+
+def _routed(
+    route: ReasoningRoute, options: RouteRenderOptions, generation: int | None
+) -> ConditionState:
+    if route.spec.gateway is None:
+        return condition(
+            ROUTED,
+            False,
+            "NoGateway",
+            "spec.gateway is not set: no HTTPRoute; point a gateway at the tiers' "
+            "InferencePools yourself, or set spec.gateway.parentRefs",
+            generation,
+        )
+    if not options.gateway_api:
+        return condition(
+            ROUTED,
+            False,
+            "GatewayAPIAbsent",
+            "the Gateway API (gateway.networking.k8s.io/v1 HTTPRoute) is not installed: no "
+            "HTTPRoute; clients reach each tier directly",
+            generation,
+        )
+    return condition(
+        ROUTED, True, "HTTPRouteRendered", f"HTTPRoute {route.name} routes by model", generation
+    )
+
+
+def _spill_events(
+    route: ReasoningRoute,
+    serving_to: Mapping[str, str],
+    reasons: Mapping[str, str],
+    previous: Mapping[str, str] | None,
+) -> list[Event]:
+    if previous is None:  # first sight since the operator started: no transition known
+        return []
+    out = []
+    for tier in route.spec.tiers:
+        before, now = previous.get(tier.name), serving_to.get(tier.name)
+        if before == now:
+            continue
+        if now is not None:
+            out.append(
+                Event(
+                    type="Normal",
+                    reason="Spilling",
+                    message=f"tier {tier.name} ({reasons[tier.name]}): its requests go to "
+                    f"tier {now}",
+                )
+            )
+        else:
+            out.append(
+                Event(
+                    type="Normal",
+                    reason="SpillEnded",
+                    message=f"tier {tier.name} serves its own requests again",
+                )
+            )
+    return out
