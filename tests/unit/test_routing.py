@@ -23,26 +23,10 @@ from distillery.render.routing import (
     child_name,
     render_route,
 )
+from tests.support.routes import route
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "routing" / "tiered-r1.yaml"
-
-
-def route(**spec: Any) -> ReasoningRoute:
-    base: dict[str, Any] = {
-        "model": "deepseek-r1",
-        "tiers": [
-            {"name": "routine", "deployment": "r1-7b"},
-            {"name": "hard", "deployment": "r1-32b", "priority": 10},
-        ],
-        "defaultTier": "routine",
-        "rules": [{"tier": "hard", "header": {"name": "x-reasoning-effort", "values": ["high"]}}],
-        "gateway": {"parentRefs": [{"name": "gw"}]},
-    }
-    base.update(spec)
-    return ReasoningRoute.model_validate(
-        {"metadata": {"name": "r1", "namespace": "team"}, "spec": base}
-    )
 
 
 BACKENDS = {"routine": TierBackend(engine="vllm"), "hard": TierBackend(engine="vllm")}
