@@ -171,21 +171,35 @@ def lws_module_dir() -> Path:
     return base
 
 
+def _module_files(module: str, version_key: str, files: list[str]) -> list[Path]:
+    base = _gomodcache() / f"{module}@{_versions()[version_key]}"
+    found = [base / f for f in files]
+    missing = [str(f) for f in found if not f.is_file()]
+    if missing:
+        raise ClusterError(f"not found: {', '.join(missing)}: run hack/build-tools.sh")
+    return found
+
+
+def gateway_api_crd_files() -> list[Path]:
+    """The Gateway API's standard CRDs, from the pinned module in the Go module cache."""
+    standard = "config/crd/standard/gateway.networking.k8s.io_"
+    kinds = ("gatewayclasses", "gateways", "grpcroutes", "httproutes", "referencegrants")
+    return _module_files(
+        "sigs.k8s.io/gateway-api", "GATEWAY_API_VERSION", [f"{standard}{k}.yaml" for k in kinds]
+    )
+
+
 def inference_extension_crd_files() -> list[Path]:
-    """The Gateway API's standard CRDs and the inference extension's (InferencePool v1,
-    InferenceObjective), from the pinned modules in the Go module cache."""
-    versions, cache = _versions(), _gomodcache()
-    gateway = cache / f"sigs.k8s.io/gateway-api@{versions['GATEWAY_API_VERSION']}"
-    gie = cache / f"sigs.k8s.io/gateway-api-inference-extension@{versions['GIE_VERSION']}"
-    files = sorted((gateway / "config" / "crd" / "standard").glob("*.yaml"))
-    files += [
-        gie / "config" / "crd" / "bases" / "inference.networking.k8s.io_inferencepools.yaml",
-        gie / "config" / "crd" / "bases" / "inference.networking.x-k8s.io_inferenceobjectives.yaml",
-    ]
-    missing = [f for f in files if not f.is_file()]
-    if missing or not files:
-        raise ClusterError(f"CRDs not found ({missing or gateway}): run hack/build-tools.sh")
-    return files
+    """The inference extension's CRDs (InferencePool v1, InferenceObjective), from the
+    pinned module in the Go module cache."""
+    return _module_files(
+        "sigs.k8s.io/gateway-api-inference-extension",
+        "GIE_VERSION",
+        [
+            "config/crd/bases/inference.networking.k8s.io_inferencepools.yaml",
+            "config/crd/bases/inference.networking.x-k8s.io_inferenceobjectives.yaml",
+        ],
+    )
 
 
 def lws_webhooks(base: Path, port: int, ca_bundle: str) -> list[dict[str, Any]]:
@@ -302,12 +316,19 @@ class Cluster:
         self.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         self._wait_served("distillery.dev", ["distilledmodeldeployments", "reasoningroutes"])
 
-    def install_inference_extension(self) -> None:
-        """The Gateway API's standard CRDs and the Gateway API Inference Extension's CRDs,
-        as their releases ship them (from the pinned modules), served and discoverable."""
-        for f in inference_extension_crd_files():
+    def install_gateway_api(self) -> None:
+        """The Gateway API's standard CRDs as its release ships them (from the pinned
+        module), served and discoverable."""
+        for f in gateway_api_crd_files():
             self.kubectl("apply", "--server-side", "-f", str(f))
         self._wait_served("gateway.networking.k8s.io", ["httproutes", "gateways"])
+
+    def install_inference_extension(self) -> None:
+        """The Gateway API's CRDs and the Gateway API Inference Extension's (InferencePool
+        v1, InferenceObjective), as their releases ship them, served and discoverable."""
+        self.install_gateway_api()
+        for f in inference_extension_crd_files():
+            self.kubectl("apply", "--server-side", "-f", str(f))
         self._wait_served("inference.networking.k8s.io", ["inferencepools"])
         self._wait_served("inference.networking.x-k8s.io", ["inferenceobjectives"])
 

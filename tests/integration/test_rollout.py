@@ -23,7 +23,7 @@ from localprom import Prometheus
 from tests.argocd import health
 from tests.integration.fake_engine import RequestTraffic, serve
 from tests.integration.operator_process import OperatorProcess
-from tests.integration.waits import Bounds, Dmds, wait_for
+from tests.integration.waits import Bounds, Dmds
 from tests.support.dmds import dmd_yaml
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -97,21 +97,9 @@ def event_reasons(api: client.ApiClient, ns: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def gateway_api(cluster: Cluster) -> None:
-    """The HTTPRoute API, installed before the operators of the tests that need it start."""
-    cluster.kubectl("apply", "--server-side", "-f", str(DATA / "gateway-api-crds.yaml"))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/httproutes.gateway.networking.k8s.io",
-    )
-    wait_for(
-        lambda: (
-            "httproutes"
-            in cluster.kubectl("api-resources", "--api-group", "gateway.networking.k8s.io")
-        ),
-        "httproutes in discovery",
-    )
+    """The Gateway API (its release's CRDs), installed before the operators of the tests
+    that need it start."""
+    cluster.install_gateway_api()
 
 
 @pytest.fixture
