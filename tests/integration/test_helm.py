@@ -32,9 +32,10 @@ SA = f"system:serviceaccount:{NS}:distillery"
 def helm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with start(state_dir=tmp_path_factory.mktemp("helm-cluster"), quiet=True) as c:
         # The prometheus-operator API, so RBAC checks on PodMonitors resolve the resource,
-        # and the Gateway API's HTTPRoute, for canary routes.
+        # and the Gateway API's and its Inference Extension's CRDs (their releases'), for
+        # canary routes and ReasoningRoutes.
         c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "podmonitor-crd.yaml"))
-        c.kubectl("apply", "-f", str(ROOT / "tests" / "data" / "gateway-api-crds.yaml"))
+        c.install_inference_extension()
         yield c
 
 

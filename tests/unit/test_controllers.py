@@ -8,7 +8,7 @@ import asyncio
 import copy
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pytest
@@ -149,6 +149,9 @@ class FakeSource:
     def __init__(self, metrics: dict[PodKey, PodMetrics] | None = None) -> None:
         self.metrics = metrics or {}
         self.down = False
+        # What each demand query returns (by PromQL), and the queries asked.
+        self.demands: dict[str, float | None] = {}
+        self.asked: list[str] = []
 
     def collect(self, engines: Iterable[str]) -> dict[PodKey, PodMetrics]:
         if self.down:
@@ -157,6 +160,10 @@ class FakeSource:
 
     def fresh(self, metrics: PodMetrics, now: float | None = None) -> bool:
         return True
+
+    def demand(self, queries: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], float | None]:
+        self.asked += list(queries.values())
+        return {key: self.demands.get(q) for key, q in queries.items()}
 
 
 def ready_pods(n: int) -> dict[tuple[str, str], list[PodInfo]]:
@@ -521,3 +528,47 @@ def test_a_running_fill_is_asked_for_its_progress_and_a_failing_log_read_is_harm
         assert cluster.status[(NS, "m")]["cache"]["phase"] == "Filling"
 
     asyncio.run(scenario())
+
+
+def test_a_dmd_at_zero_wakes_when_its_router_holds_requests_and_not_before() -> None:
+    """Scale from zero: no pods, no engine metrics; the router's queue for the DMD's
+    pool is the evidence. Unknown demand (no series) holds at zero."""
+    cluster = FakeCluster()
+    source = FakeSource()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=source)
+    dmd = body(replicas=0, scaling={"minReplicas": 0, "maxReplicas": 4, "demandQuery": "q"})
+    queries = {(NS, "m"): "q"}
+
+    async def scenario() -> None:
+        await scaler.run_pass([dmd], {}, queries)  # no series: unknown
+        source.demands["q"] = 0.0
+        await scaler.run_pass([dmd], {}, queries)  # nothing waits
+        assert not [w for w in cluster.writes() if w[0] == "scale_dmd"]
+        source.demands["q"] = 3.0
+        await scaler.run_pass([dmd], {}, queries)
+        assert [w for w in cluster.writes() if w[0] == "scale_dmd"] == [("scale_dmd", "m=1")]
+        [decision] = cluster.status[(NS, "m")]["autoscaling"]["lastDecisions"]
+        assert decision["reason"] == "scale from zero: 3 requests wait at the router"
+        assert decision["inputs"]["routerQueue"] == 3.0
+        assert source.asked == ["q", "q", "q"]
+
+    asyncio.run(scenario())
+
+
+def test_each_tier_of_an_inference_pool_route_reads_its_pickers_queue() -> None:
+    from distillery.kube.runtime import demand_queries
+
+    route = {
+        "metadata": {"namespace": NS, "name": "r1"},
+        "spec": {"tiers": [{"name": "routine", "deployment": "m"}]},
+        "status": {"backend": "InferencePool"},
+    }
+    queries = demand_queries([body(), body("own", scaling={"demandQuery": "mine"})], [route])
+    assert queries[(NS, "m")] == (
+        'sum(inference_extension_flow_control_queue_size{namespace="' + NS + '",'
+        'pod=~"r1-routine-epp-.+"})'
+    )
+    assert queries[(NS, "own")] == "mine"
+    # Without the extension there is no picker, and no queue to read.
+    service_route = {**route, "status": {"backend": "Service"}}
+    assert (NS, "m") not in demand_queries([body()], [service_route])

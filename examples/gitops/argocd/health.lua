@@ -1,8 +1,9 @@
 -- Argo CD health check for distillery.dev/DistilledModelDeployment.
 -- Install in argocd-cm as resource.customizations.health.distillery.dev_DistilledModelDeployment.
 -- Healthy: Ready=True for the current generation. Degraded: Stalled=True, or a rollout
--- rolled back. Suspended: scaled to zero on purpose. Progressing: a rollout under way
--- (RolloutProgressing=True), and everything else.
+-- rolled back. Suspended: scaled to zero with nothing asking for it (Ready=False,
+-- ScaledToZero; demand at its router scales it up, and it is Progressing until a replica
+-- serves). Progressing: a rollout under way (RolloutProgressing=True), and everything else.
 local hs = {status = "Progressing", message = "waiting for the operator"}
 if obj.status == nil or obj.status.conditions == nil then
   return hs
@@ -34,12 +35,13 @@ if rollout ~= nil and rollout.status == "True" then
   hs.message = (rollout.reason or "Rollout") .. ": " .. (rollout.message or "")
   return hs
 end
+if ready ~= nil and ready.reason == "ScaledToZero" then
+  hs.status = "Suspended"
+  hs.message = ready.message or ""
+  return hs
+end
 if ready ~= nil and ready.status == "True" then
-  if ready.reason == "ScaledToZero" then
-    hs.status = "Suspended"
-  else
-    hs.status = "Healthy"
-  end
+  hs.status = "Healthy"
   hs.message = ready.message or ""
   return hs
 end

@@ -751,3 +751,24 @@ def decide(
         inputs=inputs,
         history=history,
     )
+
+
+def from_zero(
+    decision: Decision, router_queue: float | None, limits: Limits, current: int
+) -> Decision:
+    """Scale from zero: a DMD at zero replicas has no engine metrics, so ``decide`` holds
+    it there; requests waiting at the router (its queue for the DMD's pool, or the DMD's
+    ``demandQuery``) wake it to at least one replica. Unknown demand (None) holds: at
+    zero there is nothing to lose by waiting for evidence."""
+    if current > 0 or router_queue is None or router_queue <= 0:
+        return decision
+    wake = max(1, limits.min_replicas)
+    if limits.max_replicas < wake:
+        return decision
+    inputs = {**decision.inputs, "routerQueue": round(router_queue, 1)}
+    return replace(
+        decision,
+        desired=max(decision.desired, wake),
+        reason=f"scale from zero: {router_queue:g} requests wait at the router",
+        inputs=inputs,
+    )

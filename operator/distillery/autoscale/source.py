@@ -29,11 +29,16 @@ ENGINE_QUERIES: dict[str, EngineQueries] = {name: e.queries for name, e in ENGIN
 ANALYSIS_QUERIES: dict[str, AnalysisQueries] = {name: e.analysis for name, e in ENGINES.items()}
 
 
+# (namespace, DMD name)
+DmdKey = tuple[str, str]
+
+
 class MetricsSource(Protocol):
     """Where the autoscaler reads engine metrics: Prometheus, or a fake in tests."""
 
     def collect(self, engines: Iterable[str]) -> dict[PodKey, PodMetrics]: ...
     def fresh(self, metrics: PodMetrics, now: float | None = None) -> bool: ...
+    def demand(self, queries: Mapping[DmdKey, str]) -> dict[DmdKey, float | None]: ...
 
 
 class MetricsUnavailableError(RuntimeError):
@@ -116,6 +121,21 @@ class PrometheusSource:
                     if not math.isnan(value):
                         pods[key].ttft_buckets[float(le)] = value
         return dict(pods)
+
+    def demand(self, queries: Mapping[DmdKey, str]) -> dict[DmdKey, float | None]:
+        """Each DMD's demand outside its pods (a router's queue, a ``demandQuery``): the
+        sum of the query's series; None when it has none or fails (unknown, not zero)."""
+        out: dict[DmdKey, float | None] = {}
+        for key, promql in queries.items():
+            try:
+                result = self._query(promql)
+            except MetricsUnavailableError:
+                out[key] = None
+                continue
+            values = [float(item["value"][1]) for item in result if "value" in item]
+            values = [v for v in values if not math.isnan(v)]
+            out[key] = sum(values) if values else None
+        return out
 
     def window_counts(
         self, engine: str, namespace: str, window_seconds: int

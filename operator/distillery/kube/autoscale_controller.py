@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +23,7 @@ from distillery import metrics
 from distillery.api.merge_patch import merge_patch
 from distillery.api.types import AutoscalingStatus, ScalingDecision, clip
 from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
-from distillery.autoscale.policy import Capacity, Decision, History, decide
+from distillery.autoscale.policy import Capacity, Decision, History, decide, from_zero
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
 from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, error_summary, in_thread
@@ -70,8 +70,14 @@ class Autoscaler:
         return cap, dmd
 
     async def run_pass(
-        self, bodies: Iterable[Mapping[str, Any]], pods: Mapping[Key, list[PodInfo]]
+        self,
+        bodies: Iterable[Mapping[str, Any]],
+        pods: Mapping[Key, list[PodInfo]],
+        demand_queries: Mapping[Key, str] | None = None,
     ) -> None:
+        """One pass. ``demand_queries`` has, per DMD, the PromQL of its demand outside
+        its pods (its router's queue, or its ``demandQuery``): what wakes it from zero,
+        and waiting requests on top of its engines' while it runs."""
         self.passes += 1
         managed = [
             b
@@ -93,10 +99,16 @@ class Autoscaler:
                 scraped = await in_thread(self.source.collect, engines)
             except MetricsUnavailableError as exc:
                 error = f"{exc}: holding replicas"
+        demand: dict[Key, float | None] = {}
+        if self.source is not None and demand_queries:
+            names = {_key(b) for b in managed}
+            wanted = {k: q for k, q in demand_queries.items() if k in names}
+            if wanted:
+                demand = await in_thread(self.source.demand, wanted)
         now = time.time()
         for body in managed:
             try:
-                await self._one(body, pods, scraped, error, now)
+                await self._one(body, pods, scraped, error, now, demand.get(_key(body)))
             except Exception as exc:  # noqa: BLE001 - one DMD must not stop the others
                 metrics.RECONCILE_ERRORS.labels(f"autoscale:{type(exc).__name__}").inc()
                 log.warning(
@@ -112,6 +124,7 @@ class Autoscaler:
         scraped: Mapping[Any, Any],
         error: str | None,
         now: float,
+        router_queue: float | None = None,
     ) -> None:
         meta = body.get("metadata") or {}
         ns, name = str(meta.get("namespace")), str(meta.get("name"))
@@ -129,6 +142,9 @@ class Autoscaler:
                 ns, dmd_pods, scraped, now, self.source.fresh, dmd.spec.scaling.slo.percentile
             )
             obs_sample, stale, partial, message = obs.sample, obs.stale, obs.partial, obs.message
+            if obs_sample is not None and router_queue:
+                # Requests the router holds wait as surely as those in the engines' queues.
+                obs_sample = replace(obs_sample, waiting=obs_sample.waiting + router_queue)
         decision = decide(
             obs_sample,
             history,
@@ -138,6 +154,7 @@ class Autoscaler:
             now,
             stale=stale,
         )
+        decision = from_zero(decision, router_queue, limits(dmd.spec), current)
         desired = decision.desired
         if partial and desired < current:
             desired = current  # never scale down on a partial view
@@ -176,6 +193,11 @@ class Autoscaler:
         if patch:
             await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": patch})
             self._written[(ns, name)] = status
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return (str(meta.get("namespace")), str(meta.get("name")))
 
 
 def _recorded_decisions(old: Mapping[str, Any]) -> list[ScalingDecision]:

@@ -34,6 +34,7 @@ from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
 from distillery.kube.route_controller import RouteReconciler, ServedApis
 from distillery.reconcile.children import ChildState
+from distillery.render.routing import picker_queue_query
 from distillery.settings import Settings
 
 log = logging.getLogger("distillery")
@@ -313,7 +314,14 @@ class Runtime:
         """One autoscaler pass over all DMDs (one query per metric)."""
         if self.indices is None:
             return
-        await self.autoscaler.run_pass(self._bodies(), self._pods())
+        bodies = self._bodies()
+        await self.autoscaler.run_pass(bodies, self._pods(), self._demand_queries(bodies))
+
+    def _demand_queries(self, bodies: list[Mapping[str, Any]]) -> dict[Key, str]:
+        """Each DMD's demand outside its pods: its ``scaling.demandQuery``, else the
+        queue of the endpoint picker of a route it is a tier of."""
+        routes = (self.indices or {}).get("route_bodies", {})
+        return demand_queries(bodies, [r for store in list(routes.values()) for r in store])
 
     async def rollout_pass(self) -> None:
         """Measure the canaries that are in a step, then reconcile every DMD with a
@@ -339,6 +347,31 @@ class Runtime:
         for store in list(self.indices.get("route_bodies", {}).values()):
             for route in list(store):
                 await self.reconcile_route(route, self.indices)
+
+
+def demand_queries(
+    dmds: list[Mapping[str, Any]], routes: list[Mapping[str, Any]]
+) -> dict[Key, str]:
+    """Per DMD, the PromQL of its demand outside its pods (see Runtime)."""
+    tier_of: dict[Key, str] = {}
+    for route in routes:
+        meta, status = route.get("metadata") or {}, route.get("status") or {}
+        if status.get("backend") != "InferencePool":
+            continue  # no picker, no queue
+        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        for tier in (route.get("spec") or {}).get("tiers") or []:
+            tier_of[(ns, str(tier.get("deployment")))] = picker_queue_query(
+                ns, name, str(tier.get("name"))
+            )
+    out: dict[Key, str] = {}
+    for body in dmds:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        explicit = ((body.get("spec") or {}).get("scaling") or {}).get("demandQuery")
+        query = explicit or tier_of.get(key)
+        if query:
+            out[key] = str(query)
+    return out
 
 
 def _children(namespace: str, name: str, indices: Indices) -> dict[str, ChildState]:

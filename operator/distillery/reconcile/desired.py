@@ -292,10 +292,17 @@ def _deployment_conditions(
             cond.condition(cond.READY, True, "ScalingDown", counts, gen),
             cond.condition(cond.RECONCILING, True, "ScalingDown", counts, gen),
         )
-    reason = "ScaledToZero" if desired_count == 0 else "Ready"
+    if desired_count == 0:
+        # Nothing serves: Ready says so (a client would wait or fail), and Argo CD reads
+        # the reason as Suspended. Demand at the router wakes it (the autoscaler).
+        msg = f"{counts}; scaled to zero: no replica serves until demand wakes one"
+        return (
+            cond.condition(cond.READY, False, "ScaledToZero", msg, gen),
+            cond.condition(cond.RECONCILING, False, "ScaledToZero", counts, gen),
+        )
     return (
-        cond.condition(cond.READY, True, reason, counts, gen),
-        cond.condition(cond.RECONCILING, False, reason, counts, gen),
+        cond.condition(cond.READY, True, "Ready", counts, gen),
+        cond.condition(cond.RECONCILING, False, "Ready", counts, gen),
     )
 
 

@@ -55,6 +55,18 @@ MAX_MATCHES_PER_RULE = 64
 MAX_MATCHES = 128
 
 
+# The picker's flow-control queue: requests it holds (none of the pool's pods ready, or
+# all saturated). Scraped from the picker's pod, which the namespace and pod labels name.
+FLOW_CONTROL_QUEUE_METRIC = "inference_extension_flow_control_queue_size"
+
+
+def picker_queue_query(namespace: str, route: str, tier: str) -> str:
+    """PromQL for the requests a tier's endpoint picker holds: the tier's demand while
+    it has no replica that could report it."""
+    picker = picker_name(route, tier)
+    return f'sum({FLOW_CONTROL_QUEUE_METRIC}{{namespace="{namespace}",pod=~"{picker}-.+"}})'
+
+
 class RouteRenderError(ValueError):
     """The route cannot be rendered as specified; the message says how to fix it."""
 
