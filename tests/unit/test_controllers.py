@@ -572,3 +572,59 @@ def test_each_tier_of_an_inference_pool_route_reads_its_pickers_queue() -> None:
     # Without the extension there is no picker, and no queue to read.
     service_route = {**route, "status": {"backend": "Service"}}
     assert (NS, "m") not in demand_queries([body()], [service_route])
+
+
+def test_tiers_sharing_a_budget_are_capped_together_and_say_by_what() -> None:
+    """Both tiers of a route are under load; alone each would scale up. Their route's
+    budget (30/h) holds them at what it pays for together: 2 + 2 replicas at 6.88/h."""
+    from distillery.autoscale.policy import SharedBudget
+    from distillery.kube.runtime import shared_budgets
+
+    now = time.time()
+    load = {
+        (NS, f"{dmd_name}-{i}"): PodMetrics(
+            running=64.0,
+            waiting=40.0,
+            kv_usage=0.95,
+            generation_tokens_rate=3000.0,
+            prompt_tokens_rate=2000.0,
+            completions_rate=1.5,
+            last_sample=now,
+        )
+        for dmd_name in ("a", "b")
+        for i in range(2)
+    }
+    pods = {(NS, n): [PodInfo(name=f"{n}-{i}", ready=True) for i in range(2)] for n in ("a", "b")}
+    route = {
+        "metadata": {"namespace": NS, "name": "r1"},
+        "spec": {
+            "tiers": [{"name": "x", "deployment": "a"}, {"name": "y", "deployment": "b"}],
+            "budget": {"maxCostPerHour": 30.0},
+        },
+    }
+    budgets = shared_budgets([route])
+    assert budgets[(NS, "a")] == SharedBudget(
+        name="route r1's shared budget", max_cost_per_hour=30.0, members=((NS, "a"), (NS, "b"))
+    )
+    cluster = FakeCluster()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=FakeSource(load))
+    scaling = {"minReplicas": 1, "maxReplicas": 8}
+    a, b = body("a", replicas=2, scaling=scaling), body("b", replicas=2, scaling=scaling)
+
+    async def scenario() -> None:
+        await scaler.run_pass([a, b], pods, None, budgets)
+        price = scaler._capacity[(NS, "a")][1].price_per_replica_hour
+        total = (cluster.replicas.get((NS, "a"), 2) + cluster.replicas.get((NS, "b"), 2)) * price
+        assert total <= 30.0, (cluster.replicas, price)
+        limited = [
+            cluster.status[(NS, n)]["autoscaling"].get("limitedBy") or "" for n in ("a", "b")
+        ]
+        assert any("route r1's shared budget" in m for m in limited), limited
+        # Alone, without the route's budget, the same load asks for more.
+        alone = FakeCluster()
+        await Autoscaler(kube=alone, catalog=CATALOG, source=FakeSource(load)).run_pass(
+            [a, b], pods
+        )
+        assert sum(alone.replicas.values()) * price > 30.0
+
+    asyncio.run(scenario())

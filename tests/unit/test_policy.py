@@ -465,3 +465,33 @@ def test_a_scale_down_that_did_not_pay_is_not_made_again() -> None:
     assert not any(per_dip[1:]), per_dip
     held = decide(samples[6300 // 15], History(), CAP, LIMITS, Cluster(current=6, ready=6), 6300)
     assert "quietStretchesJudged" not in held.inputs or held.inputs["quietStretchesJudged"] == 0
+
+
+@pytest.mark.parametrize("current", [0, 1, 3])
+@pytest.mark.parametrize("queue", [None, 0.0, 2.0])
+@pytest.mark.parametrize("max_replicas", [0, 1, 4])
+def test_from_zero_wakes_only_a_dmd_at_zero_with_requests_waiting_within_its_bounds(
+    current: int, queue: float | None, max_replicas: int
+) -> None:
+    from distillery.autoscale.policy import Decision, from_zero
+
+    held = Decision(desired=current, reason="no fresh metrics: holding")
+    out = from_zero(held, queue, Limits(min_replicas=0, max_replicas=max_replicas), current)
+    if current == 0 and queue and max_replicas >= 1:
+        assert out.desired == 1 and out.reason.startswith("scale from zero")
+    else:
+        assert out == held
+
+
+def test_a_shared_budget_leaves_a_member_what_the_others_do_not_use() -> None:
+    from distillery.autoscale.policy import SharedBudget, within_shared_budget
+
+    budget = SharedBudget(name="route r1's shared budget", max_cost_per_hour=30.0, members=())
+    own = Limits(min_replicas=1, max_replicas=8, max_cost_per_hour=10.0)
+    assert within_shared_budget(own, budget, 5.0) == own  # its own budget is tighter
+    loose = Limits(min_replicas=1, max_replicas=8)
+    shared = within_shared_budget(loose, budget, 22.0)
+    assert (
+        shared.max_cost_per_hour == 8.0 and "22/h used by the other tiers" in shared.budget_source
+    )
+    assert within_shared_budget(loose, budget, 40.0).max_cost_per_hour == 0.0

@@ -181,6 +181,8 @@ class Limits:
     scale_up_max_step: int | None = None
     scale_down_max_step: int | None = None
     max_cost_per_hour: float | None = None
+    # Where the budget comes from when it is not the DMD's own (a route's shared one).
+    budget_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -725,14 +727,15 @@ def decide(
     bounded = max(limits.min_replicas, min(limits.max_replicas, target))
     if target > limits.max_replicas:
         limited_by = Limit("MaxReplicas", f"maxReplicas {limits.max_replicas}")
-    if limits.max_cost_per_hour and cap.price_per_replica_hour > 0:
+    if limits.max_cost_per_hour is not None and cap.price_per_replica_hour > 0:
         affordable = int(limits.max_cost_per_hour // cap.price_per_replica_hour)
         if bounded > affordable:
             # minReplicas is the floor the user asked for, even above the budget.
             bounded = max(affordable, limits.min_replicas)
+            source = f" ({limits.budget_source})" if limits.budget_source else ""
             limited_by = Limit(
                 "BudgetLimited",
-                f"budget {limits.max_cost_per_hour:g}/h affords {affordable} "
+                f"budget {limits.max_cost_per_hour:g}/h{source} affords {affordable} "
                 f"replicas at {cap.price_per_replica_hour:g}/h",
             )
     if cluster.unschedulable > 0 and bounded > current:
@@ -771,4 +774,30 @@ def from_zero(
         desired=max(decision.desired, wake),
         reason=f"scale from zero: {router_queue:g} requests wait at the router",
         inputs=inputs,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedBudget:
+    """An hourly budget several DMDs share (the tiers of a ReasoningRoute)."""
+
+    name: str  # what it is, for the limit's message: "route r1's shared budget"
+    max_cost_per_hour: float
+    members: tuple[tuple[str, str], ...]
+
+
+def within_shared_budget(
+    limits: Limits, budget: SharedBudget, others_cost_per_hour: float
+) -> Limits:
+    """``limits`` with the budget left to this member once the others' current cost is
+    paid: the tighter of that and the DMD's own budget."""
+    left = max(0.0, budget.max_cost_per_hour - others_cost_per_hour)
+    own = limits.max_cost_per_hour
+    if own is not None and own <= left:
+        return limits
+    return replace(
+        limits,
+        max_cost_per_hour=left,
+        budget_source=f"{budget.name}: {budget.max_cost_per_hour:g}/h, "
+        f"{others_cost_per_hour:g}/h used by the other tiers",
     )

@@ -23,7 +23,15 @@ from distillery import metrics
 from distillery.api.merge_patch import merge_patch
 from distillery.api.types import AutoscalingStatus, ScalingDecision, clip
 from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
-from distillery.autoscale.policy import Capacity, Decision, History, decide, from_zero
+from distillery.autoscale.policy import (
+    Capacity,
+    Decision,
+    History,
+    SharedBudget,
+    decide,
+    from_zero,
+    within_shared_budget,
+)
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
 from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, error_summary, in_thread
@@ -74,10 +82,13 @@ class Autoscaler:
         bodies: Iterable[Mapping[str, Any]],
         pods: Mapping[Key, list[PodInfo]],
         demand_queries: Mapping[Key, str] | None = None,
+        budgets: Mapping[Key, SharedBudget] | None = None,
     ) -> None:
         """One pass. ``demand_queries`` has, per DMD, the PromQL of its demand outside
         its pods (its router's queue, or its ``demandQuery``): what wakes it from zero,
-        and waiting requests on top of its engines' while it runs."""
+        and waiting requests on top of its engines' while it runs. ``budgets`` has the
+        budget each DMD shares with others (a route's tiers): a member may spend what
+        the others' current replicas leave, and each decision updates what it spends."""
         self.passes += 1
         managed = [
             b
@@ -106,9 +117,19 @@ class Autoscaler:
             if wanted:
                 demand = await in_thread(self.source.demand, wanted)
         now = time.time()
+        # What each DMD costs now, updated as the pass decides (a shared budget's other
+        # members are charged at their latest count).
+        spend = self._spend([b for b in managed if _key(b) in (budgets or {})])
         for body in managed:
+            key = _key(body)
+            shared = (budgets or {}).get(key)
+            others = sum(spend.get(m, 0.0) for m in shared.members if m != key) if shared else 0.0
             try:
-                await self._one(body, pods, scraped, error, now, demand.get(_key(body)))
+                cost = await self._one(
+                    body, pods, scraped, error, now, demand.get(key), shared, others
+                )
+                if cost is not None:
+                    spend[key] = cost
             except Exception as exc:  # noqa: BLE001 - one DMD must not stop the others
                 metrics.RECONCILE_ERRORS.labels(f"autoscale:{type(exc).__name__}").inc()
                 log.warning(
@@ -116,6 +137,16 @@ class Autoscaler:
                     (body.get("metadata") or {}).get("name"),
                     error_summary(exc),
                 )
+
+    def _spend(self, bodies: Iterable[Mapping[str, Any]]) -> dict[Key, float]:
+        """What each DMD costs per hour at its current replica count."""
+        out: dict[Key, float] = {}
+        for body in bodies:
+            found = self._capacity_for(body)
+            if found is not None:
+                cap, dmd = found
+                out[_key(body)] = desired_replicas(dmd) * cap.price_per_replica_hour
+        return out
 
     async def _one(
         self,
@@ -125,12 +156,16 @@ class Autoscaler:
         error: str | None,
         now: float,
         router_queue: float | None = None,
-    ) -> None:
+        shared: SharedBudget | None = None,
+        others_cost: float = 0.0,
+    ) -> float | None:
+        """Decide and act for one DMD; returns what it costs per hour after the decision
+        (None: not decided)."""
         meta = body.get("metadata") or {}
         ns, name = str(meta.get("namespace")), str(meta.get("name"))
         found = self._capacity_for(body)
         if found is None:
-            return  # Stalled spec: the reconciler says why
+            return None  # Stalled spec: the reconciler says why
         cap, dmd = found
         current = desired_replicas(dmd)
         dmd_pods = pods.get((ns, name), [])
@@ -145,16 +180,19 @@ class Autoscaler:
             if obs_sample is not None and router_queue:
                 # Requests the router holds wait as surely as those in the engines' queues.
                 obs_sample = replace(obs_sample, waiting=obs_sample.waiting + router_queue)
+        bounds = limits(dmd.spec)
+        if shared is not None:
+            bounds = within_shared_budget(bounds, shared, round(others_cost, 4))
         decision = decide(
             obs_sample,
             history,
             cap,
-            limits(dmd.spec),
+            bounds,
             cluster_view(current, dmd_pods),
             now,
             stale=stale,
         )
-        decision = from_zero(decision, router_queue, limits(dmd.spec), current)
+        decision = from_zero(decision, router_queue, bounds, current)
         desired = decision.desired
         if partial and desired < current:
             desired = current  # never scale down on a partial view
@@ -193,6 +231,7 @@ class Autoscaler:
         if patch:
             await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": patch})
             self._written[(ns, name)] = status
+        return desired * cap.price_per_replica_hour
 
 
 def _key(body: Mapping[str, Any]) -> Key:

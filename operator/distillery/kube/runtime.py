@@ -24,6 +24,7 @@ from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.api.routing import ROUTE_KIND
 from distillery.autoscale.inputs import PodInfo
+from distillery.autoscale.policy import SharedBudget
 from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
 from distillery.kube.autoscale_controller import Autoscaler
@@ -371,6 +372,28 @@ def demand_queries(
         query = explicit or tier_of.get(key)
         if query:
             out[key] = str(query)
+    return out
+
+
+def shared_budgets(routes: list[Mapping[str, Any]]) -> dict[Key, SharedBudget]:
+    """Per DMD, the budget it shares with the other tiers of its route (routes with
+    ``spec.budget``). A DMD in two budgeted routes takes the first by name."""
+    out: dict[Key, SharedBudget] = {}
+    ordered = sorted(routes, key=lambda r: str((r.get("metadata") or {}).get("name")))
+    for route in ordered:
+        meta, spec = route.get("metadata") or {}, route.get("spec") or {}
+        limit = (spec.get("budget") or {}).get("maxCostPerHour")
+        if not limit:
+            continue
+        ns = str(meta.get("namespace"))
+        members = tuple((ns, str(t.get("deployment"))) for t in spec.get("tiers") or [])
+        budget = SharedBudget(
+            name=f"route {meta.get('name')}'s shared budget",
+            max_cost_per_hour=float(limit),
+            members=members,
+        )
+        for key in members:
+            out.setdefault(key, budget)
     return out
 
 
