@@ -9,7 +9,15 @@ DistilledModelDeployment and gives each a replica of the simulator's fleet model
   discovery would attach;
 - one OpenAI-compatible front door (``/v1/completions``, ``/v1/chat/completions``,
   streaming) that balances across the serving replicas of the DMD named by the request's
-  ``model`` (a DMD name, or the served model name when it is unique).
+  ``model`` (a DMD name, or the served model name when it is unique);
+- in front of that, the route semantics of a gateway with the Gateway API Inference
+  Extension, read from the HTTPRoutes and InferencePools the operator wrote: the model
+  copied into ``X-Gateway-Model-Name`` (body-based routing), the rules' header matches
+  (most header matches first, then rule order), the backend's response headers (which
+  tier answered), and the picker's flow control: a request for a pool with no serving
+  pod is held until one serves, and the held count is exported per pool as
+  ``inference_extension_flow_control_queue_size`` under the picker's pod name, as the
+  extension's endpoint picker exports it.
 
 A new pod serves only after its cold start (the DMD's ``scaling.startupSeconds``, else
 the sizing estimate); a deleted pod drops what it held, as a killed engine would.
@@ -59,6 +67,107 @@ from localcluster import free_port  # noqa: E402
 
 log = logging.getLogger("fleet")
 LABEL = "distillery.dev/deployment"
+ROUTE_LABEL = "distillery.dev/route"
+MODEL_HEADER = "x-gateway-model-name"
+# How long a held request waits for a pool to serve (simulated seconds), as the
+# extension's flow control bounds a request's time in its queue.
+HOLD_SECONDS = 900.0
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a matched rule sends a request."""
+
+    namespace: str
+    kind: str  # InferencePool or Service
+    name: str
+    dmd: str  # the DMD whose pods serve it
+    picker: str | None = None  # the pool's endpoint picker (its queue metric's pod)
+    priority: int = 0
+    response_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    headers: tuple[tuple[str, str], ...]  # (lower-case name, value), all must match
+    order: int
+    backend: Backend
+
+
+def route_table(
+    http_routes: list[dict[str, Any]],
+    pools: Mapping[str, Mapping[str, dict[str, Any]]],
+    objectives: Mapping[str, Mapping[str, int]],
+) -> list[RouteRule]:
+    """Every match of every rule, most specific first (Gateway API precedence: more
+    header matches first, then the order of routes and rules). ``pools`` and
+    ``objectives`` are by namespace, then name."""
+    rules: list[RouteRule] = []
+    order = 0
+    for route in http_routes:
+        ns = str(route["metadata"].get("namespace", ""))
+        for rule in (route.get("spec") or {}).get("rules") or []:
+            refs = rule.get("backendRefs") or []
+            if not refs:
+                continue
+            backend = _backend(ns, refs[0], pools.get(ns, {}), objectives.get(ns, {}))
+            if backend is None:
+                continue
+            for match in rule.get("matches") or [{}]:
+                headers = tuple(
+                    (str(h["name"]).lower(), str(h["value"])) for h in match.get("headers") or []
+                )
+                rules.append(RouteRule(headers, order, backend))
+                order += 1
+    return sorted(rules, key=lambda r: (-len(r.headers), r.order))
+
+
+def _backend(
+    ns: str,
+    ref: Mapping[str, Any],
+    pools: Mapping[str, dict[str, Any]],
+    objectives: Mapping[str, int],
+) -> Backend | None:
+    answer: tuple[tuple[str, str], ...] = ()
+    objective = ""
+    for f in ref.get("filters") or []:
+        if f.get("type") == "ResponseHeaderModifier":
+            answer += tuple(
+                (str(h["name"]), str(h["value"]))
+                for h in f["responseHeaderModifier"].get("set") or []
+            )
+        if f.get("type") == "RequestHeaderModifier":
+            for h in f["requestHeaderModifier"].get("set") or []:
+                if str(h["name"]).lower() == "x-gateway-inference-objective":
+                    objective = str(h["value"])
+    kind, name = str(ref.get("kind") or "Service"), str(ref["name"])
+    if kind == "InferencePool":
+        pool = pools.get(name)
+        if pool is None:
+            return None
+        selector = ((pool.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        dmd = selector.get(LABEL)
+        if not dmd:
+            return None
+        picker = ((pool.get("spec") or {}).get("endpointPickerRef") or {}).get("name")
+        return Backend(
+            namespace=ns,
+            kind=kind,
+            name=name,
+            dmd=str(dmd),
+            picker=str(picker) if picker else None,
+            priority=objectives.get(objective, 0),
+            response_headers=answer,
+        )
+    return Backend(namespace=ns, kind=kind, name=name, dmd=name, response_headers=answer)
+
+
+def pick(table: list[RouteRule], headers: Mapping[str, str]) -> Backend | None:
+    """The backend of the first rule whose header matches all hold (names lower-case)."""
+    for rule in table:
+        if all(headers.get(name) == value for name, value in rule.headers):
+            return rule.backend
+    return None
 
 
 @dataclass
@@ -88,6 +197,11 @@ class Fleet:
         self.models: dict[tuple[str, str], tuple[ReplicaModel, str]] = {}
         self.pending: dict[int, tuple[Outcome, asyncio.Event, asyncio.Event]] = {}
         self.dropped = 0
+        self.routes: list[RouteRule] = []
+        # (namespace, picker) -> {priority: requests held}
+        self.held: dict[tuple[str, str], dict[int, int]] = {}
+        self.pickers: set[tuple[str, str]] = set()
+        self.metrics_port = free_port()
 
     def now(self) -> float:
         """Simulated seconds since start."""
@@ -166,10 +280,57 @@ class Fleet:
             log.info("pod %s/%s gone", *key)
         self._write_sd()
 
+    async def sync_routes(self) -> None:
+        """The operator's HTTPRoutes, InferencePools and InferenceObjectives."""
+        http_routes: list[dict[str, Any]] = []
+        pools: dict[str, dict[str, dict[str, Any]]] = {}
+        objectives: dict[str, dict[str, int]] = {}
+        pickers: set[tuple[str, str]] = set()
+        for ns in self.namespaces:
+            http_routes += await self._list(ns, "gateway.networking.k8s.io", "v1", "httproutes")
+            for pool in await self._list(ns, "inference.networking.k8s.io", "v1", "inferencepools"):
+                pools.setdefault(ns, {})[pool["metadata"]["name"]] = pool
+                picker = ((pool.get("spec") or {}).get("endpointPickerRef") or {}).get("name")
+                if picker:
+                    pickers.add((ns, str(picker)))
+            for o in await self._list(
+                ns, "inference.networking.x-k8s.io", "v1alpha2", "inferenceobjectives"
+            ):
+                priority = int((o.get("spec") or {}).get("priority") or 0)
+                objectives.setdefault(ns, {})[o["metadata"]["name"]] = priority
+        self.routes = route_table(http_routes, pools, objectives)
+        if pickers != self.pickers:
+            self.pickers = pickers
+            self._write_sd()
+
+    async def _list(self, ns: str, group: str, version: str, plural: str) -> list[dict[str, Any]]:
+        try:
+            found = await asyncio.to_thread(
+                self.custom.list_namespaced_custom_object,
+                group, version, ns, plural, label_selector=ROUTE_LABEL,
+            )  # fmt: skip
+        except client.ApiException as exc:
+            if exc.status == 404:  # the API is not installed
+                return []
+            raise
+        return list(cast(dict[str, Any], found).get("items") or [])
+
     def _write_sd(self) -> None:
         targets = [
             {"targets": [f"127.0.0.1:{p.port}"], "labels": {"namespace": p.namespace, "pod": p.pod}}
             for p in self.pods.values()
+        ]
+        # Each pool's picker, under its pod name, as Kubernetes discovery would label it.
+        targets += [
+            {
+                "targets": [f"127.0.0.1:{self.metrics_port}"],
+                "labels": {
+                    "namespace": ns,
+                    "pod": f"{picker}-fleet",
+                    "__metrics_path__": f"/pickers/{ns}/{picker}/metrics",
+                },
+            }
+            for ns, picker in sorted(self.pickers)
         ]
         tmp = self.sd_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(targets))
@@ -227,6 +388,7 @@ class Fleet:
         while True:
             try:
                 await self.sync_pods()
+                await self.sync_routes()
             except Exception as exc:  # noqa: BLE001 - keep emulating through API hiccups
                 log.warning("pod sync failed: %s", exc)
             await asyncio.sleep(every)
@@ -240,12 +402,54 @@ class Fleet:
             for p in self.pods.values()
             if p.replica.ready(now) and model in (p.dmd, p.served_name)
         ]
+        return self._enqueue(serving, prompt, output)
+
+    def _enqueue(
+        self, serving: list[PodReplica], prompt: int, output: int
+    ) -> tuple[Outcome, Any] | None:
+        now = self.now()
         if not serving:
             return None
         target = min(serving, key=lambda p: (p.replica.outstanding, p.replica.id))
         outcome = Outcome(Request(now, prompt, output))
         target.replica.enqueue(_Seq(outcome, prompt, prompt, float(max(0, output - 1))))
         return outcome, target
+
+    async def _through(
+        self,
+        backend: Backend,
+        prompt: int,
+        output: int,
+        extra: dict[str, str],
+    ) -> tuple[Outcome, Any] | None:
+        """Route to the backend's DMD; a pool with no serving pod holds the request (flow
+        control) until one serves, counted in its picker's queue."""
+
+        def serving() -> list[PodReplica]:
+            now = self.now()
+            return [
+                p
+                for p in self.pods.values()
+                if (p.namespace, p.dmd) == (backend.namespace, backend.dmd) and p.replica.ready(now)
+            ]
+
+        routed = self._enqueue(serving(), prompt, output)
+        if routed is not None or backend.kind != "InferencePool" or backend.picker is None:
+            return routed
+        key = (backend.namespace, backend.picker)
+        counts = self.held.setdefault(key, {})
+        counts[backend.priority] = counts.get(backend.priority, 0) + 1
+        started = self.now()
+        try:
+            while self.now() - started < HOLD_SECONDS:
+                await asyncio.sleep(0.05)
+                routed = self._enqueue(serving(), prompt, output)
+                if routed is not None:
+                    extra["x-distillery-held-seconds"] = f"{self.now() - started:.1f}"
+                    return routed
+            return None
+        finally:
+            counts[backend.priority] -= 1
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -259,17 +463,25 @@ class Fleet:
             text = str(body.get("prompt", ""))
         prompt = int(body.get("prompt_tokens") or max(1, len(text.split())))
         output = int(body.get("max_tokens") or 16)
-        routed = self.route(model, prompt, output)
+        headers_in = {k.lower(): v for k, v in request.headers.items()}
+        headers_in[MODEL_HEADER] = model
+        backend = pick(self.routes, headers_in) if self.routes else None
+        extra: dict[str, str] = {}
+        if backend is not None:
+            extra = dict(backend.response_headers)
+            routed = await self._through(backend, prompt, output, extra)
+        else:
+            routed = self.route(model, prompt, output)
         if routed is None:
             return web.json_response(
-                {"error": f"no serving replica for model {model!r}"}, status=503
+                {"error": f"no serving replica for model {model!r}"}, status=503, headers=extra
             )
         outcome, pod = routed
         first, done = asyncio.Event(), asyncio.Event()
         self.pending[id(outcome)] = (outcome, first, done)
         stream = bool(body.get("stream"))
         kind = "chat.completion" if "messages" in body else "text_completion"
-        headers = {"x-distillery-pod": pod.pod}
+        headers = {"x-distillery-pod": pod.pod, **extra}
         if not stream:
             await done.wait()
             if outcome.dropped:
@@ -307,6 +519,21 @@ class Fleet:
         return resp
 
 
+def picker_exposition(held: Mapping[int, int]) -> str:
+    """The flow-control queue as the extension's endpoint picker exports it."""
+    lines = [
+        "# HELP inference_extension_flow_control_queue_size Current number of requests "
+        "being actively managed by the EPP flow control layer.",
+        "# TYPE inference_extension_flow_control_queue_size gauge",
+    ]
+    for priority, n in sorted((held or {0: 0}).items()):
+        lines.append(
+            f'inference_extension_flow_control_queue_size{{fairness_id="default",'
+            f'priority="{priority}"}} {n}'
+        )
+    return "\n".join(lines) + "\n"
+
+
 async def serve(fleet: Fleet, port: int) -> web.AppRunner:
     app = web.Application()
     app.router.add_post("/v1/completions", fleet.handle)
@@ -325,6 +552,20 @@ async def serve(fleet: Fleet, port: int) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    async def picker_metrics(request: web.Request) -> web.Response:
+        key = (request.match_info["ns"], request.match_info["picker"])
+        return web.Response(
+            text=picker_exposition(fleet.held.get(key, {})),
+            content_type="text/plain",
+            charset="utf-8",
+        )
+
+    pickers = web.Application()
+    pickers.router.add_get("/pickers/{ns}/{picker}/metrics", picker_metrics)
+    picker_runner = web.AppRunner(pickers, access_log=None)
+    await picker_runner.setup()
+    await web.TCPSite(picker_runner, "127.0.0.1", fleet.metrics_port).start()
     return runner
 
 

@@ -243,3 +243,36 @@ def test_long_names_are_cut_to_a_dns_label_and_stay_unique() -> None:
     a, b = child_name("x" * 60, "routine", "epp"), child_name("x" * 60, "routinf", "epp")
     assert len(a) <= 63 and len(b) <= 63 and a != b
     assert child_name("r1", "hard", "epp") == "r1-hard-epp"
+
+
+def test_the_emulated_front_door_routes_by_what_the_operator_rendered() -> None:
+    """The fleet's front door (hack/fleet.py) reads the HTTPRoute and InferencePools the
+    operator renders: the hard signal reaches the hard pool, the rest the routine one,
+    a spilled route the other pool with its headers, another model nothing."""
+    from fleet import pick, route_table
+
+    def table(out: Any) -> Any:
+        pools = {o["metadata"]["name"]: o for o in by_kind(out.objects, "InferencePool")}
+        objectives = {
+            o["metadata"]["name"]: o["spec"]["priority"]
+            for o in by_kind(out.objects, "InferenceObjective")
+        }
+        return route_table(by_kind(out.objects, "HTTPRoute"), {"team": pools}, {"team": objectives})
+
+    rules = table(render_route(route(aliases=["r1"]), BACKENDS))
+    hard = pick(rules, {MODEL_HEADER.lower(): "r1", "x-reasoning-effort": "high"})
+    assert hard is not None and (hard.dmd, hard.priority) == ("r1-32b", 10)
+    assert dict(hard.response_headers) == {TIER_HEADER: "hard"}
+    routine = pick(rules, {MODEL_HEADER.lower(): "deepseek-r1", "x-reasoning-effort": "low"})
+    assert routine is not None and routine.dmd == "r1-7b" and routine.picker == "r1-routine-epp"
+    assert pick(rules, {MODEL_HEADER.lower(): "other-model"}) is None
+    spilled = table(
+        render_route(
+            route(spill=[{"from": "routine", "to": "hard"}]),
+            BACKENDS,
+            serving_to={"routine": "hard"},
+        )
+    )
+    answer = pick(spilled, {MODEL_HEADER.lower(): "deepseek-r1"})
+    assert answer is not None and answer.dmd == "r1-32b"
+    assert dict(answer.response_headers) == {TIER_HEADER: "hard", SPILLED_FROM_HEADER: "routine"}
