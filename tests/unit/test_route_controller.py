@@ -7,7 +7,13 @@ import asyncio
 from typing import Any
 
 from distillery.kube.route_controller import RouteReconciler, ServedApis
-from distillery.reconcile.route import TierView, decide_spills, route_desired
+from distillery.reconcile.route import (
+    SPILL_HOLD_SECONDS,
+    Spill,
+    TierView,
+    decide_spills,
+    route_desired,
+)
 from distillery.render.routing import RouteRenderOptions
 from tests.support.fake_cluster import FakeCluster
 from tests.support.routes import route
@@ -44,9 +50,11 @@ def test_a_tier_at_zero_spills_only_to_a_tier_that_serves() -> None:
         "routine": TierView.of(dmd_body("r1-7b", ready=0, replicas=0)),
         "hard": TierView.of(dmd_body("r1-32b")),
     }
-    assert decide_spills(r, views) == ({"routine": "hard"}, {"routine": "AtZero"})
+    assert decide_spills(r, views, now=5.0) == {
+        "routine": Spill(to="hard", reason="AtZero", since=5.0)
+    }
     views["hard"] = TierView.of(dmd_body("r1-32b", ready=0))
-    assert decide_spills(r, views) == ({}, {})
+    assert decide_spills(r, views) == {}
 
 
 def test_a_saturated_tier_spills_and_a_tier_without_a_spill_rule_never_does() -> None:
@@ -54,10 +62,24 @@ def test_a_saturated_tier_spills_and_a_tier_without_a_spill_rule_never_does() ->
         "routine": TierView.of(dmd_body("r1-7b", limited=True)),
         "hard": TierView.of(dmd_body("r1-32b")),
     }
-    assert decide_spills(route(spill=SPILL), views)[1] == {"routine": "Saturated"}
+    assert decide_spills(route(spill=SPILL), views)["routine"].reason == "Saturated"
     only_zero = [{**SPILL[0], "when": ["AtZero"]}]
-    assert decide_spills(route(spill=only_zero), views) == ({}, {})
-    assert decide_spills(route(), views) == ({}, {})
+    assert decide_spills(route(spill=only_zero), views) == {}
+    assert decide_spills(route(), views) == {}
+
+
+def test_a_spill_for_saturation_holds_though_the_load_it_moved_is_gone() -> None:
+    """Spilling takes away the load that saturated the tier: its ScalingLimited clears
+    at once. The spill holds for SPILL_HOLD_SECONDS so the route does not flip back and
+    forth; a spill because the tier was at zero ends as soon as it serves."""
+    r = route(spill=SPILL)
+    calm = {"routine": TierView.of(dmd_body("r1-7b")), "hard": TierView.of(dmd_body("r1-32b"))}
+    saturated = Spill(to="hard", reason="Saturated", since=1000.0)
+    held = decide_spills(r, calm, {"routine": saturated}, now=1000.0 + SPILL_HOLD_SECONDS - 1)
+    assert held == {"routine": saturated}
+    assert decide_spills(r, calm, {"routine": saturated}, now=1000.0 + SPILL_HOLD_SECONDS) == {}
+    at_zero = Spill(to="hard", reason="AtZero", since=1000.0)
+    assert decide_spills(r, calm, {"routine": at_zero}, now=1001.0) == {}
 
 
 def test_status_and_conditions_say_which_tier_serves_and_what_it_costs() -> None:

@@ -28,7 +28,7 @@ from distillery.api.hashing import content_hash
 from distillery.api.merge_patch import merge_patch
 from distillery.api.routing import ReasoningRoute
 from distillery.kube.client import ClusterClient, in_thread
-from distillery.reconcile.route import RouteDesired, route_desired
+from distillery.reconcile.route import RouteDesired, Spill, route_desired
 from distillery.render.routing import RouteRenderOptions
 
 log = logging.getLogger("distillery.routes")
@@ -67,14 +67,14 @@ class RouteReconciler:
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     # (namespace, route) -> {(kind, name): content hash} of what was last applied.
     _applied: dict[Key, dict[tuple[str, str], str]] = field(default_factory=dict)
-    _serving_to: dict[Key, dict[str, str]] = field(default_factory=dict)
+    _spills: dict[Key, dict[str, Spill]] = field(default_factory=dict)
     _status: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._locks.pop(key, None)
         self._applied.pop(key, None)
-        self._serving_to.pop(key, None)
+        self._spills.pop(key, None)
         self._status.pop(key, None)
 
     async def reconcile(
@@ -107,10 +107,14 @@ class RouteReconciler:
             owner_uid=str(meta_uid(body)) if meta_uid(body) else None,
         )
         desired = route_desired(
-            route, dmds, options=options, previous_serving_to=self._serving_to.get(key)
+            route,
+            dmds,
+            options=options,
+            previous_spills=self._spills.get(key),
+            now=time.time(),
         )
         await self._apply(key, desired)
-        self._serving_to[key] = desired.serving_to
+        self._spills[key] = desired.spills
         status = dict(desired.status)
         status["conditions"] = [
             c.to_wire()

@@ -29,6 +29,10 @@ from distillery.render.routing import (
     render_route,
 )
 
+# A spill for saturation holds at least this long: sending a tier's load elsewhere takes
+# away the load that made it saturated, so without a hold the route would flip back and
+# forth at every reconcile. Five minutes, like a scale-down's stabilization window.
+SPILL_HOLD_SECONDS = 300.0
 ROUTED = "Routed"
 INFERENCE_EXTENSION = "InferenceExtension"
 SCALING_LIMITED = "ScalingLimited"
@@ -68,8 +72,8 @@ class RouteDesired:
     status: dict[str, Any] = field(default_factory=dict)
     conditions: list[ConditionState] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    # tier -> tier answering its requests now
-    serving_to: dict[str, str] = field(default_factory=dict)
+    # tier -> the spill under way
+    spills: dict[str, Spill] = field(default_factory=dict)
 
 
 def spill_reason(view: TierView, when: list[SpillWhen]) -> str | None:
@@ -81,21 +85,42 @@ def spill_reason(view: TierView, when: list[SpillWhen]) -> str | None:
     return None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Spill:
+    """A spill under way: to which tier, why, and since when (epoch seconds)."""
+
+    to: str
+    reason: str
+    since: float
+
+
 def decide_spills(
-    route: ReasoningRoute, views: Mapping[str, TierView]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """(tier -> tier answering it, tier -> why) for the tiers that spill now."""
-    serving_to: dict[str, str] = {}
-    reasons: dict[str, str] = {}
+    route: ReasoningRoute,
+    views: Mapping[str, TierView],
+    previous: Mapping[str, Spill] | None = None,
+    now: float = 0.0,
+) -> dict[str, Spill]:
+    """The tiers that spill now. A spill for saturation started less than
+    :data:`SPILL_HOLD_SECONDS` ago holds while its target serves."""
+    out: dict[str, Spill] = {}
     for rule in route.spec.spill:
         source, target = views.get(rule.from_), views.get(rule.to)
-        if source is None or target is None:
+        if source is None or target is None or target.ready_replicas == 0:
             continue
         reason = spill_reason(source, list(rule.when))
-        if reason is not None and target.ready_replicas > 0:
-            serving_to[rule.from_] = rule.to
-            reasons[rule.from_] = reason
-    return serving_to, reasons
+        before = (previous or {}).get(rule.from_)
+        held = (
+            before is not None
+            and before.to == rule.to
+            and before.reason == "Saturated"
+            and now - before.since < SPILL_HOLD_SECONDS
+        )
+        if reason is not None:
+            since = before.since if before is not None and before.to == rule.to else now
+            out[rule.from_] = Spill(to=rule.to, reason=reason, since=since)
+        elif held and before is not None:
+            out[rule.from_] = before
+    return out
 
 
 def route_desired(
@@ -103,7 +128,8 @@ def route_desired(
     dmds: Mapping[str, Mapping[str, Any]],
     *,
     options: RouteRenderOptions,
-    previous_serving_to: Mapping[str, str] | None = None,
+    previous_spills: Mapping[str, Spill] | None = None,
+    now: float = 0.0,
 ) -> RouteDesired:
     """Children, status, conditions and events for ``route``; ``dmds`` holds the bodies
     of the DMDs in its namespace by name (those it names, at least)."""
@@ -112,7 +138,9 @@ def route_desired(
         t.name: TierView.of(dmds[t.deployment]) for t in route.spec.tiers if t.deployment in dmds
     }
     missing = [t for t in route.spec.tiers if t.name not in views]
-    serving_to, reasons = decide_spills(route, views)
+    spills = decide_spills(route, views, previous_spills, now)
+    serving_to = {tier: spill.to for tier, spill in spills.items()}
+    reasons = {tier: spill.reason for tier, spill in spills.items()}
     # A missing DMD renders as vLLM on one node: its pool selects nothing until the DMD
     # exists, and then the route is rendered again from it.
     backends = {
@@ -170,7 +198,12 @@ def route_desired(
     if not any(c.type == READY for c in conditions):
         conditions.append(_ready(route, tiers, missing_names=[t.name for t in missing], cost=cost))
     conditions.append(_routed(route, options, generation))
-    events = _spill_events(route, serving_to, reasons, previous_serving_to)
+    previous = (
+        None
+        if previous_spills is None
+        else {tier: spill.to for tier, spill in previous_spills.items()}
+    )
+    events = _spill_events(route, serving_to, reasons, previous)
     status = ReasoningRouteStatus(
         observed_generation=generation,
         backend="InferencePool" if options.inference_extension else "Service",
@@ -189,7 +222,7 @@ def route_desired(
         status=status,
         conditions=conditions,
         events=events,
-        serving_to=serving_to,
+        spills=spills,
     )
 
 
