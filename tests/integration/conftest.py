@@ -62,6 +62,13 @@ def crd_installed(cluster: Cluster) -> None:
     cluster.install_crds()
 
 
+@pytest.fixture(scope="session")
+def inference_extension(cluster: Cluster) -> None:
+    """The Gateway API's and its Inference Extension's CRDs (their releases'), before
+    the operators that need them start (an operator re-asks at most once a minute)."""
+    cluster.install_inference_extension()
+
+
 @pytest.fixture
 def operator(
     cluster: Cluster, namespace: str, crd_installed: None, tmp_path: Path

@@ -42,13 +42,6 @@ TIER_DMDS = (
 )
 
 
-@pytest.fixture(scope="session")
-def inference_extension(cluster: Cluster) -> None:
-    """The Gateway API's and the extension's CRDs, before the operators that need them
-    start (an operator re-asks at most once a minute)."""
-    cluster.install_inference_extension()
-
-
 def custom(dmds: Dmds) -> client.CustomObjectsApi:
     return client.CustomObjectsApi(dmds.api_client)
 

@@ -628,3 +628,27 @@ def test_tiers_sharing_a_budget_are_capped_together_and_say_by_what() -> None:
         assert sum(alone.replicas.values()) * price > 30.0
 
     asyncio.run(scenario())
+
+
+def test_the_autoscale_pass_hands_the_routes_budgets_and_queues_to_the_autoscaler() -> None:
+    cluster = FakeCluster()
+    runtime = runtime_for(cluster)
+    route = {
+        "metadata": {"namespace": NS, "name": "r1"},
+        "spec": {
+            "tiers": [{"name": "routine", "deployment": "m"}],
+            "budget": {"maxCostPerHour": 9.0},
+        },
+        "status": {"backend": "InferencePool"},
+    }
+    runtime.indices = {**indices_with(body()), "route_bodies": {(NS, "r1"): [route]}}
+    seen: list[tuple[Any, ...]] = []
+
+    async def record(*args: Any) -> None:
+        seen.append(args)
+
+    runtime.autoscaler.run_pass = record  # type: ignore[method-assign,assignment]
+    asyncio.run(runtime.autoscale_pass())
+    [(_, _, queries, budgets)] = seen
+    assert "r1-routine-epp" in queries[(NS, "m")]
+    assert budgets[(NS, "m")].max_cost_per_hour == 9.0

@@ -316,13 +316,11 @@ class Runtime:
         if self.indices is None:
             return
         bodies = self._bodies()
-        await self.autoscaler.run_pass(bodies, self._pods(), self._demand_queries(bodies))
-
-    def _demand_queries(self, bodies: list[Mapping[str, Any]]) -> dict[Key, str]:
-        """Each DMD's demand outside its pods: its ``scaling.demandQuery``, else the
-        queue of the endpoint picker of a route it is a tier of."""
-        routes = (self.indices or {}).get("route_bodies", {})
-        return demand_queries(bodies, [r for store in list(routes.values()) for r in store])
+        store = (self.indices or {}).get("route_bodies", {})
+        routes = [r for of_key in list(store.values()) for r in of_key]
+        await self.autoscaler.run_pass(
+            bodies, self._pods(), demand_queries(bodies, routes), shared_budgets(routes)
+        )
 
     async def rollout_pass(self) -> None:
         """Measure the canaries that are in a step, then reconcile every DMD with a
