@@ -802,10 +802,17 @@ def cmd_recommend(args: argparse.Namespace, out: TextIO) -> int:
     if args.tiers is not None:
         hard_floors = _pairs(args.hard_floor, "--hard-floor")
         try:
-            doc = tiered(req, args.tiers, hard_floors, catalog, quality)
+            doc = tiered(req, args.tiers, hard_floors, catalog, quality, args.name or "reasoning")
         except ValueError as exc:
             raise InputError(str(exc)) from exc
         doc["currency"] = catalog.currency
+        if args.manifest:
+            text = yaml.safe_dump_all(doc["manifests"], sort_keys=False)
+            if args.manifest == "-":
+                out.write(text)
+                return 0
+            Path(args.manifest).write_text(text, encoding="utf-8")
+            print(f"wrote {args.manifest} (two DMDs and their ReasoningRoute)", file=sys.stderr)
         if args.output in ("json", "yaml"):
             write_structured(doc, args.output, out)
         elif args.output == "name":

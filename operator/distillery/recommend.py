@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from distillery.api.routing import ReasoningRoute
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.autoscale.policy import capacity_for
 from distillery.catalog import Catalog, ModelEntry
@@ -352,14 +353,57 @@ def manifest(cand: Candidate, req: Requirements, name: str) -> dict[str, Any]:
     }
 
 
+def tiered_manifests(
+    routine: Candidate,
+    routine_req: Requirements,
+    hard: Candidate,
+    hard_req: Requirements,
+    name: str,
+    budget: float | None,
+) -> list[dict[str, Any]]:
+    """The two tiers' DMDs and the ReasoningRoute in front of them: clients send
+    ``model: NAME``; ``x-reasoning-effort: high`` (or ``model: NAME-hard``) reaches the
+    hard tier; the routine tier spills to the hard one when it is saturated or at zero;
+    ``budget`` (per hour, at peak) is shared by the two."""
+    routine_dmd = manifest(routine, routine_req, f"{name}-routine")
+    hard_dmd = manifest(hard, hard_req, f"{name}-hard")
+    route: dict[str, Any] = {
+        "apiVersion": "distillery.dev/v1alpha1",
+        "kind": "ReasoningRoute",
+        "metadata": {"name": name},
+        "spec": {
+            "model": name,
+            "tiers": [
+                {"name": "routine", "deployment": f"{name}-routine", "priority": 0},
+                {"name": "hard", "deployment": f"{name}-hard", "priority": 10},
+            ],
+            "defaultTier": "routine",
+            "rules": [
+                {"tier": "hard", "header": {"name": "x-reasoning-effort", "values": ["high"]}},
+                {"tier": "hard", "models": [f"{name}-hard"]},
+            ],
+            "spill": [{"from": "routine", "to": "hard", "when": ["Saturated", "AtZero"]}],
+        },
+    }
+    if budget:
+        route["spec"]["budget"] = {"maxCostPerHour": budget}
+        # The shared budget is the route's; each tier's own would double-count it.
+        for dmd in (routine_dmd, hard_dmd):
+            dmd["spec"]["scaling"].pop("maxCostPerHour", None)
+    ReasoningRoute.model_validate(route)  # a manifest that would not apply is a bug here
+    return [routine_dmd, hard_dmd, route]
+
+
 def tiered(
     req: Requirements,
     hard_share: float,
     hard_floors: Mapping[str, float],
     catalog: Catalog,
     quality: QualityTable,
+    name: str = "reasoning",
 ) -> dict[str, Any]:
-    """A distilled model for routine traffic and a stronger one for the hard share.
+    """A distilled model for routine traffic and a stronger one for the hard share, and
+    the manifests that serve them behind one model name (``name``).
 
     The hard tier must clear the routine floors too, and at least one hard floor must be
     above the routine one: without that the "hard" tier is just the cheapest model again.
@@ -407,6 +451,9 @@ def tiered(
     return {
         "routine": routine[0].to_json(),
         "hard": hard[0].to_json(),
+        "manifests": tiered_manifests(
+            routine[0], routine_req, hard[0], hard_req, name, req.max_cost_per_hour
+        ),
         "hardShare": hard_share,
         "costPerHourAtMean": round(total_mean, 2),
         "costPerHourAtPeak": round(total_peak, 2),

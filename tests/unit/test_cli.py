@@ -275,6 +275,27 @@ def test_recommend_tiers_follow_the_output_format() -> None:
     assert json.loads(run(*args, "-o", "json")[1]) == doc
 
 
+def test_recommend_tiers_emits_both_dmds_and_the_route_that_render(tmp_path: Path) -> None:
+    args = [*RECOMMEND, "--peak-rps", "2", "--tiers", "0.2", "--hard-floor", "aime2024=70"]
+    code, out = run(*args, "--name", "r1", "--budget", "60", "--manifest", "-")
+    docs = list(yaml.safe_load_all(out))
+    assert code == 0 and [d["kind"] for d in docs] == [
+        "DistilledModelDeployment",
+        "DistilledModelDeployment",
+        "ReasoningRoute",
+    ]
+    routine, hard, route = docs
+    assert [t["deployment"] for t in route["spec"]["tiers"]] == ["r1-routine", "r1-hard"]
+    assert (routine["metadata"]["name"], hard["metadata"]["name"]) == ("r1-routine", "r1-hard")
+    # The budget is the route's, shared: not each tier's as well.
+    assert route["spec"]["budget"] == {"maxCostPerHour": 60.0}
+    assert "maxCostPerHour" not in routine["spec"]["scaling"]
+    f = tmp_path / "tiers.yaml"
+    f.write_text(out)
+    code, names = run("render", str(f), "-o", "name")
+    assert code == 0 and "inferencepool/r1-routine" in names and "httproute/r1" not in names
+
+
 def auto_manifest(tmp_path: Path, name: str = "auto-7b", **spec: object) -> Path:
     f = tmp_path / f"{name}.yaml"
     body = {"model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"}, **spec}
