@@ -219,6 +219,7 @@ async def dmd_event(**kwargs: Any) -> None:
     body = kwargs["body"]
     if kwargs["event"].get("type") == "DELETED":
         runtime.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        await runtime.tier_changed(body["metadata"]["namespace"], body["metadata"]["name"])
         return
     await runtime.reconcile(body, kwargs)
 

@@ -652,3 +652,23 @@ def test_the_autoscale_pass_hands_the_routes_budgets_and_queues_to_the_autoscale
     [(_, _, queries, budgets)] = seen
     assert "r1-routine-epp" in queries[(NS, "m")]
     assert budgets[(NS, "m")].max_cost_per_hour == 9.0
+
+
+def test_a_deleted_tier_is_said_in_its_route_at_once() -> None:
+    from distillery.kube.route_controller import RouteReconciler, ServedApis
+    from tests.support.routes import route as route_model
+
+    cluster = FakeCluster()
+    runtime = runtime_for(cluster)
+    runtime.routes = RouteReconciler(
+        kube=cluster,
+        apis=ServedApis(gateway_api=lambda: True, inference_extension=lambda: True),
+        endpoint_picker_image="epp:test",
+    )
+    r = route_model(tiers=[{"name": "routine", "deployment": "m"}], rules=[])
+    body_ = r.model_dump(by_alias=True, exclude_none=True, mode="json")
+    body_["metadata"] = {"name": "r1", "namespace": NS, "uid": "u", "generation": 1}
+    runtime.indices = {**indices_with(), "route_bodies": {(NS, "r1"): [body_]}}
+    asyncio.run(runtime.tier_changed(NS, "m"))  # the DMD is gone from the index
+    [ready] = [c for c in cluster.route_status[(NS, "r1")]["conditions"] if c["type"] == "Ready"]
+    assert ready["reason"] == "TierDeploymentMissing" and "routine (m)" in ready["message"]

@@ -213,9 +213,15 @@ class Runtime:
                 await self._report(body, failures, why)
             return
         self.retries.succeeded((ns, name))
-        # A tier's replicas, readiness and limits are the routes' inputs.
-        for route in self._routes_naming(ns, name):
-            await self.reconcile_route(route, indices)
+        await self.tier_changed(ns, name)
+
+    async def tier_changed(self, namespace: str, dmd: str) -> None:
+        """A DMD's replicas, readiness or limits changed, or it was deleted: they are
+        the inputs of the routes it is a tier of."""
+        if self.indices is None:
+            return
+        for route in self._routes_naming(namespace, dmd):
+            await self.reconcile_route(route, self.indices)
 
     # ---- one route ----------------------------------------------------------------
 
