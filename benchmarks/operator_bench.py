@@ -66,6 +66,15 @@ SPEC_ZERO = {
 }
 
 
+def settled(obj: dict[str, Any]) -> bool:
+    """Reconciled to what its spec asks: Ready, or (at zero replicas, as the burst DMDs
+    are) Ready=False with reason ScaledToZero."""
+    return any(
+        c["type"] == "Ready" and (c["status"] == "True" or c.get("reason") == "ScaledToZero")
+        for c in (obj.get("status") or {}).get("conditions", [])
+    )
+
+
 def body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -156,10 +165,7 @@ class Bench:
                     obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
                         GROUP, VERSION, ns, PLURAL, n
                     )
-                    return any(
-                        c["type"] == "Ready" and c["status"] == "True"
-                        for c in (obj.get("status") or {}).get("conditions", [])
-                    )
+                    return settled(obj)
 
                 self.wait(has_children, 60)
                 children_s.append(time.monotonic() - t0)
@@ -237,17 +243,7 @@ class Bench:
                 objs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)[
                     "items"
                 ]
-                return (
-                    sum(
-                        1
-                        for o in objs
-                        if any(
-                            c["type"] == "Ready" and c["status"] == "True"
-                            for c in (o.get("status") or {}).get("conditions", [])
-                        )
-                    )
-                    >= count
-                )
+                return sum(1 for o in objs if settled(o)) >= count
 
             self.wait(all_ready, 600)
             ready = time.monotonic() - t0

@@ -25,6 +25,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from distillery.render.routing import picker_queue_query
 from localcluster import ROOT, Cluster, background, free_port
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import POD_START, Dmds, wait_for
@@ -171,13 +172,15 @@ def test_tiered_routes_render_gie_objects_the_picker_discovers_and_a_tier_at_zer
     bounds = operator.bounds
     ns = dmds.namespace
     for name in TIER_DMDS:
-        cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / name))
-    # The routine tier may scale to zero (no autoscaler runs here: kubectl scale does).
-    dmds.patch(
-        "r1-qwen-7b",
-        {"spec": {"scaling": {"minReplicas": 0, "demandQuery": "sum(up{job='gateway'})"}}},
-    )
-    cluster.kubectl("scale", "dmd", "r1-qwen-7b", "-n", ns, "--replicas=1")
+        doc = yaml.safe_load((EXAMPLES / name).read_text())
+        if doc["metadata"]["name"] == "r1-qwen-7b":
+            # The routine tier may scale to zero (no autoscaler runs here: kubectl scale
+            # does); it starts at one replica, so it never passes through zero first.
+            doc["spec"]["scaling"].update(
+                minReplicas=0, demandQuery=picker_queue_query(ns, "deepseek-r1", "routine")
+            )
+            doc["spec"]["replicas"] = 1
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(doc))
     cluster.kubectl("apply", "-n", ns, "-f", str(EXAMPLES / "routing" / "tiered-r1.yaml"))
     routes = ("deepseek-r1", "deepseek-r1-domains")
     for route in routes:
