@@ -14,10 +14,10 @@ import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, TypeAlias
+from typing import TYPE_CHECKING, Any, TextIO, TypeAlias, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from distillery.api.crd import (
     CHART_CRD_FILE,
@@ -55,6 +55,9 @@ class UsageError(InputError):
 OUTPUT_FORMATS = ("table", "wide", "json", "yaml", "name")
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 RESOURCE_NAME = "distilledmodeldeployment.distillery.dev"
+
+
+ObjectT = TypeVar("ObjectT", bound=BaseModel)
 
 
 def number(
@@ -129,22 +132,32 @@ def read_documents(path: str) -> list[Any]:
         raise InputError(f"{path}: not valid YAML: {exc}") from exc
 
 
+def _objects_of_kind(
+    path: str, docs: Sequence[Any], model: type[ObjectT], kind: str
+) -> list[tuple[str, ObjectT]]:
+    """The documents of ``kind`` in ``docs``, validated (status ignored), each with where
+    it came from: ``path (name)``."""
+    out: list[tuple[str, ObjectT]] = []
+    for i, doc in enumerate(docs):
+        if not isinstance(doc, dict) or doc.get("kind") != kind:
+            continue
+        name = (doc.get("metadata") or {}).get("name", f"document {i}")
+        source = f"{path} ({name})"
+        try:
+            out.append(
+                (source, model.model_validate({k: v for k, v in doc.items() if k != "status"}))
+            )
+        except ValidationError as exc:
+            raise InputError(format_validation_error(exc, source)) from exc
+    return out
+
+
 def load_manifests(
     path: str, *, allow_empty: bool = False, documents: Sequence[Any] | None = None
 ) -> list[tuple[str, DistilledModelDeployment]]:
     """Every DistilledModelDeployment in a YAML stream; other kinds are skipped."""
     docs = read_documents(path) if documents is None else documents
-    out: list[tuple[str, DistilledModelDeployment]] = []
-    for i, doc in enumerate(docs):
-        if not isinstance(doc, dict) or doc.get("kind") != KIND:
-            continue
-        name = (doc.get("metadata") or {}).get("name", f"document {i}")
-        source = f"{path} ({name})"
-        doc = {k: v for k, v in doc.items() if k != "status"}
-        try:
-            out.append((source, DistilledModelDeployment.model_validate(doc)))
-        except ValidationError as exc:
-            raise InputError(format_validation_error(exc, source)) from exc
+    out = _objects_of_kind(path, docs, DistilledModelDeployment, KIND)
     if not out and not allow_empty:
         raise InputError(f"{path}: no {KIND} found")
     return out
@@ -152,19 +165,11 @@ def load_manifests(
 
 def load_routes(documents: Mapping[str, Sequence[Any]]) -> list[tuple[str, ReasoningRoute]]:
     """Every ReasoningRoute in the documents read, validated."""
-    out: list[tuple[str, ReasoningRoute]] = []
-    for path, docs in documents.items():
-        for i, doc in enumerate(docs):
-            if not isinstance(doc, dict) or doc.get("kind") != ROUTE_KIND:
-                continue
-            name = (doc.get("metadata") or {}).get("name", f"document {i}")
-            source = f"{path} ({name})"
-            doc = {k: v for k, v in doc.items() if k != "status"}
-            try:
-                out.append((source, ReasoningRoute.model_validate(doc)))
-            except ValidationError as exc:
-                raise InputError(format_validation_error(exc, source)) from exc
-    return out
+    return [
+        found
+        for path, docs in documents.items()
+        for found in _objects_of_kind(path, docs, ReasoningRoute, ROUTE_KIND)
+    ]
 
 
 def _render_route(

@@ -166,6 +166,23 @@ class FakeSource:
         return {key: self.demands.get(q) for key, q in queries.items()}
 
 
+def busy(pods: list[str]) -> dict[PodKey, PodMetrics]:
+    """Pods with full batches (64) and a queue (40) behind them, reporting now."""
+    now = time.time()
+    return {
+        (NS, pod): PodMetrics(
+            running=64.0,
+            waiting=40.0,
+            kv_usage=0.95,
+            generation_tokens_rate=3000.0,
+            prompt_tokens_rate=2000.0,
+            completions_rate=1.5,
+            last_sample=now,
+        )
+        for pod in pods
+    }
+
+
 def ready_pods(n: int) -> dict[tuple[str, str], list[PodInfo]]:
     return {(NS, "m"): [PodInfo(name=f"m-{i}", ready=True) for i in range(n)]}
 
@@ -197,20 +214,8 @@ def test_the_autoscaler_holds_and_says_why_when_metrics_are_missing() -> None:
 
 
 def test_the_autoscaler_scales_up_on_load_through_scale_and_says_why() -> None:
-    now = time.time()
     # Three ready replicas with full batches and a queue behind them.
-    load = {
-        (NS, f"m-{i}"): PodMetrics(
-            running=64.0,
-            waiting=40.0,
-            kv_usage=0.95,
-            generation_tokens_rate=3000.0,
-            prompt_tokens_rate=2000.0,
-            completions_rate=1.5,
-            last_sample=now,
-        )
-        for i in range(3)
-    }
+    load = busy([f"m-{i}" for i in range(3)])
     cluster = FakeCluster()
     scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=FakeSource(load))
     dmd = body(replicas=3, scaling={"minReplicas": 1, "maxReplicas": 8})
@@ -580,20 +585,7 @@ def test_tiers_sharing_a_budget_are_capped_together_and_say_by_what() -> None:
     from distillery.autoscale.policy import SharedBudget
     from distillery.kube.runtime import shared_budgets
 
-    now = time.time()
-    load = {
-        (NS, f"{dmd_name}-{i}"): PodMetrics(
-            running=64.0,
-            waiting=40.0,
-            kv_usage=0.95,
-            generation_tokens_rate=3000.0,
-            prompt_tokens_rate=2000.0,
-            completions_rate=1.5,
-            last_sample=now,
-        )
-        for dmd_name in ("a", "b")
-        for i in range(2)
-    }
+    load = busy([f"{dmd_name}-{i}" for dmd_name in ("a", "b") for i in range(2)])
     pods = {(NS, n): [PodInfo(name=f"{n}-{i}", ready=True) for i in range(2)] for n in ("a", "b")}
     route = {
         "metadata": {"namespace": NS, "name": "r1"},

@@ -16,7 +16,7 @@ server (CEL) and for manifests read from files (pydantic) with one message.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -25,6 +25,7 @@ from distillery.api.types import (
     CrossFieldRule,
     ParentRef,
     _Model,
+    _Object,
     _rules,
 )
 
@@ -267,25 +268,13 @@ class ReasoningRouteStatus(_Model):
     summary: str | None = Field(default=None, description="Tiers and replicas, for kubectl get.")
 
 
-class ReasoningRoute(_Model):
+class ReasoningRoute(_Object):
     """One OpenAI model name routed to tiers of DMDs through the Gateway API Inference
     Extension."""
 
-    api_version: Literal["distillery.dev/v1alpha1"] = Field(
-        default="distillery.dev/v1alpha1", alias="apiVersion"
-    )
     kind: Literal["ReasoningRoute"] = "ReasoningRoute"
-    metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ReasoningRouteSpec
     status: ReasoningRouteStatus | None = None
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name", ""))
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace") or "default")
 
     def tier(self, name: str) -> Tier:
         return next(t for t in self.spec.tiers if t.name == name)

@@ -1030,16 +1030,13 @@ class DistilledModelDeploymentStatus(_Model):
     )
 
 
-class DistilledModelDeployment(_Model):
-    """A distilled reasoning model served on GPUs, sized, rendered and autoscaled."""
+class _Object(_Model):
+    """A namespaced object of the API group: its metadata, name and namespace."""
 
     api_version: Literal["distillery.dev/v1alpha1"] = Field(
         default="distillery.dev/v1alpha1", alias="apiVersion"
     )
-    kind: Literal["DistilledModelDeployment"] = "DistilledModelDeployment"
     metadata: dict[str, Any] = Field(default_factory=dict)
-    spec: DistilledModelDeploymentSpec
-    status: DistilledModelDeploymentStatus | None = None
 
     @property
     def name(self) -> str:
@@ -1048,3 +1045,11 @@ class DistilledModelDeployment(_Model):
     @property
     def namespace(self) -> str:
         return str(self.metadata.get("namespace") or "default")
+
+
+class DistilledModelDeployment(_Object):
+    """A distilled reasoning model served on GPUs, sized, rendered and autoscaled."""
+
+    kind: Literal["DistilledModelDeployment"] = "DistilledModelDeployment"
+    spec: DistilledModelDeploymentSpec
+    status: DistilledModelDeploymentStatus | None = None
