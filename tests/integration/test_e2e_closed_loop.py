@@ -8,7 +8,6 @@ metrics return and, the load being gone, it scales down after its window."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import threading
 import time
@@ -20,9 +19,9 @@ import pytest
 from kubernetes import client
 
 from distillery.simulate.workload import Request
-from localcluster import Cluster, background, fleet_argv, free_port
+from localcluster import Cluster
 from localprom import Prometheus
-from tests.integration.operator_process import OperatorProcess
+from tests.integration.closed_loop import closed_loop
 from tests.integration.waits import Dmds
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
@@ -62,20 +61,10 @@ def test_closed_loop(
     tmp_path: Path,
     prometheus: Callable[..., Prometheus],
 ) -> None:
-    sd = tmp_path / "targets.json"
-    sd.write_text("[]")
-    prom = prometheus(file_sd=sd)
-    door = free_port()
-    fleet = background(
-        fleet_argv(cluster.kubeconfig, namespace, sd, door, SCALE), tmp_path / "fleet.log"
-    )
-    op = OperatorProcess(
-        cluster, namespace, tmp_path / "op",
-        "--prometheus-url", prom.url, "--autoscale-interval", "1",
-    ).start()  # fmt: skip
-    results: list[Result] = []
-    dmds, bounds = Dmds(api_client, namespace, cluster), op.bounds
-    try:
+    with closed_loop(cluster, namespace, tmp_path, prometheus, SCALE) as loop:
+        prom, door, bounds = loop.prometheus, loop.door, loop.operator.bounds
+        results: list[Result] = []
+        dmds = Dmds(api_client, namespace, cluster)
         dmds.apply("qwen", spec())
         dmds.wait_condition("qwen", "Ready", bounds.ready)
         dmds.wait_condition("qwen", "MetricsAvailable", bounds.metrics)
@@ -126,10 +115,3 @@ def test_closed_loop(
             bounds.decisions(2),
         )
         assert any(d["to"] > d["from"] for d in decisions)
-    finally:
-        op.stop()
-        fleet.terminate()
-        try:
-            fleet.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            fleet.kill()
