@@ -66,7 +66,7 @@ SPEC_ZERO = {
 }
 
 
-def settled(obj: dict[str, Any]) -> bool:
+def at_spec(obj: dict[str, Any]) -> bool:
     """Reconciled to what its spec asks: Ready, or (at zero replicas, as the burst DMDs
     are) Ready=False with reason ScaledToZero."""
     return any(
@@ -165,7 +165,7 @@ class Bench:
                     obj: dict[str, Any] = self.custom.get_namespaced_custom_object(  # type: ignore[assignment]
                         GROUP, VERSION, ns, PLURAL, n
                     )
-                    return settled(obj)
+                    return at_spec(obj)
 
                 self.wait(has_children, 60)
                 children_s.append(time.monotonic() - t0)
@@ -243,7 +243,7 @@ class Bench:
                 objs = self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)[
                     "items"
                 ]
-                return sum(1 for o in objs if settled(o)) >= count
+                return sum(1 for o in objs if at_spec(o)) >= count
 
             self.wait(all_ready, 600)
             ready = time.monotonic() - t0
