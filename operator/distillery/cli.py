@@ -34,7 +34,12 @@ from distillery.api.types import KIND, DistilledModelDeployment, DistilledModelD
 from distillery.catalog import Catalog, CatalogError, load_catalog
 from distillery.reconcile.slo import spec_slo_measurement
 from distillery.render import DEFAULT_IMAGES, RenderError, RenderOptions, objects_text, render
-from distillery.render.routing import RouteRenderError, TierBackend, render_route
+from distillery.render.routing import (
+    RouteRenderError,
+    RouteRenderOptions,
+    TierBackend,
+    render_route,
+)
 from distillery.sizing import Option, Plan, PlanError, UnknownModelError, plan
 
 if TYPE_CHECKING:  # recommend pulls in the simulator: imported when the command runs
@@ -176,11 +181,10 @@ def _render_route(
     args: argparse.Namespace,
     route: ReasoningRoute,
     dmds: Mapping[str, tuple[DistilledModelDeployment, bool]],
+    options: RouteRenderOptions,
 ) -> list[dict[str, Any]]:
     """What the operator applies for ``route``, its tiers' DMDs read from the manifests
     given (the operator reads them from the route's namespace)."""
-    from distillery.settings import Settings
-
     if args.namespace:
         route = route.model_copy(
             update={"metadata": {**route.metadata, "namespace": args.namespace}}
@@ -194,13 +198,6 @@ def _render_route(
             )
         dmd, multi_node = dmds[tier.deployment]
         backends[tier.name] = TierBackend(engine=dmd.spec.serving.engine, multi_node=multi_node)
-    try:
-        settings = Settings.from_env()
-    except ValidationError as exc:
-        raise InputError(f"DISTILLERY_* environment: {exc}") from exc
-    options = settings.route_render_options(
-        inference_extension=args.inference_extension, gateway_api=args.http_route
-    )
     return render_route(route, backends, options=options).objects
 
 
@@ -401,6 +398,20 @@ def render_options(args: argparse.Namespace) -> RenderOptions:
     )
 
 
+def route_render_options(args: argparse.Namespace) -> RouteRenderOptions:
+    """What the operator would render routes with: its DISTILLERY_* environment, then
+    flags."""
+    from distillery.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+    except ValidationError as exc:
+        raise InputError(f"DISTILLERY_* environment: {exc}") from exc
+    return settings.route_render_options(
+        inference_extension=args.inference_extension, gateway_api=args.http_route
+    )
+
+
 def _strip_namespace(obj: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in obj.get("metadata", {}).items() if k != "namespace"}
     return {**obj, "metadata": meta}
@@ -472,9 +483,12 @@ def cmd_render(args: argparse.Namespace, out: TextIO) -> int:
         objects = rendered.objects()
         collected += objects if namespaced else [_strip_namespace(o) for o in objects]
         dmds[dmd.name] = (dmd, chosen.chosen.nodes > 1)
-    for source, route in load_routes(documents):
+    routes = load_routes(documents)
+    route_options = route_render_options(args) if routes else None
+    for source, route in routes:
+        assert route_options is not None
         try:
-            objects = _render_route(args, route, dmds)
+            objects = _render_route(args, route, dmds, route_options)
         except RouteRenderError as exc:
             print(f"{source}: {exc}", file=sys.stderr)
             failed = True

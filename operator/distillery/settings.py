@@ -195,16 +195,15 @@ class Settings(BaseModel):
         )
 
     def route_render_options(
-        self, *, inference_extension: bool, gateway_api: bool, owner_uid: str | None = None
+        self, *, inference_extension: bool = True, gateway_api: bool = True
     ) -> RouteRenderOptions:
         """What a ReasoningRoute renders with; ``inference_extension`` and ``gateway_api``
-        say whether those APIs are served (the operator asks the cluster, the CLI its
-        flags)."""
+        say whether those APIs are served (the operator asks the cluster before each
+        route's reconcile, the CLI its flags)."""
         return RouteRenderOptions(
             inference_extension=inference_extension,
             gateway_api=gateway_api,
             endpoint_picker_image=self.image_endpoint_picker or DEFAULT_EPP_IMAGE,
-            owner_uid=owner_uid,
         )
 
     @classmethod

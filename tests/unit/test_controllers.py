@@ -648,6 +648,7 @@ def test_the_autoscale_pass_hands_the_routes_budgets_and_queues_to_the_autoscale
 
 def test_a_deleted_tier_is_said_in_its_route_at_once() -> None:
     from distillery.kube.route_controller import RouteReconciler, ServedApis
+    from distillery.render.routing import RouteRenderOptions
     from tests.support.routes import route as route_model
 
     cluster = FakeCluster()
@@ -655,7 +656,7 @@ def test_a_deleted_tier_is_said_in_its_route_at_once() -> None:
     runtime.routes = RouteReconciler(
         kube=cluster,
         apis=ServedApis(gateway_api=lambda: True, inference_extension=lambda: True),
-        endpoint_picker_image="epp:test",
+        options=RouteRenderOptions(endpoint_picker_image="epp:test"),
     )
     r = route_model(tiers=[{"name": "routine", "deployment": "m"}], rules=[])
     body_ = r.model_dump(by_alias=True, exclude_none=True, mode="json")

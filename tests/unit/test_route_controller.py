@@ -137,7 +137,7 @@ def controller(cluster: FakeCluster, extension: bool = True) -> RouteReconciler:
     return RouteReconciler(
         kube=cluster,
         apis=ServedApis(gateway_api=lambda: True, inference_extension=lambda: extension),
-        endpoint_picker_image="epp:test",
+        options=RouteRenderOptions(endpoint_picker_image="epp:test"),
     )
 
 
@@ -209,7 +209,7 @@ def test_installing_the_extension_is_noticed_without_a_restart() -> None:
             inference_extension=lambda: served["extension"],
             ttl_seconds=0.0,
         ),
-        endpoint_picker_image="epp:test",
+        options=RouteRenderOptions(endpoint_picker_image="epp:test"),
     )
     dmds = {"r1-7b": dmd_body("r1-7b"), "r1-32b": dmd_body("r1-32b")}
 

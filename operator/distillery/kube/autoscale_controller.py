@@ -34,7 +34,13 @@ from distillery.autoscale.policy import (
 )
 from distillery.autoscale.source import MetricsSource, MetricsUnavailableError
 from distillery.catalog import Catalog
-from distillery.kube.client import ClusterClient, NodeCatalog, error_summary, in_thread
+from distillery.kube.client import (
+    ClusterClient,
+    NodeCatalog,
+    error_summary,
+    in_thread,
+    object_key,
+)
 from distillery.kube.plans import PlanCache, Resolved
 from distillery.kube.reconcile_controller import now_rfc3339
 from distillery.render import desired_replicas, replica_startup_seconds
@@ -112,16 +118,16 @@ class Autoscaler:
                 error = f"{exc}: holding replicas"
         demand: dict[Key, float | None] = {}
         if self.source is not None and demand_queries:
-            names = {_key(b) for b in managed}
+            names = {object_key(b) for b in managed}
             wanted = {k: q for k, q in demand_queries.items() if k in names}
             if wanted:
                 demand = await in_thread(self.source.demand, wanted)
         now = time.time()
         # What each DMD costs now, updated as the pass decides (a shared budget's other
         # members are charged at their latest count).
-        spend = self._spend([b for b in managed if _key(b) in (budgets or {})])
+        spend = self._spend([b for b in managed if object_key(b) in (budgets or {})])
         for body in managed:
-            key = _key(body)
+            key = object_key(body)
             shared = (budgets or {}).get(key)
             others = sum(spend.get(m, 0.0) for m in shared.members if m != key) if shared else 0.0
             try:
@@ -145,7 +151,7 @@ class Autoscaler:
             found = self._capacity_for(body)
             if found is not None:
                 cap, dmd = found
-                out[_key(body)] = desired_replicas(dmd) * cap.price_per_replica_hour
+                out[object_key(body)] = desired_replicas(dmd) * cap.price_per_replica_hour
         return out
 
     async def _one(
@@ -161,8 +167,7 @@ class Autoscaler:
     ) -> float | None:
         """Decide and act for one DMD; returns what it costs per hour after the decision
         (None: not decided)."""
-        meta = body.get("metadata") or {}
-        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        ns, name = object_key(body)
         found = self._capacity_for(body)
         if found is None:
             return None  # Stalled spec: the reconciler says why
@@ -232,11 +237,6 @@ class Autoscaler:
             await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": patch})
             self._written[(ns, name)] = status
         return desired * cap.price_per_replica_hour
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    meta = body.get("metadata") or {}
-    return (str(meta.get("namespace")), str(meta.get("name")))
 
 
 def _recorded_decisions(old: Mapping[str, Any]) -> list[ScalingDecision]:

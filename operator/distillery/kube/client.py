@@ -43,6 +43,12 @@ ROUTE_CUSTOM_KINDS = {
 }
 
 
+def object_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of an object body, as the indices key it."""
+    meta = body.get("metadata") or {}
+    return (str(meta.get("namespace")), str(meta.get("name")))
+
+
 def count_write(verb: str, kind: str) -> None:
     """Count one write to the API server in ``distillery_api_writes_total``."""
     metrics.API_WRITES.labels(verb, kind).inc()
@@ -136,8 +142,6 @@ class Kube:
             )
         elif kind == "ServiceAccount":
             self.core.patch_namespaced_service_account(name, ns, body, **kwargs)
-        elif kind == "ConfigMap":
-            self.core.patch_namespaced_config_map(name, ns, body, **kwargs)
         elif kind == "Role":
             self.rbac.patch_namespaced_role(name, ns, body, **kwargs)
         elif kind == "RoleBinding":
@@ -217,8 +221,6 @@ class Kube:
                 self.core.delete_namespaced_service(name, namespace)
             elif kind == "ServiceAccount":
                 self.core.delete_namespaced_service_account(name, namespace)
-            elif kind == "ConfigMap":
-                self.core.delete_namespaced_config_map(name, namespace)
             elif kind == "Role":
                 self.rbac.delete_namespaced_role(name, namespace)
             elif kind == "RoleBinding":

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -27,7 +27,7 @@ from distillery.api.errors import validation_problems
 from distillery.api.hashing import content_hash
 from distillery.api.merge_patch import merge_patch
 from distillery.api.routing import ReasoningRoute
-from distillery.kube.client import ClusterClient, in_thread
+from distillery.kube.client import ClusterClient, in_thread, object_key
 from distillery.reconcile.route import RouteDesired, Spill, route_desired
 from distillery.render.routing import RouteRenderOptions
 
@@ -63,7 +63,8 @@ class ServedApis:
 class RouteReconciler:
     kube: ClusterClient
     apis: ServedApis
-    endpoint_picker_image: str
+    # The settings' options; which APIs are served and the owner are set per reconcile.
+    options: RouteRenderOptions
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     # (namespace, route) -> {(kind, name): content hash} of what was last applied.
     _applied: dict[Key, dict[tuple[str, str], str]] = field(default_factory=dict)
@@ -81,8 +82,7 @@ class RouteReconciler:
         self, body: Mapping[str, Any], dmds: Mapping[str, Mapping[str, Any]]
     ) -> RouteDesired | None:
         """Reconcile one route; ``dmds`` are the DMD bodies of its namespace by name."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
+        key = object_key(body)
         async with self._locks.setdefault(key, asyncio.Lock()):
             return await self._reconcile(key, body, dmds)
 
@@ -100,11 +100,12 @@ class RouteReconciler:
             log.warning("route %s/%s is invalid: %s", namespace, name, problems)
             return None
         gateway_api, extension = await self.apis.current()
-        options = RouteRenderOptions(
+        uid = (body.get("metadata") or {}).get("uid")
+        options = replace(
+            self.options,
             inference_extension=extension,
             gateway_api=gateway_api,
-            endpoint_picker_image=self.endpoint_picker_image,
-            owner_uid=str(meta_uid(body)) if meta_uid(body) else None,
+            owner_uid=str(uid) if uid else None,
         )
         desired = route_desired(
             route,
@@ -153,8 +154,3 @@ class RouteReconciler:
             log.info("deleting %s %s/%s: route %s no longer has it", kind, namespace, child, name)
             await in_thread(self.kube.delete_child, namespace, child, kind)
         self._applied[key] = now
-
-
-def meta_uid(body: Mapping[str, Any]) -> str | None:
-    uid = (body.get("metadata") or {}).get("uid")
-    return str(uid) if uid else None

@@ -29,7 +29,14 @@ from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
 from distillery.kube.autoscale_controller import Autoscaler
 from distillery.kube.canary_controller import CanaryAnalyzer, rollout_under_way
-from distillery.kube.client import Kube, NodeCatalog, error_summary, in_thread, new_api_client
+from distillery.kube.client import (
+    Kube,
+    NodeCatalog,
+    error_summary,
+    in_thread,
+    new_api_client,
+    object_key,
+)
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
@@ -126,9 +133,7 @@ class Runtime:
                     gateway_api=kube.httproute_api_present,
                     inference_extension=kube.inference_extension_present,
                 ),
-                endpoint_picker_image=cfg.route_render_options(
-                    inference_extension=True, gateway_api=True
-                ).endpoint_picker_image,
+                options=cfg.route_render_options(),
             ),
         )
         runtime.tasks = [
@@ -165,8 +170,7 @@ class Runtime:
         DMD or its children add nothing; the waiting one reads the latest body when its
         turn comes (a burst's child events would otherwise reconcile each DMD once per
         child). An event after that point queues one more, so none is missed."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
+        key = object_key(body)
         if key in self._queued:
             return
         self._queued.add(key)
@@ -197,20 +201,8 @@ class Runtime:
                 analysis_configured=self.analyzer.configured,
                 fill_pods=list(indices["fill_pods"].get((ns, name), [])),
             )
-        except Exception as exc:  # noqa: BLE001 - retried below, never lost
-            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-            delay = self.retries.failed((ns, name), lambda: self._retry(ns, name))
-            failures, why = self.retries.failures((ns, name)), error_summary(exc)
-            log.warning(
-                "reconcile of %s/%s failed (%d in a row): %s%s",
-                ns,
-                name,
-                failures,
-                why,
-                f"; retrying in {delay:.1f}s" if delay is not None else "",
-            )
-            if failures == REPORT_AFTER_FAILURES:
-                await self._report(body, failures, why)
+        except Exception as exc:  # noqa: BLE001 - retried, never lost
+            await self._failed((ns, name), body, f"{ns}/{name}", exc, lambda: self._retry(ns, name))
             return
         self.retries.succeeded((ns, name))
         await self.tier_changed(ns, name)
@@ -241,9 +233,8 @@ class Runtime:
         retried on the same backoff as a DMD's."""
         if self.routes is None:
             return
-        meta = body.get("metadata") or {}
-        ns, name = str(meta.get("namespace")), str(meta.get("name"))
-        if meta.get("deletionTimestamp"):
+        ns, name = object_key(body)
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
             return
         key = (ns, f"{ROUTE_KIND}/{name}")
         tiers = (body.get("spec") or {}).get("tiers") or []
@@ -254,15 +245,9 @@ class Runtime:
         }
         try:
             await self.routes.reconcile(body, dmds)
-        except Exception as exc:  # noqa: BLE001 - retried below, never lost
-            metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-            delay = self.retries.failed(key, lambda: self._retry_route(ns, name))
-            log.warning(
-                "reconcile of route %s/%s failed: %s%s",
-                ns,
-                name,
-                error_summary(exc),
-                f"; retrying in {delay:.1f}s" if delay is not None else "",
+        except Exception as exc:  # noqa: BLE001 - retried, never lost
+            await self._failed(
+                key, body, f"route {ns}/{name}", exc, lambda: self._retry_route(ns, name)
             )
             return
         self.retries.succeeded(key)
@@ -278,8 +263,31 @@ class Runtime:
             self.routes.forget(namespace, name)
         self.retries.forget((namespace, f"{ROUTE_KIND}/{name}"))
 
+    async def _failed(
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        what: str,
+        exc: Exception,
+        retry: Callable[[], Awaitable[None]],
+    ) -> None:
+        """A reconcile of ``what`` (a DMD or a route) failed: count it, retry it on its
+        backoff, and say so on the object after REPORT_AFTER_FAILURES in a row."""
+        metrics.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+        delay = self.retries.failed(key, retry)
+        failures, why = self.retries.failures(key), error_summary(exc)
+        log.warning(
+            "reconcile of %s failed (%d in a row): %s%s",
+            what,
+            failures,
+            why,
+            f"; retrying in {delay:.1f}s" if delay is not None else "",
+        )
+        if failures == REPORT_AFTER_FAILURES:
+            await self._report(body, failures, why)
+
     async def _report(self, body: Mapping[str, Any], failures: int, why: str) -> None:
-        """Say on the DMD (kubectl describe) that its changes are not being applied."""
+        """Say on the object (kubectl describe) that its changes are not being applied."""
         message = f"{failures} reconciles in a row failed, retrying with backoff: {why}"
         try:
             await in_thread(
@@ -360,18 +368,16 @@ def demand_queries(
     """Per DMD, the PromQL of its demand outside its pods (see Runtime)."""
     tier_of: dict[Key, str] = {}
     for route in routes:
-        meta, status = route.get("metadata") or {}, route.get("status") or {}
-        if status.get("backend") != "InferencePool":
+        if (route.get("status") or {}).get("backend") != "InferencePool":
             continue  # no picker, no queue
-        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        ns, name = object_key(route)
         for tier in (route.get("spec") or {}).get("tiers") or []:
             tier_of[(ns, str(tier.get("deployment")))] = picker_queue_query(
                 ns, name, str(tier.get("name"))
             )
     out: dict[Key, str] = {}
     for body in dmds:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
+        key = object_key(body)
         explicit = ((body.get("spec") or {}).get("scaling") or {}).get("demandQuery")
         query = explicit or tier_of.get(key)
         if query:

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from distillery.api.conditions import READY, ConditionState, condition
+from distillery.api.conditions import READY, SCALING_LIMITED, ConditionState, condition
 from distillery.api.events import Event
 from distillery.api.routing import ReasoningRoute, ReasoningRouteStatus, SpillWhen, TierStatus
+from distillery.engines.model import PORT
 from distillery.render.routing import (
     RenderedRoute,
     RouteRenderError,
@@ -35,7 +36,6 @@ from distillery.render.routing import (
 SPILL_HOLD_SECONDS = 300.0
 ROUTED = "Routed"
 INFERENCE_EXTENSION = "InferenceExtension"
-SCALING_LIMITED = "ScalingLimited"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,7 +183,9 @@ def route_desired(
             )
         )
     else:
-        services = ", ".join(f"{t.deployment}.{route.namespace}.svc:8000" for t in route.spec.tiers)
+        services = ", ".join(
+            f"{t.deployment}.{route.namespace}.svc:{PORT}" for t in route.spec.tiers
+        )
         conditions.append(
             condition(
                 INFERENCE_EXTENSION,
@@ -198,12 +200,7 @@ def route_desired(
     if not any(c.type == READY for c in conditions):
         conditions.append(_ready(route, tiers, missing_names=[t.name for t in missing], cost=cost))
     conditions.append(_routed(route, options, generation))
-    previous = (
-        None
-        if previous_spills is None
-        else {tier: spill.to for tier, spill in previous_spills.items()}
-    )
-    events = _spill_events(route, serving_to, reasons, previous)
+    events = _spill_events(route, spills, previous_spills)
     status = ReasoningRouteStatus(
         observed_generation=generation,
         backend="InferencePool" if options.inference_extension else "Service",
@@ -292,24 +289,22 @@ def _routed(
 
 def _spill_events(
     route: ReasoningRoute,
-    serving_to: Mapping[str, str],
-    reasons: Mapping[str, str],
-    previous: Mapping[str, str] | None,
+    spills: Mapping[str, Spill],
+    previous: Mapping[str, Spill] | None,
 ) -> list[Event]:
     if previous is None:  # first sight since the operator started: no transition known
         return []
     out = []
     for tier in route.spec.tiers:
-        before, now = previous.get(tier.name), serving_to.get(tier.name)
-        if before == now:
+        before, now = previous.get(tier.name), spills.get(tier.name)
+        if (before.to if before else None) == (now.to if now else None):
             continue
         if now is not None:
             out.append(
                 Event(
                     type="Normal",
                     reason="Spilling",
-                    message=f"tier {tier.name} ({reasons[tier.name]}): its requests go to "
-                    f"tier {now}",
+                    message=f"tier {tier.name} ({now.reason}): its requests go to tier {now.to}",
                 )
             )
         else:
