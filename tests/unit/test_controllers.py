@@ -561,7 +561,7 @@ def test_a_dmd_at_zero_wakes_when_its_router_holds_requests_and_not_before() -> 
 
 
 def test_each_tier_of_an_inference_pool_route_reads_its_pickers_queue() -> None:
-    from distillery.kube.runtime import demand_queries
+    from distillery.reconcile.route import demand_queries
 
     route = {
         "metadata": {"namespace": NS, "name": "r1"},
@@ -583,7 +583,7 @@ def test_tiers_sharing_a_budget_are_capped_together_and_say_by_what() -> None:
     """Both tiers of a route are under load; alone each would scale up. Their route's
     budget (30/h) holds them at what it pays for together: 2 + 2 replicas at 6.88/h."""
     from distillery.autoscale.policy import SharedBudget
-    from distillery.kube.runtime import shared_budgets
+    from distillery.reconcile.route import shared_budgets
 
     load = busy([f"{dmd_name}-{i}" for dmd_name in ("a", "b") for i in range(2)])
     pods = {(NS, n): [PodInfo(name=f"{n}-{i}", ready=True) for i in range(2)] for n in ("a", "b")}

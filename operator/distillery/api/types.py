@@ -13,7 +13,7 @@ forbid unknown fields so a typo in a manifest is an error, not a silently ignore
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -1028,6 +1028,12 @@ class DistilledModelDeploymentStatus(_Model):
     revision: str | None = Field(
         default=None, description="Hash of the rendered pod template the children run."
     )
+
+
+def object_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of an object's body, as the operator's indices key it."""
+    meta = body.get("metadata") or {}
+    return (str(meta.get("namespace")), str(meta.get("name")))
 
 
 class _Object(_Model):

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from distillery import metrics
 from distillery.api.merge_patch import merge_patch
-from distillery.api.types import AutoscalingStatus, ScalingDecision, clip
+from distillery.api.types import AutoscalingStatus, ScalingDecision, clip, object_key
 from distillery.autoscale.inputs import PodInfo, capacity, cluster_view, limits, observe
 from distillery.autoscale.policy import (
     Capacity,
@@ -39,7 +39,6 @@ from distillery.kube.client import (
     NodeCatalog,
     error_summary,
     in_thread,
-    object_key,
 )
 from distillery.kube.plans import PlanCache, Resolved
 from distillery.kube.reconcile_controller import now_rfc3339

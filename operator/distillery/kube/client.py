@@ -43,12 +43,6 @@ ROUTE_CUSTOM_KINDS = {
 }
 
 
-def object_key(body: Mapping[str, Any]) -> tuple[str, str]:
-    """(namespace, name) of an object body, as the indices key it."""
-    meta = body.get("metadata") or {}
-    return (str(meta.get("namespace")), str(meta.get("name")))
-
-
 def count_write(verb: str, kind: str) -> None:
     """Count one write to the API server in ``distillery_api_writes_total``."""
     metrics.API_WRITES.labels(verb, kind).inc()

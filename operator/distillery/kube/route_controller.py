@@ -27,7 +27,8 @@ from distillery.api.errors import validation_problems
 from distillery.api.hashing import content_hash
 from distillery.api.merge_patch import merge_patch
 from distillery.api.routing import ReasoningRoute
-from distillery.kube.client import ClusterClient, in_thread, object_key
+from distillery.api.types import object_key
+from distillery.kube.client import ClusterClient, in_thread
 from distillery.reconcile.route import RouteDesired, Spill, route_desired
 from distillery.render.routing import RouteRenderOptions
 

@@ -23,8 +23,8 @@ from typing import Any
 from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.api.routing import ROUTE_KIND
+from distillery.api.types import object_key
 from distillery.autoscale.inputs import PodInfo
-from distillery.autoscale.policy import SharedBudget
 from distillery.autoscale.source import PrometheusOptions, PrometheusSource
 from distillery.catalog import load_catalog
 from distillery.kube.autoscale_controller import Autoscaler
@@ -35,14 +35,13 @@ from distillery.kube.client import (
     error_summary,
     in_thread,
     new_api_client,
-    object_key,
 )
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
 from distillery.kube.route_controller import RouteReconciler, ServedApis
 from distillery.reconcile.children import ChildState
-from distillery.render.routing import picker_queue_query
+from distillery.reconcile.route import demand_queries, shared_budgets
 from distillery.settings import Settings
 
 log = logging.getLogger("distillery")
@@ -360,51 +359,6 @@ class Runtime:
         for store in list(self.indices.get("route_bodies", {}).values()):
             for route in list(store):
                 await self.reconcile_route(route, self.indices)
-
-
-def demand_queries(
-    dmds: list[Mapping[str, Any]], routes: list[Mapping[str, Any]]
-) -> dict[Key, str]:
-    """Per DMD, the PromQL of its demand outside its pods (see Runtime)."""
-    tier_of: dict[Key, str] = {}
-    for route in routes:
-        if (route.get("status") or {}).get("backend") != "InferencePool":
-            continue  # no picker, no queue
-        ns, name = object_key(route)
-        for tier in (route.get("spec") or {}).get("tiers") or []:
-            tier_of[(ns, str(tier.get("deployment")))] = picker_queue_query(
-                ns, name, str(tier.get("name"))
-            )
-    out: dict[Key, str] = {}
-    for body in dmds:
-        key = object_key(body)
-        explicit = ((body.get("spec") or {}).get("scaling") or {}).get("demandQuery")
-        query = explicit or tier_of.get(key)
-        if query:
-            out[key] = str(query)
-    return out
-
-
-def shared_budgets(routes: list[Mapping[str, Any]]) -> dict[Key, SharedBudget]:
-    """Per DMD, the budget it shares with the other tiers of its route (routes with
-    ``spec.budget``). A DMD in two budgeted routes takes the first by name."""
-    out: dict[Key, SharedBudget] = {}
-    ordered = sorted(routes, key=lambda r: str((r.get("metadata") or {}).get("name")))
-    for route in ordered:
-        meta, spec = route.get("metadata") or {}, route.get("spec") or {}
-        limit = (spec.get("budget") or {}).get("maxCostPerHour")
-        if not limit:
-            continue
-        ns = str(meta.get("namespace"))
-        members = tuple((ns, str(t.get("deployment"))) for t in spec.get("tiers") or [])
-        budget = SharedBudget(
-            name=f"route {meta.get('name')}'s shared budget",
-            max_cost_per_hour=float(limit),
-            members=members,
-        )
-        for key in members:
-            out.setdefault(key, budget)
-    return out
 
 
 def _children(namespace: str, name: str, indices: Indices) -> dict[str, ChildState]:

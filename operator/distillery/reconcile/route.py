@@ -21,12 +21,15 @@ from typing import Any
 from distillery.api.conditions import READY, SCALING_LIMITED, ConditionState, condition
 from distillery.api.events import Event
 from distillery.api.routing import ReasoningRoute, ReasoningRouteStatus, SpillWhen, TierStatus
+from distillery.api.types import object_key
+from distillery.autoscale.policy import SharedBudget
 from distillery.engines.model import PORT
 from distillery.render.routing import (
     RenderedRoute,
     RouteRenderError,
     RouteRenderOptions,
     TierBackend,
+    picker_queue_query,
     render_route,
 )
 
@@ -315,4 +318,54 @@ def _spill_events(
                     message=f"tier {tier.name} serves its own requests again",
                 )
             )
+    return out
+
+
+# ---- what the autoscaler takes from the routes -------------------------------------
+
+
+def demand_queries(
+    dmds: list[Mapping[str, Any]], routes: list[Mapping[str, Any]]
+) -> dict[tuple[str, str], str]:
+    """Per DMD (namespace, name), the PromQL of its demand outside its pods: its
+    ``scaling.demandQuery``, else the flow-control queue of the endpoint picker of a
+    route on the Inference Extension it is a tier of."""
+    tier_of: dict[tuple[str, str], str] = {}
+    for route in routes:
+        if (route.get("status") or {}).get("backend") != "InferencePool":
+            continue  # no picker, no queue
+        ns, name = object_key(route)
+        for tier in (route.get("spec") or {}).get("tiers") or []:
+            tier_of[(ns, str(tier.get("deployment")))] = picker_queue_query(
+                ns, name, str(tier.get("name"))
+            )
+    out: dict[tuple[str, str], str] = {}
+    for body in dmds:
+        key = object_key(body)
+        explicit = ((body.get("spec") or {}).get("scaling") or {}).get("demandQuery")
+        query = explicit or tier_of.get(key)
+        if query:
+            out[key] = str(query)
+    return out
+
+
+def shared_budgets(routes: list[Mapping[str, Any]]) -> dict[tuple[str, str], SharedBudget]:
+    """Per DMD, the budget it shares with the other tiers of its route (routes with
+    ``spec.budget``). A DMD in two budgeted routes takes the first by name."""
+    out: dict[tuple[str, str], SharedBudget] = {}
+    ordered = sorted(routes, key=lambda r: str((r.get("metadata") or {}).get("name")))
+    for route in ordered:
+        meta, spec = route.get("metadata") or {}, route.get("spec") or {}
+        limit = (spec.get("budget") or {}).get("maxCostPerHour")
+        if not limit:
+            continue
+        ns = str(meta.get("namespace"))
+        members = tuple((ns, str(t.get("deployment"))) for t in spec.get("tiers") or [])
+        budget = SharedBudget(
+            name=f"route {meta.get('name')}'s shared budget",
+            max_cost_per_hour=float(limit),
+            members=members,
+        )
+        for key in members:
+            out.setdefault(key, budget)
     return out
