@@ -255,7 +255,8 @@ def main() -> int:
         door = free_port()
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
-        fleet = fleet_argv(env["KUBECONFIG"], NAMESPACE, sd, door, TIME_SCALE)
+        netns = cluster.pod_netns if cluster is not None else None
+        fleet = fleet_argv(env["KUBECONFIG"], NAMESPACE, sd, door, TIME_SCALE, netns)
         procs.append(background(fleet, logs / "fleet.log"))
         op = operator_argv(
             op_kubeconfig, NAMESPACE, "--prometheus-url", prom.url, "--autoscale-interval", "1"

@@ -4,9 +4,12 @@ kwok marks pods Ready, but nothing serves. This process watches the Ready pods o
 DistilledModelDeployment and gives each a replica of the simulator's fleet model
 (:mod:`distillery.simulate.fleet`), stepped in real time, with:
 
-- a vLLM-named ``/metrics`` endpoint per pod on its own 127.0.0.1 port, listed in a
-  Prometheus file-SD file with the ``namespace`` and ``pod`` labels Kubernetes
-  discovery would attach;
+- a vLLM-named ``/metrics`` endpoint per pod, listed in a Prometheus file-SD file with
+  the ``namespace`` and ``pod`` labels Kubernetes discovery would attach. With the
+  cluster's pod network (``--netns``, see ``hack/podnet.py``) it listens on the pod's
+  own address and port, where the endpoint picker and Prometheus reach it as in a
+  cluster; without, on a 127.0.0.1 port of its own. Who scraped each pod (by user
+  agent) is counted at ``/debug/scrapes`` on the front door;
 - one OpenAI-compatible front door (``/v1/completions``, ``/v1/chat/completions``,
   streaming) that balances across the serving replicas of the DMD named by the request's
   ``model`` (a DMD name, or the served model name when it is unique);
@@ -37,6 +40,7 @@ import json
 import logging
 import sys
 import time
+from collections import Counter as Tally
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +68,7 @@ from distillery.simulate.fleet import (  # noqa: E402
 from distillery.simulate.workload import Request  # noqa: E402
 from distillery.sizing import plan  # noqa: E402
 from localcluster import free_port  # noqa: E402
+from podnet import listen_in  # noqa: E402
 
 log = logging.getLogger("fleet")
 LABEL = "distillery.dev/deployment"
@@ -72,6 +77,8 @@ MODEL_HEADER = "x-gateway-model-name"
 # How long a held request waits for a pool to serve (simulated seconds), as the
 # extension's flow control bounds a request's time in its queue.
 HOLD_SECONDS = 900.0
+# The engine's port when a pod declares none (vLLM's).
+ENGINE_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -177,20 +184,29 @@ class PodReplica:
     dmd: str
     served_name: str
     replica: Replica
+    host: str  # where its /metrics listens: the pod's IP, or 127.0.0.1
     port: int
     runner: web.AppRunner | None = None
     ttfts: list[tuple[float, float]] = field(default_factory=list)
+    # Scrapes of /metrics by user agent product ("Prometheus", "Go-http-client", ...).
+    scrapes: Tally[str] = field(default_factory=Tally)
 
 
 class Fleet:
     def __init__(
-        self, api: client.ApiClient, namespaces: list[str], sd_file: Path, time_scale: float
+        self,
+        api: client.ApiClient,
+        namespaces: list[str],
+        sd_file: Path,
+        time_scale: float,
+        netns: str | None = None,
     ):
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.namespaces = namespaces
         self.sd_file = sd_file
         self.c = time_scale
+        self.netns = netns
         self.t0 = time.monotonic()
         self.catalog = load_catalog()
         self.pods: dict[tuple[str, str], PodReplica] = {}
@@ -242,42 +258,55 @@ class Fleet:
         return self.models[key]
 
     async def sync_pods(self) -> None:
-        seen: set[tuple[str, str]] = set()
+        ready_pods: dict[tuple[str, str], Any] = {}
         for ns in self.namespaces:
             pods = await asyncio.to_thread(self.core.list_namespaced_pod, ns, label_selector=LABEL)
             for pod in pods.items:
                 ready = any(
                     c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
                 )
-                if not ready or pod.metadata.deletion_timestamp:
-                    continue
-                key = (ns, str(pod.metadata.name))
-                seen.add(key)
-                if key in self.pods:
-                    continue
-                found = self._model_for(ns, pod.metadata.labels[LABEL])
-                if found is None:
-                    continue
-                rm, served = found
-                now = self.now()
-                pr = PodReplica(
-                    ns,
-                    str(pod.metadata.name),
-                    pod.metadata.labels[LABEL],
-                    served,
-                    # Each pod has its own counters, as each vLLM process does.
-                    Replica(rm, now, now + rm.startup_seconds, Counters(), now=now),
-                    free_port(),
-                )
-                await self._serve_metrics(pr)
-                self.pods[key] = pr
-                log.info("pod %s/%s: serving in %.0f s", ns, pr.pod, rm.startup_seconds / self.c)
-        for key in [k for k in self.pods if k not in seen]:
+                if ready and not pod.metadata.deletion_timestamp:
+                    ready_pods[(ns, str(pod.metadata.name))] = pod
+        # Gone pods first: kwok may give a new pod the address a deleted one had.
+        for key in [k for k in self.pods if k not in ready_pods]:
             pr = self.pods.pop(key)
             self.dropped += len(pr.replica.drop_all())
             if pr.runner is not None:
                 await pr.runner.cleanup()
             log.info("pod %s/%s gone", *key)
+        for key, pod in ready_pods.items():
+            if key in self.pods:
+                continue
+            found = self._model_for(key[0], pod.metadata.labels[LABEL])
+            if found is None:
+                continue
+            rm, served = found
+            host, port = "127.0.0.1", free_port()
+            if self.netns is not None:
+                if not pod.status.pod_ip:
+                    continue  # no address yet: next sync
+                host, port = str(pod.status.pod_ip), _container_port(pod)
+            now = self.now()
+            pr = PodReplica(
+                key[0],
+                key[1],
+                pod.metadata.labels[LABEL],
+                served,
+                # Each pod has its own counters, as each vLLM process does.
+                Replica(rm, now, now + rm.startup_seconds, Counters(), now=now),
+                host,
+                port,
+            )
+            try:
+                await self._serve_metrics(pr)
+            except OSError as exc:
+                log.warning("pod %s/%s: cannot listen on %s:%d: %s", *key, host, port, exc)
+                continue
+            self.pods[key] = pr
+            log.info(
+                "pod %s/%s on %s:%d: serving in %.0f s",
+                *key, host, port, rm.startup_seconds / self.c,
+            )  # fmt: skip
         self._write_sd()
 
     async def sync_routes(self) -> None:
@@ -317,7 +346,7 @@ class Fleet:
 
     def _write_sd(self) -> None:
         targets = [
-            {"targets": [f"127.0.0.1:{p.port}"], "labels": {"namespace": p.namespace, "pod": p.pod}}
+            {"targets": [f"{p.host}:{p.port}"], "labels": {"namespace": p.namespace, "pod": p.pod}}
             for p in self.pods.values()
         ]
         # Each pool's picker, under its pod name, as Kubernetes discovery would label it.
@@ -337,7 +366,8 @@ class Fleet:
         tmp.replace(self.sd_file)
 
     async def _serve_metrics(self, pr: PodReplica) -> None:
-        async def metrics(_: web.Request) -> web.Response:
+        async def metrics(request: web.Request) -> web.Response:
+            pr.scrapes[request.headers.get("User-Agent", "-").split("/")[0]] += 1
             return web.Response(
                 text=self.exposition(pr), content_type="text/plain", charset="utf-8"
             )
@@ -346,7 +376,15 @@ class Fleet:
         app.router.add_get("/metrics", metrics)
         pr.runner = web.AppRunner(app, access_log=None)
         await pr.runner.setup()
-        await web.TCPSite(pr.runner, "127.0.0.1", pr.port).start()
+        if self.netns is None:
+            await web.TCPSite(pr.runner, pr.host, pr.port).start()
+            return
+        try:
+            sock = await asyncio.to_thread(listen_in, self.netns, pr.host, pr.port)
+        except OSError:
+            await pr.runner.cleanup()
+            raise
+        await web.SockSite(pr.runner, sock).start()
 
     def exposition(self, pr: PodReplica) -> str:
         r, c = pr.replica, self.c
@@ -519,6 +557,14 @@ class Fleet:
         return resp
 
 
+def _container_port(pod: Any) -> int:
+    """The port the pod's engine serves on (its first declared container port)."""
+    for container in pod.spec.containers or []:
+        for port in container.ports or []:
+            return int(port.container_port)
+    return ENGINE_PORT
+
+
 def picker_exposition(held: Mapping[int, int]) -> str:
     """The flow-control queue as the extension's endpoint picker exports it."""
     lines = [
@@ -549,6 +595,16 @@ async def serve(fleet: Fleet, port: int) -> web.AppRunner:
         )
 
     app.router.add_get("/health", health)
+
+    async def scrapes(_: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                f"{p.namespace}/{p.pod}": {"address": f"{p.host}:{p.port}", "by": dict(p.scrapes)}
+                for p in fleet.pods.values()
+            }
+        )
+
+    app.router.add_get("/debug/scrapes", scrapes)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -576,15 +632,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sd-file", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True, help="front door port")
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--netns", help="the cluster's pod network namespace: listen on pods' own addresses"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fleet: %(message)s")
     api = config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
-    fleet = Fleet(api, args.namespace, args.sd_file, args.time_scale)
+    fleet = Fleet(api, args.namespace, args.sd_file, args.time_scale, args.netns)
     args.sd_file.write_text("[]")
 
     async def go() -> None:
         await serve(fleet, args.port)
-        log.info("front door on 127.0.0.1:%d, time x%g", args.port, args.time_scale)
+        log.info(
+            "front door on 127.0.0.1:%d, time x%g, pods %s",
+            args.port, args.time_scale,
+            f"on their addresses in netns {args.netns}" if args.netns else "on loopback ports",
+        )  # fmt: skip
         await asyncio.gather(fleet.run(), fleet.sync_forever())
 
     asyncio.run(go())

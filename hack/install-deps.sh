@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the system packages the tests need (Debian): Prometheus, openssl, Go's build deps.
+# Install the system packages the tests need (Debian): Prometheus, openssl, iproute2 (the
+# local cluster's pod network namespace), Go's build deps.
 # Idempotent: a machine that has them already skips apt entirely.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v openssl >/dev/null || need+=(openssl)
 command -v git >/dev/null || need+=(git)
+command -v ip >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -46,11 +46,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+import podnet
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = ROOT / ".cache" / "bin"
@@ -246,10 +248,16 @@ def operator_env(**extra: str) -> dict[str, str]:
 
 
 def fleet_argv(
-    kubeconfig: str | Path, namespace: str, sd_file: Path, port: int, time_scale: float
+    kubeconfig: str | Path,
+    namespace: str,
+    sd_file: Path,
+    port: int,
+    time_scale: float,
+    netns: str | None = None,
 ) -> list[str]:
     """The emulated fleet (hack/fleet.py): pods of ``namespace`` as engines, their
-    scrape targets in ``sd_file``, the front door on ``port``."""
+    scrape targets in ``sd_file``, the front door on ``port``; with ``netns`` (the
+    cluster's pod network), each pod listens on its own address."""
     return [
         sys.executable, str(ROOT / "hack" / "fleet.py"),
         "--kubeconfig", str(kubeconfig),
@@ -257,6 +265,7 @@ def fleet_argv(
         "--sd-file", str(sd_file),
         "--port", str(port),
         "--time-scale", str(time_scale),
+        *(["--netns", netns] if netns else []),
     ]  # fmt: skip
 
 
@@ -279,6 +288,9 @@ class Cluster:
     token: str
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)
+    # The pod network's namespace (podnet), or None where pods answer on loopback ports.
+    pod_network: podnet.PodNetwork | None = None
+    pod_network_note: str = ""  # what podnet.setup said: the network, or why none
     # Handles of the processes this Python process started (none after load()); kept so
     # they are reaped, not garbage-collected while running.
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -415,13 +427,34 @@ class Cluster:
         self.procs.clear()
 
     def save(self) -> None:
-        state = {"server": self.server, "token": self.token, "ports": self.ports, "pids": self.pids}
+        state = {
+            "server": self.server,
+            "token": self.token,
+            "ports": self.ports,
+            "pids": self.pids,
+            "podNetwork": asdict(self.pod_network) if self.pod_network else None,
+            "podNetworkNote": self.pod_network_note,
+        }
         (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
 
     @classmethod
     def load(cls, state_dir: Path) -> Cluster:
         state = json.loads((state_dir / "state.json").read_text())
-        return cls(state_dir, state["server"], state["token"], state["ports"], state["pids"])
+        net = state.get("podNetwork")
+        return cls(
+            state_dir,
+            state["server"],
+            state["token"],
+            state["ports"],
+            state["pids"],
+            podnet.PodNetwork(**net) if net else None,
+            state.get("podNetworkNote", ""),
+        )
+
+    @property
+    def pod_netns(self) -> str | None:
+        """The network namespace pods' addresses live in, for the emulated fleet."""
+        return self.pod_network.netns if self.pod_network else None
 
 
 def _api_call(
@@ -798,6 +831,12 @@ def start(
         )
         cluster.pids["kube-scheduler"] = procs["kube-scheduler"].pid
         stage_args = [f"--config={f}" for f in kwok_stage_files(state_dir)]
+        cluster.pod_network, cluster.pod_network_note = podnet.setup(state_dir)
+        cluster.save()
+        say(cluster.pod_network_note)
+        pod_cidr, node_ip = "10.0.0.0/16", "10.0.0.1"
+        if cluster.pod_network is not None:
+            pod_cidr, node_ip = cluster.pod_network.cidr, cluster.pod_network.node_ip
         procs["kwok"] = _spawn(
             state_dir,
             "kwok",
@@ -806,8 +845,8 @@ def start(
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={'='.join(FAKE_NODE_ANNOTATION)}",
                 "--node-lease-duration-seconds=40",
-                "--cidr=10.0.0.0/16",
-                "--node-ip=10.0.0.1",
+                f"--cidr={pod_cidr}",
+                f"--node-ip={node_ip}",
                 f"--server-address=127.0.0.1:{ports['kwok']}",
                 *stage_args,
             ],
@@ -1022,6 +1061,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, pid in cluster.pids.items():
         print(f"{name:24} pid {pid:<8} {'running' if _alive(pid) else 'gone'}")
     print(f"server {cluster.server}  KUBECONFIG={cluster.kubeconfig}")
+    net = cluster.pod_network
+    print(f"pods {net.cidr} in netns {net.netns}" if net else "pods on loopback ports")
     return 0
 
 

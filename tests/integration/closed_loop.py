@@ -1,5 +1,6 @@
 """The closed loop the e2e tests run: a real Prometheus scraping the emulated fleet's
-pods (file service discovery), the fleet's front door, and the operator autoscaling
+pods (file service discovery; at the pods' own addresses when the cluster has its pod
+network), the fleet's front door, and the operator autoscaling
 from that Prometheus every second."""
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def closed_loop(
     prom = prometheus(file_sd=sd)
     door = free_port()
     fleet_log = workdir / "fleet.log"
-    fleet = background(fleet_argv(cluster.kubeconfig, namespace, sd, door, time_scale), fleet_log)
+    argv = fleet_argv(cluster.kubeconfig, namespace, sd, door, time_scale, cluster.pod_netns)
+    fleet = background(argv, fleet_log)
     op = OperatorProcess(
         cluster, namespace, workdir / "op",
         "--prometheus-url", prom.url, "--autoscale-interval", "1",

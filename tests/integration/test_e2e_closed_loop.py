@@ -80,6 +80,22 @@ def test_closed_loop(
         load.start()
         dmds.wait_replicas("qwen", lambda n: n >= 3, "scale-up to 3+", bounds.scale_up)
         dmds.wait_condition("qwen", "Ready", bounds.ready)
+        # Prometheus scraped each engine at its pod's own address (the pod network).
+        addresses = {
+            p.metadata.name: f"{p.status.pod_ip}:8000"
+            for p in dmds.core.list_namespaced_pod(
+                namespace, label_selector="distillery.dev/deployment=qwen"
+            ).items
+        }
+        scraped = {
+            r["metric"]["pod"]: r["metric"]["instance"]
+            for r in prom.query(f'up{{namespace="{namespace}"}} == 1')
+        }
+        assert cluster.pod_network is not None, cluster.pod_network_note
+        assert scraped and all(addresses.get(pod) == at for pod, at in scraped.items()), (
+            scraped,
+            addresses,
+        )
 
         # Prometheus gone while the load runs: hold, and say so; the load then ends and
         # the scale-down window passes, still no scale-down without metrics.

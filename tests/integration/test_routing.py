@@ -6,8 +6,9 @@ and each route's HTTPRoute; the API server validates every one against the relea
 schemas. The picker then runs on this machine exactly as the operator rendered it (its
 arguments from the rendered Deployment, its identity the rendered ServiceAccount, so the
 rendered Role is what lets it work) and must discover the pool's pods from the
-InferencePool alone. A tier scaled to zero spills to the other tier in the HTTPRoute and
-comes back when it serves again.
+InferencePool alone, and scrape their metrics at the pods' own addresses, which the
+emulated fleet serves inside the cluster's pod network. A tier scaled to zero spills to
+the other tier in the HTTPRoute and comes back when it serves again.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import yaml
 from kubernetes import client
 
 from distillery.render.routing import picker_queue_query
-from localcluster import ROOT, Cluster, background, free_port
+from localcluster import ROOT, Cluster, background, fleet_argv, free_port
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import POD_START, Dmds, wait_for
 
@@ -149,6 +150,28 @@ def pickers() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.kill()
 
 
+@pytest.fixture
+def fleet(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """The emulated fleet on the pods' own addresses: (front door port, its log)."""
+    if cluster.pod_network is None:
+        raise AssertionError(f"the local cluster has no pod network: {cluster.pod_network_note}")
+    door, log, sd = free_port(), tmp_path / "fleet.log", tmp_path / "targets.json"
+    argv = fleet_argv(cluster.kubeconfig, namespace, sd, door, 1.0, cluster.pod_netns)
+    proc = background(argv, log)
+    yield door, log
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def scrapes(door: int) -> dict[str, Any]:
+    """Who scraped each of the fleet's pods, and where they listen."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{door}/debug/scrapes", timeout=5) as r:
+        return cast(dict[str, Any], json.loads(r.read()))
+
+
 def tier_pods(dmds: Dmds, deployment: str) -> set[str]:
     pods = dmds.core.list_namespaced_pod(
         dmds.namespace, label_selector=f"distillery.dev/deployment={deployment}"
@@ -168,6 +191,7 @@ def test_tiered_routes_render_gie_objects_the_picker_discovers_and_a_tier_at_zer
     cluster: Cluster,
     picker_workdir: Path,
     pickers: list[subprocess.Popen[bytes]],
+    fleet: tuple[int, Path],
 ) -> None:
     bounds = operator.bounds
     ns = dmds.namespace
@@ -269,6 +293,30 @@ def test_tiered_routes_render_gie_objects_the_picker_discovers_and_a_tier_at_zer
         f"the picker lists the pool's pods {sorted(pods)}",
         bounds.within(30.0),
         describe=lambda: log.read_text()[-3000:],
+    )
+    # ... and scrapes each one's metrics at the pod's own address and port.
+    door, fleet_log = fleet
+    addresses = {
+        f"{ns}/{p.metadata.name}": f"{p.status.pod_ip}:8000"
+        for p in dmds.core.list_namespaced_pod(
+            ns, label_selector="distillery.dev/deployment=r1-qwen-7b"
+        ).items
+        if str(p.metadata.name) in pods
+    }
+
+    def picker_scraped() -> bool:
+        seen = scrapes(door)
+        return all(
+            seen.get(pod, {}).get("address") == address
+            and seen[pod]["by"].get("Go-http-client", 0) > 0
+            for pod, address in addresses.items()
+        )
+
+    wait_for(
+        picker_scraped,
+        f"the picker scrapes the pool's pods at {sorted(addresses.values())}",
+        bounds.within(30.0),
+        describe=lambda: f"{scrapes(door)}\n{fleet_log.read_text()[-2000:]}",
     )
     cluster.kubectl("scale", "dmd", "r1-qwen-7b", "-n", ns, "--replicas=2")
     two = wait_for(
