@@ -79,7 +79,7 @@ def test_status_and_scale_subresources(
 def test_explain_prints_descriptions(cluster: Cluster) -> None:
     out = cluster.kubectl("explain", "dmd.spec.scaling")
     assert "minReplicas" in out and "demandQuery" in out
-    assert "0 needs demandQuery" in out
+    assert "demand at the router wakes it" in out
     assert "PromQL" in cluster.kubectl("explain", "dmd.spec.scaling.demandQuery")
 
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from distillery.render.routing import SPILLED_FROM_HEADER, TIER_HEADER, picker_queue_query
+from distillery.render.routing import SPILLED_FROM_HEADER, TIER_HEADER
 from localcluster import Cluster
 from localprom import Prometheus
 from tests.integration.closed_loop import Loop, closed_loop
@@ -144,8 +144,8 @@ def run_routes(loop: Loop, dmds: Dmds, cluster: Cluster, namespace: str) -> None
     math = tier_spec(
         "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "nvidia-l4", min_replicas=0, max_replicas=2
     )
-    # At zero it has no engine to report load: its demand is its picker's queue.
-    math["scaling"]["demandQuery"] = picker_queue_query(namespace, "r1-math", "math")
+    # At zero it has no engine to report load: its demand is its picker's queue, which
+    # the operator reads because the route names it (no demandQuery of its own).
     dmds.apply("rmath", math)
     cluster.kubectl(
         "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(routes(namespace))

@@ -33,7 +33,6 @@ def test_defaults_and_wire_names() -> None:
     ("override", "message"),
     [
         ({"scaling": {"minReplicas": 5, "maxReplicas": 2}}, "minReplicas must be less"),
-        ({"scaling": {"minReplicas": 0}}, "needs scaling.demandQuery"),
         ({"placement": {"gpuTypes": ["auto", "nvidia-l4"]}}, "auto cannot be combined"),
         ({"placement": {"gpusPerReplica": 0}}, "gpusPerReplica"),
         ({"rollout": {"strategy": "Canary"}}, "needs rollout.canary"),

@@ -560,6 +560,24 @@ def test_a_dmd_at_zero_wakes_when_its_router_holds_requests_and_not_before() -> 
     asyncio.run(scenario())
 
 
+def test_a_dmd_at_zero_with_nothing_to_wake_it_says_so() -> None:
+    """minReplicas: 0 without demandQuery and in no route: admitted (a route may name it
+    later), held at zero, and status says nothing will wake it and how to fix that."""
+    from distillery.kube.autoscale_controller import NO_WAKE_SIGNAL
+
+    cluster = FakeCluster()
+    scaler = Autoscaler(kube=cluster, catalog=CATALOG, source=FakeSource())
+    dmd = body(replicas=0, scaling={"minReplicas": 0, "maxReplicas": 4})
+    asyncio.run(scaler.run_pass([dmd], {}, {}))
+    auto = cluster.status[(NS, "m")]["autoscaling"]
+    assert auto["metricsMessage"] == NO_WAKE_SIGNAL
+    assert "demandQuery" in NO_WAKE_SIGNAL and "ReasoningRoute" in NO_WAKE_SIGNAL
+    assert not [w for w in cluster.writes() if w[0] == "scale_dmd"]
+    # Named by a route (a demand query): no such message.
+    asyncio.run(scaler.run_pass([dmd], {}, {(NS, "m"): "q"}))
+    assert cluster.status[(NS, "m")]["autoscaling"].get("metricsMessage") != NO_WAKE_SIGNAL
+
+
 def test_each_tier_of_an_inference_pool_route_reads_its_pickers_queue() -> None:
     from distillery.reconcile.route import demand_queries
 

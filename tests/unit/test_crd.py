@@ -86,7 +86,6 @@ def test_cel_rules_present() -> None:
     )
     for rule in (
         "self.minReplicas <= self.maxReplicas",
-        "has(self.demandQuery)",
         "'auto' in self.gpuTypes",
         "self.strategy != 'Canary'",
     ):

@@ -615,7 +615,11 @@ class ScalingSpec(_Model):
     """Autoscaling bounds, objective and damping."""
 
     min_replicas: int = Field(
-        default=1, description="Fewest replicas. 0 needs demandQuery.", ge=0, le=1000
+        default=1,
+        description="Fewest replicas. At 0, demand at the router wakes it: demandQuery, "
+        "or the endpoint picker's queue of a ReasoningRoute it is a tier of.",
+        ge=0,
+        le=1000,
     )
     max_replicas: int = Field(default=8, description="Most replicas.", ge=1, le=1000)
     objective: Objective = Field(
@@ -653,8 +657,9 @@ class ScalingSpec(_Model):
     demand_query: str | None = Field(
         default=None,
         description="PromQL for demand that "
-        "exists while no replica runs (a gateway metric); "
-        "required for minReplicas: 0.",
+        "exists while no replica runs (a gateway metric): what wakes a DMD at zero. "
+        "Default for a tier of a ReasoningRoute on the Inference Extension: its endpoint "
+        "picker's flow-control queue.",
         max_length=4096,
     )
 
@@ -663,13 +668,6 @@ class ScalingSpec(_Model):
             cel="self.minReplicas <= self.maxReplicas",
             message="minReplicas must be less than or equal to maxReplicas",
             holds=lambda m: m.min_replicas <= m.max_replicas,
-            field_path=".minReplicas",
-        ),
-        CrossFieldRule(
-            cel="self.minReplicas > 0 || (has(self.demandQuery) && size(self.demandQuery) > 0)",
-            message="minReplicas: 0 needs scaling.demandQuery, a demand metric that exists "
-            "while no replica runs (e.g. a gateway's request rate)",
-            holds=lambda m: m.min_replicas > 0 or bool(m.demand_query),
             field_path=".minReplicas",
         ),
     )

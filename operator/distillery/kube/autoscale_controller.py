@@ -47,6 +47,12 @@ from distillery.render import desired_replicas, replica_startup_seconds
 log = logging.getLogger("distillery.autoscaler")
 Key = tuple[str, str]
 MAX_DECISIONS = 10
+# A DMD at zero with nothing that could wake it: said in status.autoscaling (and so in
+# MetricsAvailable), rather than refused at admission, since a route may name it later.
+NO_WAKE_SIGNAL = (
+    "at zero with no demand signal: nothing wakes this DMD; set scaling.demandQuery, or "
+    "make it a tier of a ReasoningRoute on the Inference Extension"
+)
 
 
 @dataclass
@@ -131,8 +137,9 @@ class Autoscaler:
             others = sum(spend.get(m, 0.0) for m in shared.members if m != key) if shared else 0.0
             try:
                 cost = await self._one(
-                    body, pods, scraped, error, now, demand.get(key), shared, others
-                )
+                    body, pods, scraped, error, now, demand.get(key), shared, others,
+                    wakeable=key in (demand_queries or {}),
+                )  # fmt: skip
                 if cost is not None:
                     spend[key] = cost
             except Exception as exc:  # noqa: BLE001 - one DMD must not stop the others
@@ -163,6 +170,8 @@ class Autoscaler:
         router_queue: float | None = None,
         shared: SharedBudget | None = None,
         others_cost: float = 0.0,
+        *,
+        wakeable: bool = True,
     ) -> float | None:
         """Decide and act for one DMD; returns what it costs per hour after the decision
         (None: not decided)."""
@@ -197,6 +206,8 @@ class Autoscaler:
             stale=stale,
         )
         decision = from_zero(decision, router_queue, bounds, current)
+        if current == 0 and not wakeable:
+            message = NO_WAKE_SIGNAL
         desired = decision.desired
         if partial and desired < current:
             desired = current  # never scale down on a partial view
