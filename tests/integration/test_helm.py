@@ -291,6 +291,10 @@ def test_install_upgrade_uninstall_and_rbac(helm_cluster: Cluster, tmp_path: Pat
         ("create", "roles.rbac.authorization.k8s.io"),
         ("create", "rolebindings.rbac.authorization.k8s.io"),
         ("delete", "services"),
+        ("delete", "httproutes.gateway.networking.k8s.io"),
+        # After a restart: the route's children, to prune tiers removed meanwhile.
+        ("list", "serviceaccounts"),
+        ("list", "rolebindings.rbac.authorization.k8s.io"),
     ]
     denied = [
         ("get", "secrets"),

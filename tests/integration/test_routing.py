@@ -361,3 +361,48 @@ def test_tiered_routes_render_gie_objects_the_picker_discovers_and_a_tier_at_zer
         ns, field_selector="involvedObject.kind=ReasoningRoute"
     ).items
     assert {"Spilling", "SpillEnded"} <= {e.reason for e in events}
+
+    # A tier and the gateway dropped while no operator runs: the next one prunes both
+    # (it lists the route's children on first sight), and leaves the other tier be.
+    operator.stop()
+    cluster.kubectl(
+        "patch", "rroute", "deepseek-r1-domains", "-n", ns, "--type=json", "-p",
+        json.dumps([
+            {"op": "replace", "path": "/spec/tiers", "value": [
+                {"name": "general", "deployment": "r1-llama-8b"}
+            ]},
+            {"op": "remove", "path": "/spec/rules"},
+            {"op": "remove", "path": "/spec/gateway"},
+        ]),
+    )  # fmt: skip
+    operator.start()
+
+    def domain_children() -> set[tuple[str, str]]:
+        selector = "distillery.dev/route=deepseek-r1-domains"
+        pools = api.list_namespaced_custom_object(
+            "inference.networking.k8s.io", "v1", ns, "inferencepools", label_selector=selector
+        )["items"]
+        routes = api.list_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", ns, "httproutes", label_selector=selector
+        )["items"]
+        pickers = dmds.apps.list_namespaced_deployment(ns, label_selector=selector).items
+        return (
+            {("InferencePool", p["metadata"]["name"]) for p in pools}
+            | {("HTTPRoute", r["metadata"]["name"]) for r in routes}
+            | {("Deployment", str(d.metadata.name)) for d in pickers}
+        )
+
+    wait_for(
+        lambda: (
+            domain_children()
+            == {
+                ("InferencePool", "deepseek-r1-domains-general"),
+                ("Deployment", "deepseek-r1-domains-general-epp"),
+            }
+        ),
+        "the restarted operator prunes the math tier and the HTTPRoute",
+        bounds.ready,
+        describe=lambda: (
+            f"{sorted(domain_children())}\n{describe_route(dmds, 'deepseek-r1-domains')}"
+        ),
+    )

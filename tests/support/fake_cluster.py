@@ -131,6 +131,15 @@ class FakeCluster:
         self._call("read_config_map_key", name)
         return self.config_maps.get((namespace, name), {}).get(key)
 
+    def list_route_children(self, namespace: str, route: str) -> set[tuple[str, str]]:
+        self._call("list_route_children", route)
+        return {
+            (kind, name)
+            for (kind, ns, name), obj in self.objects.items()
+            if ns == namespace
+            and (obj["metadata"].get("labels") or {}).get("distillery.dev/route") == route
+        }
+
     def node_gpu_counts(self) -> dict[str, int]:
         self._call("node_gpu_counts", "")
         return dict(self.gpus_per_node)

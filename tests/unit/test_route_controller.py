@@ -178,6 +178,38 @@ def test_the_controller_applies_once_writes_nothing_at_steady_state_and_prunes_a
     asyncio.run(scenario())
 
 
+def test_a_restarted_controller_prunes_what_was_removed_while_it_was_down() -> None:
+    """A new process knows nothing it applied; it lists the route's children, so the
+    hard tier removed (and the gateway dropped) while no operator ran still go, and
+    another route's children stay."""
+    cluster = FakeCluster()
+    dmds = {"r1-7b": dmd_body("r1-7b"), "r1-32b": dmd_body("r1-32b")}
+    other = route_body()
+    other["metadata"] = {**other["metadata"], "name": "r2", "uid": "u-2"}
+
+    async def scenario() -> None:
+        await controller(cluster).reconcile(route_body(), dmds)
+        await controller(cluster).reconcile(other, dmds)
+        assert ("HTTPRoute", NS, "r1") in cluster.objects
+        # Edited while down: one tier, no gateway.
+        smaller = route_body(tiers=[{"name": "routine", "deployment": "r1-7b"}], rules=[], spill=[])
+        del smaller["spec"]["gateway"]
+        restarted = controller(cluster)
+        await restarted.reconcile(smaller, dmds)
+        left = {(kind, name) for kind, _, name in cluster.objects}
+        assert ("InferencePool", "r1-hard") not in left
+        assert ("Role", "r1-hard-epp") not in left
+        assert ("HTTPRoute", "r1") not in left
+        assert ("InferencePool", "r1-routine") in left
+        assert {("InferencePool", "r2-hard"), ("HTTPRoute", "r2")} <= left
+        # Listed once per route per process (the first and the restarted), not per
+        # reconcile.
+        await restarted.reconcile(smaller, dmds)
+        assert cluster.calls.count(("list_route_children", "r1")) == 2
+
+    asyncio.run(scenario())
+
+
 def test_a_spill_rewrites_the_http_route_and_posts_an_event_each_way() -> None:
     cluster = FakeCluster()
     routes = controller(cluster)

@@ -41,13 +41,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [inferenceobjectives]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
-  # The endpoint pickers' identities.
+  # The endpoint pickers' identities; list: a route's children after a restart, to
+  # prune the tiers removed meanwhile.
   resources: [serviceaccounts]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   # Each endpoint picker's namespaced Role (read pods, pools, objectives) and binding.
   resources: [roles, rolebindings]
-  verbs: [get, create, patch, delete]
+  verbs: [get, list, create, patch, delete]
 - apiGroups: [apps]
   resources: [deployments]
   # delete: a retired canary Deployment.
@@ -73,8 +74,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: [podmonitors]
   verbs: [get, list, watch, create, patch]
 - apiGroups: [gateway.networking.k8s.io]
+  # delete: a route's HTTPRoute once its spec names no gateway.
   resources: [httproutes]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   # Weight caches (spec.model.cache); delete: a replaced revision's, after its grace.
   resources: [persistentvolumeclaims]

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import urllib3
 from kubernetes import client, config
@@ -27,7 +27,13 @@ from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.catalog import Catalog
 from distillery.reconcile.children import FIELD_MANAGER
 from distillery.render import LWS_GROUP, LWS_PLURAL, LWS_VERSION
-from distillery.render.routing import OBJECTIVE_GROUP, OBJECTIVE_VERSION, POOL_GROUP, POOL_VERSION
+from distillery.render.routing import (
+    LABEL_ROUTE,
+    OBJECTIVE_GROUP,
+    OBJECTIVE_VERSION,
+    POOL_GROUP,
+    POOL_VERSION,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,9 @@ ROUTE_CUSTOM_KINDS = {
     "InferencePool": (POOL_GROUP, POOL_VERSION, "inferencepools"),
     "InferenceObjective": (OBJECTIVE_GROUP, OBJECTIVE_VERSION, "inferenceobjectives"),
 }
+
+
+HTTP_ROUTE = ("gateway.networking.k8s.io", "v1", "httproutes")
 
 
 def count_write(verb: str, kind: str) -> None:
@@ -78,6 +87,7 @@ class ClusterClient(Protocol):
     ) -> None: ...
     def read_config_map_key(self, namespace: str, name: str, key: str) -> str | None: ...
     def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+    def list_route_children(self, namespace: str, route: str) -> set[tuple[str, str]]: ...
     def node_gpu_counts(self) -> dict[str, int]: ...
     def pod_log_tail(self, namespace: str, name: str, lines: int) -> str: ...
 
@@ -219,6 +229,9 @@ class Kube:
                 self.rbac.delete_namespaced_role(name, namespace)
             elif kind == "RoleBinding":
                 self.rbac.delete_namespaced_role_binding(name, namespace)
+            elif kind == "HTTPRoute":
+                group, version, plural = HTTP_ROUTE
+                self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
             else:
                 raise ValueError(f"distillery never deletes a {kind}")
         except ApiException as exc:
@@ -238,6 +251,36 @@ class Kube:
             _content_type=MERGE,
         )
         count_write("patch", "DistilledModelDeployment")
+
+    def list_route_children(self, namespace: str, route: str) -> set[tuple[str, str]]:
+        """(kind, name) of every object labelled as ``route``'s child: what a restarted
+        operator compares with the route's desired set to prune what it no longer has.
+        A kind whose API is not served has none."""
+        selector = f"{LABEL_ROUTE}={route}"
+        found: set[tuple[str, str]] = set()
+        typed: dict[str, Any] = {
+            "Deployment": self.apps.list_namespaced_deployment,
+            "Service": self.core.list_namespaced_service,
+            "ServiceAccount": self.core.list_namespaced_service_account,
+            "Role": self.rbac.list_namespaced_role,
+            "RoleBinding": self.rbac.list_namespaced_role_binding,
+        }
+        for kind, list_kind in typed.items():
+            for item in list_kind(namespace, label_selector=selector).items:
+                found.add((kind, str(item.metadata.name)))
+        custom = {**ROUTE_CUSTOM_KINDS, "HTTPRoute": HTTP_ROUTE}
+        for kind, (group, version, plural) in custom.items():
+            try:
+                listed = self.custom.list_namespaced_custom_object(
+                    group, version, namespace, plural, label_selector=selector
+                )
+                items = cast(dict[str, Any], listed).get("items") or []
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            found |= {(kind, str(i["metadata"]["name"])) for i in items}
+        return found
 
     def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(

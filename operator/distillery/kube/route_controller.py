@@ -140,7 +140,13 @@ class RouteReconciler:
 
     async def _apply(self, key: Key, desired: RouteDesired) -> None:
         namespace, name = key
-        before = self._applied.get(key, {})
+        if key in self._applied:
+            before = self._applied[key]
+        else:
+            # First sight in this process (a start, a restart, a new leader): what the
+            # cluster holds, so a tier removed while no operator ran is pruned too.
+            listed = await in_thread(self.kube.list_route_children, namespace, name)
+            before = dict.fromkeys(listed, "")
         now: dict[tuple[str, str], str] = {}
         for obj in desired.objects:
             ident = (str(obj["kind"]), str(obj["metadata"]["name"]))
