@@ -1034,6 +1034,8 @@ def stop(state_dir: Path = DEFAULT_STATE_DIR, timeout: float = 20.0) -> None:
                 os.killpg(pids[name], signal.SIGKILL)
     while any(_alive(pids[n]) for n in order) and time.monotonic() < deadline + 10:
         time.sleep(0.1)
+    if net := state.get("podNetwork"):
+        podnet.teardown(net["netns"], net["host_veth"])
     state_file.unlink()
 
 

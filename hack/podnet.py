@@ -28,16 +28,21 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import ipaddress
+import json
 import os
 import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
+# Which cluster state directory made each namespace: how a later setup finds the ones a
+# killed run (or a deleted temporary directory) left behind.
+OWNERS_DIR = Path("/run/distillery-podnet")
 # The second octet of a pod CIDR 10.N.0.0/16 is tried in this range; a machine that
 # already routes one (another local cluster, a VPN) gets the next free one.
 SECOND_OCTETS = range(64, 128)
@@ -123,7 +128,8 @@ def setup(state_dir: Path) -> tuple[PodNetwork | None, str]:
     if reason is not None:
         return None, f"pods on loopback ports: {reason}"
     netns, host_veth, peer_veth = names(state_dir)
-    teardown(netns, host_veth)  # a namespace a killed run left behind
+    collect_stale()
+    teardown(netns, host_veth)  # this directory's own, from a killed run
     routes = _ip("ip", "-4", "route", "show")
     n = choose_second_octet([line.split()[0] for line in routes.stdout.splitlines() if line])
     for cmd in setup_commands(netns, host_veth, peer_veth, n):
@@ -132,6 +138,8 @@ def setup(state_dir: Path) -> tuple[PodNetwork | None, str]:
             teardown(netns, host_veth)
             return None, f"pods on loopback ports: `{' '.join(cmd)}` failed: {done.stderr.strip()}"
     net = PodNetwork(netns, f"10.{n}.0.0/16", host_veth)
+    OWNERS_DIR.mkdir(parents=True, exist_ok=True)
+    (OWNERS_DIR / netns).write_text(f"{state_dir.resolve()}\n{host_veth}\n")
     problem = probe(net)
     if problem is not None:
         teardown(netns, host_veth)
@@ -159,6 +167,43 @@ def teardown(netns: str, host_veth: str) -> None:
     """Remove the namespace (its veth end and the host's go with it); idempotent."""
     _ip("ip", "netns", "delete", netns)
     _ip("ip", "link", "delete", host_veth)
+    (OWNERS_DIR / netns).unlink(missing_ok=True)
+
+
+def is_stale(state_dir: Path, netns: str, alive: Callable[[int], bool]) -> bool:
+    """A namespace is stale when the cluster that made it is gone: its state file
+    missing, naming another namespace, or listing no process still alive."""
+    try:
+        state = json.loads((state_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return True
+    recorded = (state.get("podNetwork") or {}).get("netns")
+    if recorded is not None and recorded != netns:
+        return True  # (None: being made right now, the state not saved yet)
+    return not any(alive(int(pid)) for pid in (state.get("pids") or {}).values())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect_stale() -> list[str]:
+    """Tear down the namespaces of clusters that are gone; returns their names."""
+    removed = []
+    for owner in sorted(OWNERS_DIR.glob("distillery-*")) if OWNERS_DIR.is_dir() else []:
+        lines = owner.read_text().splitlines()
+        if len(lines) < 2:
+            continue
+        if is_stale(Path(lines[0]), owner.name, _alive):
+            teardown(owner.name, lines[1])
+            removed.append(owner.name)
+    return removed
 
 
 def listen_in(netns: str, host: str, port: int) -> socket.socket:

@@ -57,3 +57,17 @@ def test_opting_out_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
     assert podnet.unavailable_reason() == f"{podnet.OPT_OUT}=off"
     net, note = podnet.setup(Path("/nonexistent"))
     assert net is None and "loopback" in note and podnet.OPT_OUT in note
+
+
+def test_a_namespace_is_stale_once_its_cluster_is_gone(tmp_path: Path) -> None:
+    import json
+
+    state = tmp_path / "cluster"
+    assert podnet.is_stale(state, "distillery-x", lambda pid: True)  # no state file
+    state.mkdir()
+    (state / "state.json").write_text(
+        json.dumps({"pids": {"etcd": 11, "kwok": 12}, "podNetwork": {"netns": "distillery-x"}})
+    )
+    assert not podnet.is_stale(state, "distillery-x", lambda pid: pid == 12)
+    assert podnet.is_stale(state, "distillery-x", lambda pid: False)  # killed
+    assert podnet.is_stale(state, "distillery-y", lambda pid: True)  # remade since
