@@ -36,7 +36,6 @@ from distillery.kube.client import (
     in_thread,
     new_api_client,
 )
-from distillery.kube.heap import release_freed_memory
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
@@ -54,8 +53,6 @@ REPORT_AFTER_FAILURES = 3
 # while others wait on the API server: 8 slowed a 500-DMD burst from 33 s to 44 s (a
 # 2,000 burst from 143 s to 226 s), 32 kept 33 s (benchmarks/operator_bench.py).
 CONCURRENT_RECONCILES = 32
-# How often freed heap goes back to the OS: a burst's peak does not stay in RSS.
-HEAP_TRIM_SECONDS = 30.0
 
 
 Key = tuple[str, str]
@@ -142,7 +139,6 @@ class Runtime:
             asyncio.create_task(_every(cfg.resync_interval_seconds, runtime.resync_pass)),
             asyncio.create_task(_every(cfg.autoscale_interval_seconds, runtime.autoscale_pass)),
             asyncio.create_task(_every(cfg.rollout_interval_seconds, runtime.rollout_pass)),
-            asyncio.create_task(_every(HEAP_TRIM_SECONDS, release_freed_memory)),
         ]
         if cfg.metrics_port:
             metrics.serve(cfg.metrics_port, cfg.metrics_bind)
