@@ -831,7 +831,7 @@ def start(
         )
         cluster.pids["kube-scheduler"] = procs["kube-scheduler"].pid
         stage_args = [f"--config={f}" for f in kwok_stage_files(state_dir)]
-        cluster.pod_network, cluster.pod_network_note = podnet.setup(state_dir)
+        cluster.pod_network, cluster.pod_network_note = podnet.setup(state_dir, _alive)
         cluster.save()
         say(cluster.pod_network_note)
         pod_cidr, node_ip = "10.0.0.0/16", "10.0.0.1"

@@ -122,13 +122,15 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def setup(state_dir: Path) -> tuple[PodNetwork | None, str]:
-    """Make the cluster's pod network, or say why not: (network, what happened)."""
+def setup(state_dir: Path, alive: Callable[[int], bool]) -> tuple[PodNetwork | None, str]:
+    """Make the cluster's pod network, or say why not: (network, what happened).
+    ``alive`` tells whether a cluster's process still runs (the local cluster's own
+    check), so the namespaces of clusters that are gone are removed first."""
     reason = unavailable_reason()
     if reason is not None:
         return None, f"pods on loopback ports: {reason}"
     netns, host_veth, peer_veth = names(state_dir)
-    collect_stale()
+    collect_stale(alive)
     teardown(netns, host_veth)  # this directory's own, from a killed run
     routes = _ip("ip", "-4", "route", "show")
     n = choose_second_octet([line.split()[0] for line in routes.stdout.splitlines() if line])
@@ -183,24 +185,14 @@ def is_stale(state_dir: Path, netns: str, alive: Callable[[int], bool]) -> bool:
     return not any(alive(int(pid)) for pid in (state.get("pids") or {}).values())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def collect_stale() -> list[str]:
+def collect_stale(alive: Callable[[int], bool]) -> list[str]:
     """Tear down the namespaces of clusters that are gone; returns their names."""
     removed = []
     for owner in sorted(OWNERS_DIR.glob("distillery-*")) if OWNERS_DIR.is_dir() else []:
         lines = owner.read_text().splitlines()
         if len(lines) < 2:
             continue
-        if is_stale(Path(lines[0]), owner.name, _alive):
+        if is_stale(Path(lines[0]), owner.name, alive):
             teardown(owner.name, lines[1])
             removed.append(owner.name)
     return removed

@@ -21,6 +21,7 @@ from distillery.reconcile.children import (
     child_state,
 )
 from distillery.render import WORKLOAD_KINDS
+from distillery.render.routing import LABEL_ROUTE
 
 WRITES = (
     "apply",
@@ -136,8 +137,7 @@ class FakeCluster:
         return {
             (kind, name)
             for (kind, ns, name), obj in self.objects.items()
-            if ns == namespace
-            and (obj["metadata"].get("labels") or {}).get("distillery.dev/route") == route
+            if ns == namespace and (obj["metadata"].get("labels") or {}).get(LABEL_ROUTE) == route
         }
 
     def node_gpu_counts(self) -> dict[str, int]:

@@ -55,7 +55,7 @@ def test_node_ip_is_inside_the_pod_cidr() -> None:
 def test_opting_out_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(podnet.OPT_OUT, "off")
     assert podnet.unavailable_reason() == f"{podnet.OPT_OUT}=off"
-    net, note = podnet.setup(Path("/nonexistent"))
+    net, note = podnet.setup(Path("/nonexistent"), alive=lambda pid: True)
     assert net is None and "loopback" in note and podnet.OPT_OUT in note
 
 

@@ -47,9 +47,12 @@ ROUTE_CUSTOM_KINDS = {
     "InferencePool": (POOL_GROUP, POOL_VERSION, "inferencepools"),
     "InferenceObjective": (OBJECTIVE_GROUP, OBJECTIVE_VERSION, "inferenceobjectives"),
 }
-
-
-HTTP_ROUTE = ("gateway.networking.k8s.io", "v1", "httproutes")
+# Every custom resource a route (or a DMD's spec.gateway) renders, by kind: how each is
+# applied, deleted and listed.
+CUSTOM_CHILD_KINDS = {
+    **ROUTE_CUSTOM_KINDS,
+    "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
+}
 
 
 def count_write(verb: str, kind: str) -> None:
@@ -131,16 +134,12 @@ class Kube:
             self.batch.patch_namespaced_job(name, ns, body, **kwargs)
         elif kind == "DaemonSet":
             self.apps.patch_namespaced_daemon_set(name, ns, body, **kwargs)
-        elif kind == "HTTPRoute":
-            self.custom.patch_namespaced_custom_object(
-                "gateway.networking.k8s.io", "v1", ns, "httproutes", name, body, **kwargs
-            )
         elif kind == "PodMonitor":
             self.custom.patch_namespaced_custom_object(
                 "monitoring.coreos.com", "v1", ns, "podmonitors", name, body, **kwargs
             )
-        elif kind in ROUTE_CUSTOM_KINDS:
-            group, version, plural = ROUTE_CUSTOM_KINDS[kind]
+        elif kind in CUSTOM_CHILD_KINDS:
+            group, version, plural = CUSTOM_CHILD_KINDS[kind]
             self.custom.patch_namespaced_custom_object(
                 group, version, ns, plural, name, body, **kwargs
             )
@@ -218,8 +217,8 @@ class Kube:
                 self.apps.delete_namespaced_daemon_set(
                     name, namespace, propagation_policy="Background"
                 )
-            elif kind in ROUTE_CUSTOM_KINDS:
-                group, version, plural = ROUTE_CUSTOM_KINDS[kind]
+            elif kind in CUSTOM_CHILD_KINDS:
+                group, version, plural = CUSTOM_CHILD_KINDS[kind]
                 self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
             elif kind == "Service":
                 self.core.delete_namespaced_service(name, namespace)
@@ -229,9 +228,6 @@ class Kube:
                 self.rbac.delete_namespaced_role(name, namespace)
             elif kind == "RoleBinding":
                 self.rbac.delete_namespaced_role_binding(name, namespace)
-            elif kind == "HTTPRoute":
-                group, version, plural = HTTP_ROUTE
-                self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
             else:
                 raise ValueError(f"distillery never deletes a {kind}")
         except ApiException as exc:
@@ -268,8 +264,7 @@ class Kube:
         for kind, list_kind in typed.items():
             for item in list_kind(namespace, label_selector=selector).items:
                 found.add((kind, str(item.metadata.name)))
-        custom = {**ROUTE_CUSTOM_KINDS, "HTTPRoute": HTTP_ROUTE}
-        for kind, (group, version, plural) in custom.items():
+        for kind, (group, version, plural) in CUSTOM_CHILD_KINDS.items():
             try:
                 listed = self.custom.list_namespaced_custom_object(
                     group, version, namespace, plural, label_selector=selector
