@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "hack"))
 from kubernetes import client, config  # noqa: E402
 
 from distillery.catalog import load_catalog  # noqa: E402
+from distillery.engines.model import PORT  # noqa: E402
 from distillery.reconcile import parse  # noqa: E402
 from distillery.render import replica_startup_seconds  # noqa: E402
 from distillery.simulate.engine import Scenario, replica_model  # noqa: E402
@@ -77,8 +78,6 @@ MODEL_HEADER = "x-gateway-model-name"
 # How long a held request waits for a pool to serve (simulated seconds), as the
 # extension's flow control bounds a request's time in its queue.
 HOLD_SECONDS = 900.0
-# The engine's port when a pod declares none (vLLM's).
-ENGINE_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -562,7 +561,7 @@ def _container_port(pod: Any) -> int:
     for container in pod.spec.containers or []:
         for port in container.ports or []:
             return int(port.container_port)
-    return ENGINE_PORT
+    return PORT  # the port every rendered engine serves on
 
 
 def picker_exposition(held: Mapping[int, int]) -> str:
