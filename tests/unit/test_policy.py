@@ -495,3 +495,58 @@ def test_a_shared_budget_leaves_a_member_what_the_others_do_not_use() -> None:
         shared.max_cost_per_hour == 8.0 and "22/h used by the other tiers" in shared.budget_source
     )
     assert within_shared_budget(loose, budget, 40.0).max_cost_per_hour == 0.0
+
+
+def test_an_engines_queue_keeps_at_most_its_own_replica_busy() -> None:
+    """Requests in one engine's queue are served by that engine alone (no router moves
+    them): replicas added for them would only take new arrivals. The same queue held at
+    the router (any replica can take it) is drained within two cold starts."""
+    _, history, _ = run([sample(t, gen=100.0, done=1.0, running=1) for t in range(0, 75, 15)])
+    s = replace(sample(75, gen=100.0, done=1.0, running=64, waiting=20_000), queued_replicas=1)
+    in_engine = decide(s, history, CAP, LIMITS, Cluster(current=1, ready=1), 75)
+    at_router = decide(
+        replace(s, held=20_000.0), history, CAP, LIMITS, Cluster(current=1, ready=1), 75
+    )
+    assert in_engine.inputs["backlogReplicas"] == pytest.approx(1.0)
+    assert at_router.inputs["backlogReplicas"] > 1.0
+    unknown = decide(
+        replace(s, queued_replicas=None), history, CAP, LIMITS, Cluster(current=1, ready=1), 75
+    )
+    assert unknown.inputs["backlogReplicas"] == at_router.inputs["backlogReplicas"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    waiting=st.floats(min_value=0, max_value=100_000),
+    held_share=st.floats(min_value=0, max_value=1),
+    queued=st.integers(min_value=0, max_value=20),
+)
+def test_property_a_backlog_is_bounded_by_where_it_waits(
+    waiting: float, held_share: float, queued: int
+) -> None:
+    """The engines' queues add at most one replica per replica holding one; the queue
+    held before the engines at most what drains it within two cold starts."""
+    _, history, _ = run([sample(t, gen=100.0, done=1.0, running=1) for t in range(0, 75, 15)])
+    held = waiting * held_share
+    s = replace(
+        sample(75, gen=100.0, done=1.0, running=1, waiting=waiting),
+        held=held,
+        queued_replicas=queued,
+    )
+    d = decide(s, history, CAP, LIMITS, Cluster(current=1, ready=1), 75)
+    work = d.inputs["workPerRequestSeconds"]
+    drain_held = min(held / CAP.target_running, held * work / (2 * CAP.startup_seconds))
+    assert d.inputs["backlogReplicas"] <= drain_held + queued + 1e-3
+
+
+def test_a_breach_the_load_explains_adds_no_guard_replicas() -> None:
+    """One replica under a load that asks for three breaks the SLO: the demand's own
+    replicas mend it, and the guard does not add on top of them (the step it would take
+    is covered by the replicas coming)."""
+    _, history, _ = run([sample(t, gen=2000.0, done=5.0, running=64) for t in range(0, 75, 15)])
+    breach = buckets([5.0] * 20 + [0.2] * 80)
+    s = sample(75, gen=5000.0, done=12.0, running=64, waiting=60, ttft=breach)
+    d = decide(s, history, CAP, LIMITS, Cluster(current=1, ready=1), 75)
+    assert d.desired >= 3, d.inputs
+    assert d.inputs.get("ttftGuardReplicas", 0.0) == 0.0
+    assert d.reason != "ttft-slo"

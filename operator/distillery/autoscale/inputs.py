@@ -237,6 +237,7 @@ def observe(
         generation_tokens_per_second=total([m.generation_tokens_rate for m in reporting]),
         ttft_buckets=buckets or None,
         ttft_sum=merge_sums(reporting),
+        queued_replicas=sum(1 for m in reporting if m.waiting > 0),
     )
     partial = len(reporting) < len(ready)
     message = (

@@ -146,6 +146,12 @@ class LoadSample:
     # histogram's _sum (what tells 2.1 s from 1.9 s inside vLLM's 1.0-2.5 s bucket).
     ttft_buckets: Mapping[float, float] | None = None
     ttft_sum: float | None = None
+    # Of ``waiting``: the requests held before any engine (the router's queue, or no
+    # replica ready to take them), which any replica can serve; and how many reporting
+    # replicas have a queue of their own. An engine's queue is served by that engine
+    # alone: a new replica takes new arrivals, never what another engine holds.
+    held: float = 0.0
+    queued_replicas: int | None = None  # None: not known, every waiting request is held
 
     @property
     def outstanding(self) -> float:
@@ -538,14 +544,7 @@ def recommend(
     ready_for = max(demand, peak)
     headroom = ready_for - demand
     rho = cap.utilization * history.utilization_scale
-    # Each waiting request needs a slot; with a measured work per request, no more
-    # than drains the queue within two cold starts (replicas added for a backlog serve
-    # after one; the backlog's own demand is already in the queue's growth).
-    backlog = sample.waiting / max(1.0, cap.target_running)
-    drain_work = work if work is not None else measured  # early: biased high, so safe
-    if drain_work is not None:
-        drain = DRAIN_COLD_STARTS * max(1.0, cap.startup_seconds)
-        backlog = min(backlog, sample.waiting * drain_work / drain)
+    backlog = _backlog_replicas(sample, cap, work if work is not None else measured)
     want = ready_for / rho + backlog
     inputs.update(
         {
@@ -576,6 +575,31 @@ def recommend(
         candidates.append((_ceil(want) + history.guard_added, "ttft-slo"))
     value, reason = max(candidates, key=lambda c: c[0])
     return value, reason, inputs, history
+
+
+def _backlog_replicas(sample: LoadSample, cap: Capacity, work: float | None) -> float:
+    """Replicas kept busy by the queue, on top of the demand.
+
+    Each waiting request needs a slot; with a measured work per request (early: biased
+    high, so safe), no more than drains the queue within two cold starts (replicas
+    added for a backlog serve after one; the backlog's own demand is already in the
+    queue's growth). Requests held before the engines (a router's queue) go to whichever
+    replica is free. Those in an engine's own queue are served by that engine alone:
+    each replica with a queue is at most one replica busy with it, and replicas added
+    for it would only take new arrivals, which the demand already counts."""
+
+    def drained(waiting: float) -> float:
+        replicas = waiting / max(1.0, cap.target_running)
+        if work is not None:
+            drain = DRAIN_COLD_STARTS * max(1.0, cap.startup_seconds)
+            replicas = min(replicas, waiting * work / drain)
+        return replicas
+
+    backlog = drained(sample.waiting)
+    if sample.queued_replicas is not None:
+        held = min(max(0.0, sample.held), sample.waiting)
+        backlog = min(backlog, drained(held) + sample.queued_replicas)
+    return backlog
 
 
 def _ttft_guard(
@@ -627,16 +651,19 @@ def _ttft_guard(
         helped = no_queue and above < history.guard_share * GUARD_HELPED
         if new_episode or (step_served and helped):
             # A quarter of the ready replicas per allowed share missed, up to doubling,
-            # less those already starting.
-            starting = max(0, current - cluster.ready)
+            # less those already starting and those the load asks for now: a breach the
+            # load explains (too few replicas for the demand) is mended by the demand's
+            # own replicas, and the guard never adds on top of them.
+            coming = max(current, _ceil(want)) - cluster.ready
             allowed = max(1e-3, 1.0 - cap.slo_percentile / 100.0)
             severity = min(GUARD_MAX_SEVERITY, max(1.0, above / allowed))
             step = max(1, _ceil(GUARD_STEP * severity * max(cluster.ready, 1)))
-            added = max(0, step - starting)
+            added = max(0, step - max(0, coming))
             history = replace(
                 history,
                 guard_added=added + (0 if new_episode else history.guard_added),
-                guard_ready_needed=cluster.ready + added,
+                # The step is judged once every replica asked for serves.
+                guard_ready_needed=cluster.ready + max(0, coming) + added,
                 guard_ready_since=None,
                 guard_share=above,
             )

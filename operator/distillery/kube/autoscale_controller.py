@@ -192,7 +192,11 @@ class Autoscaler:
             obs_sample, stale, partial, message = obs.sample, obs.stale, obs.partial, obs.message
             if obs_sample is not None and router_queue:
                 # Requests the router holds wait as surely as those in the engines' queues.
-                obs_sample = replace(obs_sample, waiting=obs_sample.waiting + router_queue)
+                obs_sample = replace(
+                    obs_sample,
+                    waiting=obs_sample.waiting + router_queue,
+                    held=obs_sample.held + router_queue,
+                )
         bounds = limits(dmd.spec)
         if shared is not None:
             bounds = within_shared_budget(bounds, shared, round(others_cost, 4))

@@ -64,6 +64,8 @@ class Distillery(Policy):
             generation_tokens_per_second=sig.generation_tokens_per_second,
             ttft_buckets=sig.ttft_buckets,
             ttft_sum=sig.ttft_sum,
+            held=float(sig.gauges.pending),
+            queued_replicas=sum(1 for w in sig.gauges.waiting if w > 0),
         )
         decision = decide(
             sample,
