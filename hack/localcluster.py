@@ -706,9 +706,16 @@ def start(
         f'{lws_token},lws-controller,lws-controller,"system:masters"\n'
     )
     # Audit only the operator's requests: tests count its writes from this log.
+    # LOCALCLUSTER_AUDIT_LEVEL=Request also records what each write sent (to read what
+    # a burst's patches say); Metadata by default, which is all the tests need.
+    level = os.environ.get("LOCALCLUSTER_AUDIT_LEVEL", "Metadata")
+    if level not in ("Metadata", "Request", "RequestResponse"):
+        raise SystemExit(
+            f"LOCALCLUSTER_AUDIT_LEVEL={level!r}: use Metadata, Request or RequestResponse"
+        )
     (pki / "audit-policy.yaml").write_text(
         "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
-        f"rules:\n  - level: Metadata\n    users: [{OPERATOR_USER}]\n  - level: None\n"
+        f"rules:\n  - level: {level}\n    users: [{OPERATOR_USER}]\n  - level: None\n"
     )
     (pki / "tokens.csv").chmod(0o600)
     ports = {

@@ -42,6 +42,11 @@ def body(name: str = "m", status: dict[str, Any] | None = None, **spec: Any) -> 
     return dmd(name, {**base, **spec}, namespace=NS, status=status, uid=f"uid-{name}", generation=1)
 
 
+def _ready(cluster: FakeCluster) -> dict[str, Any]:
+    conds = cluster.status[(NS, "m")]["conditions"]
+    return next(c for c in conds if c["type"] == "Ready")
+
+
 def reconciler(cluster: FakeCluster) -> Reconciler:
     return Reconciler(kube=cluster, catalog=CATALOG, options=RenderOptions())
 
@@ -57,11 +62,12 @@ def test_a_new_dmd_is_applied_once_and_a_steady_state_writes_nothing() -> None:
         assert ("patch_dmd_status", "m") in cluster.writes()
         assert [e[1] for e in cluster.events] == ["Planned"]
         # The watch has not caught up (no children, old status): nothing is applied again,
-        # and no rollout is started for a Deployment the watch does not show yet (the
-        # status moves on from Creating, once).
+        # no rollout is started for a Deployment the watch does not show yet, and the
+        # status stays Creating until the Deployment's controller has observed it.
         before = len(cluster.writes())
         await r.reconcile(body(), {})
-        assert [w[0] for w in cluster.writes()[before:]] == ["patch_dmd_status"]
+        assert cluster.writes()[before:] == []
+        assert _ready(cluster)["reason"] == "Creating"
         assert [e[1] for e in cluster.events] == ["Planned"]
         rollout = cluster.status[(NS, "m")]["rollout"]
         assert rollout["phase"] == "Stable", rollout
@@ -683,3 +689,55 @@ def test_a_deleted_tier_is_said_in_its_route_at_once() -> None:
     asyncio.run(runtime.tier_changed(NS, "m"))  # the DMD is gone from the index
     [ready] = [c for c in cluster.route_status[(NS, "r1")]["conditions"] if c["type"] == "Ready"]
     assert ready["reason"] == "TierDeploymentMissing" and "routine (m)" in ready["message"]
+
+
+class PatchRecordingCluster(FakeCluster):
+    """The fake cluster, keeping what each status patch said."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status_patches: list[dict[str, Any]] = []
+
+    def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.status_patches.append(copy.deepcopy(dict(status)))
+        super().patch_dmd_status(namespace, name, status)
+
+
+def test_the_autoscaler_status_and_the_conditions_it_implies_are_one_patch() -> None:
+    """A burst of new DMDs wrote status.autoscaling and then, once the watch showed it,
+    the MetricsAvailable condition read from it: two patches and two watch events for
+    one change. Through the reconciler it is one patch, written once even when a
+    reconcile runs before the watch shows it."""
+    cluster = PatchRecordingCluster()
+    runtime = runtime_for(cluster)  # no Prometheus: the autoscaler says metrics are missing
+
+    async def settle() -> None:
+        await asyncio.gather(*runtime._autoscaled)
+
+    async def scenario() -> None:
+        runtime.indices = indices_with(body())
+        await runtime.reconcile(body(), runtime.indices)
+        first = {c["type"]: c for c in cluster.status_patches[0]["conditions"]}
+        assert first["MetricsAvailable"]["reason"] == "NotEvaluated"
+        shown = body(status=copy.deepcopy(cluster.status[(NS, "m")]))
+        runtime.indices = indices_with(shown)
+        await runtime.autoscale_pass()
+        await settle()
+        assert len(cluster.status_patches) == 2, cluster.status_patches
+        patch = cluster.status_patches[1]
+        assert patch["autoscaling"]["metricsAvailable"] is False
+        conds = {c["type"]: c for c in patch["conditions"]}
+        assert conds["MetricsAvailable"]["reason"] == "MetricsMissing"
+        assert "no Prometheus configured" in conds["MetricsAvailable"]["message"]
+        # The watch has not caught up: a reconcile now writes nothing again.
+        await runtime.reconcile(shown, runtime.indices)
+        assert len(cluster.status_patches) == 2
+        # It caught up: the next pass decides the same, and nothing is written.
+        runtime.indices = indices_with(body(status=copy.deepcopy(cluster.status[(NS, "m")])))
+        await runtime.autoscale_pass()
+        await settle()
+        await runtime.resync_pass()
+        assert len(cluster.status_patches) == 2, cluster.status_patches[2:]
+        await runtime.stop()
+
+    asyncio.run(scenario())

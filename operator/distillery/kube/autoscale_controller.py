@@ -6,14 +6,16 @@ is written to ``spec.replicas`` through ``/scale`` as ``distillery-autoscaler`` 
 HPA writes a Deployment); ``status.autoscaling`` is written only when what it says
 changes (a decision, metrics appearing or vanishing, a new limit), so a steady state
 costs no writes. The reconciler turns ``status.autoscaling`` into the
-``MetricsAvailable`` and ``ScalingLimited`` conditions.
+``MetricsAvailable`` and ``ScalingLimited`` conditions; in the operator the autoscaler
+hands ``status.autoscaling`` to it (``publish``) so that both go in one patch, instead
+of a patch here and a second one for the conditions when the watch shows the first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -67,6 +69,9 @@ class Autoscaler:
     _capacity: dict[Key, tuple[Resolved, Capacity]] = field(default_factory=dict)
     _written: dict[Key, dict[str, Any]] = field(default_factory=dict)
     passes: int = 0
+    # Where a changed status.autoscaling goes: None patches it here; the operator gives
+    # it to the reconciler, which writes it with the conditions it implies.
+    publish: Callable[[Mapping[str, Any], dict[str, Any]], Awaitable[None]] | None = None
 
     def forget(self, namespace: str, name: str) -> None:
         self.histories.pop((namespace, name), None)
@@ -248,7 +253,10 @@ class Autoscaler:
         before = self._written.get((ns, name), old)
         patch = merge_patch(before, status)
         if patch:
-            await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": patch})
+            if self.publish is not None:
+                await self.publish(body, status)
+            else:
+                await in_thread(self.kube.patch_dmd_status, ns, name, {"autoscaling": patch})
             self._written[(ns, name)] = status
         return desired * cap.price_per_replica_hour
 

@@ -74,10 +74,19 @@ class Reconciler:
     _deleted: set[tuple[str, str, str]] = field(default_factory=set)
     _applied_replicas: dict[tuple[str, str, str], int] = field(default_factory=dict)
     _applied_revision: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+    # status.autoscaling as the autoscaler last decided it, and whether it was written,
+    # until the watch shows it: the next reconcile writes it with the conditions it
+    # implies, in one patch, and a reconcile before the watch caught up not again.
+    _autoscaling: dict[Key, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+
+    def autoscaled(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """The autoscaler's new status.autoscaling for a DMD, for its next reconcile."""
+        self._autoscaling[(namespace, name)] = (status, False)
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
         self._status.pop((namespace, name), None)
+        self._autoscaling.pop((namespace, name), None)
         self._consumed.pop((namespace, name), None)
         self.plans.forget(namespace, name)
         for table in (self._applied, self._scaled, self._applied_replicas, self._applied_revision):
@@ -177,6 +186,9 @@ class Reconciler:
                 del self._status[key]
             else:
                 effective["status"] = {**live, **self._status[key]}
+        autoscaling = self._pending_autoscaling(key, body)
+        if autoscaling is not None:
+            effective["status"] = {**(effective.get("status") or {}), "autoscaling": autoscaling}
         effective["metadata"] = self._unconsumed(key, body.get("metadata") or {})
         user_template, template_error = await self._user_template(body)
         fill_pods = [await self._with_progress(namespace, p) for p in fill_pods]
@@ -219,15 +231,7 @@ class Reconciler:
             )
             await in_thread(self.kube.remove_dmd_annotation, namespace, name, COMMAND_ANNOTATION)
             self._consumed[key] = command
-        if desired.status_changed:
-            owned = {k: v for k, v in desired.status.items() if k in OWNED_STATUS}
-            live = effective.get("status") or {}
-            # Null for what the new status no longer has: a merge patch keeps it otherwise.
-            patch = merge_patch({k: v for k, v in live.items() if k in OWNED_STATUS}, owned)
-            if patch:
-                await in_thread(self.kube.patch_dmd_status, namespace, name, patch)
-                self._status[key] = owned
-                _log_rollout_change(namespace, name, live, owned)
+        await self._write_status(namespace, name, body, effective, desired, autoscaling)
         for event in desired.events:
             try:
                 await in_thread(
@@ -242,6 +246,49 @@ class Reconciler:
                 log.warning("could not post event %s: %s", event.reason, exc)
         self._record_metrics(namespace, name, desired)
         return desired
+
+    def _pending_autoscaling(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The autoscaler's status.autoscaling not yet seen in the body, or None."""
+        found = self._autoscaling.get(key)
+        if found is None:
+            return None
+        live = (body.get("status") or {}).get("autoscaling") or {}
+        if not merge_patch(live, found[0]):
+            del self._autoscaling[key]  # written, and the watch shows it
+            return None
+        return found[0]
+
+    async def _write_status(
+        self,
+        namespace: str,
+        name: str,
+        body: Mapping[str, Any],
+        effective: Mapping[str, Any],
+        desired: Desired,
+        autoscaling: dict[str, Any] | None,
+    ) -> None:
+        """One status patch: the fields the reconciler owns that changed, and the
+        autoscaler's status.autoscaling when it has a new one."""
+        patch: dict[str, Any] = {}
+        owned: dict[str, Any] | None = None
+        live = effective.get("status") or {}
+        if desired.status_changed:
+            owned = {k: v for k, v in desired.status.items() if k in OWNED_STATUS}
+            # Null for what the new status no longer has: a merge patch keeps it otherwise.
+            patch = merge_patch({k: v for k, v in live.items() if k in OWNED_STATUS}, owned)
+        key = (namespace, name)
+        if autoscaling is not None and not self._autoscaling[key][1]:
+            seen = (body.get("status") or {}).get("autoscaling") or {}
+            patch["autoscaling"] = merge_patch(seen, autoscaling)
+        if not patch:
+            return
+        await in_thread(self.kube.patch_dmd_status, namespace, name, patch)
+        latest = self._autoscaling.get(key)
+        if "autoscaling" in patch and latest is not None and latest[0] is autoscaling:
+            self._autoscaling[key] = (latest[0], True)  # not one decided meanwhile
+        if owned is not None:
+            self._status[key] = owned
+            _log_rollout_change(namespace, name, live, owned)
 
     def _unconsumed(self, key: Key, meta: Mapping[str, Any]) -> dict[str, Any]:
         """Metadata without a rollout command we already acted on (the watch may not have

@@ -87,6 +87,12 @@ class Runtime:
     _slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(CONCURRENT_RECONCILES)
     )
+    # Reconciles started by an autoscaler pass, held so they are not collected mid-run.
+    _autoscaled: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        # One writer of a DMD's status: the autoscaler's part goes through the reconciler.
+        self.autoscaler.publish = self.autoscaling_decided
 
     @classmethod
     async def start(cls, cfg: Settings) -> Runtime:
@@ -156,7 +162,7 @@ class Runtime:
         return runtime
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        for task in [*self.tasks, *self._autoscaled]:
             task.cancel()
         await self.retries.close()
 
@@ -205,6 +211,20 @@ class Runtime:
             return
         self.retries.succeeded((ns, name))
         await self.tier_changed(ns, name)
+
+    async def autoscaling_decided(self, body: Mapping[str, Any], status: dict[str, Any]) -> None:
+        """The autoscaler has a new status.autoscaling for a DMD: its reconcile writes it
+        with the MetricsAvailable and ScalingLimited conditions it implies, in one patch
+        (a patch here and one for the conditions would write every change twice). The
+        reconcile runs on its own task: a pass over thousands of DMDs does not wait for
+        their API calls, and the reconciles queue for their slots like any other."""
+        ns, name = object_key(body)
+        self.reconciler.autoscaled(ns, name, status)
+        if self.indices is None:
+            return
+        task = asyncio.create_task(self.reconcile(body, self.indices))
+        self._autoscaled.add(task)
+        task.add_done_callback(self._autoscaled.discard)
 
     async def tier_changed(self, namespace: str, dmd: str) -> None:
         """A DMD's replicas, readiness or limits changed, or it was deleted: they are

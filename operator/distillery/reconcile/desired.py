@@ -234,8 +234,13 @@ def _deployment_conditions(
 ) -> tuple[ConditionState, ConditionState]:
     """Ready and Reconciling, from the Deployment's own status and, when known, its
     pods: a failing container names the reason (a missing Secret, a bad image, an OOM
-    kill) instead of a bare count, and terminating pods do not count as ready."""
-    if dep is None:
+    kill) instead of a bare count, and terminating pods do not count as ready.
+
+    A Deployment its controller has not observed yet (no status at all) is still being
+    created: its counts say nothing, and a status of "0/N ready" that the controller's
+    first observation replaces a second later is a write for nothing (a burst of new
+    DMDs would write each twice)."""
+    if dep is None or dep.observed_generation == 0:
         msg = "creating the serving Deployment"
         return (
             cond.condition(cond.READY, False, "Creating", msg, gen),
