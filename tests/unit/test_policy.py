@@ -550,3 +550,14 @@ def test_a_breach_the_load_explains_adds_no_guard_replicas() -> None:
     assert d.desired >= 3, d.inputs
     assert d.inputs.get("ttftGuardReplicas", 0.0) == 0.0
     assert d.reason != "ttft-slo"
+
+
+def test_a_breach_the_load_does_not_explain_gets_its_whole_step() -> None:
+    """Long prompts slow on one replica the load model calls under its target: the
+    replica the model's rounding asks for does not stand in for the guard's step."""
+    breach = buckets([5.0] * 20 + [0.2] * 80)
+    s = sample(0, gen=1400.0, prompt=0.0, done=1.0, running=13, ttft=breach)
+    d = decide(s, History(), CAP, LIMITS, Cluster(current=1, ready=1), 0)
+    assert d.inputs["demandReplicas"] < CAP.utilization  # one replica carries it
+    assert d.inputs["ttftGuardReplicas"] == 1.0
+    assert d.desired == 3 and d.reason == "ttft-slo", d.inputs

@@ -651,10 +651,13 @@ def _ttft_guard(
         helped = no_queue and above < history.guard_share * GUARD_HELPED
         if new_episode or (step_served and helped):
             # A quarter of the ready replicas per allowed share missed, up to doubling,
-            # less those already starting and those the load asks for now: a breach the
-            # load explains (too few replicas for the demand) is mended by the demand's
-            # own replicas, and the guard never adds on top of them.
-            coming = max(current, _ceil(want)) - cluster.ready
+            # less those already starting; and when the load explains the breach (the
+            # ready replicas carry more than their target), less those the load asks
+            # for now: the demand's own replicas mend it, and the guard never adds on
+            # top of them. A breach the load does not explain (long prompts slow on a
+            # replica the model calls half busy) gets its whole step.
+            overloaded = demand > cluster.ready * rho
+            coming = (max(current, _ceil(want)) if overloaded else current) - cluster.ready
             allowed = max(1e-3, 1.0 - cap.slo_percentile / 100.0)
             severity = min(GUARD_MAX_SEVERITY, max(1.0, above / allowed))
             step = max(1, _ceil(GUARD_STEP * severity * max(cluster.ready, 1)))
