@@ -629,23 +629,39 @@ def _own_namespace() -> str:
 
 
 def _log_memory_on_sigusr2() -> None:
-    """With tracemalloc on (``PYTHONTRACEMALLOC=12``), ``kill -USR2`` logs where the
-    operator's memory is held, by allocating call stack: how to find what grows with the
-    fleet in a running operator, without a debugger or a restart."""
+    """``kill -USR2`` writes the Python allocator's arena statistics to stderr (how much
+    of the heap is live blocks, and how much is free space in arenas that cannot go back
+    to the system); with tracemalloc on (``PYTHONTRACEMALLOC=12``) it also logs where
+    the operator's memory is held, by allocating call stack, and saves the snapshot to
+    compare two offline. How to find what grows with the fleet in a running operator,
+    without a debugger or a restart."""
     import logging
+    import os
     import signal
+    import tempfile
     import tracemalloc
 
     if not tracemalloc.is_tracing():
+        signal.signal(signal.SIGUSR2, lambda signum, frame: sys._debugmallocstats())
         return
+    taken = 0
 
     def report(signum: int, frame: object) -> None:
+        nonlocal taken
         snapshot = tracemalloc.take_snapshot().filter_traces(
             [tracemalloc.Filter(False, tracemalloc.__file__)]
         )
+        # On disk too, to compare two (idle, then with the fleet) offline:
+        # Snapshot.load(later).compare_to(Snapshot.load(earlier), "traceback").
+        taken += 1
+        path = Path(tempfile.gettempdir()) / f"distillery-memory-{os.getpid()}-{taken}.snapshot"
+        snapshot.dump(str(path))
+        sys._debugmallocstats()
         stats = snapshot.statistics("traceback")
         total = sum(s.size for s in stats)
-        lines = [f"traced memory: {total / 2**20:.1f} MiB in {len(stats)} call stacks"]
+        lines = [
+            f"traced memory: {total / 2**20:.1f} MiB in {len(stats)} call stacks (snapshot: {path})"
+        ]
         for stat in stats[:25]:
             lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks")
             lines.extend(f"    {line}" for line in stat.traceback.format(limit=12))

@@ -221,7 +221,7 @@ async def dmd_event(**kwargs: Any) -> None:
         runtime.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         await runtime.tier_changed(body["metadata"]["namespace"], body["metadata"]["name"])
         return
-    await runtime.reconcile(body, kwargs)
+    runtime.submit((body["metadata"]["namespace"], body["metadata"]["name"]))
 
 
 @kopf.on.event(*ROUTE)
@@ -245,8 +245,8 @@ async def _on_child(**kwargs: Any) -> None:
     owner = labels.get(OWNER_LABEL) or labels.get(LABEL_CACHE_OF)
     if not owner:
         return
-    for dmd in kwargs["dmd_bodies"].get((meta.get("namespace"), owner), []):
-        await runtime.reconcile(dmd, kwargs)
+    if kwargs["dmd_bodies"].get((meta.get("namespace"), owner)):
+        runtime.submit((str(meta.get("namespace")), str(owner)))
 
 
 kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)

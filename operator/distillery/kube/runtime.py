@@ -87,8 +87,9 @@ class Runtime:
     _slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(CONCURRENT_RECONCILES)
     )
-    # Reconciles started by an autoscaler pass, held so they are not collected mid-run.
-    _autoscaled: set[asyncio.Task[None]] = field(default_factory=set)
+    # Reconciles submitted by watch events and autoscaler passes, each holding only its
+    # DMD's key while it waits for a slot; held here so none is collected mid-run.
+    _submitted: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # One writer of a DMD's status: the autoscaler's part goes through the reconciler.
@@ -162,7 +163,7 @@ class Runtime:
         return runtime
 
     async def stop(self) -> None:
-        for task in [*self.tasks, *self._autoscaled]:
+        for task in [*self.tasks, *self._submitted]:
             task.cancel()
         await self.retries.close()
 
@@ -179,11 +180,17 @@ class Runtime:
         if key in self._queued:
             return
         self._queued.add(key)
+        await self._reconcile_key(key, indices)
+
+    async def _reconcile_key(self, key: Key, indices: Indices | None = None) -> None:
+        """The reconcile of a queued key (in ``_queued``): wait for a slot, then read
+        the DMD's latest body from the index."""
         try:
             async with self._slots:
                 self._queued.discard(key)
-                latest = list(indices["dmd_bodies"].get(key, []))
-                if not latest:
+                indices = indices if indices is not None else self.indices
+                latest = list(indices["dmd_bodies"].get(key, [])) if indices else []
+                if not latest or indices is None:
                     return  # deleted while it waited
                 await self._reconcile_one(latest[0], indices)
         finally:
@@ -220,11 +227,21 @@ class Runtime:
         their API calls, and the reconciles queue for their slots like any other."""
         ns, name = object_key(body)
         self.reconciler.autoscaled(ns, name, status)
-        if self.indices is None:
-            return
-        task = asyncio.create_task(self.reconcile(body, self.indices))
-        self._autoscaled.add(task)
-        task.add_done_callback(self._autoscaled.discard)
+        self.submit((ns, name))
+
+    def submit(self, key: Key) -> None:
+        """Reconcile a DMD soon, without waiting: what a watch event does. The event's
+        handler returns at once, so kopf lets go of the event's body (a Deployment's
+        with its managedFields is tens of KiB) instead of holding it while the
+        reconcile waits for a slot: a burst of thousands of events held that way set
+        the operator's peak heap, and Python's allocator keeps a peak's arenas. What
+        waits is a task that holds the key; the reconcile reads the latest body."""
+        if key in self._queued or self.indices is None:
+            return  # one already waits, and it will read the latest body
+        self._queued.add(key)
+        task = asyncio.create_task(self._reconcile_key(key))
+        self._submitted.add(task)
+        task.add_done_callback(self._submitted.discard)
 
     async def tier_changed(self, namespace: str, dmd: str) -> None:
         """A DMD's replicas, readiness or limits changed, or it was deleted: they are
