@@ -16,6 +16,7 @@ value in status, which the schema prunes).
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import kopf
@@ -47,6 +48,8 @@ DMD = (GROUP, VERSION, PLURAL)
 ROUTE = (GROUP, VERSION, ROUTE_PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "distillery"}
 log = logging.getLogger("distillery")
+# How long kopf keeps an object's idle worker (and the last event it held): see startup.
+QUEUE_IDLE_SECONDS = 0.5
 
 
 @kopf.on.startup()
@@ -71,6 +74,12 @@ async def startup(**kwargs: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "distillery.dev/operator"
     settings.execution.max_workers = 8
+    # kopf's per-object worker keeps the last event it handled (the object's whole body,
+    # managedFields and all) while it waits this long for the next one. In a burst that
+    # is every object's body at once, which sets the heap's peak, and the allocator
+    # keeps a peak's arenas. Our handlers return at once and read the indices, so a
+    # worker that exits sooner costs only its re-creation on the object's next event.
+    settings.queueing.idle_timeout = QUEUE_IDLE_SECONDS
     settings.peering.standalone = not cfg.peering
     if cfg.peering:
         settings.peering.name = cfg.peering
@@ -83,9 +92,22 @@ async def startup(**kwargs: Any) -> None:
 INDICES = ("dmd_bodies", "route_bodies", "dmd_pods", "fill_pods", *CHILD_INDICES)
 
 
+def _shared(value: Any) -> Any:
+    """A copy of a decoded JSON value whose strings are interned: the DMDs of a fleet
+    repeat the same keys, condition reasons and messages, plans and timestamps, and one
+    string object serves them all instead of one per DMD."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    return value
+
+
 def _slim(kwargs: dict[str, Any], annotations: tuple[str, ...] = ()) -> dict[Any, Any]:
     """Only what reconciling reads: managedFields and the rest would cost memory per
-    object."""
+    object; and what is kept shares its strings with the other DMDs'."""
     body = kwargs["body"]
     meta = body.get("metadata") or {}
     kept = {
@@ -100,8 +122,8 @@ def _slim(kwargs: dict[str, Any], annotations: tuple[str, ...] = ()) -> dict[Any
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": kept,
-        "spec": body.get("spec"),
-        "status": body.get("status"),
+        "spec": _shared(body.get("spec")),
+        "status": _shared(body.get("status")),
     }
     return {(kwargs["namespace"], kwargs["name"]): slim}
 
@@ -221,7 +243,7 @@ async def dmd_event(**kwargs: Any) -> None:
         runtime.forget(body["metadata"]["namespace"], body["metadata"]["name"])
         await runtime.tier_changed(body["metadata"]["namespace"], body["metadata"]["name"])
         return
-    runtime.submit((body["metadata"]["namespace"], body["metadata"]["name"]))
+    runtime.dmd_changed(body)
 
 
 @kopf.on.event(*ROUTE)

@@ -26,6 +26,7 @@ from distillery.kube.retry import RetrySchedule
 from distillery.kube.runtime import CHILD_INDICES, CONCURRENT_RECONCILES, Runtime
 from distillery.reconcile.cache import FillPod
 from distillery.render import RenderOptions
+from distillery.rollout import COMMAND_ANNOTATION
 from tests.support.dmds import dmd
 from tests.support.fake_cluster import FakeCluster
 
@@ -764,5 +765,37 @@ def test_a_watch_event_submits_its_reconcile_and_returns_at_once() -> None:
         applied = sorted(what for call, what in cluster.writes() if call == "apply")
         assert applied == ["Deployment/m", "PodDisruptionBudget/m", "Service/m"]
         assert not runtime._queued and not runtime._submitted
+
+    asyncio.run(scenario())
+
+
+def test_the_echo_of_its_own_status_write_reconciles_nothing() -> None:
+    """A burst made one watch event per status write, and each reconciled its DMD again
+    to the same result. The echo is told from the DMD's identity (uid, generation,
+    rollout command) and the status written; anything else still reconciles."""
+    cluster = FakeCluster()
+    runtime = runtime_for(cluster)
+    runtime.indices = indices_with(body())
+
+    async def scenario() -> None:
+        await runtime.reconcile(body(), runtime.indices or {})
+        echo = body(status=copy.deepcopy(cluster.status[(NS, "m")]))
+        runtime.dmd_changed(echo)
+        assert not runtime._submitted
+        # The watch caught up: the copy of the write is let go, so a second event with
+        # that status (nothing of ours to compare it with) reconciles.
+        assert not runtime.reconciler.own_echo(echo)
+        # Someone else's status edit, a new spec, a rollout command: reconciled.
+        edited = copy.deepcopy(echo)
+        edited["status"]["conditions"][0]["message"] = "edited by hand"
+        newer = copy.deepcopy(echo)
+        newer["metadata"]["generation"] = 2
+        command = copy.deepcopy(echo)
+        command["metadata"]["annotations"] = {COMMAND_ANNOTATION: "promote"}
+        for changed in (edited, newer, command):
+            runtime.dmd_changed(changed)
+            assert len(runtime._submitted) == 1, changed["metadata"]
+            await asyncio.gather(*runtime._submitted)
+        await runtime.stop()
 
     asyncio.run(scenario())

@@ -350,7 +350,7 @@ def test_property_scale_up_is_bounded_by_demand_and_backlog(
     d = decide(s, History(), CAP, LIMITS, Cluster(current=current, ready=current), 0)
     if d.desired <= current:
         return
-    demand = d.inputs["demandReplicas"]
+    demand = d.inputs["demandReplicas"] + 5e-4  # shown rounded to three decimals
     peak = demand + CAP.prior_headroom * max(demand, 1.0)
     backlog = waiting / CAP.target_running
     bound = math.ceil(peak / CAP.utilization + backlog)

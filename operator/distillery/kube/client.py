@@ -118,43 +118,48 @@ class Kube:
             "field_manager": FIELD_MANAGER,
             "force": True,
             "_content_type": APPLY,
+            **UNREAD,
         }
         body = dict(obj)
+        reply: Any  # the unread reply (UNREAD), not the typed model the stubs declare
         if kind == "Deployment":
-            self.apps.patch_namespaced_deployment(name, ns, body, **kwargs)
+            reply = self.apps.patch_namespaced_deployment(name, ns, body, **kwargs)
         elif kind == "LeaderWorkerSet":
-            self.custom.patch_namespaced_custom_object(*LWS, ns, LWS_PLURAL, name, body, **kwargs)
+            reply = self.custom.patch_namespaced_custom_object(
+                *LWS, ns, LWS_PLURAL, name, body, **kwargs
+            )
         elif kind == "Service":
-            self.core.patch_namespaced_service(name, ns, body, **kwargs)
+            reply = self.core.patch_namespaced_service(name, ns, body, **kwargs)
         elif kind == "PodDisruptionBudget":
-            self.policy.patch_namespaced_pod_disruption_budget(name, ns, body, **kwargs)
+            reply = self.policy.patch_namespaced_pod_disruption_budget(name, ns, body, **kwargs)
         elif kind == "PersistentVolumeClaim":
-            self.core.patch_namespaced_persistent_volume_claim(name, ns, body, **kwargs)
+            reply = self.core.patch_namespaced_persistent_volume_claim(name, ns, body, **kwargs)
         elif kind == "Job":
-            self.batch.patch_namespaced_job(name, ns, body, **kwargs)
+            reply = self.batch.patch_namespaced_job(name, ns, body, **kwargs)
         elif kind == "DaemonSet":
-            self.apps.patch_namespaced_daemon_set(name, ns, body, **kwargs)
+            reply = self.apps.patch_namespaced_daemon_set(name, ns, body, **kwargs)
         elif kind == "PodMonitor":
-            self.custom.patch_namespaced_custom_object(
+            reply = self.custom.patch_namespaced_custom_object(
                 "monitoring.coreos.com", "v1", ns, "podmonitors", name, body, **kwargs
             )
         elif kind in CUSTOM_CHILD_KINDS:
             group, version, plural = CUSTOM_CHILD_KINDS[kind]
-            self.custom.patch_namespaced_custom_object(
+            reply = self.custom.patch_namespaced_custom_object(
                 group, version, ns, plural, name, body, **kwargs
             )
         elif kind == "ServiceAccount":
-            self.core.patch_namespaced_service_account(name, ns, body, **kwargs)
+            reply = self.core.patch_namespaced_service_account(name, ns, body, **kwargs)
         elif kind == "Role":
-            self.rbac.patch_namespaced_role(name, ns, body, **kwargs)
+            reply = self.rbac.patch_namespaced_role(name, ns, body, **kwargs)
         elif kind == "RoleBinding":
-            self.rbac.patch_namespaced_role_binding(name, ns, body, **kwargs)
+            reply = self.rbac.patch_namespaced_role_binding(name, ns, body, **kwargs)
         else:
             raise ValueError(f"distillery does not apply {kind}")
+        _done(reply)
         count_write("apply", kind)
 
     def patch_dmd_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
+        reply: Any = self.custom.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
             namespace,
@@ -162,12 +167,14 @@ class Kube:
             name,
             {"status": dict(status)},
             _content_type=MERGE,
+            **UNREAD,
         )
+        _done(reply)
         count_write("patch-status", "DistilledModelDeployment")
 
     def scale_dmd(self, namespace: str, name: str, replicas: int) -> None:
         """Write spec.replicas through /scale as the autoscaler."""
-        self.custom.patch_namespaced_custom_object_scale(
+        reply = self.custom.patch_namespaced_custom_object_scale(
             GROUP,
             VERSION,
             namespace,
@@ -176,7 +183,9 @@ class Kube:
             {"spec": {"replicas": replicas}},
             field_manager=AUTOSCALER_FIELD_MANAGER,
             _content_type=MERGE,
+            **UNREAD,
         )
+        _done(reply)
         count_write("scale", "DistilledModelDeployment")
 
     def scale_workload(
@@ -489,6 +498,19 @@ def unreachable_reason(kubeconfig: str | None = None, timeout: float = 10.0) -> 
         pool_log.setLevel(level)
         api.close()  # type: ignore[no-untyped-call]
     return None
+
+
+# Writes whose reply is not read: the API server answers with the whole object
+# (managedFields and all), which the client would decode into typed models only to drop
+# them, costing CPU and short-lived heap per write, thousands of writes in a burst.
+# Errors still raise ApiException (the client checks the status first).
+UNREAD: dict[str, Any] = {"_preload_content": False}
+
+
+def _done(reply: Any) -> None:
+    """Return an unread reply's connection to the pool."""
+    reply.drain_conn()
+    reply.release_conn()
 
 
 async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -59,6 +59,25 @@ def _log_rollout_change(
         log.info("rollout of %s/%s: %s -> %s", namespace, name, where(before), where(after))
 
 
+def _identity(meta: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a DMD's metadata a reconcile acts on: which object, which spec, and the
+    one-shot rollout command."""
+    command = (meta.get("annotations") or {}).get(COMMAND_ANNOTATION)
+    return (meta.get("uid"), meta.get("generation"), command)
+
+
+@dataclass
+class _ChildWrites:
+    """What the reconciler wrote to one DMD's children, by child key (or, for scales
+    and deletes, by object name), until the watch shows it."""
+
+    applied: dict[str, str] = field(default_factory=dict)  # applied-hash annotation
+    replicas: dict[str, int] = field(default_factory=dict)  # a workload's replicas
+    revision: dict[str, str | None] = field(default_factory=dict)  # a workload's revision
+    scaled: dict[str, int] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+
+
 @dataclass
 class Reconciler:
     kube: ClusterClient
@@ -67,17 +86,40 @@ class Reconciler:
     nodes: NodeCatalog | None = None  # GPUs per node from the cluster, when readable
     plans: PlanCache = field(default_factory=PlanCache)  # shared with the autoscaler
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
-    _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # What was written to each DMD's children, until the watch shows it: per DMD, so a
+    # reconcile reads its own entries and not every DMD's (a burst's reconciles each
+    # scanned all of them: quadratic in the fleet).
+    _written: dict[Key, _ChildWrites] = field(default_factory=dict)
     _status: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    _scaled: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # What of the DMD's metadata the last reconcile read: its status echo is told by it.
+    _last_read: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
     _consumed: dict[Key, str] = field(default_factory=dict)
-    _deleted: set[tuple[str, str, str]] = field(default_factory=set)
-    _applied_replicas: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    _applied_revision: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
     # status.autoscaling as the autoscaler last decided it, and whether it was written,
     # until the watch shows it: the next reconcile writes it with the conditions it
     # implies, in one patch, and a reconcile before the watch caught up not again.
     _autoscaling: dict[Key, tuple[dict[str, Any], bool]] = field(default_factory=dict)
+
+    def own_echo(self, body: Mapping[str, Any]) -> bool:
+        """Whether a DMD's watch event only shows the status this reconciler wrote: the
+        same object (uid, generation, rollout command) the last reconcile read, with our
+        last status write and nothing the autoscaler decided since. Reconciling it again
+        would compute what the last reconcile did (its inputs were the same: it used the
+        status it wrote), so the event needs none; a burst of new DMDs makes one such
+        event per status write. The watch has caught up, so the copy is let go."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        written = self._status.get(key)
+        if written is None or meta.get("deletionTimestamp"):
+            return False
+        if self._last_read.get(key) != _identity(meta):
+            return False
+        if self._pending_autoscaling(key, body) is not None:
+            return False
+        live = body.get("status") or {}
+        if {k: v for k, v in live.items() if k in OWNED_STATUS} != written:
+            return False
+        del self._status[key]
+        return True
 
     def autoscaled(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """The autoscaler's new status.autoscaling for a DMD, for its next reconcile."""
@@ -86,20 +128,22 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
         self._status.pop((namespace, name), None)
+        self._last_read.pop((namespace, name), None)
         self._autoscaling.pop((namespace, name), None)
         self._consumed.pop((namespace, name), None)
         self.plans.forget(namespace, name)
-        for table in (self._applied, self._scaled, self._applied_replicas, self._applied_revision):
-            for key in [k for k in table if k[:2] == (namespace, name)]:
-                table.pop(key, None)
+        self._written.pop((namespace, name), None)
         metrics.forget(namespace, name)
 
     def _effective_children(
         self, namespace: str, name: str, children: Mapping[str, ChildState]
     ) -> dict[str, ChildState]:
         out = dict(children)
+        written = self._written.get((namespace, name))
+        if written is None:
+            return out
         for key, state in children.items():
-            mine = self._applied.get((namespace, name, key))
+            mine = written.applied.get(key)
             if (
                 mine is not None
                 and state.applied_hash != mine
@@ -110,12 +154,12 @@ class Reconciler:
                 # Its revision stays the live one: the counts beside it are the old
                 # template's, and a new revision with old counts would read as a rollout
                 # already complete.
-                replicas = self._applied_replicas.get((namespace, name, key), state.spec_replicas)
+                replicas = written.replicas.get(key, state.spec_replicas)
                 out[key] = ChildState(
                     **{**state.__dict__, "applied_hash": mine, "spec_replicas": replicas}
                 )
-        for (ns, n, key), digest in self._applied.items():
-            if (ns, n) == (namespace, name) and key not in out:
+        for key, digest in written.applied.items():
+            if key not in out:
                 # Applied but not yet in the watch cache.
                 kind, _, suffix = key.partition("/")
                 # What we applied, as the watch will show it: its revision and replicas
@@ -123,11 +167,11 @@ class Reconciler:
                 out[key] = ChildState(
                     kind=kind,
                     name=f"{name}-{suffix}" if suffix else name,
-                    namespace=ns,
+                    namespace=namespace,
                     owner=name,
                     applied_hash=digest,
-                    revision=self._applied_revision.get((ns, n, key)),
-                    spec_replicas=self._applied_replicas.get((ns, n, key)),
+                    revision=written.revision.get(key),
+                    spec_replicas=written.replicas.get(key),
                 )
         return out
 
@@ -218,12 +262,13 @@ class Reconciler:
                 desired.apply_reasons.get(child, ""),
             )
             await in_thread(self.kube.apply, obj)
-            self._applied[(namespace, name, child)] = obj["metadata"]["annotations"][APPLIED_HASH]
+            written = self._written.setdefault(key, _ChildWrites())
+            written.applied[child] = obj["metadata"]["annotations"][APPLIED_HASH]
             if obj["kind"] in WORKLOAD_KINDS:
-                self._applied_replicas[(namespace, name, child)] = obj["spec"]["replicas"]
-                self._applied_revision[(namespace, name, child)] = (
-                    obj["metadata"].get("annotations") or {}
-                ).get(REVISION_ANNOTATION)
+                written.replicas[child] = obj["spec"]["replicas"]
+                written.revision[child] = (obj["metadata"].get("annotations") or {}).get(
+                    REVISION_ANNOTATION
+                )
         await self._resize_and_retire(namespace, name, desired)
         if desired.clear_command:
             command = str(
@@ -232,6 +277,7 @@ class Reconciler:
             await in_thread(self.kube.remove_dmd_annotation, namespace, name, COMMAND_ANNOTATION)
             self._consumed[key] = command
         await self._write_status(namespace, name, body, effective, desired, autoscaling)
+        self._last_read[key] = _identity(body.get("metadata") or {})
         for event in desired.events:
             try:
                 await in_thread(
@@ -309,28 +355,31 @@ class Reconciler:
     ) -> None:
         """The stable track's size while a canary runs (or a new weight cache fills), and
         the deletes of a retired canary and of retired weight caches."""
+        written = self._written.get((namespace, name))
+        if written is None:
+            if not desired.scale and not desired.delete:
+                return
+            written = self._written.setdefault((namespace, name), _ChildWrites())
         for (kind, dep), replicas in desired.scale.items():
-            if self._scaled.get((namespace, name, dep)) == replicas:
+            if written.scaled.get(dep) == replicas:
                 continue  # written; the watch has not caught up
             log.info("scaling %s %s/%s to %d (template held)", kind, namespace, dep, replicas)
             await in_thread(self.kube.scale_workload, namespace, dep, replicas, kind)
-            self._scaled[(namespace, name, dep)] = replicas
+            written.scaled[dep] = replicas
         scaled = {dep for _, dep in desired.scale}
-        for k in [k for k in self._scaled if k[:2] == (namespace, name)]:
-            if k[2] not in scaled:
-                self._scaled.pop(k, None)
+        for dep in [d for d in written.scaled if d not in scaled]:
+            written.scaled.pop(dep, None)
         for kind, dep in desired.delete:
-            self._applied.pop((namespace, name, child_key(kind, dep, name)), None)
-            self._applied_replicas.pop((namespace, name, child_key(kind, dep, name)), None)
-            self._applied_revision.pop((namespace, name, child_key(kind, dep, name)), None)
-            if (namespace, name, dep) in self._deleted:
+            child = child_key(kind, dep, name)
+            for table in (written.applied, written.replicas, written.revision):
+                table.pop(child, None)
+            if dep in written.deleted:
                 continue  # deleted; the watch has not caught up
             what = "retired canary" if kind in WORKLOAD_KINDS else "retired weight cache"
             log.info("deleting %s %s %s/%s", what, kind, namespace, dep)
             await in_thread(self.kube.delete_child, namespace, dep, kind)
-            self._deleted.add((namespace, name, dep))
-        gone = {dep for _, dep in desired.delete}
-        self._deleted = {k for k in self._deleted if k[:2] != (namespace, name) or k[2] in gone}
+            written.deleted.add(dep)
+        written.deleted &= {dep for _, dep in desired.delete}
 
     async def _with_progress(self, namespace: str, pod: FillPod) -> FillPod:
         """A running fill pod with how far it is, from the last progress line of its

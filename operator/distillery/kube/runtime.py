@@ -229,6 +229,12 @@ class Runtime:
         self.reconciler.autoscaled(ns, name, status)
         self.submit((ns, name))
 
+    def dmd_changed(self, body: Mapping[str, Any]) -> None:
+        """A DMD's watch event: reconcile it, unless the event only shows the status
+        the last reconcile wrote."""
+        if not self.reconciler.own_echo(body):
+            self.submit(object_key(body))
+
     def submit(self, key: Key) -> None:
         """Reconcile a DMD soon, without waiting: what a watch event does. The event's
         handler returns at once, so kopf lets go of the event's body (a Deployment's

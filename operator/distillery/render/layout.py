@@ -23,6 +23,9 @@ _ENV = Environment(
     undefined=StrictUndefined,
     autoescape=False,
     keep_trailing_newline=True,
+    # Packaged templates never change under a running operator: without this every
+    # render stats the template's file to see whether it did.
+    auto_reload=False,
 )
 
 
