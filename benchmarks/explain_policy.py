@@ -2,7 +2,8 @@
 
 The worked example in docs/autoscaling.md is this script's output:
 ``.venv/bin/python benchmarks/explain_policy.py`` (2 h of the ServeGen DeepSeek-R1 day,
-7B on one L40S, rate x0.05, TTFT SLO 2 s).
+7B on one L40S, rate x0.05, TTFT SLO 2 s); ``--stress step --start-hour 0 --hours 1.2``
+replays a generated stress scenario as the benchmark does.
 """
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autoscaling import COLD_AT_FULL_LOAD, STRESS_SET, scaled, workload
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.catalog import load_catalog
-from distillery.simulate.engine import Scenario, distillery_policy, need_schedule, run_policy
+from distillery.simulate.engine import (
+    Scenario,
+    distillery_policy,
+    initial_replicas,
+    need_schedule,
+    run_policy,
+)
 from distillery.simulate.policies import Distillery
 from distillery.simulate.signals import Signals
 from distillery.simulate.workload import load
@@ -49,6 +57,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--start-hour", type=float, default=8.0)
+    parser.add_argument(
+        "--stress",
+        choices=STRESS_SET,
+        help="a generated stress scenario instead, scaled and started as the benchmark "
+        "runs it (the window is then from its start)",
+    )
     args = parser.parse_args()
     catalog = load_catalog()
     spec = DistilledModelDeploymentSpec.model_validate(
@@ -66,15 +80,23 @@ def main() -> int:
         slo_ttft=2.0,
         max_replicas=50,
     )
-    reqs = load(TRACES / "servegen-deepseek-r1", "servegen", rate_scale=0.05, seed=42)
     lo, hi = args.start_hour * 3600, (args.start_hour + args.hours) * 3600
+    if args.stress:
+        make = workload(args.stress, s, quick=False)
+        reqs, _ = scaled(make, s, 1.0)
+    else:
+        reqs = load(TRACES / "servegen-deepseek-r1", "servegen", rate_scale=0.05, seed=42)
     window = [r for r in reqs if lo <= r.arrival < hi]
     window = [type(r)(r.arrival - lo, r.prompt_tokens, r.output_tokens) for r in window]
     base = distillery_policy(s)
     policy = Explained(capacity=base.capacity, limits=base.limits)
     policy.log = []
-    # Same start as the benchmark's warm scenario: what the first minute needs, ready.
-    result = run_policy(window, s, policy, initial=need_schedule(window, s)[0][1])
+    # Same start as the benchmark: what the first minute needs, ready (warm), or one
+    # replica under full load (cold).
+    start = "cold" if args.stress in COLD_AT_FULL_LOAD else "warm"
+    result = run_policy(
+        window, s, policy, initial=initial_replicas(need_schedule(window, s), start)
+    )
     cap = base.capacity
     print(
         f"{len(window)} requests, {p.chosen.summary}; per replica: decode "

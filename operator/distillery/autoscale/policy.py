@@ -16,9 +16,12 @@ One decision:
    holds the SLO close to full use; headroom covers what a minute does not).
 2. **Backlog, bounded.** The waiting requests' work, drained within two cold starts:
    ``waiting x work per request / (2 x startup)``, and never more replicas than the waiting
-   requests could occupy at the target batch (``waiting / target_running``). It is a
-   level, recomputed from the queue each time, so replicas already starting are
-   counted: a decision never adds the same backlog twice.
+   requests could occupy at the target batch (``waiting / target_running``). Requests in
+   an engine's own queue are served by that engine alone, so they keep at most one
+   replica busy per replica holding a queue; only those held before the engines (a
+   router's queue) are drained by new replicas. It is a level, recomputed from the
+   queue each time, so replicas already starting are counted: a decision never adds
+   the same backlog twice.
 3. **Headroom from the DMD's own burstiness.** How far demand went, within one cold
    start (or the flap window, if longer), above where it is now — a high quantile over
    the minutes of this DMD's history (up to a day) — is held on top: bursty traffic
@@ -36,10 +39,12 @@ One decision:
    half busy, or more sequences run than there are replicas, so that prefills share a
    GPU with other work: otherwise the slow requests are slow alone), add a quarter of
    the ready replicas per allowed share missed (capped at four quarters: doubling),
-   less those already starting. Within the episode, one more step only once the last
-   step's replicas have served for a whole rate window with no queue and the share
-   above the SLO fell by a tenth: a breach while replicas start, or a backlog's tail,
-   never adds, and a step that did not help ends the stepping.
+   less those already starting, and less those the load asks for when the load
+   explains the breach (the ready replicas carry more than their target): the guard
+   never adds on top of the demand's own replicas. Within the episode, one more step
+   only once the last step's replicas have served for a whole rate window with no
+   queue and the share above the SLO fell by a tenth: a breach while replicas start,
+   or a backlog's tail, never adds, and a step that did not help ends the stepping.
 5. **The DMD's own SLO record.** The utilization target is what the placement says a
    replica carries; traffic with bursts shorter than a minute or long prompts that
    block the ones behind them carries less. Each proven breach episode that happens
@@ -62,7 +67,8 @@ One decision:
 The bound (tested as a property): a scale-up never asks for more than
 
     ceil(max(demand, peak) / utilization
-         + min(waiting / target_running, waiting x work / (2 x startup))) + guard
+         + min(waiting / target_running, waiting x work / (2 x startup),
+               drain(held) + queued_replicas)) + guard
 
 where ``peak`` is the highest per-minute demand in the learned history (before there
 is one, ``demand x (1 + prior headroom)``, with a one-replica floor) and ``guard`` at
