@@ -448,10 +448,17 @@ def test_both_loops_share_one_plan_per_generation_and_node_catalog() -> None:
         await r.reconcile(dmd, {})
         assert plans.plans_made == 1
         # A spec change bumps the generation: planned again, once.
-        changed = {**dmd, "metadata": {**dmd["metadata"], "generation": 2}}
+        changed = body(scaling={"minReplicas": 2, "maxReplicas": 4})
+        changed["metadata"]["generation"] = 2
         await r.reconcile(changed, {})
         await scaler.run_pass([changed], ready_pods(1))
         assert plans.plans_made == 2
+        # Another DMD with the same spec shares its parse and plan, under its own name.
+        twin = body("twin", scaling={"minReplicas": 2, "maxReplicas": 4})
+        mine, theirs = plans.resolve(twin, CATALOG), plans.resolve(changed, CATALOG)
+        assert plans.plans_made == 2 and mine is not None and theirs is not None
+        assert mine[0].name == "twin" and theirs[0].name == "m"
+        assert mine[0].spec is theirs[0].spec and mine[1] is theirs[1]
         # New GPU counts from the nodes are a new catalog: planned again.
         assert plans.resolve(changed, CATALOG.with_node_gpus({"NVIDIA-H100-80GB-HBM3": 8}))
         assert plans.plans_made == 3
