@@ -806,3 +806,26 @@ def test_the_echo_of_its_own_status_write_reconciles_nothing() -> None:
         await runtime.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_echo_keeps_the_status_copy_a_waiting_reconcile_still_needs() -> None:
+    """A reconcile that read its body before the echo and waits for the DMD's lock must
+    still see the status written last, or it would take the old body's conditions for
+    the current ones and post their transitions again."""
+    cluster = FakeCluster()
+    r = reconciler(cluster)
+
+    async def scenario() -> None:
+        await r.reconcile(body(), {})
+        written = copy.deepcopy(cluster.status[(NS, "m")])
+        children = cluster.children(NS, "m")
+        lock = r._locks[(NS, "m")]
+        await lock.acquire()  # another reconcile of the DMD runs
+        stale = asyncio.create_task(r.reconcile(body(), children))  # read before the echo
+        await asyncio.sleep(0)
+        assert r.own_echo(body(status=written))  # skipped, and the copy is kept
+        lock.release()
+        await stale
+        assert [e[1] for e in cluster.events] == ["Planned", "Ready"], cluster.events
+
+    asyncio.run(scenario())

@@ -93,6 +93,8 @@ class Reconciler:
     _status: dict[Key, dict[str, Any]] = field(default_factory=dict)
     # What of the DMD's metadata the last reconcile read: its status echo is told by it.
     _last_read: dict[Key, tuple[Any, ...]] = field(default_factory=dict)
+    # Reconciles of a DMD running or waiting for its lock.
+    _busy: dict[Key, int] = field(default_factory=dict)
     _consumed: dict[Key, str] = field(default_factory=dict)
     # status.autoscaling as the autoscaler last decided it, and whether it was written,
     # until the watch shows it: the next reconcile writes it with the conditions it
@@ -113,12 +115,18 @@ class Reconciler:
             return False
         if self._last_read.get(key) != _identity(meta):
             return False
-        if self._pending_autoscaling(key, body) is not None:
-            return False
+        pending = self._autoscaling.get(key)
         live = body.get("status") or {}
+        if pending is not None and merge_patch(live.get("autoscaling") or {}, pending[0]):
+            return False
         if {k: v for k, v in live.items() if k in OWNED_STATUS} != written:
             return False
-        del self._status[key]
+        if key not in self._busy:
+            # No reconcile of the DMD runs or waits for its turn: none read an older
+            # body, so the copies can go. (One that waits read its body before this
+            # event and needs them: the next reconcile lets them go instead.)
+            del self._status[key]
+            self._autoscaling.pop(key, None)
         return True
 
     def autoscaled(self, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -190,22 +198,30 @@ class Reconciler:
         namespace, name = str(meta.get("namespace")), str(meta.get("name"))
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            started = time.perf_counter()
-            try:
-                return await self._reconcile(
-                    body,
-                    children,
-                    namespace,
-                    name,
-                    unschedulable,
-                    pods,
-                    measurement,
-                    analysis_configured,
-                    fill_pods,
-                )
-            finally:
-                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        # Counted from before the lock: one that waits for it holds a body read earlier.
+        self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            async with lock:
+                started = time.perf_counter()
+                try:
+                    return await self._reconcile(
+                        body,
+                        children,
+                        namespace,
+                        name,
+                        unschedulable,
+                        pods,
+                        measurement,
+                        analysis_configured,
+                        fill_pods,
+                    )
+                finally:
+                    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        finally:
+            if self._busy[key] <= 1:
+                del self._busy[key]
+            else:
+                self._busy[key] -= 1
 
     async def _reconcile(
         self,
