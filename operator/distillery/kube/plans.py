@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from distillery.api.hashing import content_hash
 from distillery.api.types import DistilledModelDeployment
 from distillery.catalog import Catalog
-from distillery.reconcile import parse
+from distillery.reconcile import parse, parsed_metadata
 from distillery.sizing import Plan, PlanError, UnknownModelError, plan
 
 Resolved = tuple[DistilledModelDeployment, Plan]
@@ -80,7 +80,7 @@ class PlanCache:
         else:
             first, chosen = shared.resolved
             # This DMD's own metadata beside the shared spec (a shallow copy shares it).
-            dmd = first.model_copy(update={"metadata": _metadata(meta)})
+            dmd = first.model_copy(update={"metadata": parsed_metadata(meta)})
             resolved = (dmd, chosen)
         self._entries[name] = _Entry(uid, generation, shared, resolved)
         return resolved
@@ -98,8 +98,3 @@ class PlanCache:
 
     def forget(self, namespace: str, name: str) -> None:
         self._entries.pop((namespace, name), None)
-
-
-def _metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """What :func:`distillery.reconcile.parse` keeps of a DMD's metadata."""
-    return {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta}

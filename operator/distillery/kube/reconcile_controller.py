@@ -19,6 +19,7 @@ from typing import Any
 from distillery import metrics
 from distillery.api.conditions import rfc3339
 from distillery.api.merge_patch import merge_patch
+from distillery.api.types import object_key
 from distillery.autoscale.inputs import PodInfo
 from distillery.catalog import Catalog
 from distillery.kube.client import ClusterClient, NodeCatalog, error_summary, in_thread
@@ -57,6 +58,11 @@ def _log_rollout_change(
 
     if where(before) != where(after):
         log.info("rollout of %s/%s: %s -> %s", namespace, name, where(before), where(after))
+
+
+def _owned_part(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a status the reconciler writes (every one but the autoscaler's)."""
+    return {k: v for k, v in status.items() if k in OWNED_STATUS}
 
 
 def _identity(meta: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -107,19 +113,18 @@ class Reconciler:
         last status write and nothing the autoscaler decided since. Reconciling it again
         would compute what the last reconcile did (its inputs were the same: it used the
         status it wrote), so the event needs none; a burst of new DMDs makes one such
-        event per status write. The watch has caught up, so the copy is let go."""
+        event per status write. The watch has caught up, so the copy is let go, unless a
+        reconcile that read an older body still needs it."""
         meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
+        key = object_key(body)
         written = self._status.get(key)
         if written is None or meta.get("deletionTimestamp"):
             return False
         if self._last_read.get(key) != _identity(meta):
             return False
-        pending = self._autoscaling.get(key)
-        live = body.get("status") or {}
-        if pending is not None and merge_patch(live.get("autoscaling") or {}, pending[0]):
+        if self._unseen_autoscaling(key, body) is not None:
             return False
-        if {k: v for k, v in live.items() if k in OWNED_STATUS} != written:
+        if _owned_part(body.get("status") or {}) != written:
             return False
         if key not in self._busy:
             # No reconcile of the DMD runs or waits for its turn: none read an older
@@ -242,12 +247,14 @@ class Reconciler:
         effective = dict(body)
         if key in self._status:
             live = body.get("status") or {}
-            if {k: v for k, v in live.items() if k in OWNED_STATUS} == self._status[key]:
+            if _owned_part(live) == self._status[key]:
                 del self._status[key]
             else:
                 effective["status"] = {**live, **self._status[key]}
-        autoscaling = self._pending_autoscaling(key, body)
-        if autoscaling is not None:
+        autoscaling = self._unseen_autoscaling(key, body)
+        if autoscaling is None:
+            self._autoscaling.pop(key, None)  # none, or written and the watch shows it
+        else:
             effective["status"] = {**(effective.get("status") or {}), "autoscaling": autoscaling}
         effective["metadata"] = self._unconsumed(key, body.get("metadata") or {})
         user_template, template_error = await self._user_template(body)
@@ -309,16 +316,13 @@ class Reconciler:
         self._record_metrics(namespace, name, desired)
         return desired
 
-    def _pending_autoscaling(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The autoscaler's status.autoscaling not yet seen in the body, or None."""
+    def _unseen_autoscaling(self, key: Key, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The autoscaler's status.autoscaling that the body does not show yet, or None."""
         found = self._autoscaling.get(key)
         if found is None:
             return None
         live = (body.get("status") or {}).get("autoscaling") or {}
-        if not merge_patch(live, found[0]):
-            del self._autoscaling[key]  # written, and the watch shows it
-            return None
-        return found[0]
+        return found[0] if merge_patch(live, found[0]) else None
 
     async def _write_status(
         self,
@@ -335,9 +339,9 @@ class Reconciler:
         owned: dict[str, Any] | None = None
         live = effective.get("status") or {}
         if desired.status_changed:
-            owned = {k: v for k, v in desired.status.items() if k in OWNED_STATUS}
+            owned = _owned_part(desired.status)
             # Null for what the new status no longer has: a merge patch keeps it otherwise.
-            patch = merge_patch({k: v for k, v in live.items() if k in OWNED_STATUS}, owned)
+            patch = merge_patch(_owned_part(live), owned)
         key = (namespace, name)
         if autoscaling is not None and not self._autoscaling[key][1]:
             seen = (body.get("status") or {}).get("autoscaling") or {}

@@ -9,6 +9,7 @@ from distillery.reconcile.desired import (
     Desired,
     desired_state,
     parse,
+    parsed_metadata,
     stamp,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "content_hash",
     "desired_state",
     "parse",
+    "parsed_metadata",
     "stamp",
 ]

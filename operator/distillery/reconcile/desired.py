@@ -112,15 +112,17 @@ def stamp(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def parsed_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a parsed DMD keeps of its metadata."""
+    return {k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta}
+
+
 def parse(body: Mapping[str, Any]) -> DistilledModelDeployment:
-    meta = body.get("metadata") or {}
     return DistilledModelDeployment.model_validate(
         {
             "apiVersion": body.get("apiVersion"),
             "kind": body.get("kind"),
-            "metadata": {
-                k: meta[k] for k in ("name", "namespace", "uid", "generation") if k in meta
-            },
+            "metadata": parsed_metadata(body.get("metadata") or {}),
             "spec": body.get("spec") or {},
         }
     )
