@@ -55,6 +55,35 @@ CUSTOM_CHILD_KINDS = {
 }
 
 
+# The built-in kinds the operator writes: the typed API that serves each (an attribute
+# of Kube) and the resource's name in that API's methods (patch_namespaced_<name>, ...).
+_TYPED_KINDS = {
+    "Deployment": ("apps", "deployment"),
+    "DaemonSet": ("apps", "daemon_set"),
+    "Service": ("core", "service"),
+    "ServiceAccount": ("core", "service_account"),
+    "PersistentVolumeClaim": ("core", "persistent_volume_claim"),
+    "PodDisruptionBudget": ("policy", "pod_disruption_budget"),
+    "Job": ("batch", "job"),
+    "Role": ("rbac", "role"),
+    "RoleBinding": ("rbac", "role_binding"),
+}
+# The custom resources a DMD renders besides those of routes and gateways.
+_DMD_CUSTOM_KINDS = {
+    "LeaderWorkerSet": (*LWS, LWS_PLURAL),
+    "PodMonitor": ("monitoring.coreos.com", "v1", "podmonitors"),
+}
+
+
+def _custom_kind(kind: str, verb: str) -> tuple[str, str, str]:
+    """(group, version, plural) of a custom kind the operator writes; any other kind is
+    a programming error, named."""
+    found = CUSTOM_CHILD_KINDS.get(kind) or _DMD_CUSTOM_KINDS.get(kind)
+    if found is None:
+        raise ValueError(f"distillery does not {verb} {kind}")
+    return found
+
+
 def count_write(verb: str, kind: str) -> None:
     """Count one write to the API server in ``distillery_api_writes_total``."""
     metrics.API_WRITES.labels(verb, kind).inc()
@@ -107,6 +136,11 @@ class Kube:
         self.batch = client.BatchV1Api(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
 
+    def _typed(self, kind: str, verb: str) -> Any:
+        """The typed client's ``<verb>_namespaced_<resource>`` method for a built-in kind."""
+        api, resource = _TYPED_KINDS[kind]
+        return getattr(getattr(self, api), f"{verb}_namespaced_{resource}")
+
     # ---- writes ------------------------------------------------------------------------
 
     def apply(self, obj: Mapping[str, Any]) -> None:
@@ -122,39 +156,13 @@ class Kube:
         }
         body = dict(obj)
         reply: Any  # the unread reply (UNREAD), not the typed model the stubs declare
-        if kind == "Deployment":
-            reply = self.apps.patch_namespaced_deployment(name, ns, body, **kwargs)
-        elif kind == "LeaderWorkerSet":
-            reply = self.custom.patch_namespaced_custom_object(
-                *LWS, ns, LWS_PLURAL, name, body, **kwargs
-            )
-        elif kind == "Service":
-            reply = self.core.patch_namespaced_service(name, ns, body, **kwargs)
-        elif kind == "PodDisruptionBudget":
-            reply = self.policy.patch_namespaced_pod_disruption_budget(name, ns, body, **kwargs)
-        elif kind == "PersistentVolumeClaim":
-            reply = self.core.patch_namespaced_persistent_volume_claim(name, ns, body, **kwargs)
-        elif kind == "Job":
-            reply = self.batch.patch_namespaced_job(name, ns, body, **kwargs)
-        elif kind == "DaemonSet":
-            reply = self.apps.patch_namespaced_daemon_set(name, ns, body, **kwargs)
-        elif kind == "PodMonitor":
-            reply = self.custom.patch_namespaced_custom_object(
-                "monitoring.coreos.com", "v1", ns, "podmonitors", name, body, **kwargs
-            )
-        elif kind in CUSTOM_CHILD_KINDS:
-            group, version, plural = CUSTOM_CHILD_KINDS[kind]
+        if kind in _TYPED_KINDS:
+            reply = self._typed(kind, "patch")(name, ns, body, **kwargs)
+        else:
+            group, version, plural = _custom_kind(kind, "apply")
             reply = self.custom.patch_namespaced_custom_object(
                 group, version, ns, plural, name, body, **kwargs
             )
-        elif kind == "ServiceAccount":
-            reply = self.core.patch_namespaced_service_account(name, ns, body, **kwargs)
-        elif kind == "Role":
-            reply = self.rbac.patch_namespaced_role(name, ns, body, **kwargs)
-        elif kind == "RoleBinding":
-            reply = self.rbac.patch_namespaced_role_binding(name, ns, body, **kwargs)
-        else:
-            raise ValueError(f"distillery does not apply {kind}")
         _done(reply)
         count_write("apply", kind)
 
@@ -210,35 +218,13 @@ class Kube:
         cache's claim, fill Job or pre-pull DaemonSet, a route's retired tier (already
         gone is fine)."""
         try:
-            if kind == "LeaderWorkerSet":
-                self.custom.delete_namespaced_custom_object(
-                    *LWS, namespace, LWS_PLURAL, name, propagation_policy="Background"
-                )
-            elif kind == "PersistentVolumeClaim":
-                self.core.delete_namespaced_persistent_volume_claim(name, namespace)
-            elif kind == "Job":
-                self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-            elif kind == "Deployment":
-                self.apps.delete_namespaced_deployment(
-                    name, namespace, propagation_policy="Background"
-                )
-            elif kind == "DaemonSet":
-                self.apps.delete_namespaced_daemon_set(
-                    name, namespace, propagation_policy="Background"
-                )
-            elif kind in CUSTOM_CHILD_KINDS:
-                group, version, plural = CUSTOM_CHILD_KINDS[kind]
-                self.custom.delete_namespaced_custom_object(group, version, namespace, plural, name)
-            elif kind == "Service":
-                self.core.delete_namespaced_service(name, namespace)
-            elif kind == "ServiceAccount":
-                self.core.delete_namespaced_service_account(name, namespace)
-            elif kind == "Role":
-                self.rbac.delete_namespaced_role(name, namespace)
-            elif kind == "RoleBinding":
-                self.rbac.delete_namespaced_role_binding(name, namespace)
+            if kind in _TYPED_KINDS:
+                self._typed(kind, "delete")(name, namespace, propagation_policy="Background")
             else:
-                raise ValueError(f"distillery never deletes a {kind}")
+                group, version, plural = _custom_kind(kind, "delete")
+                self.custom.delete_namespaced_custom_object(
+                    group, version, namespace, plural, name, propagation_policy="Background"
+                )
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -263,15 +249,9 @@ class Kube:
         A kind whose API is not served has none."""
         selector = f"{LABEL_ROUTE}={route}"
         found: set[tuple[str, str]] = set()
-        typed: dict[str, Any] = {
-            "Deployment": self.apps.list_namespaced_deployment,
-            "Service": self.core.list_namespaced_service,
-            "ServiceAccount": self.core.list_namespaced_service_account,
-            "Role": self.rbac.list_namespaced_role,
-            "RoleBinding": self.rbac.list_namespaced_role_binding,
-        }
-        for kind, list_kind in typed.items():
-            for item in list_kind(namespace, label_selector=selector).items:
+        for kind in ("Deployment", "Service", "ServiceAccount", "Role", "RoleBinding"):
+            listed_typed = self._typed(kind, "list")(namespace, label_selector=selector)
+            for item in listed_typed.items:
                 found.add((kind, str(item.metadata.name)))
         for kind, (group, version, plural) in CUSTOM_CHILD_KINDS.items():
             try:
