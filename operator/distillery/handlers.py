@@ -24,7 +24,7 @@ import kopf
 from distillery.api.routing import ROUTE_PLURAL
 from distillery.api.types import GROUP, PLURAL, VERSION
 from distillery.autoscale.inputs import PodInfo, pod_failure, start_to_ready_seconds
-from distillery.kube.runtime import CHILD_INDICES, Runtime
+from distillery.kube.runtime import CHILD_RESOURCES, Runtime
 from distillery.reconcile.cache import FillPod, fill_pod
 from distillery.reconcile.children import (
     OWNER_LABEL,
@@ -34,10 +34,7 @@ from distillery.reconcile.children import (
     child_state,
 )
 from distillery.render import (
-    LWS_GROUP,
     LWS_GROUP_KEY_LABEL,
-    LWS_PLURAL,
-    LWS_VERSION,
     LWS_WORKER_INDEX_LABEL,
 )
 from distillery.render.cache import LABEL_CACHE_OF
@@ -89,7 +86,7 @@ async def startup(**kwargs: Any) -> None:
 
 # ---- indices ----------------------------------------------------------------------------
 
-INDICES = ("dmd_bodies", "route_bodies", "dmd_pods", "fill_pods", *CHILD_INDICES)
+INDICES = ("dmd_bodies", "route_bodies", "dmd_pods", "fill_pods", *CHILD_RESOURCES)
 
 
 def _shared(value: Any) -> Any:
@@ -175,52 +172,13 @@ def fill_pods(**kwargs: Any) -> dict[Any, FillPod]:
     return {(meta.get("namespace"), (meta.get("labels") or {}).get(LABEL_CACHE_OF)): fill_pod(body)}
 
 
-def _child(body: kopf.Body) -> dict[Any, ChildState]:
-    state = child_state(body)
+def _child(**kwargs: Any) -> dict[Any, ChildState]:
+    state = child_state(kwargs["body"])
     return {(state.namespace, state.owner): state} if state.owner else {}
 
 
-@kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def child_deployments(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
-
-
-# Served only where the LeaderWorkerSet API is installed (multi-node replicas).
-@kopf.index(LWS_GROUP, LWS_VERSION, LWS_PLURAL, labels=MANAGED)
-def child_groups(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
-
-
-@kopf.index("v1", "services", labels=MANAGED)
-def child_services(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
-
-
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
-def child_pdbs(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
-
-
-@kopf.index("v1", "persistentvolumeclaims", labels=MANAGED)
-def child_claims(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
-
-
-@kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def child_jobs(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
-
-
-# The pre-pull DaemonSets of NodeLocal weight caches.
-@kopf.index("apps", "v1", "daemonsets", labels=MANAGED)
-def child_daemonsets(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
-
-
-# Served only where the Gateway API is installed; kopf skips it elsewhere.
-@kopf.index("gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED)
-def child_routes(**kwargs: Any) -> dict[Any, ChildState]:
-    return _child(kwargs["body"])
+for _index in CHILD_RESOURCES:
+    kopf.index(*CHILD_RESOURCES[_index], labels=MANAGED, id=_index)(_child)
 
 
 # ---- handlers ---------------------------------------------------------------------------
@@ -271,19 +229,11 @@ async def _on_child(**kwargs: Any) -> None:
         runtime.submit((str(meta.get("namespace")), str(owner)))
 
 
-kopf.on.event("apps", "v1", "deployments", labels=MANAGED, id="deployment_event")(_on_child)
-kopf.on.event(LWS_GROUP, LWS_VERSION, LWS_PLURAL, labels=MANAGED, id="group_event")(_on_child)
-kopf.on.event("v1", "services", labels=MANAGED, id="service_event")(_on_child)
-kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED, id="pdb_event")(_on_child)
-kopf.on.event(
-    "gateway.networking.k8s.io", "v1", "httproutes", labels=MANAGED, id="httproute_event"
-)(_on_child)
+for _index in CHILD_RESOURCES:
+    kopf.on.event(*CHILD_RESOURCES[_index], labels=MANAGED, id=f"{_index}_event")(_on_child)
 # Pods matter only for why replicas are missing (Unschedulable): the owner is reconciled
 # and its status written only if that changes.
 kopf.on.event("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT}, id="pod_event")(_on_child)
-kopf.on.event("v1", "persistentvolumeclaims", labels=MANAGED, id="claim_event")(_on_child)
-kopf.on.event("batch", "v1", "jobs", labels=MANAGED, id="job_event")(_on_child)
-kopf.on.event("apps", "v1", "daemonsets", labels=MANAGED, id="daemonset_event")(_on_child)
 kopf.on.event("v1", "pods", labels={LABEL_CACHE_OF: kopf.PRESENT}, id="fill_pod_event")(_on_child)
 
 

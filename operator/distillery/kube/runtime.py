@@ -42,6 +42,7 @@ from distillery.kube.retry import RetrySchedule
 from distillery.kube.route_controller import RouteReconciler, ServedApis
 from distillery.reconcile.children import ChildState
 from distillery.reconcile.route import demand_queries, shared_budgets
+from distillery.render import LWS_GROUP, LWS_PLURAL, LWS_VERSION
 from distillery.settings import Settings
 
 log = logging.getLogger("distillery")
@@ -58,16 +59,21 @@ CONCURRENT_RECONCILES = 32
 Key = tuple[str, str]
 # kopf's indices by name: each maps (namespace, DMD name) to a store of values.
 Indices = Mapping[str, Mapping[Any, Any]]
-CHILD_INDICES = (
-    "child_deployments",
-    "child_groups",
-    "child_services",
-    "child_pdbs",
-    "child_routes",
-    "child_claims",
-    "child_jobs",
-    "child_daemonsets",
-)
+# Every kind of child a DMD has, by the name of kopf's index of their states by owner:
+# the resource watched (group, version, plural). The LeaderWorkerSet and Gateway APIs are
+# served only where they are installed; kopf skips a resource the cluster does not serve.
+CHILD_RESOURCES: dict[str, tuple[str, ...]] = {
+    "child_deployments": ("apps", "v1", "deployments"),
+    "child_groups": (LWS_GROUP, LWS_VERSION, LWS_PLURAL),
+    "child_services": ("v1", "services"),
+    "child_pdbs": ("policy", "v1", "poddisruptionbudgets"),
+    "child_routes": ("gateway.networking.k8s.io", "v1", "httproutes"),
+    "child_claims": ("v1", "persistentvolumeclaims"),
+    "child_jobs": ("batch", "v1", "jobs"),
+    # The pre-pull DaemonSets of NodeLocal weight caches.
+    "child_daemonsets": ("apps", "v1", "daemonsets"),
+}
+CHILD_INDICES = tuple(CHILD_RESOURCES)
 
 
 @dataclass
@@ -214,7 +220,13 @@ class Runtime:
                 fill_pods=list(indices["fill_pods"].get((ns, name), [])),
             )
         except Exception as exc:  # noqa: BLE001 - retried, never lost
-            await self._failed((ns, name), body, f"{ns}/{name}", exc, lambda: self._retry(ns, name))
+            await self._failed(
+                (ns, name),
+                body,
+                f"{ns}/{name}",
+                exc,
+                lambda: self._retry("dmd_bodies", ns, name, self.reconcile),
+            )
             return
         self.retries.succeeded((ns, name))
         await self.tier_changed(ns, name)
@@ -289,16 +301,14 @@ class Runtime:
             await self.routes.reconcile(body, dmds)
         except Exception as exc:  # noqa: BLE001 - retried, never lost
             await self._failed(
-                key, body, f"route {ns}/{name}", exc, lambda: self._retry_route(ns, name)
+                key,
+                body,
+                f"route {ns}/{name}",
+                exc,
+                lambda: self._retry("route_bodies", ns, name, self.reconcile_route),
             )
             return
         self.retries.succeeded(key)
-
-    async def _retry_route(self, namespace: str, name: str) -> None:
-        if self.indices is None:
-            return
-        for body in list(self.indices["route_bodies"].get((namespace, name), [])):
-            await self.reconcile_route(body, self.indices)
 
     def forget_route(self, namespace: str, name: str) -> None:
         if self.routes is not None:
@@ -343,12 +353,19 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - the log line above already says it
             log.warning("could not post the ReconcileFailed event: %s", error_summary(exc))
 
-    async def _retry(self, namespace: str, name: str) -> None:
-        """Reconcile a DMD again from the latest body the index holds (none: it is gone)."""
+    async def _retry(
+        self,
+        index: str,
+        namespace: str,
+        name: str,
+        reconcile: Callable[[Mapping[str, Any], Indices], Awaitable[None]],
+    ) -> None:
+        """Reconcile a DMD or route again from the latest body its index holds (none: it
+        is gone)."""
         if self.indices is None:
             return
-        for body in list(self.indices["dmd_bodies"].get((namespace, name), [])):
-            await self.reconcile(body, self.indices)
+        for body in list(self.indices[index].get((namespace, name), [])):
+            await reconcile(body, self.indices)
 
     def forget(self, namespace: str, name: str) -> None:
         """A DMD was deleted: drop what every controller remembers of it."""
