@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -103,23 +103,11 @@ class PrometheusSource:
             ):
                 if promql is None:
                     continue
-                for item in self._query(promql):
-                    key = _key(item)
-                    if key is None:
-                        continue
-                    value = float(item["value"][1])
-                    if math.isnan(value):
-                        continue
+                for key, _, value in _pod_samples(self._query(promql)):
                     setattr(pods[key], attr, value)
             if q.ttft_buckets:
-                for item in self._query(q.ttft_buckets):
-                    key = _key(item)
-                    le = item.get("metric", {}).get("le")
-                    if key is None or le is None:
-                        continue
-                    value = float(item["value"][1])
-                    if not math.isnan(value):
-                        pods[key].ttft_buckets[float(le)] = value
+                for key, le, value in _pod_samples(self._query(q.ttft_buckets), "le"):
+                    pods[key].ttft_buckets[float(le)] = value
         return dict(pods)
 
     def demand(self, queries: Mapping[DmdKey, str]) -> dict[DmdKey, float | None]:
@@ -162,18 +150,12 @@ class PrometheusSource:
         ):
             if metric is None:
                 continue
-            for item in increase(metric, "namespace, pod"):
-                key = _key(item)
-                value = float(item["value"][1])
-                if key is not None and not math.isnan(value):
-                    setattr(pods[key[1]], attr, value)
+            for key, _, value in _pod_samples(increase(metric, "namespace, pod")):
+                setattr(pods[key[1]], attr, value)
         if q.ttft_buckets is not None:
-            for item in increase(q.ttft_buckets, "namespace, pod, le"):
-                key = _key(item)
-                le = item.get("metric", {}).get("le")
-                value = float(item["value"][1])
-                if key is not None and le is not None and not math.isnan(value):
-                    pods[key[1]].ttft_buckets[float(le)] = value
+            buckets = increase(q.ttft_buckets, "namespace, pod, le")
+            for key, le, value in _pod_samples(buckets, "le"):
+                pods[key[1]].ttft_buckets[float(le)] = value
         # A pod that exports the counters but had no failure yet has zero failures
         # (a grouped status series appears only once one response had it).
         if q.failures is not None:
@@ -188,7 +170,15 @@ class PrometheusSource:
         return now - metrics.last_sample <= self.options.stale_after_seconds
 
 
-def _key(item: Mapping[str, Any]) -> PodKey | None:
-    labels = item.get("metric", {})
-    ns, pod = labels.get("namespace"), labels.get("pod")
-    return (str(ns), str(pod)) if ns and pod else None
+def _pod_samples(
+    result: Iterable[Mapping[str, Any]], label: str | None = None
+) -> Iterator[tuple[PodKey, str, float]]:
+    """A query's samples by pod: (pod, the value of ``label``, value); series without a
+    pod, without ``label`` when one is asked for, or at NaN are skipped."""
+    for item in result:
+        labels = item.get("metric", {})
+        ns, pod = labels.get("namespace"), labels.get("pod")
+        extra = labels.get(label) if label is not None else ""
+        value = float(item["value"][1])
+        if ns and pod and extra is not None and not math.isnan(value):
+            yield (str(ns), str(pod)), str(extra), value
