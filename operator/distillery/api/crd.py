@@ -45,18 +45,23 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
 ROUTE_CRD_FILE = f"{GROUP}_{ROUTE_PLURAL}.yaml"
 
-PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
-    {"name": "GPU", "type": "string", "jsonPath": ".status.placement.summary"},
-    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
-    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-    {"name": "Cost/h", "type": "number", "jsonPath": ".status.cost.currentPerHour"},
+# The last columns of both kinds: the Ready condition's reason, and the age.
+_STATUS_AND_AGE: list[dict[str, Any]] = [
     {
         "name": "Status",
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+    {"name": "GPU", "type": "string", "jsonPath": ".status.placement.summary"},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
+    {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+    {"name": "Cost/h", "type": "number", "jsonPath": ".status.cost.currentPerHour"},
+    *_STATUS_AND_AGE,
     # `kubectl get -o wide`: where a rollout stands.
     {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase", "priority": 1},
     {"name": "Canary%", "type": "integer", "jsonPath": ".status.rollout.weight", "priority": 1},
@@ -68,12 +73,7 @@ ROUTE_PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Tiers", "type": "string", "jsonPath": ".status.summary"},
     {"name": "Backend", "type": "string", "jsonPath": ".status.backend"},
     {"name": "Cost/h", "type": "number", "jsonPath": ".status.costPerHour"},
-    {
-        "name": "Status",
-        "type": "string",
-        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-    },
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    *_STATUS_AND_AGE,
 ]
 
 

@@ -17,6 +17,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from distillery.autoscale.policy import (
     Capacity,
@@ -27,6 +28,16 @@ from distillery.autoscale.policy import (
     decide,
 )
 from distillery.simulate.signals import Signals
+
+_Sample = TypeVar("_Sample", bound=tuple[float, ...])
+
+
+def _slide(samples: deque[_Sample], sample: _Sample, seconds: float) -> None:
+    """Add a (time, values...) sample to an anchor's metric window and drop the samples
+    older than ``seconds``."""
+    samples.append(sample)
+    while samples[0][0] < sample[0] - seconds:
+        samples.popleft()
 
 
 class Policy:
@@ -138,9 +149,7 @@ class KubeAI(Policy):
 
     def desired(self, sig: Signals, current: int) -> int:
         inflight = sig.running + sig.waiting
-        self.samples.append((sig.time, float(inflight)))
-        while self.samples and self.samples[0][0] < sig.time - self.window:
-            self.samples.popleft()
+        _slide(self.samples, (sig.time, float(inflight)), self.window)
         avg = sum(v for _, v in self.samples) / len(self.samples)
         want = max(1, min(self.max_replicas, math.ceil(avg / self.target_requests)))
         if want < current:
@@ -176,9 +185,7 @@ class AIBrixAPA(Policy):
 
     def desired(self, sig: Signals, current: int) -> int:
         kv = sig.kv_mean or 0.0
-        self.samples.append((sig.time, kv))
-        while self.samples and self.samples[0][0] < sig.time - self.window:
-            self.samples.popleft()
+        _slide(self.samples, (sig.time, kv), self.window)
         avg = sum(v for _, v in self.samples) / len(self.samples)
         ratio = avg / self.target
         if 1 - self.tolerance <= ratio <= 1 + self.tolerance:
@@ -220,9 +227,7 @@ class LlmdSaturation(Policy):
         n = max(1, ready)
         kv = sum(sig.gauges.kv_usage) / n if sig.gauges.kv_usage else 0.0
         queue = sig.waiting / n
-        self.samples.append((sig.time, kv, queue))
-        while self.samples and self.samples[0][0] < sig.time - self.window:
-            self.samples.popleft()
+        _slide(self.samples, (sig.time, kv, queue), self.window)
         kv_max = max(s[1] for s in self.samples)
         q_max = max(s[2] for s in self.samples)
         if ready < current:  # replicas still starting: wait for them

@@ -71,9 +71,11 @@ def open_text(path: Path) -> io.TextIOBase:
         raise WorkloadError(f"{path}: {exc.strerror or exc}") from exc
 
 
-def _finish(
-    raw: Iterable[tuple[float, int, int]], rate_scale: float, time_scale: float, seed: int
-) -> list[Request]:
+# A trace's rows: (arrival seconds, prompt tokens, output tokens), in the file's order.
+Row = tuple[float, int, int]
+
+
+def _finish(raw: Iterable[Row], rate_scale: float, time_scale: float, seed: int) -> list[Request]:
     if rate_scale <= 0 or time_scale <= 0:
         raise WorkloadError("rate_scale and time_scale must be positive")
     rng = random.Random(seed)
@@ -103,10 +105,8 @@ def _row_error(path: Path, line: int, fmt: str, exc: Exception, found: object) -
     return WorkloadError(f"{path}:{line}: {fmt} trace: {exc}")
 
 
-def load_azure(
-    path: Path, rate_scale: float = 1.0, time_scale: float = 1.0, seed: int = 0
-) -> list[Request]:
-    rows: list[tuple[float, int, int]] = []
+def _azure_rows(path: Path) -> list[Row]:
+    rows: list[Row] = []
     with open_text(path) as f:
         reader = csv.DictReader(f)
         start: datetime | None = None
@@ -128,13 +128,11 @@ def load_azure(
                 )
             except (KeyError, ValueError, AttributeError) as exc:
                 raise _row_error(path, n, "azure", exc, reader.fieldnames) from exc
-    return _finish(rows, rate_scale, time_scale, seed)
+    return rows
 
 
-def load_jsonl(
-    path: Path, rate_scale: float = 1.0, time_scale: float = 1.0, seed: int = 0
-) -> list[Request]:
-    rows: list[tuple[float, int, int]] = []
+def _jsonl_rows(path: Path) -> list[Row]:
+    rows: list[Row] = []
     with open_text(path) as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -157,13 +155,11 @@ def load_jsonl(
             except (KeyError, ValueError, TypeError) as exc:
                 found = sorted(obj) if isinstance(obj, dict) else line.strip()[:60]
                 raise _row_error(path, n, "jsonl", exc, found) from exc
-    return _finish(rows, rate_scale, time_scale, seed)
+    return rows
 
 
-def load_csv(
-    path: Path, rate_scale: float = 1.0, time_scale: float = 1.0, seed: int = 0
-) -> list[Request]:
-    rows: list[tuple[float, int, int]] = []
+def _csv_rows(path: Path) -> list[Row]:
+    rows: list[Row] = []
     with open_text(path) as f:
         reader = csv.DictReader(f)
         for n, row in enumerate(reader, start=2):
@@ -173,7 +169,7 @@ def load_csv(
                 )
             except (KeyError, ValueError, TypeError) as exc:
                 raise _row_error(path, n, "csv", exc, reader.fieldnames) from exc
-    return _finish(rows, rate_scale, time_scale, seed)
+    return rows
 
 
 class _Empirical:
@@ -264,7 +260,7 @@ def load_servegen(
     return _finish(out, 1.0, time_scale, seed)
 
 
-LOADERS = {"azure": load_azure, "jsonl": load_jsonl, "csv": load_csv}
+ROW_READERS = {"azure": _azure_rows, "jsonl": _jsonl_rows, "csv": _csv_rows}
 
 
 def load(
@@ -272,6 +268,6 @@ def load(
 ) -> list[Request]:
     if fmt == "servegen":
         return load_servegen(path, rate_scale, time_scale, seed)
-    if fmt not in LOADERS:
+    if fmt not in ROW_READERS:
         raise WorkloadError(f"unknown trace format {fmt!r}: azure, servegen, jsonl or csv")
-    return LOADERS[fmt](path, rate_scale, time_scale, seed)
+    return _finish(ROW_READERS[fmt](path), rate_scale, time_scale, seed)
