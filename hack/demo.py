@@ -46,6 +46,7 @@ from localcluster import (  # noqa: E402
     operator_env,
     start,
     stop,
+    terminate,
 )
 from localprom import Prometheus  # noqa: E402
 from replay import Result, replay  # noqa: E402
@@ -308,12 +309,7 @@ def main() -> int:
         if watcher is not None:
             watcher.stop.set()
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            terminate(p)
         if prom is not None:
             prom.stop()
         if own:

@@ -279,6 +279,19 @@ def background(
         )
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float = 20.0) -> None:
+    """Stop a process started with :func:`background`: SIGTERM, SIGKILL if it is still
+    running after ``grace`` seconds; reaped either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 @dataclass
 class Cluster:
     """A running local cluster: where it listens and how to reach it."""

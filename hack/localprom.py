@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from localcluster import background, free_port
+from localcluster import background, free_port, terminate
 
 
 @dataclass
@@ -89,13 +89,7 @@ class Prometheus:
         raise RuntimeError(f"prometheus not ready after {timeout}s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc, grace=15)
         self.proc = None
 
     def query(self, promql: str) -> list[dict[str, Any]]:

@@ -5,15 +5,17 @@ from that Prometheus every second."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcluster import Cluster, background, fleet_argv, free_port
+from localcluster import Cluster, background, fleet_argv, free_port, terminate
 from localprom import Prometheus
 from tests.integration.operator_process import OperatorProcess
+
+# The fleet runs this many times faster than wall time in the e2e tests.
+TIME_SCALE = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,4 @@ def closed_loop(
         yield Loop(prom, door, op, fleet_log)
     finally:
         op.stop()
-        fleet.terminate()
-        try:
-            fleet.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            fleet.kill()
+        terminate(fleet)

@@ -17,6 +17,7 @@ from kubernetes import client
 
 from localcluster import Cluster, start
 from localprom import Prometheus
+from tests.integration.closed_loop import TIME_SCALE, Loop, closed_loop
 from tests.integration.waits import Dmds, new_api_client, wait_for
 
 
@@ -86,3 +87,13 @@ def operator(
 def dmds(cluster: Cluster, api_client: client.ApiClient, namespace: str) -> Dmds:
     """The test namespace's DMDs: apply, read, wait."""
     return Dmds(api_client, namespace, cluster)
+
+
+@pytest.fixture
+def loop(
+    cluster: Cluster, namespace: str, tmp_path: Path, prometheus: Callable[..., Prometheus]
+) -> Iterator[Loop]:
+    """The e2e closed loop (Prometheus, the emulated fleet at TIME_SCALE, the operator)
+    in the test's namespace; stopped after the test."""
+    with closed_loop(cluster, namespace, tmp_path, prometheus, TIME_SCALE) as running:
+        yield running

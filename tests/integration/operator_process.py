@@ -10,7 +10,7 @@ from pathlib import Path
 
 from distillery.cli import build_parser
 from distillery.settings import Settings
-from localcluster import Cluster, background, operator_argv, operator_env
+from localcluster import Cluster, background, operator_argv, operator_env, terminate
 from tests.integration.waits import Bounds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,11 +94,5 @@ class OperatorProcess:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
         self.proc = None

@@ -18,25 +18,21 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
 
 from distillery.render.routing import SPILLED_FROM_HEADER, TIER_HEADER
 from localcluster import Cluster
-from localprom import Prometheus
-from tests.integration.closed_loop import Loop, closed_loop
+from tests.integration.closed_loop import Loop
 from tests.integration.test_routing import describe_route, route_status
 from tests.integration.waits import Dmds, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
 ROOT = Path(__file__).resolve().parents[2]
-SCALE = 10.0  # the fleet runs 10x faster than wall time
 STARTUP = 3  # seconds of cold start (wall), as a compressed DMD sets it
 
 
@@ -115,14 +111,9 @@ def limited(dmds: Dmds, name: str) -> dict[str, Any] | None:
 
 @pytest.mark.usefixtures("crd_installed", "inference_extension")
 def test_routes_end_to_end_signal_hold_at_zero_spill_and_shared_budget(
-    cluster: Cluster,
-    api_client: client.ApiClient,
-    namespace: str,
-    tmp_path: Path,
-    prometheus: Callable[..., Prometheus],
+    cluster: Cluster, namespace: str, loop: Loop, dmds: Dmds
 ) -> None:
-    with closed_loop(cluster, namespace, tmp_path, prometheus, SCALE) as loop:
-        run_routes(loop, Dmds(api_client, namespace, cluster), cluster, namespace)
+    run_routes(loop, dmds, cluster, namespace)
 
 
 def run_routes(loop: Loop, dmds: Dmds, cluster: Cluster, namespace: str) -> None:

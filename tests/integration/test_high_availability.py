@@ -24,19 +24,13 @@ from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess, elected
 from tests.integration.waits import Dmds, wait_for
 from tests.integration.waits import reconciled as reconciled_dmds
-from tests.support.dmds import dmd
+from tests.support.dmds import IDLE_SPEC, dmd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 # Short timings so a takeover costs a test seconds; the rule is the same at 15/10/2 s.
 LEASE_SECONDS, RENEW_DEADLINE, RETRY_PERIOD = 6, 4, 1
-# Zero replicas (the demand query stands in for a router): the test is about the
-# operator, not the scheduler placing pods.
-SPEC = {
-    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
-    "placement": {"gpuTypes": ["nvidia-l4"]},
-    "scaling": {"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"},
-}
+SPEC = IDLE_SPEC  # zero replicas: the test is about the operator, not pod placement
 BURST = 40
 # How long after a process died the API server may still handle a request it sent.
 IN_FLIGHT = timedelta(seconds=1)

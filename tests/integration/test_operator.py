@@ -13,27 +13,21 @@ from kubernetes import client
 from distillery.kube.retry import RetrySchedule
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import POD_START, Bounds, Dmds, wait_for
+from tests.support.dmds import spec
 
 pytestmark = pytest.mark.cluster
 # The retry schedule's longest wait (distillery.kube.retry.RetrySchedule).
 RETRY_CAP_SECONDS = RetrySchedule().cap
 
 
-QWEN7B_H100 = {
-    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-    "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
-    "scaling": {"minReplicas": 1, "maxReplicas": 3},
-}
+QWEN7B_H100 = spec("Qwen-7B", "nvidia-h100-80gb", scaling={"minReplicas": 1, "maxReplicas": 3})
 
 
 def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
 
 
-def test_create_children_and_ready(
-    operator: OperatorProcess,
-    dmds: Dmds,
-) -> None:
+def test_create_children_and_ready(operator: OperatorProcess, dmds: Dmds) -> None:
     dmds.apply("qwen", QWEN7B_H100)
     dmds.wait_condition("qwen", "Ready", operator.bounds.ready)
     dmd = dmds.get("qwen")
@@ -75,10 +69,7 @@ def test_create_children_and_ready(
     assert "Planned" in reasons and "Ready" in reasons
 
 
-def test_roll_scale_and_delete(
-    operator: OperatorProcess,
-    dmds: Dmds,
-) -> None:
+def test_roll_scale_and_delete(operator: OperatorProcess, dmds: Dmds) -> None:
     bounds = operator.bounds
     dmds.apply("qwen", QWEN7B_H100)
     dmds.wait_condition("qwen", "Ready", bounds.ready)
@@ -150,15 +141,8 @@ def test_roll_scale_and_delete(
     )
 
 
-def test_does_not_fit_stalls_then_recovers(
-    operator: OperatorProcess,
-    dmds: Dmds,
-) -> None:
-    spec = {
-        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Llama-70B", "quantization": "none"},
-        "placement": {"gpuTypes": ["nvidia-t4"]},
-    }
-    dmds.apply("big", spec)
+def test_does_not_fit_stalls_then_recovers(operator: OperatorProcess, dmds: Dmds) -> None:
+    dmds.apply("big", spec("Llama-70B", "nvidia-t4", quantization="none"))
     dmds.wait_condition("big", "Stalled", operator.bounds.reconcile)
     conds = conditions(dmds.get("big"))
     assert conds["Stalled"]["reason"] == "DoesNotFit"
@@ -174,37 +158,23 @@ def test_does_not_fit_stalls_then_recovers(
     assert dmds.get("big")["status"]["placement"]["gpuCount"] == 4
 
 
-def test_plans_fit_the_nodes_the_cluster_has(
-    operator: OperatorProcess,
-    dmds: Dmds,
-) -> None:
+def test_plans_fit_the_nodes_the_cluster_has(operator: OperatorProcess, dmds: Dmds) -> None:
     # The local cluster's L4 nodes carry one GPU each (hack/inventory.yaml); the catalog
     # allows 8 per node. A 14B needs two L4s: no node offers them, so it stalls with the
     # reason instead of a Deployment that stays Pending forever.
-    big = {
-        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "quantization": "none"},
-        "placement": {"gpuTypes": ["nvidia-l4"]},
-    }
-    dmds.apply("l4-14b", big)
+    dmds.apply("l4-14b", spec("Qwen-14B", "nvidia-l4", quantization="none"))
     message = dmds.wait_condition("l4-14b", "Stalled", operator.bounds.reconcile)["message"]
     assert "does not fit nvidia-l4" in message, message
     assert "2 GPUs exceed the 1 nvidia-l4 this cluster's largest node offers" in message, message
     # A 7B at 16k context with no maxConcurrency written fits one L4 and serves.
-    small = {
-        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "quantization": "none"},
-        "serving": {"maxModelLen": 16384},
-        "placement": {"gpuTypes": ["nvidia-l4"]},
-    }
+    small = spec("Qwen-7B", "nvidia-l4", quantization="none", serving={"maxModelLen": 16384})
     dmds.apply("l4-7b", small)
     dmds.wait_condition("l4-7b", "Ready", operator.bounds.ready)
     placement = dmds.get("l4-7b")["status"]["placement"]
     assert (placement["gpuType"], placement["gpuCount"]) == ("nvidia-l4", 1)
 
 
-def test_ready_names_the_failing_container(
-    operator: OperatorProcess,
-    dmds: Dmds,
-) -> None:
+def test_ready_names_the_failing_container(operator: OperatorProcess, dmds: Dmds) -> None:
     dmds.apply("oom", QWEN7B_H100)
     dmds.wait_condition("oom", "Ready", operator.bounds.ready)
     core = dmds.core
@@ -260,10 +230,7 @@ def test_ready_names_the_failing_container(
         assert ready["status"] == "False" and ready["message"] == event.message
 
 
-def test_restart_and_idle_cost_no_writes(
-    operator: OperatorProcess,
-    dmds: Dmds,
-) -> None:
+def test_restart_and_idle_cost_no_writes(operator: OperatorProcess, dmds: Dmds) -> None:
     bounds = operator.bounds
     dmds.apply("qwen", QWEN7B_H100)
     dmds.wait_condition("qwen", "Ready", bounds.ready)

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from localcluster import ROOT, Cluster, background, fleet_argv, free_port
+from localcluster import ROOT, Cluster, background, fleet_argv, free_port, terminate
 from tests.integration.operator_process import OperatorProcess
 from tests.integration.waits import POD_START, Dmds, wait_for
 
@@ -142,11 +142,7 @@ def pickers() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for proc in started:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc, grace=10)
 
 
 @pytest.fixture
@@ -158,11 +154,7 @@ def fleet(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[tuple[in
     argv = fleet_argv(cluster.kubeconfig, namespace, sd, door, 1.0, cluster.pod_netns)
     proc = background(argv, log)
     yield door, log
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    terminate(proc, grace=10)
 
 
 def scrapes(door: int) -> dict[str, Any]:

@@ -16,15 +16,11 @@ from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
 from tests.integration.operator_process import OperatorProcess, elected
 from tests.integration.waits import reconciled, wait_for
-from tests.support.dmds import dmd
+from tests.support.dmds import IDLE_SPEC, dmd
 
 pytestmark = [pytest.mark.cluster]
 
-SPEC = {
-    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
-    "placement": {"gpuTypes": ["nvidia-l4"]},
-    "scaling": {"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"},
-}
+SPEC = IDLE_SPEC
 PER_SHARD = 6
 
 

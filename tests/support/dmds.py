@@ -10,6 +10,19 @@ import yaml
 
 from distillery.api.types import API_VERSION, KIND
 
+R1_DISTILL = "deepseek-ai/DeepSeek-R1-Distill-"
+
+
+def spec(
+    model: str, *gpu_types: str, quantization: str | None = None, **sections: Any
+) -> dict[str, Any]:
+    """A DMD's spec: the DeepSeek-R1 distill ``model`` (``"Qwen-7B"``) on ``gpu_types``,
+    with other sections as given (``scaling={...}``)."""
+    model_spec: dict[str, Any] = {"name": R1_DISTILL + model}
+    if quantization is not None:
+        model_spec["quantization"] = quantization
+    return {"model": model_spec, "placement": {"gpuTypes": list(gpu_types)}, **sections}
+
 
 def dmd(
     name: str,
@@ -37,3 +50,12 @@ def dmd(
 def dmd_yaml(name: str, spec: dict[str, Any], **kwargs: Any) -> str:
     """The same DMD as a manifest."""
     return yaml.safe_dump(dmd(name, spec, **kwargs), sort_keys=False)
+
+
+# A DMD at zero replicas (its demand query, standing in for a router, says no load): for
+# tests of the operator itself, not of the scheduler placing pods.
+IDLE_SPEC = spec(
+    "Qwen-1.5B",
+    "nvidia-l4",
+    scaling={"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"},
+)

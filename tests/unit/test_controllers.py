@@ -28,6 +28,7 @@ from distillery.reconcile.cache import FillPod
 from distillery.render import RenderOptions
 from distillery.rollout import COMMAND_ANNOTATION
 from tests.support.dmds import dmd
+from tests.support.dmds import spec as dmd_spec
 from tests.support.fake_cluster import FakeCluster
 
 CATALOG = load_catalog()
@@ -35,11 +36,7 @@ NS = "team-a"
 
 
 def body(name: str = "m", status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    base = {
-        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"},
-        "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
-        "scaling": {"minReplicas": 1, "maxReplicas": 4},
-    }
+    base = dmd_spec("Qwen-7B", "nvidia-h100-80gb", scaling={"minReplicas": 1, "maxReplicas": 4})
     return dmd(name, {**base, **spec}, namespace=NS, status=status, uid=f"uid-{name}", generation=1)
 
 

@@ -12,6 +12,7 @@ from distillery.catalog import load_catalog
 from distillery.reconcile import desired_state
 from distillery.reconcile.children import APPLIED_HASH, ChildState, child_state, foreign_conflicts
 from tests.support.dmds import dmd as support_dmd
+from tests.support.dmds import spec as dmd_spec
 from tests.support.fake_cluster import observed
 
 CATALOG = load_catalog()
@@ -20,11 +21,7 @@ LATER = "2026-11-27T12:05:00Z"
 
 
 def dmd(spec: dict[str, Any] | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
-    default = {
-        "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
-        "placement": {"gpuTypes": ["nvidia-l4"]},
-        "scaling": {"minReplicas": 2, "maxReplicas": 4},
-    }
+    default = dmd_spec("Qwen-1.5B", "nvidia-l4", scaling={"minReplicas": 2, "maxReplicas": 4})
     return support_dmd("m", spec or default, namespace="ns", status=status, uid="u-1", generation=2)
 
 
