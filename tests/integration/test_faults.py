@@ -240,19 +240,16 @@ def test_gpu_nodes_removed(fault_cluster: Cluster, api: client.ApiClient, tmp_pa
         assert second.startswith("h100-") and second != first, second
         # No allowed GPU left: Pending, and the DMD says why.
         c.kubectl("delete", "node", second)
-        wait_for(
-            lambda: (
-                "Unschedulable"
-                in c.kubectl(
-                    "get", "dmd", "m2", "-n", NS, "-o", "jsonpath={.status.conditions[0].reason}"
-                )
-            ),
-            "Ready=False Unschedulable",
+        # Reason and message from one read: while the pod is replaced the Deployment's
+        # counts move, and the condition with them.
+        ready = Dmds(api, NS).wait_condition(
+            "m2",
+            "Ready",
             Bounds.within(NODE_GONE, POD_START) + op.bounds.reconcile,
+            status="False",
+            reason="Unschedulable",
         )
-        message = c.kubectl(
-            "get", "dmd", "m2", "-n", NS, "-o", "jsonpath={.status.conditions[0].message}"
-        )
+        message = ready["message"]
         assert "node affinity" in message or "nodes are available" in message, message
     finally:
         op.stop()

@@ -206,14 +206,23 @@ class Dmds:
         return wait_for(check, f"dmd/{name}: {what}", within, describe=lambda: self.describe(name))
 
     def wait_condition(
-        self, name: str, type_: str, within: float, status: str = "True"
+        self,
+        name: str,
+        type_: str,
+        within: float,
+        status: str = "True",
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        """Wait until condition ``type_`` has ``status``; returns the condition."""
+        """Wait until condition ``type_`` has ``status`` (and ``reason``, when given);
+        returns the condition, read at once (a status may move on between two reads)."""
+
+        def holds() -> dict[str, Any] | None:
+            c = self.condition(name, type_)
+            ok = c.get("status") == status and reason in (None, c.get("reason"))
+            return c if ok else None
+
         found: dict[str, Any] = self.wait(
-            name,
-            lambda: (c := self.condition(name, type_)).get("status") == status and c,
-            f"{type_}={status}",
-            within,
+            name, holds, f"{type_}={status}" + (f" ({reason})" if reason else ""), within
         )
         return found
 
