@@ -343,17 +343,17 @@ rates = st.floats(min_value=0, max_value=50_000)
 def test_property_scale_up_is_bounded_by_demand_and_backlog(
     gen: float, prompt: float, done: float, waiting: float, current: int, kv: float | None
 ) -> None:
-    """The docstring's bound: a scale-up never asks for more than demand (with its
-    learned or prior headroom) at the target utilization, plus the drain-bounded
+    """The docstring's bound: a scale-up never asks for more than demand at the target
+    utilization, plus the larger of its learned or prior headroom and the drain-bounded
     backlog, plus one guard step; or the KV-cache floor."""
     s = sample(0, gen=gen, prompt=prompt, done=done, running=64, waiting=waiting, kv=kv)
     d = decide(s, History(), CAP, LIMITS, Cluster(current=current, ready=current), 0)
     if d.desired <= current:
         return
     demand = d.inputs["demandReplicas"] + 5e-4  # shown rounded to three decimals
-    peak = demand + CAP.prior_headroom * max(demand, 1.0)
+    headroom = CAP.prior_headroom * max(demand, 1.0)
     backlog = waiting / CAP.target_running
-    bound = math.ceil(peak / CAP.utilization + backlog)
+    bound = math.ceil(demand / CAP.utilization + max(headroom / CAP.utilization, backlog))
     kv_floor = math.ceil(current * (kv or 0.0) / CAP.kv_target)
     assert d.desired <= min(LIMITS.max_replicas, max(bound, kv_floor)), d.inputs
 
@@ -513,6 +513,22 @@ def test_an_engines_queue_keeps_at_most_its_own_replica_busy() -> None:
         replace(s, queued_replicas=None), history, CAP, LIMITS, Cluster(current=1, ready=1), 75
     )
     assert unknown.inputs["backlogReplicas"] == at_router.inputs["backlogReplicas"]
+
+
+def test_a_backlog_and_the_headroom_are_one_reserve() -> None:
+    """Replicas bought to drain a backlog are spare once it has drained, which is when
+    a rise would need them: the two are not held on top of each other."""
+    _, history, _ = run([sample(t, gen=8000.0, done=20.0, running=200) for t in range(0, 75, 15)])
+    queued = replace(
+        sample(75, gen=8000.0, done=20.0, running=200, waiting=5000), queued_replicas=1
+    )
+    d = decide(queued, history, CAP, LIMITS, Cluster(current=4, ready=4), 75)
+    demand, headroom = d.inputs["demandReplicas"], d.inputs["headroomReplicas"]
+    backlog = d.inputs["backlogReplicas"]
+    assert backlog == pytest.approx(1.0) and headroom > 0.5
+    rho = CAP.utilization
+    assert d.desired == math.ceil(demand / rho + max(headroom / rho, backlog) - 1e-9)
+    assert d.desired < math.ceil((demand + headroom) / rho + backlog), d.inputs
 
 
 @settings(max_examples=150, deadline=None)

@@ -31,7 +31,11 @@ One decision:
    Until 20 minutes of history exist, the largest rise seen so far (the
    largest of n samples estimates a high quantile from above), and never less than
    ``PRIOR_HEADROOM`` of the level: a burst in the first minutes is held until the
-   quantile takes over, and after that if it comes again.
+   quantile takes over, and after that if it comes again. The headroom and the
+   backlog's replicas (2) are one reserve, the larger of the two, not their sum:
+   replicas bought to drain a backlog are spare once it has drained, which is when a
+   rise would need them, and while it drains the queued requests have already lost
+   their first token.
 4. **Latency guard, per episode.** When the TTFT histogram proves the SLO broken
    (more than the allowed share of requests, and at least five, surely above it: from
    the buckets and the histogram's ``_sum``, never a percentile guessed between coarse
@@ -66,9 +70,10 @@ One decision:
 
 The bound (tested as a property): a scale-up never asks for more than
 
-    ceil(max(demand, peak) / utilization
-         + min(waiting / target_running, waiting x work / (2 x startup),
-               drain(held) + queued_replicas)) + guard
+    ceil(demand / utilization
+         + max((peak - demand) / utilization,
+               min(waiting / target_running, waiting x work / (2 x startup),
+                   drain(held) + queued_replicas))) + guard
 
 where ``peak`` is the highest per-minute demand in the learned history (before there
 is one, ``demand x (1 + prior headroom)``, with a one-replica floor) and ``guard`` at
@@ -551,7 +556,8 @@ def recommend(
     headroom = ready_for - demand
     rho = cap.utilization * history.utilization_scale
     backlog = _backlog_replicas(sample, cap, work if work is not None else measured)
-    want = ready_for / rho + backlog
+    # One reserve: the backlog's replicas are the headroom once it has drained.
+    want = demand / rho + max(headroom / rho, backlog)
     inputs.update(
         {
             "demandReplicas": round(demand, 3),
