@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pytest
 from kubernetes import client
@@ -102,6 +102,14 @@ def gateway_api(cluster: Cluster) -> None:
     cluster.install_gateway_api()
 
 
+class Traffic(NamedTuple):
+    """Requests to both tracks (their TTFTs and errors set by the test), and the
+    operator reading them through Prometheus."""
+
+    load: RequestTraffic
+    op: OperatorProcess
+
+
 @pytest.fixture
 def traffic(
     cluster: Cluster,
@@ -110,7 +118,7 @@ def traffic(
     crd_installed: None,
     prometheus: Callable[..., Prometheus],
     tmp_path: Path,
-) -> Iterator[tuple[RequestTraffic, OperatorProcess]]:
+) -> Iterator[Traffic]:
     with (
         RequestTraffic(client.CoreV1Api(api_client), namespace) as load,
         serve(load.exposition) as port,
@@ -121,7 +129,7 @@ def traffic(
             "--prometheus-url", prom.url, "--rollout-interval", "1",
         ).start()  # fmt: skip
         try:
-            yield load, op
+            yield Traffic(load, op)
         finally:
             op.stop()
 
@@ -180,9 +188,9 @@ def test_healthy_canary_is_promoted_through_every_step(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    traffic: tuple[RequestTraffic, OperatorProcess],
+    traffic: Traffic,
 ) -> None:
-    bounds = traffic[1].bounds
+    bounds = traffic.op.bounds
     steps = [{"weight": 25, "pauseSeconds": 6}, {"weight": 50, "pauseSeconds": 6}]
     v1 = deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
     apply(cluster, namespace, dmd_spec("v2", steps))
@@ -257,10 +265,9 @@ def test_canary_with_bad_latency_is_rolled_back(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    traffic: tuple[RequestTraffic, OperatorProcess],
+    traffic: Traffic,
 ) -> None:
-    load, op = traffic
-    bounds = op.bounds
+    load, op, bounds = traffic.load, traffic.op, traffic.op.bounds
     load.ttft["canary"] = 3.0  # fifteen times the stable track's 0.2 s
     # Within the first pause: enough canary requests to judge, then an analysis.
     v1, ro = rolled_back(cluster, api_client, namespace, bounds, "v2-slow")
@@ -328,15 +335,14 @@ def test_canary_is_rolled_back_on_what_vllm_really_exports(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    traffic: tuple[RequestTraffic, OperatorProcess],
+    traffic: Traffic,
     case: str,
     stable_ttft: float,
     canary_ttft: float,
     canary_errors: float,
     verdict_names: str,
 ) -> None:
-    load, op = traffic
-    bounds = op.bounds
+    load, bounds = traffic.load, traffic.op.bounds
     load.ttft.update(stable=stable_ttft, canary=canary_ttft)
     load.errors["canary"] = canary_errors
     v1, ro = rolled_back(cluster, api_client, namespace, bounds, f"v2-{case}")
@@ -356,10 +362,9 @@ def test_operator_killed_mid_rollout_resumes_at_the_same_step(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    traffic: tuple[RequestTraffic, OperatorProcess],
+    traffic: Traffic,
 ) -> None:
-    _, op = traffic
-    bounds = op.bounds
+    op, bounds = traffic.op, traffic.op.bounds
     steps = [{"weight": 25, "pauseSeconds": 6}, {"weight": 50, "pauseSeconds": 25}]
     deploy_v1(cluster, api_client, namespace, dmd_spec("v1", steps), bounds)
     apply(cluster, namespace, dmd_spec("v2", steps))
@@ -423,7 +428,7 @@ def test_rolling_update_without_spare_gpus_completes(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    traffic: tuple[RequestTraffic, OperatorProcess],
+    traffic: Traffic,
 ) -> None:
     replicas = free_l4_gpus(api_client)
     assert replicas >= 2, "the local cluster should have at least two free L4 GPUs"
@@ -432,7 +437,7 @@ def test_rolling_update_without_spare_gpus_completes(
         "placement": {"gpuTypes": ["nvidia-l4"], "gpusPerReplica": 1},
         "scaling": {"mode": "external", "minReplicas": replicas, "maxReplicas": replicas},
     }
-    bounds = traffic[1].bounds
+    bounds = traffic.op.bounds
     apply(cluster, namespace, spec)
     Dmds(api_client, namespace).wait_condition(NAME, "Ready", bounds.ready)
     assert free_l4_gpus(api_client) == 0  # every L4 GPU is taken: no room for a surge pod
@@ -490,9 +495,9 @@ def test_httproute_weights_follow_the_steps(
     cluster: Cluster,
     api_client: client.ApiClient,
     namespace: str,
-    traffic: tuple[RequestTraffic, OperatorProcess],
+    traffic: Traffic,
 ) -> None:
-    _, op = traffic
+    op = traffic.op
     assert "http_route=True" in op.log.read_text()
     steps = [{"weight": 20, "pauseSeconds": 6}, {"weight": 60, "pauseSeconds": 6}]
     spec = dmd_spec("v1", steps)
