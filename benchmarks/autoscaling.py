@@ -15,7 +15,8 @@ Nothing here is tuned per trace: the policy's parameters come from the model, th
 and the SLO; the anchors run as documented and tuned to the replica's capacity.
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/autoscaling.py [--quick]``
-(--quick: the first 2 h of each workload, the 7B only).
+(--quick: the first 2 h of each workload, the 7B only; ``--only step
+--policies distillery,clairvoyant`` screens a policy change on a few cells in minutes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from typing import Any
 
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.catalog import load_catalog
-from distillery.simulate.engine import ANCHORS, Scenario, need_schedule, replica_model, simulate
+from distillery.simulate.engine import (
+    ANCHORS,
+    POLICY_NAMES,
+    Scenario,
+    need_schedule,
+    replica_model,
+    simulate,
+)
 from distillery.simulate.report import plot, table
 from distillery.simulate.scenarios import generate
 from distillery.simulate.workload import Request, load
@@ -149,14 +157,20 @@ def markdown(cells: list[dict[str, Any]]) -> str:
         p, v = c["policies"], c["verdict"]
         ref = p["clairvoyant"]["cost"] or 1.0
         anchors = [(n, r) for n, r in p.items() if n.removesuffix("-tuned") in ANCHORS]
-        best = max(anchors, key=lambda nr: (nr[1]["sloAttainmentFeasible"], -nr[1]["cost"]))
+        best_anchor = "none run"
+        if anchors:
+            name, best = max(
+                anchors, key=lambda nr: (nr[1]["sloAttainmentFeasible"], -nr[1]["cost"])
+            )
+            best_anchor = (
+                f"{name} ({best['cost'] / ref:.2f}, {100 * best['sloAttainmentFeasible']:.1f}%)"
+            )
         lines.append(
             f"| {c['cell']} | {c['scenario']} | {c['requests']} | {ref:.1f} | "
             f"{v['distilleryCostVsClairvoyant']:.2f} | "
             f"{100 * v['distilleryAttainmentFeasible']:.1f}% | "
             f"{v['distilleryPeakVsClairvoyant']:.1f} | "
-            f"{v['distilleryFlaps']} | {best[0]} ({best[1]['cost'] / ref:.2f}, "
-            f"{100 * best[1]['sloAttainmentFeasible']:.1f}%) |"
+            f"{v['distilleryFlaps']} | {best_anchor} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -232,6 +246,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="first 2 h of each workload, 7B only")
     parser.add_argument("--only", help="run only cells whose name contains this")
     parser.add_argument(
+        "--policies",
+        type=lambda v: [p for p in v.split(",") if p],
+        default=list(POLICY_NAMES),
+        help="comma-separated policies to run (distillery and clairvoyant always run): "
+        "'--policies distillery,clairvoyant' screens a policy change in minutes",
+    )
+    parser.add_argument(
         "--startup-sweep",
         action="store_true",
         help="only the weight-source table (Hub, object store, shared cache, node-local)",
@@ -260,7 +281,8 @@ def main() -> int:
                 make = workload(name, s, args.quick)
                 reqs, rate = scaled(make, s, start)
                 t0 = time.perf_counter()
-                results = simulate(reqs, s, scenario=start_state)
+                policies = list(dict.fromkeys(["distillery", "clairvoyant", *args.policies]))
+                results = simulate(reqs, s, policies, scenario=start_state)
                 wall = time.perf_counter() - t0
                 report = {
                     "trace": {"path": name, "rateScale": round(rate, 4), "requests": len(reqs)},
