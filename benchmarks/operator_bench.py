@@ -47,7 +47,7 @@ from distillery.catalog import load_catalog  # noqa: E402
 from distillery.kube.autoscale_controller import Autoscaler  # noqa: E402
 from localcluster import OPERATOR_USER, WRITE_VERBS, Cluster, start  # noqa: E402
 from tests.integration.operator_process import OperatorProcess  # noqa: E402
-from tests.support.dmds import dmd  # noqa: E402
+from tests.support.dmds import IDLE_SPEC, dmd  # noqa: E402
 from tests.support.fake_cluster import FakeCluster  # noqa: E402
 
 # The figures of the previous release, printed beside each new one (update them when a
@@ -59,11 +59,6 @@ SPEC_ONE = {
     "placement": {"gpuTypes": ["nvidia-h100-80gb"]},
     "scaling": {"minReplicas": 1, "maxReplicas": 2},
 }
-SPEC_ZERO = {
-    "model": {"name": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"},
-    "placement": {"gpuTypes": ["nvidia-l4"]},
-    "scaling": {"minReplicas": 0, "maxReplicas": 2, "demandQuery": "vector(0)"},
-}
 
 
 def at_spec(obj: dict[str, Any]) -> bool:
@@ -73,15 +68,6 @@ def at_spec(obj: dict[str, Any]) -> bool:
         c["type"] == "Ready" and (c["status"] == "True" or c.get("reason") == "ScaledToZero")
         for c in (obj.get("status") or {}).get("conditions", [])
     )
-
-
-def body(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "DistilledModelDeployment",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
 
 
 def rss_mib(pid: int) -> float:
@@ -149,7 +135,7 @@ class Bench:
                 name = f"one-{i}"
                 t0 = time.monotonic()
                 self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, ns, PLURAL, body(name, SPEC_ONE)
+                    GROUP, VERSION, ns, PLURAL, dmd(name, SPEC_ONE)
                 )
                 create_s.append(time.monotonic() - t0)
 
@@ -212,7 +198,7 @@ class Bench:
                 list(
                     pool.map(
                         lambda i: self.custom.create_namespaced_custom_object(
-                            GROUP, VERSION, ns, PLURAL, body(f"dmd-{i:04d}", SPEC_ZERO)
+                            GROUP, VERSION, ns, PLURAL, dmd(f"dmd-{i:04d}", IDLE_SPEC)
                         ),
                         range(count),
                     )

@@ -177,8 +177,8 @@ def _child(**kwargs: Any) -> dict[Any, ChildState]:
     return {(state.namespace, state.owner): state} if state.owner else {}
 
 
-for _index in CHILD_RESOURCES:
-    kopf.index(*CHILD_RESOURCES[_index], labels=MANAGED, id=_index)(_child)
+for _index, _resource in CHILD_RESOURCES.items():
+    kopf.index(*_resource, labels=MANAGED, id=_index)(_child)
 
 
 # ---- handlers ---------------------------------------------------------------------------
@@ -229,8 +229,8 @@ async def _on_child(**kwargs: Any) -> None:
         runtime.submit((str(meta.get("namespace")), str(owner)))
 
 
-for _index in CHILD_RESOURCES:
-    kopf.on.event(*CHILD_RESOURCES[_index], labels=MANAGED, id=f"{_index}_event")(_on_child)
+for _index, _resource in CHILD_RESOURCES.items():
+    kopf.on.event(*_resource, labels=MANAGED, id=f"{_index}_event")(_on_child)
 # Pods matter only for why replicas are missing (Unschedulable): the owner is reconciled
 # and its status written only if that changes.
 kopf.on.event("v1", "pods", labels={OWNER_LABEL: kopf.PRESENT}, id="pod_event")(_on_child)
