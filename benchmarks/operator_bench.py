@@ -20,6 +20,7 @@ Run: ``make bench`` (all benchmarks) or ``.venv/bin/python benchmarks/operator_b
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import signal
@@ -44,6 +45,7 @@ from distillery.autoscale.source import (  # noqa: E402
     PrometheusSource,
 )
 from distillery.catalog import load_catalog  # noqa: E402
+from distillery.cli import MEMORY_REPORT_END  # noqa: E402
 from distillery.kube.autoscale_controller import Autoscaler  # noqa: E402
 from localcluster import OPERATOR_USER, WRITE_VERBS, Cluster, start  # noqa: E402
 from tests.integration.operator_process import OperatorProcess  # noqa: E402
@@ -75,6 +77,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU the process has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -193,6 +201,7 @@ class Bench:
         try:
             assert op.proc is not None
             rss_idle = rss_mib(op.proc.pid)
+            cpu_idle = cpu_seconds(op.proc.pid)
             t0 = time.monotonic()
             with ThreadPoolExecutor(max_workers=16) as pool:
                 list(
@@ -233,8 +242,9 @@ class Bench:
 
             self.wait(all_ready, 600)
             ready = time.monotonic() - t0
-            if self.profile:
-                self.memory_profile(op, count)
+            # The operator's own work for the burst, which the machine's other load
+            # (the API server's share of two cores) does not stretch as it does time.
+            cpu_to_ready = cpu_seconds(op.proc.pid) - cpu_idle
             # Ready is written before the last pod events are worked off (a large burst
             # leaves a queue): the idle window starts once the writes stop, so it counts
             # steady-state writes, not the tail of the burst. How long that took is
@@ -248,6 +258,7 @@ class Bench:
                 "baselineCreateAllS": round(created, 3),
                 "allReconciledS": round(reconciled, 3),
                 "allReadyS": round(ready, 3),
+                "operatorCpuToReadyS": round(cpu_to_ready, 1),
                 "ratioToCreate": round(reconciled / created, 2),
                 "operatorWritesDuringBurst": writes_before,
                 "settledAfterReadyS": round(settled, 1),
@@ -255,6 +266,7 @@ class Bench:
                 "idleWrites": idle_writes,
                 "rssIdleMiB": round(rss_idle, 1),
                 "rssWithDmdsMiB": round(rss_mib(op.proc.pid), 1),
+                "pythonHeap": self.memory_report(op, count),
                 "target": {
                     "allReconciledS": 60 if count >= 500 else None,
                     "idleWrites": 0,
@@ -264,23 +276,50 @@ class Bench:
         finally:
             op.stop()
 
-    def memory_profile(self, op: OperatorProcess, count: int) -> None:
-        """Ask the operator (run with tracemalloc) where its memory is; save the answer."""
+    def memory_report(self, op: OperatorProcess, count: int) -> dict[str, Any]:
+        """Ask the operator where its memory is (``kill -USR2``): the Python allocator's
+        arenas, and with ``--profile`` the allocating call stacks; save the whole answer
+        (``reports/operator-memory-N.txt``) and return the arenas' figures in MiB: live
+        blocks, free blocks in arenas kept, and the arenas' total. RSS beyond the arenas
+        is memory outside Python's allocator (large objects, C libraries, stacks)."""
         assert op.proc is not None
-        before = op.log.read_text(errors="replace")
+        before = len(op.log.read_text(errors="replace"))
         os.kill(op.proc.pid, signal.SIGUSR2)
-        # A snapshot of a large heap takes minutes while the operator is busy.
-        for _ in range(6000):
-            text = op.log.read_text(errors="replace")[len(before) :]
-            if "traced memory:" in text:
+        # A tracemalloc snapshot of a large heap takes minutes.
+        deadline = time.monotonic() + 600
+        text = ""
+        while time.monotonic() < deadline:
+            text = op.log.read_text(errors="replace")[before:]
+            if MEMORY_REPORT_END in text:
                 break
-            time.sleep(0.1)
-        time.sleep(1)  # one log record, flushed when written: let it land whole
-        text = op.log.read_text(errors="replace")[len(before) :]
+            time.sleep(0.2)
+        else:
+            raise TimeoutError(f"no memory report from the operator; its log ends:\n{text[-2000:]}")
         out = ROOT / "reports" / f"operator-memory-{count}.txt"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
-        print(f"memory profile at {count} DMDs: {out}", flush=True)
+        print(f"memory report at {count} DMDs: {out}", flush=True)
+        return allocator_figures(text)
+
+
+def allocator_figures(text: str) -> dict[str, Any]:
+    """The live, free and total MiB of Python's arenas (``sys._debugmallocstats()``
+    output) and the C heap's figures the operator logs after them."""
+    wanted = {
+        "# bytes in allocated blocks": "liveBlocksMiB",
+        "# bytes in available blocks": "freeBlocksMiB",
+        "Total": "arenasMiB",
+    }
+    figures: dict[str, Any] = {}
+    for line in text.splitlines():
+        if "C heap: " in line:
+            figures["cHeap"] = ast.literal_eval(line.split("C heap: ", 1)[1])
+            continue
+        label, _, value = line.rpartition("=")
+        name = wanted.get(label.strip())
+        if name and name not in figures:
+            figures[name] = round(int(value.strip().replace(",", "")) / 2**20, 1)
+    return figures
 
 
 class SyntheticPrometheus(PrometheusSource):
@@ -419,10 +458,13 @@ def main() -> int:
                 f"{count} DMDs at once: all reconciled in "
                 f"{beside(r['allReconciledS'], was.get('allReconciledS'), 's')}, Ready in "
                 f"{beside(r['allReadyS'], was.get('allReadyS'), 's')} "
+                f"(operator CPU "
+                f"{beside(r['operatorCpuToReadyS'], was.get('operatorCpuToReadyS'), 's')}) "
                 f"(creating them took {r['baselineCreateAllS']}s, x{r['ratioToCreate']}); "
                 f"idle {args.idle:.0f}s writes {beside(r['idleWrites'], was.get('idleWrites'))}; "
                 f"RSS {r['rssIdleMiB']} -> "
-                f"{beside(r['rssWithDmdsMiB'], was.get('rssWithDmdsMiB'), ' MiB')}",
+                f"{beside(r['rssWithDmdsMiB'], was.get('rssWithDmdsMiB'), ' MiB')} "
+                f"(heap {r['pythonHeap']})",
                 flush=True,
             )
     finally:

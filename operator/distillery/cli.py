@@ -521,6 +521,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if settings.log_level != "DEBUG":
+        # kopf says "Handler ... succeeded" at INFO for every watch event: 18,000 lines
+        # in a burst of 2,000 DMDs that say nothing the operator's own log does not.
+        # Its warnings and errors stay.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.kubeconfig:
         # kopf authenticates its watches from KUBECONFIG: one identity for everything.
         # Before any import of the kubernetes client, which reads KUBECONFIG on import.
@@ -628,10 +633,44 @@ def _own_namespace() -> str:
         return "default"
 
 
+# The last line of what ``kill -USR2`` logs: a reader waits for it.
+MEMORY_REPORT_END = "end of the memory report"
+
+
+def c_heap_figures() -> dict[str, float]:
+    """The C heap in MiB (glibc's ``mallinfo2``; empty without glibc): what is in use,
+    what is free inside it, and what large blocks hold in their own mappings. Python's
+    allocator serves objects up to 512 bytes from its own arenas; larger ones (big
+    dicts' tables, long strings, I/O buffers) and C libraries' memory are here."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+            )
+        ]  # fmt: skip
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return {}
+    mallinfo2.restype = Mallinfo2
+    info = mallinfo2()
+    return {
+        "inUseMiB": round(info.uordblks / 2**20, 1),
+        "freeMiB": round(info.fordblks / 2**20, 1),
+        "mappedMiB": round(info.hblkhd / 2**20, 1),
+    }
+
+
 def _log_memory_on_sigusr2() -> None:
     """``kill -USR2`` writes the Python allocator's arena statistics to stderr (how much
     of the heap is live blocks, and how much is free space in arenas that cannot go back
-    to the system); with tracemalloc on (``PYTHONTRACEMALLOC=12``) it also logs where
+    to the system) and the C heap's figures (what large objects and C libraries hold);
+    with tracemalloc on (``PYTHONTRACEMALLOC=12``) it also logs where
     the operator's memory is held, by allocating call stack, and saves the snapshot to
     compare two offline. How to find what grows with the fleet in a running operator,
     without a debugger or a restart."""
@@ -642,7 +681,14 @@ def _log_memory_on_sigusr2() -> None:
     import tracemalloc
 
     if not tracemalloc.is_tracing():
-        signal.signal(signal.SIGUSR2, lambda signum, frame: sys._debugmallocstats())
+
+        def allocator(signum: int, frame: object) -> None:
+            sys._debugmallocstats()
+            logging.getLogger("distillery").warning(
+                "C heap: %s\n%s", c_heap_figures(), MEMORY_REPORT_END
+            )
+
+        signal.signal(signal.SIGUSR2, allocator)
         return
     taken = 0
 
@@ -665,6 +711,7 @@ def _log_memory_on_sigusr2() -> None:
         for stat in stats[:25]:
             lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks")
             lines.extend(f"    {line}" for line in stat.traceback.format(limit=12))
+        lines.append(MEMORY_REPORT_END)
         logging.getLogger("distillery").warning("%s", "\n".join(lines))
 
     signal.signal(signal.SIGUSR2, report)

@@ -549,3 +549,29 @@ def test_every_setting_is_a_run_flag_and_documented() -> None:
         args = parser.parse_args(["run", flag, value])
         got = getattr(args, name)
         assert (got[0] if isinstance(got, list) else str(got)).startswith(value), name
+
+
+def test_usr2_logs_the_allocators_and_ends_the_report(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """How a running operator says where its memory is (docs/operations.md): the
+    benchmark reads the report up to its last line."""
+    import os
+    import signal
+
+    from distillery.cli import MEMORY_REPORT_END, _log_memory_on_sigusr2, c_heap_figures
+
+    before = signal.getsignal(signal.SIGUSR2)
+    try:
+        _log_memory_on_sigusr2()
+        with caplog.at_level("WARNING", logger="distillery"):
+            os.kill(os.getpid(), signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert "# bytes in allocated blocks" in capfd.readouterr().err  # Python's arenas
+    logged = caplog.text
+    assert "C heap: {'inUseMiB'" in logged
+    assert logged.rstrip().endswith(MEMORY_REPORT_END)
+    figures = c_heap_figures()  # glibc here, as in the operator image
+    assert set(figures) == {"inUseMiB", "freeMiB", "mappedMiB"}
+    assert figures["inUseMiB"] > 0
