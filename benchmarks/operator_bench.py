@@ -108,6 +108,22 @@ def _operator_write(line: str, ns: str) -> bool:
     )
 
 
+def foreign(i: int) -> client.V1Deployment:
+    """Another team's Deployment (no managed-by label), of zero replicas."""
+    labels = {"app": f"other-{i}"}
+    return client.V1Deployment(
+        metadata=client.V1ObjectMeta(name=f"other-{i:04d}", labels=labels),
+        spec=client.V1DeploymentSpec(
+            replicas=0,
+            selector=client.V1LabelSelector(match_labels=labels),
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(containers=[client.V1Container(name="app", image="busybox")]),
+            ),
+        ),
+    )
+
+
 class Bench:
     def __init__(self, cluster: Cluster, workdir: Path, profile: bool = False):
         self.cluster = cluster
@@ -192,6 +208,44 @@ class Bench:
                 elif time.monotonic() - since >= quiet:
                     break
         return time.monotonic() - t0
+
+    def foreign(self, count: int) -> dict[str, Any]:
+        """An operator started in a namespace that holds ``count`` Deployments of other
+        teams (and none of its own), against one started in an empty namespace: what
+        other workloads cost it (nothing, when its watches are filtered server-side)."""
+
+        def started_in(ns: str) -> dict[str, float]:
+            op = OperatorProcess(self.cluster, ns, self.workdir / f"op-{ns}").start(self.start_s)
+            try:
+                assert op.proc is not None
+                # Settled: its first listings are worked off once its CPU stops rising.
+                last, still = cpu_seconds(op.proc.pid), 0
+                for _ in range(120):
+                    time.sleep(0.5)
+                    now = cpu_seconds(op.proc.pid)
+                    still = still + 1 if now - last < 0.02 else 0
+                    last = now
+                    if still >= 4:
+                        break
+                return {"rssMiB": round(rss_mib(op.proc.pid), 1), "cpuS": round(last, 2)}
+            finally:
+                op.stop()
+
+        empty = started_in(self.namespace(f"bench-empty-{count}"))
+        ns = self.namespace(f"bench-foreign-{count}")
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(
+                pool.map(
+                    lambda i: self.apps.create_namespaced_deployment(ns, foreign(i)), range(count)
+                )
+            )
+        crowded = started_in(ns)
+        return {
+            "foreignDeployments": count,
+            "rssMiB": crowded["rssMiB"],
+            "startCpuS": crowded["cpuS"],
+            "baselineEmptyNamespace": empty,
+        }
 
     def burst(self, count: int, idle_seconds: float) -> dict[str, Any]:
         ns = self.namespace(f"bench-burst-{count}")
@@ -420,6 +474,13 @@ def main() -> int:
     parser.add_argument("--bursts", type=int, nargs="*", default=[500, 2000])
     parser.add_argument("--idle", type=float, default=60.0)
     parser.add_argument(
+        "--foreign",
+        type=int,
+        default=2000,
+        help="Deployments of other teams in the namespace of an operator started beside "
+        "them (0: skip)",
+    )
+    parser.add_argument(
         "--profile",
         type=int,
         nargs="?",
@@ -451,6 +512,16 @@ def main() -> int:
             f"{report['single']['baselineCreateP50S']}s)",
             flush=True,
         )
+        if args.foreign:
+            f = bench.foreign(args.foreign)
+            report["foreign"] = f
+            print(
+                f"started among {f['foreignDeployments']} other Deployments: RSS "
+                f"{f['rssMiB']} MiB, CPU {f['startCpuS']}s (in an empty namespace: "
+                f"{f['baselineEmptyNamespace']['rssMiB']} MiB, "
+                f"{f['baselineEmptyNamespace']['cpuS']}s)",
+                flush=True,
+            )
         for count in args.bursts:
             r = bench.burst(count, args.idle)
             was = recorded(report, previous, "bursts", count, r)

@@ -45,7 +45,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,6 +382,16 @@ class Cluster:
     ) -> list[dict[str, Any]]:
         """The operator's write requests so far, from the audit log; with ``agent``, only
         those whose user agent contains it (an instance's identity)."""
+        return self.operator_requests(namespace, agent, WRITE_VERBS)
+
+    def operator_requests(
+        self,
+        namespace: str | None = None,
+        agent: str | None = None,
+        verbs: Collection[str] = (),
+    ) -> list[dict[str, Any]]:
+        """The operator's requests so far with one of ``verbs`` (all without), from the
+        audit log; with ``agent``, only those whose user agent contains it."""
         out: list[dict[str, Any]] = []
         log = self.state_dir / "logs" / "audit.log"
         if not log.exists():
@@ -393,7 +403,7 @@ class Cluster:
                 continue
             if event.get("user", {}).get("username") != OPERATOR_USER:
                 continue
-            if event.get("verb") not in WRITE_VERBS:
+            if verbs and event.get("verb") not in verbs:
                 continue
             ref = event.get("objectRef", {})
             if namespace is not None and ref.get("namespace") != namespace:

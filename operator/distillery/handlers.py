@@ -44,6 +44,12 @@ from distillery.settings import Settings
 DMD = (GROUP, VERSION, PLURAL)
 ROUTE = (GROUP, VERSION, ROUTE_PLURAL)
 MANAGED = {"app.kubernetes.io/managed-by": "distillery"}
+# The same label as a server-side selector: every child and every pod the indices keep
+# carries it (the pods through their templates).
+MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+# Objects per page of the initial listing on start: a restart of an operator with a
+# fleet lists every DMD, child and pod, and one answer of them all is a memory peak.
+LIST_CHUNK = 500
 log = logging.getLogger("distillery")
 # How long kopf keeps an object's idle worker (and the last event it held): see startup.
 QUEUE_IDLE_SECONDS = 0.5
@@ -66,6 +72,11 @@ async def startup(**kwargs: Any) -> None:
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 30
     settings.watching.inactivity_timeout = 330
+    # The API server sends only the operator's own children and pods: filtered here by
+    # label instead, kopf would decode (and remember) every Deployment, Service and Pod
+    # of the namespaces it watches, cluster-wide a whole company's.
+    settings.watching.label_selectors[_child_or_pod] = MANAGED_SELECTOR
+    settings.watching.chunk_size = LIST_CHUNK
     settings.networking.request_timeout = 60
     # Our own events carry the meaningful transitions; kopf posts only its warnings.
     settings.posting.level = logging.WARNING
@@ -82,6 +93,18 @@ async def startup(**kwargs: Any) -> None:
         settings.peering.name = cfg.peering
         settings.peering.priority = cfg.priority
     memo.runtime = await Runtime.start(cfg)
+
+
+# (group, version, plural) of every resource whose watch is filtered by MANAGED_SELECTOR.
+_CHILDREN_AND_PODS = {
+    (r[0], r[1], r[2]) if len(r) == 3 else ("", r[0], r[1])
+    for r in (*CHILD_RESOURCES.values(), ("v1", "pods"))
+}
+
+
+def _child_or_pod(resource: Any) -> bool:
+    """A kopf resource whose watch the managed-by label filters (kopf's selector)."""
+    return (resource.group, resource.version, resource.plural) in _CHILDREN_AND_PODS
 
 
 # ---- indices ----------------------------------------------------------------------------

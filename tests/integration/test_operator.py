@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from kubernetes import client
@@ -67,6 +68,40 @@ def test_create_children_and_ready(operator: OperatorProcess, dmds: Dmds) -> Non
         if e.involved_object.kind == "DistilledModelDeployment"
     ]
     assert "Planned" in reasons and "Ready" in reasons
+
+
+def test_watches_only_its_own_children_and_pods(operator: OperatorProcess, dmds: Dmds) -> None:
+    """The API server filters the watches of children and pods by the managed-by label,
+    and pages the first listing: the operator never receives (decodes, remembers) the
+    other Deployments, Services and Pods of the namespaces it watches."""
+    dmds.apply("qwen", QWEN7B_H100)
+    dmds.wait_condition("qwen", "Ready", operator.bounds.ready)
+    filtered = {"deployments", "services", "poddisruptionbudgets", "pods"}
+
+    def reads() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in dmds.cluster.operator_requests(dmds.namespace, verbs=("list", "watch"))
+            if r["objectRef"].get("resource") in filtered
+        ]
+
+    def watched() -> set[str]:
+        return {r["objectRef"]["resource"] for r in reads() if r["verb"] == "watch"}
+
+    wait_for(
+        lambda: watched() >= filtered,
+        "the operator's watches of children and pods in the audit log",
+        operator.bounds.reconcile,
+        describe=lambda: f"watched so far: {sorted(watched())}",
+    )
+    for r in reads():
+        query = parse_qs(urlsplit(r["requestURI"]).query)
+        assert query.get("labelSelector") == ["app.kubernetes.io/managed-by=distillery"], r[
+            "requestURI"
+        ]
+        if r["verb"] == "list":
+            assert query.get("limit") == ["500"], r["requestURI"]
+    assert any(r["verb"] == "list" for r in reads())
 
 
 def test_roll_scale_and_delete(operator: OperatorProcess, dmds: Dmds) -> None:
