@@ -219,15 +219,17 @@ class Bench:
             try:
                 assert op.proc is not None
                 # Settled: its first listings are worked off once its CPU stops rising.
-                last, still = cpu_seconds(op.proc.pid), 0
-                for _ in range(120):
+                last, still, t0 = cpu_seconds(op.proc.pid), 0, time.monotonic()
+                while still < 4 and time.monotonic() - t0 < 300:
                     time.sleep(0.5)
                     now = cpu_seconds(op.proc.pid)
                     still = still + 1 if now - last < 0.02 else 0
                     last = now
-                    if still >= 4:
-                        break
-                return {"rssMiB": round(rss_mib(op.proc.pid), 1), "cpuS": round(last, 2)}
+                return {
+                    "rssMiB": round(rss_mib(op.proc.pid), 1),
+                    "cpuS": round(last, 2),
+                    "settledS": round(time.monotonic() - t0, 1) if still >= 4 else None,
+                }
             finally:
                 op.stop()
 
@@ -244,6 +246,7 @@ class Bench:
             "foreignDeployments": count,
             "rssMiB": crowded["rssMiB"],
             "startCpuS": crowded["cpuS"],
+            "settledS": crowded["settledS"],
             "baselineEmptyNamespace": empty,
         }
 
@@ -517,7 +520,8 @@ def main() -> int:
             report["foreign"] = f
             print(
                 f"started among {f['foreignDeployments']} other Deployments: RSS "
-                f"{f['rssMiB']} MiB, CPU {f['startCpuS']}s (in an empty namespace: "
+                f"{f['rssMiB']} MiB, CPU {f['startCpuS']}s, settled after "
+                f"{f['settledS']}s (in an empty namespace: "
                 f"{f['baselineEmptyNamespace']['rssMiB']} MiB, "
                 f"{f['baselineEmptyNamespace']['cpuS']}s)",
                 flush=True,
