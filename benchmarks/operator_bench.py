@@ -85,6 +85,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def settle_cpu(pid: int, limit: float) -> dict[str, Any]:
+    """Wait until the process's CPU stops rising (2 s under 0.02 s of CPU), at most
+    ``limit`` seconds: its CPU so far and how long that took (None: still busy)."""
+    last, still, t0 = cpu_seconds(pid), 0, time.monotonic()
+    while still < 4 and time.monotonic() - t0 < limit:
+        time.sleep(0.5)
+        now = cpu_seconds(pid)
+        still = still + 1 if now - last < 0.02 else 0
+        last = now
+    settled = round(time.monotonic() - t0, 1) if still >= 4 else None
+    return {"cpuS": round(last, 2), "settledS": settled}
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -219,17 +232,7 @@ class Bench:
             try:
                 assert op.proc is not None
                 # Settled: its first listings are worked off once its CPU stops rising.
-                last, still, t0 = cpu_seconds(op.proc.pid), 0, time.monotonic()
-                while still < 4 and time.monotonic() - t0 < 300:
-                    time.sleep(0.5)
-                    now = cpu_seconds(op.proc.pid)
-                    still = still + 1 if now - last < 0.02 else 0
-                    last = now
-                return {
-                    "rssMiB": round(rss_mib(op.proc.pid), 1),
-                    "cpuS": round(last, 2),
-                    "settledS": round(time.monotonic() - t0, 1) if still >= 4 else None,
-                }
+                return {**settle_cpu(op.proc.pid, 300), "rssMiB": round(rss_mib(op.proc.pid), 1)}
             finally:
                 op.stop()
 
@@ -310,7 +313,7 @@ class Bench:
             writes_before = len(self.cluster.operator_writes(ns))
             time.sleep(idle_seconds)
             idle_writes = len(self.cluster.operator_writes(ns)) - writes_before
-            return {
+            figures = {
                 "dmds": count,
                 "baselineCreateAllS": round(created, 3),
                 "allReconciledS": round(reconciled, 3),
@@ -330,6 +333,23 @@ class Bench:
                     "rssWithDmdsMiB": 150,
                 },
             }
+        finally:
+            op.stop()
+        figures["restart"] = self.restart(op, ns)
+        return figures
+
+    def restart(self, op: OperatorProcess, ns: str) -> dict[str, Any]:
+        """Start the operator again over the fleet it built (what an upgrade or a
+        failover does): how long until it is idle (from its "started" log line), its
+        CPU and RSS then, and its writes (0: nothing to change)."""
+        writes_before = len(self.cluster.operator_writes(ns))
+        op.start(self.start_s)
+        try:
+            assert op.proc is not None
+            figures = settle_cpu(op.proc.pid, 600)
+            figures["rssMiB"] = round(rss_mib(op.proc.pid), 1)
+            figures["writes"] = len(self.cluster.operator_writes(ns)) - writes_before
+            return figures
         finally:
             op.stop()
 
@@ -539,7 +559,7 @@ def main() -> int:
                 f"idle {args.idle:.0f}s writes {beside(r['idleWrites'], was.get('idleWrites'))}; "
                 f"RSS {r['rssIdleMiB']} -> "
                 f"{beside(r['rssWithDmdsMiB'], was.get('rssWithDmdsMiB'), ' MiB')} "
-                f"(heap {r['pythonHeap']})",
+                f"(heap {r['pythonHeap']}); restarted over them: {r['restart']}",
                 flush=True,
             )
     finally:
