@@ -227,7 +227,7 @@ class Bench:
         teams (and none of its own), against one started in an empty namespace: what
         other workloads cost it (nothing, when its watches are filtered server-side)."""
 
-        def started_in(ns: str) -> dict[str, float]:
+        def started_in(ns: str) -> dict[str, Any]:
             op = OperatorProcess(self.cluster, ns, self.workdir / f"op-{ns}").start(self.start_s)
             try:
                 assert op.proc is not None

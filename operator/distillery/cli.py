@@ -680,38 +680,31 @@ def _log_memory_on_sigusr2() -> None:
     import tempfile
     import tracemalloc
 
-    if not tracemalloc.is_tracing():
-
-        def allocator(signum: int, frame: object) -> None:
-            sys._debugmallocstats()
-            logging.getLogger("distillery").warning(
-                "C heap: %s\n%s", c_heap_figures(), MEMORY_REPORT_END
-            )
-
-        signal.signal(signal.SIGUSR2, allocator)
-        return
     taken = 0
 
     def report(signum: int, frame: object) -> None:
         nonlocal taken
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__)]
-        )
-        # On disk too, to compare two (idle, then with the fleet) offline:
-        # Snapshot.load(later).compare_to(Snapshot.load(earlier), "traceback").
-        taken += 1
-        path = Path(tempfile.gettempdir()) / f"distillery-memory-{os.getpid()}-{taken}.snapshot"
-        snapshot.dump(str(path))
+        lines = []
+        if tracemalloc.is_tracing():
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)]
+            )
+            # On disk too, to compare two (idle, then with the fleet) offline:
+            # Snapshot.load(later).compare_to(Snapshot.load(earlier), "traceback").
+            taken += 1
+            path = Path(tempfile.gettempdir()) / f"distillery-memory-{os.getpid()}-{taken}.snapshot"
+            snapshot.dump(str(path))
+            stats = snapshot.statistics("traceback")
+            total = sum(s.size for s in stats)
+            lines.append(
+                f"traced memory: {total / 2**20:.1f} MiB in {len(stats)} call stacks "
+                f"(snapshot: {path})"
+            )
+            for stat in stats[:25]:
+                lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks")
+                lines.extend(f"    {line}" for line in stat.traceback.format(limit=12))
         sys._debugmallocstats()
-        stats = snapshot.statistics("traceback")
-        total = sum(s.size for s in stats)
-        lines = [
-            f"traced memory: {total / 2**20:.1f} MiB in {len(stats)} call stacks (snapshot: {path})"
-        ]
-        for stat in stats[:25]:
-            lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks")
-            lines.extend(f"    {line}" for line in stat.traceback.format(limit=12))
-        lines.append(MEMORY_REPORT_END)
+        lines += [f"C heap: {c_heap_figures()}", MEMORY_REPORT_END]
         logging.getLogger("distillery").warning("%s", "\n".join(lines))
 
     signal.signal(signal.SIGUSR2, report)
