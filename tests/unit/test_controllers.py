@@ -23,7 +23,8 @@ from distillery.kube.client import NodeCatalog
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
-from distillery.kube.runtime import CHILD_INDICES, CONCURRENT_RECONCILES, Runtime
+from distillery.kube.runtime import CONCURRENT_RECONCILES, Runtime
+from distillery.kube.watched import CHILD_INDICES
 from distillery.reconcile.cache import FillPod
 from distillery.render import RenderOptions
 from distillery.rollout import COMMAND_ANNOTATION

@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast
 
 import urllib3
 from kubernetes import client, config
+from kubernetes.client import rest
 from kubernetes.client.exceptions import ApiException
 
 from distillery import metrics
@@ -415,11 +416,15 @@ class NodeCatalog:
         return self.latest
 
 
-def new_api_client(kubeconfig: str | None = None, identity: str = "") -> client.ApiClient:
+def new_api_client(
+    kubeconfig: str | None = None, identity: str = "", pool_size: int | None = None
+) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig.
 
     With an ``identity``, the user agent names the instance (``distillery/VERSION
-    (IDENTITY)``), so the API server's audit log tells replicas and shards apart."""
+    (IDENTITY)``), so the API server's audit log tells replicas and shards apart. With a
+    ``pool_size``, that many connections are kept open (the client's default is five
+    times the CPUs, fewer than the watches on a small machine)."""
     api: client.ApiClient | None = None
     if kubeconfig is None:
         try:
@@ -433,6 +438,9 @@ def new_api_client(kubeconfig: str | None = None, identity: str = "") -> client.
             config_file=kubeconfig, client_configuration=cfg
         )
         api = client.ApiClient(cfg)
+    if pool_size is not None:
+        api.configuration.connection_pool_maxsize = pool_size
+        api.rest_client = rest.RESTClientObject(api.configuration)
     if identity:
         api.user_agent = user_agent(identity)
     return api

@@ -1,14 +1,14 @@
-"""The running operator: its controllers, built once from the settings, and the loops
-that drive them besides kopf's events.
+"""The running operator: its controllers, built once from the settings, its watches,
+and the loops that drive them.
 
-kopf calls the handlers in :mod:`distillery.handlers` on watch events; everything they
-do goes through one :class:`Runtime`: reconcile a DMD (retrying a failure on its own
-backoff, since kopf never retries event handlers), forget a deleted one. Three loops run
-beside the events, over kopf's in-memory indices: the autoscaler's pass, canary analysis
-with the reconciles of rollouts in a step, and the slow resync that repairs drift no
-event reported. The resync is a loop over the index, not a kopf timer: kopf puts a
-finalizer on objects with timers, and a finalizer would block deletes while the
-operator is down.
+kopf runs the process (start, stop, probes); :class:`Runtime` does the rest. Its watches
+(:mod:`distillery.kube.informer`, what they keep: :mod:`distillery.kube.watched`) fill
+the in-memory indices and report each change: a DMD's reconciles it (retrying a failure
+on its own backoff), a child's or pod's reconciles its owner, a deletion forgets it.
+Nothing is reconciled until every watch has listed once; then everything is. Three loops
+run beside the watches, over the indices: the autoscaler's pass, canary analysis with
+the reconciles of rollouts in a step, and the slow resync that repairs drift no event
+reported. No finalizers: a DMD can be deleted while the operator is down.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,13 +36,14 @@ from distillery.kube.client import (
     in_thread,
     new_api_client,
 )
+from distillery.kube.informer import Change, Informers
 from distillery.kube.plans import PlanCache
 from distillery.kube.reconcile_controller import Reconciler
 from distillery.kube.retry import RetrySchedule
 from distillery.kube.route_controller import RouteReconciler, ServedApis
+from distillery.kube.watched import CHILD_INDICES, watches
 from distillery.reconcile.children import ChildState
 from distillery.reconcile.route import demand_queries, shared_budgets
-from distillery.render import LWS_GROUP, LWS_PLURAL, LWS_VERSION
 from distillery.settings import Settings
 
 log = logging.getLogger("distillery")
@@ -57,23 +58,9 @@ CONCURRENT_RECONCILES = 32
 
 
 Key = tuple[str, str]
-# kopf's indices by name: each maps (namespace, DMD name) to a store of values.
+# The indices by name (:mod:`distillery.kube.watched`): each maps (namespace, DMD name)
+# to the values of the objects with that key.
 Indices = Mapping[str, Mapping[Any, Any]]
-# Every kind of child a DMD has, by the name of kopf's index of their states by owner:
-# the resource watched (group, version, plural). The LeaderWorkerSet and Gateway APIs are
-# served only where they are installed; kopf skips a resource the cluster does not serve.
-CHILD_RESOURCES: dict[str, tuple[str, ...]] = {
-    "child_deployments": ("apps", "v1", "deployments"),
-    "child_groups": (LWS_GROUP, LWS_VERSION, LWS_PLURAL),
-    "child_services": ("v1", "services"),
-    "child_pdbs": ("policy", "v1", "poddisruptionbudgets"),
-    "child_routes": ("gateway.networking.k8s.io", "v1", "httproutes"),
-    "child_claims": ("v1", "persistentvolumeclaims"),
-    "child_jobs": ("batch", "v1", "jobs"),
-    # The pre-pull DaemonSets of NodeLocal weight caches.
-    "child_daemonsets": ("apps", "v1", "daemonsets"),
-}
-CHILD_INDICES = tuple(CHILD_RESOURCES)
 
 
 @dataclass
@@ -84,8 +71,10 @@ class Runtime:
     retries: RetrySchedule = field(default_factory=RetrySchedule)
     # ReasoningRoutes: None in tests that build a runtime without them.
     routes: RouteReconciler | None = None
-    # kopf's live index objects, handed over by the first handler that runs.
+    # The watches' indices, once every watch has listed (None until then: nothing is
+    # reconciled from a partial view, which would re-create children it has not seen).
     indices: Indices | None = None
+    informers: Informers | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # DMDs with a reconcile waiting for a slot: it will read the latest body, so another
     # event of the same DMD meanwhile needs no reconcile of its own.
@@ -148,6 +137,20 @@ class Runtime:
                 options=cfg.route_render_options(),
             ),
         )
+        watched = watches()
+        runtime.informers = Informers(
+            new_api_client(
+                cfg.kubeconfig or None,
+                cfg.instance_identity(),
+                # One connection per watch, each held for its stream, plus one to list.
+                pool_size=len(watched) * max(1, len(cfg.namespaces)) + 1,
+            ),
+            watched,
+            cfg.namespaces,
+            on_change=runtime.watched,
+            on_ready=runtime.indexed,
+        )
+        runtime.informers.start(asyncio.get_running_loop())
         runtime.tasks = [
             asyncio.create_task(_every(cfg.resync_interval_seconds, runtime.resync_pass)),
             asyncio.create_task(_every(cfg.autoscale_interval_seconds, runtime.autoscale_pass)),
@@ -169,9 +172,53 @@ class Runtime:
         return runtime
 
     async def stop(self) -> None:
+        if self.informers is not None:
+            self.informers.stop()
         for task in [*self.tasks, *self._submitted]:
             task.cancel()
         await self.retries.close()
+
+    # ---- the watches ----------------------------------------------------------------
+
+    def indexed(self) -> None:
+        """Every watch has listed: reconcile everything (the level-triggered start; a
+        restarted operator writes nothing where nothing differs)."""
+        assert self.informers is not None
+        self.indices = self.informers.indices
+        for key in list(self.indices["dmd_bodies"]):
+            self.submit(key)
+        for store in list(self.indices["route_bodies"].values()):
+            for route in store:
+                self._spawn(self.reconcile_route(route, self.indices))
+
+    def watched(self, change: Change) -> None:
+        """An object of a watched resource changed (after every watch has listed)."""
+        if "dmd_bodies" in change.entries:
+            (ns, name), body = change.entries["dmd_bodies"]
+            if change.type == "DELETED":
+                self.forget(ns, name)
+                self._spawn(self.tier_changed(ns, name))
+            else:
+                self.dmd_changed(body)
+        elif "route_bodies" in change.entries:
+            (ns, name), body = change.entries["route_bodies"]
+            if change.type == "DELETED":
+                self.forget_route(ns, name)
+            elif self.indices is not None:
+                self._spawn(self.reconcile_route(body, self.indices))
+        else:
+            # A child or pod: reconcile its owner (and its former one if it moved).
+            dmds = self.indices["dmd_bodies"] if self.indices is not None else {}
+            owners = {key for key, _ in (*change.entries.values(), *change.before.values())}
+            for key in owners:
+                if key in dmds:
+                    self.submit(key)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` on a task of its own, held until it ends."""
+        task = asyncio.create_task(work)
+        self._submitted.add(task)
+        task.add_done_callback(self._submitted.discard)
 
     # ---- one DMD ------------------------------------------------------------------
 
