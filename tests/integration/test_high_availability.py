@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from distillery.api.types import GROUP, PLURAL, VERSION
 from localcluster import Cluster
@@ -234,12 +235,20 @@ def test_a_leader_that_loses_its_lease_stops_acting(
     a, b = pair
     # Someone else holds the lease now (a partition healed the wrong way): op-a must
     # notice at its next renewal and stop, not go on writing beside the new holder.
-    current = lease(api_client, namespace)
-    current["spec"]["holderIdentity"] = "intruder"
-    current["spec"]["leaseDurationSeconds"] = 3600
-    client.CustomObjectsApi(api_client).replace_namespaced_custom_object(
-        "coordination.k8s.io", "v1", namespace, "leases", "distillery", current
-    )
+    # op-a renews every retry period: a renewal between our read and our write is a
+    # conflict, and the intruder reads again.
+    for attempt in range(5):
+        current = lease(api_client, namespace)
+        current["spec"]["holderIdentity"] = "intruder"
+        current["spec"]["leaseDurationSeconds"] = 3600
+        try:
+            client.CustomObjectsApi(api_client).replace_namespaced_custom_object(
+                "coordination.k8s.io", "v1", namespace, "leases", "distillery", current
+            )
+            break
+        except ApiException as exc:
+            if exc.status != 409 or attempt == 4:
+                raise
     assert a.proc is not None
     proc = a.proc
     code = wait_for(
