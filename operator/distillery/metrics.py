@@ -37,6 +37,25 @@ LEADER = Gauge(
     "1 while this instance holds the leader election Lease (or runs without one).",
     registry=REGISTRY,
 )
+WATCH_LISTINGS = Counter(
+    "distillery_watch_listings_total",
+    "Complete listings of a watched resource: one at start, one more each time its "
+    "watch fell too far behind (410 Gone).",
+    ["resource"],
+    registry=REGISTRY,
+)
+WATCH_ERRORS = Counter(
+    "distillery_watch_errors_total",
+    "Failed list or watch requests of a watched resource, by HTTP status or error; each "
+    "is retried with backoff.",
+    ["resource", "reason"],
+    registry=REGISTRY,
+)
+INDEXED = Gauge(
+    "distillery_indexed",
+    "1 once every watch has listed and the operator acts on what it sees; 0 before.",
+    registry=REGISTRY,
+)
 
 
 class _PerDmdTable:

@@ -257,3 +257,20 @@ def test_the_runtime_reconciles_everything_once_listed_and_an_owner_on_a_childs_
         await runtime2.stop()
 
     asyncio.run(scenario())
+
+
+def test_listings_are_counted_and_the_indexed_gauge_turns_on() -> None:
+    from distillery import metrics
+
+    def value(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = value("distillery_watch_listings_total", resource="pods")
+    services = value("distillery_watch_listings_total", resource="services")
+    group = informers([], [])
+    by_name(group, "pods")._replace({})
+    by_name(group, "services")._replace({}, served=False)  # not served: no listing
+    assert value("distillery_watch_listings_total", resource="pods") == before + 1
+    assert value("distillery_watch_listings_total", resource="services") == services
+    list_everything(group)
+    assert value("distillery_indexed") == 1.0

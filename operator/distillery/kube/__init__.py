@@ -1,6 +1,9 @@
-"""The Kubernetes edge: the API client (:mod:`.client`), the controllers that carry out the
-pure decisions (:mod:`.reconcile_controller`, :mod:`.autoscale_controller`,
-:mod:`.canary_controller`) and the retry schedule (:mod:`.retry`).
+"""The Kubernetes edge: the API client (:mod:`.client`), the watches that fill the
+in-memory indices (:mod:`.informer`, what they keep: :mod:`.watched`), the controllers
+that carry out the pure decisions (:mod:`.reconcile_controller`,
+:mod:`.autoscale_controller`, :mod:`.canary_controller`, :mod:`.route_controller`), the
+retry schedule (:mod:`.retry`), the leader election (:mod:`.leader`) and the runtime
+that ties them together (:mod:`.runtime`).
 """
 
 from kubernetes.client.exceptions import ApiException

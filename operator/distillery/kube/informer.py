@@ -44,6 +44,8 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from distillery import metrics
+
 log = logging.getLogger("distillery.watch")
 
 Key = tuple[str, str]
@@ -189,6 +191,7 @@ class Informers:
         if self.ready or not all(i.listed for i in self._informers):
             return
         self.ready = True
+        metrics.INDEXED.set(1)
         log.info(
             "every watch has listed (%.1f s): %s",
             time.monotonic() - self._started,
@@ -231,13 +234,14 @@ class _Informer:
             except ApiException as exc:
                 if exc.status == 404:
                     # Not served here (an optional API): empty until it is.
-                    self.group.deliver(lambda: self._replace({}))
+                    self.group.deliver(lambda: self._replace({}, served=False))
                     version = None
                     self.group.wait(NOT_SERVED_RECHECK_SECONDS)
                     continue
                 if exc.status == 410:
                     version = None  # too old: list again
                     continue
+                metrics.WATCH_ERRORS.labels(self.watch.plural, str(exc.status)).inc()
                 log.warning(
                     "%s: the API server answered %s %s; retrying in %.0f s",
                     self.thread.name,
@@ -249,6 +253,7 @@ class _Informer:
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 if self.group.stopped:
                     return
+                metrics.WATCH_ERRORS.labels(self.watch.plural, type(exc).__name__).inc()
                 log.warning("%s: %s; retrying in %.0f s", self.thread.name, exc, delay)
                 delay = self._pause(delay)
 
@@ -361,14 +366,17 @@ class _Informer:
         for name, (key, _) in entries.items():
             self.group.indices[name].drop(uid, key)
 
-    def _replace(self, objects: dict[str, Entries]) -> None:
+    def _replace(self, objects: dict[str, Entries], *, served: bool = True) -> None:
         """A (re)listing: what it holds replaces what this watch had; the differences
-        are changes (an object deleted while the watch was down is one)."""
+        are changes (an object deleted while the watch was down is one). Not
+        ``served``: the cluster does not serve the resource, and it has no objects."""
         for uid in [u for u in self.objects if u not in objects]:
             self._apply(uid, "DELETED", {})
         for uid, entries in objects.items():
             if self.objects.get(uid) != entries:
                 self._apply(uid, "MODIFIED" if uid in self.objects else "ADDED", entries)
+        if served:
+            metrics.WATCH_LISTINGS.labels(self.watch.plural).inc()
         if not self.listed:
             self.listed = True
             self.group.listed()
