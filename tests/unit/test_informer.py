@@ -274,3 +274,20 @@ def test_listings_are_counted_and_the_indexed_gauge_turns_on() -> None:
     assert value("distillery_watch_listings_total", resource="services") == services
     list_everything(group)
     assert value("distillery_indexed") == 1.0
+
+
+def test_an_object_an_index_function_fails_on_is_left_out_of_that_index_only() -> None:
+    def broken(body: Any) -> Any:
+        raise KeyError("spec")
+
+    watch = Watch(
+        name="pods",
+        group="",
+        version="v1",
+        plural="pods",
+        kind="Pod",
+        selector="",
+        indexers={"dmd_pods": pod_info, "broken": broken},
+    )
+    entries = index_entries(watch, pod("p", "m"))
+    assert list(entries) == ["dmd_pods"]

@@ -129,10 +129,23 @@ class Change:
 
 
 def index_entries(watch: Watch, body: Mapping[str, Any]) -> Entries:
-    """What each of the watch's indices keeps of one object."""
+    """What each of the watch's indices keeps of one object. An index function that
+    fails on an object leaves it out of that index (logged): one object nobody foresaw
+    must not stop the watch of all the others."""
     out: Entries = {}
     for name, index in watch.indexers.items():
-        entry = index(body)
+        try:
+            entry = index(body)
+        except Exception:  # logged with its object; the watch goes on
+            meta = body.get("metadata") or {}
+            log.exception(
+                "%s %s/%s left out of %s",
+                watch.kind,
+                meta.get("namespace"),
+                meta.get("name"),
+                name,
+            )
+            continue
         if entry is not None:
             out[name] = entry
     return out
@@ -255,6 +268,11 @@ class _Informer:
                     return
                 metrics.WATCH_ERRORS.labels(self.watch.plural, type(exc).__name__).inc()
                 log.warning("%s: %s; retrying in %.0f s", self.thread.name, exc, delay)
+                delay = self._pause(delay)
+            except Exception as exc:  # a watch that ends would lose events
+                metrics.WATCH_ERRORS.labels(self.watch.plural, type(exc).__name__).inc()
+                log.exception("%s failed; listing again in %.0f s", self.thread.name, delay)
+                version = None
                 delay = self._pause(delay)
 
     def _pause(self, delay: float) -> float:
