@@ -521,11 +521,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if settings.log_level != "DEBUG":
-        # kopf says "Handler ... succeeded" at INFO for every watch event: 18,000 lines
-        # in a burst of 2,000 DMDs that say nothing the operator's own log does not.
-        # Its warnings and errors stay.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.kubeconfig:
         # kopf authenticates its watches from KUBECONFIG: one identity for everything.
         # Before any import of the kubernetes client, which reads KUBECONFIG on import.
