@@ -607,11 +607,14 @@ def _run_elected(settings: Settings, run_kopf: Callable[[], None]) -> int:
         timer.daemon = True
         timer.start()
 
-    elector.hold(stop, lost)
+    renewing = elector.hold(stop, lost)
     try:
         run_kopf()
     finally:
         stop.set()
+        # A renewal under way would change the Lease under the release (a conflict, and
+        # the standby waits a whole lease): let it finish first.
+        renewing.join(timeout=grace)
         elector.release()
     if elector.lost_reason is not None:
         log.error("exiting: leadership lost (%s)", elector.lost_reason)
