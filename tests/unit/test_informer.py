@@ -291,3 +291,18 @@ def test_an_object_an_index_function_fails_on_is_left_out_of_that_index_only() -
     )
     entries = index_entries(watch, pod("p", "m"))
     assert list(entries) == ["dmd_pods"]
+
+
+def test_a_change_the_indices_do_not_keep_is_not_reported() -> None:
+    """A pod's or PDB's update that leaves what the index keeps as it was (a field the
+    reconcile does not read) reconciles nothing."""
+    changes: list[Change] = []
+    group = informers(changes, [])
+    list_everything(group, pods=[pod("p", "m")])
+    pods = by_name(group, "pods")
+    unread = pod("p", "m")
+    unread["status"]["podIP"] = "10.0.0.7"
+    pods._apply("uid-p", "MODIFIED", index_entries(pods.watch, unread))
+    assert changes == []
+    pods._apply("uid-p", "MODIFIED", index_entries(pods.watch, pod("p", "m", ready=False)))
+    assert [c.type for c in changes] == ["MODIFIED"]

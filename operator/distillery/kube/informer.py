@@ -366,6 +366,11 @@ class _Informer:
 
     def _apply(self, uid: str, kind: str, entries: Entries) -> None:
         before = self.objects.get(uid, {})
+        if kind != "DELETED" and entries == before and uid in self.objects:
+            # What the indices keep of it did not change (a PDB's or pod's status the
+            # reconcile does not read, our own apply's echo): a reconcile would read
+            # what the last one read, and decide what it decided.
+            return
         self._unindex(uid, before)
         if kind == "DELETED":
             self.objects.pop(uid, None)
