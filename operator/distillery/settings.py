@@ -89,8 +89,9 @@ class Settings(BaseModel):
     )
     peering: str = Field(
         default="",
-        description="kopf peering name (empty: standalone); for several replicas prefer "
-        "leader election",
+        description="kopf peering name (empty: standalone); pauses nothing of the "
+        "operator (its watches and loops are its own): for several replicas use leader "
+        "election",
     )
     priority: int = Field(default=0, description="kopf peering priority (higher wins)")
     leader_election: bool = Field(
