@@ -151,7 +151,7 @@ class FakeCluster:
     # ---- what a watch would show ------------------------------------------------------
 
     def children(self, namespace: str, owner: str, ready: bool = True) -> dict[str, Any]:
-        """The owner's children as kopf's indices would hold them once the watch caught
+        """The owner's children as the operator's indices would hold them once the watch caught
         up: the applied objects, Deployments with every replica ``ready`` or none."""
         out = {}
         for (kind, ns, name), obj in self.objects.items():

@@ -272,7 +272,7 @@ def runtime_for(cluster: FakeCluster) -> Runtime:
 
 
 def indices_with(*bodies: dict[str, Any]) -> dict[str, Any]:
-    """kopf's indices as the runtime reads them: stores of values by (namespace, name)."""
+    """The indices as the runtime reads them: stores of values by (namespace, name)."""
     return {
         "dmd_bodies": {(b["metadata"]["namespace"], b["metadata"]["name"]): [b] for b in bodies},
         "dmd_pods": {},

@@ -1,7 +1,7 @@
 """Carry out the pure reconciler's decision against the API server.
 
-One reconcile per DMD at a time (a lock per DMD: its own events and its children's
-events arrive on different kopf workers). What was just written is remembered, so a
+One reconcile per DMD at a time (a lock per DMD: the resync, rollout and retry loops
+reconcile beside the watch events). What was just written is remembered, so a
 watch cache that has not caught up with our own write does not cause the same write
 again; after a restart the memory is empty and the live objects' applied-hash
 annotations and status are the reference, so a restart costs reads, not writes.

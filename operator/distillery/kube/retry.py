@@ -1,9 +1,9 @@
 """Retries of failed reconciles, with capped exponential backoff.
 
-kopf never retries ``@kopf.on.event`` handlers: an exception raised there is logged and
-forgotten. A reconcile that failed on a transient error (the API server restarting, a
-quota, a webhook timing out) would then wait for the DMD's next event or the resync,
-five minutes by default. The operator keeps its own schedule instead: after the n-th
+A reconcile runs on a watch event, and nothing else would run it again after a failure: a
+reconcile that failed on a transient error (the API server restarting, a quota, a webhook
+timing out) would wait for the DMD's next event or the resync, five minutes by default.
+The operator keeps its own schedule instead: after the n-th
 consecutive failure of a DMD's reconcile it tries again after ``min(cap, base * 2**(n-1))``
 seconds, jittered so that many DMDs failing together do not retry together, until one
 succeeds. A success, from the retry or from any event, clears the schedule.

@@ -295,12 +295,11 @@ class Runtime:
             self.submit(object_key(body))
 
     def submit(self, key: Key) -> None:
-        """Reconcile a DMD soon, without waiting: what a watch event does. The event's
-        handler returns at once, so kopf lets go of the event's body (a Deployment's
-        with its managedFields is tens of KiB) instead of holding it while the
-        reconcile waits for a slot: a burst of thousands of events held that way set
-        the operator's peak heap, and Python's allocator keeps a peak's arenas. What
-        waits is a task that holds the key; the reconcile reads the latest body."""
+        """Reconcile a DMD soon, without waiting: what a watch event does. What waits
+        for a slot is a task that holds only the key; the reconcile reads the latest
+        body from the index when its turn comes, so a burst of thousands of events
+        holds no bodies meanwhile (bodies held that way once set the operator's peak
+        heap, and Python's allocator keeps a peak's arenas)."""
         if key in self._queued or self.indices is None:
             return  # one already waits, and it will read the latest body
         self._queued.add(key)
