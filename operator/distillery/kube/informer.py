@@ -205,10 +205,11 @@ class Informers:
             return
         self.ready = True
         metrics.INDEXED.set(1)
+        filled = [f"{len(index)} keys in {name}" for name, index in self.indices.items() if index]
         log.info(
             "every watch has listed (%.1f s): %s",
             time.monotonic() - self._started,
-            ", ".join(f"{len(index)} keys in {name}" for name, index in self.indices.items()),
+            ", ".join(filled) or "nothing yet",
         )
         self._on_ready()
 
