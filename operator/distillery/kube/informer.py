@@ -367,7 +367,7 @@ class _Informer:
 
     def _apply(self, uid: str, kind: str, entries: Entries) -> None:
         before = self.objects.get(uid, {})
-        if kind != "DELETED" and entries == before and uid in self.objects:
+        if kind != "DELETED" and uid in self.objects and entries == before:
             # What the indices keep of it did not change (a PDB's or pod's status the
             # reconcile does not read, our own apply's echo): a reconcile would read
             # what the last one read, and decide what it decided.
@@ -397,8 +397,8 @@ class _Informer:
         for uid in [u for u in self.objects if u not in objects]:
             self._apply(uid, "DELETED", {})
         for uid, entries in objects.items():
-            if self.objects.get(uid) != entries:
-                self._apply(uid, "MODIFIED" if uid in self.objects else "ADDED", entries)
+            # An object listed as it was held is no change (_apply skips it).
+            self._apply(uid, "MODIFIED" if uid in self.objects else "ADDED", entries)
         if served:
             metrics.WATCH_LISTINGS.labels(self.watch.plural).inc()
         if not self.listed:

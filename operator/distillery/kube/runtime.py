@@ -303,9 +303,7 @@ class Runtime:
         if key in self._queued or self.indices is None:
             return  # one already waits, and it will read the latest body
         self._queued.add(key)
-        task = asyncio.create_task(self._reconcile_key(key))
-        self._submitted.add(task)
-        task.add_done_callback(self._submitted.discard)
+        self._spawn(self._reconcile_key(key))
 
     async def tier_changed(self, namespace: str, dmd: str) -> None:
         """A DMD's replicas, readiness or limits changed, or it was deleted: they are
