@@ -228,13 +228,9 @@ class Bench:
         other workloads cost it (nothing, when its watches are filtered server-side)."""
 
         def started_in(ns: str) -> dict[str, Any]:
-            op = OperatorProcess(self.cluster, ns, self.workdir / f"op-{ns}").start(self.start_s)
-            try:
-                assert op.proc is not None
-                # Settled: its first listings are worked off once its CPU stops rising.
-                return {**settle_cpu(op.proc.pid, 300), "rssMiB": round(rss_mib(op.proc.pid), 1)}
-            finally:
-                op.stop()
+            op = OperatorProcess(self.cluster, ns, self.workdir / f"op-{ns}")
+            # Settled: its first listings are worked off once its CPU stops rising.
+            return self.settled_start(op, 300)
 
         empty = started_in(self.namespace(f"bench-empty-{count}"))
         ns = self.namespace(f"bench-foreign-{count}")
@@ -343,13 +339,17 @@ class Bench:
         failover does): how long until it is idle (from its "started" log line), its
         CPU and RSS then, and its writes (0: nothing to change)."""
         writes_before = len(self.cluster.operator_writes(ns))
+        figures = self.settled_start(op, 600)
+        figures["writes"] = len(self.cluster.operator_writes(ns)) - writes_before
+        return figures
+
+    def settled_start(self, op: OperatorProcess, limit: float) -> dict[str, Any]:
+        """Start ``op``, wait (at most ``limit`` s) until its CPU stops rising, and stop
+        it: its CPU and the seconds that took (:func:`settle_cpu`), and its RSS then."""
         op.start(self.start_s)
         try:
             assert op.proc is not None
-            figures = settle_cpu(op.proc.pid, 600)
-            figures["rssMiB"] = round(rss_mib(op.proc.pid), 1)
-            figures["writes"] = len(self.cluster.operator_writes(ns)) - writes_before
-            return figures
+            return {**settle_cpu(op.proc.pid, limit), "rssMiB": round(rss_mib(op.proc.pid), 1)}
         finally:
             op.stop()
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
 
 from distillery.kube.informer import Change, Index, Informers, Watch, _lines, index_entries
+from distillery.kube.runtime import Runtime
 from distillery.kube.watched import (
     MANAGED_SELECTOR,
     child_entry,
@@ -194,6 +196,31 @@ def _rendered_children(cluster: FakeCluster) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def wired(runtime: Runtime) -> Informers:
+    """Informers reporting to ``runtime``, as Runtime.start wires them (no threads)."""
+    group = Informers(
+        client.ApiClient(client.Configuration()),
+        WATCHES,
+        [],
+        on_change=runtime.watched,
+        on_ready=runtime.indexed,
+    )
+    runtime.informers = group
+    return group
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Let the loop run the runtime's tasks until ``done``, at most 10 s."""
+    for _ in range(2000):
+        await asyncio.sleep(0.005)
+        if done():
+            return
+
+
+def idle(runtime: Runtime) -> Callable[[], bool]:
+    return lambda: not runtime._submitted and not runtime._queued
+
+
 def test_the_runtime_reconciles_everything_once_listed_and_an_owner_on_a_childs_change() -> None:
     """A restart: nothing is applied before every watch has listed; then every DMD is
     reconciled, and one whose children are all there writes nothing. A child deleted
@@ -201,57 +228,31 @@ def test_the_runtime_reconciles_everything_once_listed_and_an_owner_on_a_childs_
     cluster = FakeCluster()
     runtime = runtime_for(cluster)
 
-    async def settle() -> None:
-        for _ in range(2000):
-            await asyncio.sleep(0.005)
-            if not runtime._submitted and not runtime._queued:
-                return
-
     async def scenario() -> None:
         # The first start: the DMD, no children yet.
-        group = Informers(
-            client.ApiClient(client.Configuration()),
-            WATCHES,
-            [],
-            on_change=runtime.watched,
-            on_ready=runtime.indexed,
-        )
-        runtime.informers = group
+        group = wired(runtime)
         by_name(group, "dmds")._replace({"uid-m": index_entries(WATCHES[0], body())})
-        await settle()
+        await until(idle(runtime))
         assert not cluster.writes() and runtime.indices is None
         list_everything(group, dmds=[body()])
-        await settle()
+        await until(idle(runtime))
         applied = sorted(what for call, what in cluster.writes() if call == "apply")
         assert applied == ["Deployment/m", "PodDisruptionBudget/m", "Service/m"], applied
 
         # A restart over what it built: lists it all and writes nothing new.
         runtime2 = runtime_for(cluster)
-        again = Informers(
-            client.ApiClient(client.Configuration()),
-            WATCHES,
-            [],
-            on_change=runtime2.watched,
-            on_ready=runtime2.indexed,
-        )
-        runtime2.informers = again
+        again = wired(runtime2)
         status = copy.deepcopy(cluster.status[(NS, "m")])
         before = len(cluster.writes())
         list_everything(again, dmds=[body(status=status)], **_rendered_children(cluster))
-        for _ in range(2000):
-            await asyncio.sleep(0.005)
-            if not runtime2._submitted and not runtime2._queued:
-                break
+        await until(idle(runtime2))
         assert cluster.writes()[before:] == []
 
         # A child deleted: its DELETED event reconciles the owner, which re-applies it.
         services = by_name(again, "services")
         (uid,) = list(services.objects)
         services._apply(uid, "DELETED", {})
-        for _ in range(2000):
-            await asyncio.sleep(0.005)
-            if any(w == ("apply", "Service/m") for w in cluster.writes()[before:]):
-                break
+        await until(lambda: ("apply", "Service/m") in cluster.writes()[before:])
         assert ("apply", "Service/m") in cluster.writes()[before:], cluster.writes()[before:]
         await runtime.stop()
         await runtime2.stop()
