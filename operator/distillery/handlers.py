@@ -1,5 +1,5 @@
-"""kopf registrations, and nothing else: kopf runs the process (its start, its stop,
-its health probe) and each handler delegates to the operator's
+"""kopf registrations, and nothing else: kopf runs the process (its login, its start,
+its stop, its health probe) and each handler delegates to the operator's
 :class:`~distillery.kube.runtime.Runtime`, which owns the watches, the controllers and
 the loops.
 
@@ -20,17 +20,44 @@ from typing import Any
 
 import kopf
 
+from distillery.kube.rest import login as operator_login
 from distillery.kube.runtime import Runtime
 from distillery.settings import Settings
+
+
+def _settings(memo: Any) -> Settings:
+    # `distillery run` passes its settings in the memo; `kopf run` on this module reads
+    # the environment.
+    cfg: Settings | None = getattr(memo, "settings", None)
+    return cfg or Settings.from_env()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo:
+    """kopf's identity is the operator's own (:func:`distillery.kube.rest.login`): the
+    same kubeconfig or service account, exec plugins included, which kopf's built-in
+    logins do not run."""
+    creds = operator_login(_settings(kwargs.get("memo")).kubeconfig or None).current()
+    return kopf.ConnectionInfo(
+        server=creds.server,
+        ca_data=creds.ca_pem,
+        insecure=creds.insecure or None,
+        certificate_data=creds.cert_pem,
+        private_key_data=creds.key_pem,
+        token=creds.token,
+        username=creds.username,
+        password=creds.password,
+        default_namespace=creds.namespace,
+        proxy_url=creds.proxy_url,
+        expiration=creds.expires,
+    )
 
 
 @kopf.on.startup()
 async def startup(**kwargs: Any) -> None:
     settings: kopf.OperatorSettings = kwargs["settings"]
     memo: kopf.Memo = kwargs["memo"]
-    # `distillery run` passes its settings in the memo; `kopf run` on this module reads
-    # the environment.
-    cfg: Settings = getattr(memo, "settings", None) or Settings.from_env()
+    cfg = _settings(memo)
     # kopf watches nothing of ours (the runtime does); with peering, it watches peers.
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300

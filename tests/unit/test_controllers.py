@@ -16,7 +16,7 @@ import pytest
 from distillery.autoscale.inputs import PodInfo, PodKey, PodMetrics
 from distillery.autoscale.source import MetricsUnavailableError
 from distillery.catalog import load_catalog
-from distillery.kube import ApiException
+from distillery.kube import ApiError
 from distillery.kube.autoscale_controller import Autoscaler
 from distillery.kube.canary_controller import CanaryAnalyzer
 from distillery.kube.client import NodeCatalog
@@ -90,10 +90,10 @@ def test_a_new_dmd_is_applied_once_and_a_steady_state_writes_nothing() -> None:
 def test_a_failed_apply_is_not_remembered_as_done() -> None:
     cluster = FakeCluster()
     r = reconciler(cluster)
-    cluster.fail_next("apply", ApiException(status=500, reason="etcd leader changed"))
+    cluster.fail_next("apply", ApiError(status=500, reason="etcd leader changed"))
 
     async def scenario() -> None:
-        with pytest.raises(ApiException):
+        with pytest.raises(ApiError):
             await r.reconcile(body(), {})
         assert not cluster.objects
         await r.reconcile(body(), {})
@@ -285,7 +285,7 @@ def test_the_runtime_retries_a_failed_reconcile_from_the_latest_body() -> None:
     cluster = FakeCluster()
     runtime = runtime_for(cluster)
     runtime.indices = indices_with(body())
-    cluster.fail_next("apply", ApiException(status=403, reason="exceeded quota"))
+    cluster.fail_next("apply", ApiError(status=403, reason="exceeded quota"))
 
     async def scenario() -> None:
         await runtime.reconcile(body(), runtime.indices or {})
@@ -378,7 +378,7 @@ def test_a_reconcile_that_keeps_failing_says_why_on_the_dmd_once() -> None:
     cluster = FakeCluster()
     runtime = runtime_for(cluster)
     runtime.indices = indices_with(body())
-    quota = ApiException(status=403, reason="Forbidden")
+    quota = ApiError(status=403, reason="Forbidden")
     quota.body = json.dumps(
         {"message": 'deployments.apps "m" is forbidden: exceeded quota: no-deployments'}
     )
@@ -539,7 +539,7 @@ def test_a_running_fill_is_asked_for_its_progress_and_a_failing_log_read_is_harm
         assert ("pod_log_tail", running.name) in cluster.calls
         assert ("pod_log_tail", done.name) not in cluster.calls, "only a running fill logs"
         assert cluster.status[(NS, "m")]["cache"]["filledBytes"] == 4200000000
-        cluster.fail_next("pod_log_tail", ApiException(status=403))
+        cluster.fail_next("pod_log_tail", ApiError(status=403))
         status = copy.deepcopy(cluster.status[(NS, "m")])
         await r.reconcile(body(status=status, **s), cluster.children(NS, "m"), fill_pods=[running])
         assert cluster.status[(NS, "m")]["cache"]["phase"] == "Filling"

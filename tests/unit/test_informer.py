@@ -10,9 +10,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client
-
 from distillery.kube.informer import Change, Index, Informers, Watch, _lines, index_entries
+from distillery.kube.rest import Credentials, Login, Rest
 from distillery.kube.runtime import Runtime
 from distillery.kube.watched import (
     MANAGED_SELECTOR,
@@ -29,11 +28,13 @@ from tests.support.fake_cluster import FakeCluster
 from tests.unit.test_controllers import NS, body, runtime_for
 
 WATCHES = watches()
+# A client that is never called: these tests hand the watches' replies in themselves.
+NOWHERE = Rest(Login("no cluster", lambda: Credentials(server="https://127.0.0.1:9")))
 
 
 def informers(changes: list[Change], ready: list[bool]) -> Informers:
     return Informers(
-        client.ApiClient(client.Configuration()),
+        NOWHERE,
         WATCHES,
         [],
         on_change=changes.append,
@@ -199,7 +200,7 @@ def _rendered_children(cluster: FakeCluster) -> dict[str, list[dict[str, Any]]]:
 def wired(runtime: Runtime) -> Informers:
     """Informers reporting to ``runtime``, as Runtime.start wires them (no threads)."""
     group = Informers(
-        client.ApiClient(client.Configuration()),
+        NOWHERE,
         WATCHES,
         [],
         on_change=runtime.watched,

@@ -1,4 +1,5 @@
-"""The Kubernetes edge: the API client (:mod:`.client`), the watches that fill the
+"""The Kubernetes edge: the HTTP client and credentials (:mod:`.rest`), the operator's
+requests (:mod:`.client`), the watches that fill the
 in-memory indices (:mod:`.informer`, what they keep: :mod:`.watched`), the controllers
 that carry out the pure decisions (:mod:`.reconcile_controller`,
 :mod:`.autoscale_controller`, :mod:`.canary_controller`, :mod:`.route_controller`), the
@@ -6,25 +7,25 @@ retry schedule (:mod:`.retry`), the leader election (:mod:`.leader`) and the run
 that ties them together (:mod:`.runtime`).
 """
 
-from kubernetes.client.exceptions import ApiException
-
 from distillery.kube.client import (
     AUTOSCALER_FIELD_MANAGER,
     ClusterClient,
     Kube,
     NodeCatalog,
+    connect,
     in_thread,
-    new_api_client,
     unreachable_reason,
 )
+from distillery.kube.rest import ApiError, CredentialsError
 
 __all__ = [
     "AUTOSCALER_FIELD_MANAGER",
-    "ApiException",
+    "ApiError",
     "ClusterClient",
+    "CredentialsError",
     "Kube",
     "NodeCatalog",
+    "connect",
     "in_thread",
-    "new_api_client",
     "unreachable_reason",
 ]

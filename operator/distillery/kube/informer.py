@@ -38,13 +38,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import urllib3
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from distillery import metrics
+from distillery.kube.rest import ApiError, Rest, resource_path
 
 log = logging.getLogger("distillery.watch")
 
@@ -111,9 +109,7 @@ class Watch:
     indexers: Mapping[str, IndexFunction]
 
     def path(self, namespace: str | None) -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        where = f"/namespaces/{quote(namespace, safe='')}" if namespace else ""
-        return f"{base}{where}/{self.plural}"
+        return resource_path(self.group, self.version, self.plural, namespace)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,7 +152,7 @@ class Informers:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        rest: Rest,
         watches: Sequence[Watch],
         namespaces: Sequence[str],
         on_change: Callable[[Change], None],
@@ -168,7 +164,7 @@ class Informers:
         self._stopped = threading.Event()
         self.ready = False
         where: list[str | None] = [*namespaces] or [None]
-        self._informers = [_Informer(self, api, w, ns) for w in watches for ns in where]
+        self._informers = [_Informer(self, rest, w, ns) for w in watches for ns in where]
         self._started = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -219,7 +215,7 @@ class _Informer:
     """The list and watch of one resource in one namespace (None: all), in a thread."""
 
     group: Informers
-    api: client.ApiClient
+    rest: Rest
     watch: Watch
     namespace: str | None
     listed: bool = False
@@ -245,7 +241,7 @@ class _Informer:
                     version = self._list()
                 version = self._watch(version)
                 delay = BACKOFF_SECONDS[0]
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status == 404:
                     # Not served here (an optional API): empty until it is.
                     self.group.deliver(lambda: self._replace({}, served=False))
@@ -260,7 +256,7 @@ class _Informer:
                     "%s: the API server answered %s %s; retrying in %.0f s",
                     self.thread.name,
                     exc.status,
-                    exc.reason,
+                    exc.message or exc.reason,
                     delay,
                 )
                 delay = self._pause(delay)
@@ -288,22 +284,12 @@ class _Informer:
 
     def _get(self, query: Mapping[str, str], read_seconds: float) -> Any:
         selector = {"labelSelector": self.watch.selector} if self.watch.selector else {}
-        url_query = urlencode({**selector, **query})
-        method, url, headers, _, _ = self.api.param_serialize(
+        return self.rest.open(
             "GET",
-            f"{self.watch.path(self.namespace)}?{url_query}",
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
+            self.watch.path(self.namespace),
+            query={**selector, **query},
+            timeout=(CONNECT_SECONDS, read_seconds),
         )
-        reply = self.api.call_api(
-            method, url, header_params=headers, _request_timeout=(CONNECT_SECONDS, read_seconds)
-        )
-        response = reply.response
-        if not 200 <= response.status <= 299:
-            body = response.data.decode("utf-8", "replace")
-            response.release_conn()
-            raise ApiException(status=response.status, reason=_reason(body, response.reason))
-        return response
 
     def _list(self) -> str:
         """List every object (in pages); hand the loop what the indices keep of them.
@@ -350,7 +336,7 @@ class _Informer:
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         return None
-                    raise ApiException(status=obj.get("code") or 500, reason=obj.get("message"))
+                    raise ApiError(int(obj.get("code") or 500), str(obj.get("message") or ""))
                 meta = obj.get("metadata") or {}
                 version = str(meta.get("resourceVersion") or version)
                 if kind == "BOOKMARK":
@@ -415,11 +401,3 @@ def _lines(response: Any) -> Iterator[bytes]:
         yield from (line for line in complete if line.strip())
     if pending.strip():
         yield pending
-
-
-def _reason(body: str, fallback: str) -> str:
-    """The message of a Kubernetes Status reply, else the HTTP reason."""
-    try:
-        return str(json.loads(body).get("message") or fallback)
-    except ValueError:
-        return fallback

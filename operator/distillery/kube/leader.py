@@ -19,8 +19,8 @@ kopf at all, as every client-go controller does (``kubectl get lease`` shows who
   standby takes over within one retry period instead of a whole lease.
 
 :func:`next_step` is the rule, pure; :class:`LeaderElector` carries it out against the API
-server from a thread of its own (the kubernetes client is synchronous, and the renewals
-must go on while kopf's event loop is busy).
+server from a thread of its own (the client is synchronous, and the renewals must go on
+while the event loop is busy).
 """
 
 from __future__ import annotations
@@ -36,11 +36,9 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from distillery import metrics
 from distillery.kube.client import count_write, error_summary
+from distillery.kube.rest import ApiError, Rest, resource_path
 
 log = logging.getLogger("distillery.leader")
 LEASES = ("coordination.k8s.io", "v1", "leases")
@@ -135,15 +133,14 @@ class LeaderElector:
 
     def __init__(
         self,
-        api_client: client.ApiClient,
+        rest: Rest,
         namespace: str,
         name: str,
         identity: str,
         timings: Timings = Timings(),
         clock: Callable[[], float] = time.monotonic,
     ):
-        # Leases as plain objects: the generic API takes and returns dicts.
-        self.api = client.CustomObjectsApi(api_client)
+        self.rest = rest
         self.namespace, self.name, self.identity = namespace, name, identity
         self.timings = timings
         self.clock = clock
@@ -160,10 +157,8 @@ class LeaderElector:
 
     def _read(self) -> LeaseRecord | None:
         try:
-            obj = self.api.get_namespaced_custom_object(
-                *LEASES[:2], self.namespace, LEASES[2], self.name, _request_timeout=self._timeout
-            )
-        except ApiException as exc:
+            obj = self.rest.json("GET", self._path(self.name), timeout=self._timeout)
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -178,9 +173,7 @@ class LeaderElector:
         try:
             if step is Step.CREATE:
                 body = lease_body(self.namespace, self.name, self.identity, seconds, 0, now)
-                obj = self.api.create_namespaced_custom_object(
-                    *LEASES[:2], self.namespace, LEASES[2], body, _request_timeout=self._timeout
-                )
+                obj = self.rest.json("POST", self._path(), body=body, timeout=self._timeout)
             else:
                 assert record is not None
                 keep = step is Step.RENEW
@@ -195,7 +188,7 @@ class LeaderElector:
                     acquire_time=record.acquire_time if keep else None,
                 )
                 obj = self._replace(body)
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status == 409:  # another instance wrote first: read again next time
                 self._record = None
                 return False
@@ -207,9 +200,10 @@ class LeaderElector:
 
     def _replace(self, body: dict[str, Any]) -> object:
         """Write the Lease if nobody wrote since ``body``'s resourceVersion (else 409)."""
-        return self.api.replace_namespaced_custom_object(
-            *LEASES[:2], self.namespace, LEASES[2], self.name, body, _request_timeout=self._timeout
-        )
+        return self.rest.json("PUT", self._path(self.name), body=body, timeout=self._timeout)
+
+    def _path(self, name: str | None = None) -> str:
+        return resource_path(*LEASES, self.namespace, name)
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt: True when this instance holds the Lease afterwards.

@@ -32,9 +32,9 @@ from distillery.kube.canary_controller import CanaryAnalyzer, rollout_under_way
 from distillery.kube.client import (
     Kube,
     NodeCatalog,
+    connect,
     error_summary,
     in_thread,
-    new_api_client,
 )
 from distillery.kube.informer import Change, Informers
 from distillery.kube.plans import PlanCache
@@ -98,7 +98,7 @@ class Runtime:
             with open(path, encoding="utf-8") as f:
                 extra.append((path, f.read()))
         catalog = load_catalog(extra)
-        kube = Kube(new_api_client(cfg.kubeconfig or None, cfg.instance_identity()))
+        kube = Kube(connect(cfg.kubeconfig or None, cfg.instance_identity()))
         pod_monitor = cfg.pod_monitor == "true" or (
             cfg.pod_monitor == "auto" and await in_thread(kube.podmonitor_api_present)
         )
@@ -139,7 +139,7 @@ class Runtime:
         )
         watched = watches()
         runtime.informers = Informers(
-            new_api_client(
+            connect(
                 cfg.kubeconfig or None,
                 cfg.instance_identity(),
                 # One connection per watch, each held for its stream, plus one to list.
