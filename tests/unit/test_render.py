@@ -336,3 +336,69 @@ def test_a_group_surges_in_whole_groups_of_its_gpus() -> None:
     assert "--headless" in engine["args"] and "$(LWS_WORKER_INDEX)" in engine["args"]
     assert not {"readinessProbe", "startupProbe", "livenessProbe", "ports"} & set(engine)
     assert not any(k.startswith("prometheus.io/") for k in worker["metadata"]["annotations"])
+
+
+# ---- parsing a rendered template: a layout parsed once, values put in ---------------
+
+KEYS = st.text(max_size=200)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    # Keys under YAML's 1,024-character limit on a flow mapping's key, which only the
+    # plain way has (Kubernetes keys are shorter still).
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.text(min_size=1),
+    labels=st.dictionaries(KEYS, JSON_VALUES, max_size=4),
+    port=JSON_VALUES,
+    owner=JSON_VALUES,
+)
+def test_a_layout_filled_with_values_is_what_yaml_reads(
+    name: str, labels: dict[str, Any], port: Any, owner: Any
+) -> None:
+    """Any value, however it is quoted, escaped or numbered (JSON's 1e-05 is a string to
+    YAML 1.1), comes out as parsing the whole rendered text with YAML gives it."""
+    from distillery.render.layout import load_template, parse_rendered, render_text
+
+    context = {
+        "name": name,
+        "namespace": "ns",
+        "labels": labels,
+        "owner": owner,
+        "service_selector": labels,
+        "port": port,
+    }
+    expected = parse_rendered(render_text("service.yaml.j2", context))
+    assert load_template("service.yaml.j2", context) == expected
+    # Each object is its own: a caller's change does not reach the next render.
+    first = load_template("service.yaml.j2", context)
+    first["spec"]["ports"].append("mutated")
+    assert load_template("service.yaml.j2", context) == expected
+
+
+def test_a_value_inside_a_longer_scalar_is_parsed_the_plain_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jinja2 import ChoiceLoader, DictLoader
+
+    from distillery.render import layout
+
+    extra = DictLoader(
+        {"inline.yaml.j2": "kind: X\nname: x-{{ v | tojson }}\nn: {{ n | tojson }}\n"}
+    )
+    packaged = layout._ENV.loader
+    assert packaged is not None
+    monkeypatch.setattr(layout._ENV, "loader", ChoiceLoader([extra, packaged]))
+    assert layout.load_template("inline.yaml.j2", {"v": "a", "n": 1e-05}) == {
+        "kind": "X",
+        "name": 'x-"a"',
+        "n": "1e-05",
+    }
