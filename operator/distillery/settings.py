@@ -132,7 +132,8 @@ class Settings(BaseModel):
         default="INFO", description="log level"
     )
     kubeconfig: str = Field(
-        default="", description="kubeconfig file (empty: in-cluster, then ~/.kube/config)"
+        default="",
+        description="kubeconfig file (empty: in a pod, its service account; else $KUBECONFIG, then ~/.kube/config)",
     )
 
     @model_validator(mode="after")

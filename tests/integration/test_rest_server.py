@@ -197,7 +197,10 @@ def test_reads_of_nodes_and_discovery(cluster: Cluster) -> None:
     # The local cluster's inventory (hack/inventory.yaml): eight-GPU H100 nodes, and L4s.
     assert gpus["NVIDIA-H100-80GB-HBM3"] == 8
     assert "NVIDIA-L4" in gpus
-    assert not kube.podmonitor_api_present()  # no Prometheus Operator here
+    # Discovery: what the server serves, and not what it does not.
+    assert kube._served("apps", "v1", "deployments")
+    assert not kube._served("apps", "v1", "no-such-resources")
+    assert not kube._served("no-such-group.example.com", "v1", "things")
 
 
 def test_unreachable_reasons(cluster: Cluster, tmp_path: Path) -> None:
