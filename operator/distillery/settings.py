@@ -133,7 +133,10 @@ class Settings(BaseModel):
     )
     kubeconfig: str = Field(
         default="",
-        description="kubeconfig file (empty: in a pod, its service account; else $KUBECONFIG, then ~/.kube/config)",
+        description=(
+            "kubeconfig file (empty: in a pod, its service account; else $KUBECONFIG, "
+            "then ~/.kube/config)"
+        ),
     )
 
     @model_validator(mode="after")
