@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -359,7 +360,14 @@ class NodeCatalog:
         return self.latest
 
 
-def connect(kubeconfig: str | None = None, identity: str = "", pool_size: int = 10) -> Rest:
+# The threads that make the operator's requests: asyncio.to_thread's default executor.
+# One kept connection each; more would be opened and dropped on every request.
+REQUEST_THREADS = min(32, (os.cpu_count() or 1) + 4)
+
+
+def connect(
+    kubeconfig: str | None = None, identity: str = "", pool_size: int = REQUEST_THREADS
+) -> Rest:
     """A client of the API server with the operator's credentials (see
     :func:`.rest.login`): ``kubeconfig`` if given, the pod's service account in a pod,
     else ``$KUBECONFIG``.
