@@ -223,16 +223,17 @@ class Bench:
         wanted = ("kube-apiserver", "etcd", "kube-controller-manager")
         return {n: pid for n, pid in self.cluster.pids.items() if n in wanted}
 
+    def deployments(self, ns: str) -> list[dict[str, Any]]:
+        """The Deployments of ``ns`` as JSON (decoding thousands into the client's
+        models would cost the benchmark's CPU more than the listing)."""
+        reply: Any = self.apps.list_namespaced_deployment(ns, _preload_content=False)
+        return list(json.loads(reply.data)["items"])
+
     def all_observed(self, ns: str, count: int) -> bool:
         """All ``count`` Deployments of ``ns`` have been seen by their controller."""
-        reply: Any = self.apps.list_namespaced_deployment(ns, _preload_content=False)
-        items = json.loads(reply.data)["items"]
+        items = self.deployments(ns)
         observed = sum(1 for d in items if (d.get("status") or {}).get("observedGeneration"))
         return observed >= count
-
-    def count_deployments(self, ns: str) -> int:
-        reply: Any = self.apps.list_namespaced_deployment(ns, _preload_content=False)
-        return len(json.loads(reply.data)["items"])
 
     def single_latency(self, runs: int) -> dict[str, Any]:
         ns = self.namespace("bench-single")
@@ -351,7 +352,7 @@ class Bench:
             created = time.monotonic() - t0
 
             self.wait(lambda: progress.reconciled >= count, 900)
-            self.wait(lambda: self.count_deployments(ns) >= count, 60, interval=1.0)
+            self.wait(lambda: len(self.deployments(ns)) >= count, 60, interval=1.0)
             reconciled = time.monotonic() - t0
             cpu_to_reconciled = cpu_seconds(op.proc.pid) - cpu_idle
             plane_to_reconciled = {

@@ -29,7 +29,7 @@ from tests.unit.test_controllers import NS, body, runtime_for
 
 WATCHES = watches()
 # A client that is never called: these tests hand the watches' replies in themselves.
-NOWHERE = Rest(Login("no cluster", lambda: Credentials(server="https://127.0.0.1:9")))
+NOWHERE = Rest(Login(lambda: Credentials(server="https://127.0.0.1:9")))
 
 
 def informers(changes: list[Change], ready: list[bool]) -> Informers:

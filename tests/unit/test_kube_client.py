@@ -27,7 +27,7 @@ class Recording(Rest):
     """Records each request instead of sending it; ``fail`` answers a path with an error."""
 
     def __init__(self) -> None:
-        super().__init__(Login("no cluster", lambda: Credentials(server="https://127.0.0.1:9")))
+        super().__init__(Login(lambda: Credentials(server="https://127.0.0.1:9")))
         self.sent: list[tuple[str, str, dict[str, Any]]] = []
         self.fail: dict[str, ApiError] = {}
         self.replies: dict[str, Any] = {}

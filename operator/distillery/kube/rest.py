@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -134,12 +134,10 @@ class Login:
 
     def __init__(
         self,
-        describe: str,
         read: Callable[[], Credentials],
         refresh_every: float | None = None,
         initial: Credentials | None = None,
     ) -> None:
-        self.describe = describe  # where the credentials come from, for messages
         self._read = read
         self._refresh_every = refresh_every
         self._lock = threading.Lock()
@@ -185,8 +183,8 @@ def login(kubeconfig: str | None = None, service_account: Path = SERVICE_ACCOUNT
     # Read now, so that what is wrong with them is said at start.
     initial = config.credentials()
     if config.dynamic:  # a token file, an exec plugin: read again when refused or expired
-        return Login(config.describe, config.credentials, initial=initial)
-    return Login(config.describe, lambda: initial, initial=initial)
+        return Login(config.credentials, initial=initial)
+    return Login(lambda: initial, initial=initial)
 
 
 def _in_cluster(host: str, port: str, directory: Path) -> Login:
@@ -203,7 +201,7 @@ def _in_cluster(host: str, port: str, directory: Path) -> Login:
             raise CredentialsError(f"cannot read the pod's service account: {exc}") from None
         return Credentials(server=server, ca_pem=ca, token=token, namespace=namespace)
 
-    return Login(f"the service account in {directory}", read, TOKEN_FILE_REREAD_SECONDS)
+    return Login(read, TOKEN_FILE_REREAD_SECONDS)
 
 
 @dataclass
@@ -213,17 +211,18 @@ class Kubeconfig:
     each cluster, user and context name. Relative file names are relative to the file
     that names them."""
 
-    paths: Sequence[Path]
     cluster: Mapping[str, Any]
     user: Mapping[str, Any]
     context: Mapping[str, Any]
     cluster_dir: Path
     user_dir: Path
     describe: str = ""
-    dynamic: bool = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.dynamic = bool(self.user.get("exec") or self.user.get("tokenFile"))
+    @property
+    def dynamic(self) -> bool:
+        """Credentials that change under a running operator: a token file, an exec
+        plugin's."""
+        return bool(self.user.get("exec") or self.user.get("tokenFile"))
 
     @classmethod
     def load(cls, paths: Sequence[Path]) -> Kubeconfig:
@@ -282,7 +281,6 @@ class Kubeconfig:
                 "(gke-gcloud-auth-plugin, kubelogin)"
             )
         return cls(
-            paths=paths,
             cluster=cluster,
             user=user,
             context=context,
