@@ -14,6 +14,14 @@ One decision:
    objective's target utilization (``utilization``: 0.70 / 0.85 / 0.92 for latency /
    balanced / cost: continuous batching absorbs noise within a minute, so a replica
    holds the SLO close to full use; headroom covers what a minute does not).
+   **Prompts wait for the prefills ahead of them**: a replica computes prompts first
+   come, first served, so a prompt's first token waits for the prompts before it. The
+   prompt work (prompt tokens over prefill capacity) is held at the utilization that
+   keeps no more than the SLO's allowance of the prompts that could meet the SLO
+   alone from missing it in that wait (:func:`prefill_utilization`, from the mean
+   prefill time this DMD's requests measure and the SLO): short prompts allow nearly
+   full use, prompts near the SLO little. The replicas asked for are the larger of
+   the demand's and the prompts'.
 2. **Backlog, bounded.** The waiting requests' work, drained within two cold starts:
    ``waiting x work per request / (2 x startup)``, and never more replicas than the waiting
    requests could occupy at the target batch (``waiting / target_running``). Requests in
@@ -63,14 +71,17 @@ One decision:
    (two cold starts, at least the flap window): of the quiet stretches in this DMD's
    history that lasted as long as the current one (demand below what the lower count
    carries, less the headroom), at most a quarter ended sooner. No history, no
-   evidence: the scale-down goes.
+   evidence: the scale-down goes. And never down into a breach the guard would
+   answer: while the last window's TTFT at the SLO's percentile reads over the SLO
+   (interpolated within buckets: a guess, enough to keep replicas, never to add
+   them), the count goes down only to one the load would not contend.
 7. **Limits**: ``[minReplicas, maxReplicas]``, the hourly budget, and the cluster: while
    pods are unschedulable for lack of GPUs, never ask for more than exist.
 8. **Missing data**: no fresh metrics means hold — never scale down blind.
 
 The bound (tested as a property): a scale-up never asks for more than
 
-    ceil(demand / utilization
+    ceil(max(demand / utilization, prompt_work / prefill_utilization)
          + max((peak - demand) / utilization,
                min(waiting / target_running, waiting x work / (2 x startup),
                    drain(held) + queued_replicas))) + guard
@@ -80,7 +91,8 @@ is one, ``demand x (1 + prior headroom)``, with a one-replica floor) and ``guard
 most the ready replicas per step, one step per served rate window; or the KV-cache
 floor ``ready x kv_usage / kv_target`` when the cache, not the batch, is what fills. A
 backlog alone never asks for more replicas than its requests could occupy at the
-target batch.
+target batch. ``prefill_utilization`` is never below ``PREFILL_UTILIZATION_FLOOR``:
+prompts never ask for more than ten replicas per replica of prompt work.
 
 The same function runs in the operator (fed from Prometheus) and in the simulator (fed
 from the fleet model through a Prometheus view); nothing here knows which.
@@ -94,7 +106,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from distillery.api.types import LimitReason
-from distillery.autoscale.histogram import attainment_bounds, share_above_bounds
+from distillery.autoscale.histogram import (
+    attainment_bounds,
+    histogram_quantile,
+    share_above_bounds,
+)
 
 # Target GPU-time utilization by objective: headroom for bursts within a minute
 # (latency) versus cost.
@@ -129,6 +145,8 @@ WORK_PRIOR_REQUESTS = 300.0
 BREACH_BACKOFF = 0.85
 UTILIZATION_FLOOR = 0.5
 RELAX_PER_MINUTE = 0.005
+# Prompts near the SLO alone allow little prefill use of a replica, never less than this.
+PREFILL_UTILIZATION_FLOOR = 0.1
 # A backlog is drained within this many cold starts.
 DRAIN_COLD_STARTS = 2.0
 DOWN_TOLERANCE = 0.10
@@ -240,6 +258,7 @@ class History:
     learned_peak: float | None = None
     learned_rise: float | None = None
     work_per_request: float | None = None  # GPU-seconds of one replica, smoothed
+    prefill_per_request: float | None = None  # seconds of one replica's prefill, smoothed
     guard_until: float = -math.inf  # a guard episode lasts until then (extended by breaches)
     guard_added: int = 0
     # The ready count the guard's last step waits for, and since when it is met: a breach
@@ -523,15 +542,9 @@ def recommend(
     }
     served = _work_rate(sample, cap)
     done = sample.completions_per_second
-    work = history.work_per_request
-    started = history.started if history.started is not None else now
     measured = served / done if served and done else None
-    if measured is not None and done is not None and now - started >= RATE_WINDOW:
-        # Served work over finished requests is biased high while the window is young
-        # (the short requests finish first): trust it after one window, and weigh each
-        # new measurement by the completions it rests on.
-        weight = min(WORK_SMOOTHING, done * RATE_WINDOW / WORK_PRIOR_REQUESTS)
-        work = measured if work is None else work + weight * (measured - work)
+    prompt = sample.prompt_tokens_per_second
+    work, prefill = _per_request(sample, history, cap, measured, now)
     # The queue's growth over the window: work that arrived and was not served.
     past = [q for q in history.queue if q[0] <= now - RATE_WINDOW * 0.75]
     growth = 0.0
@@ -541,7 +554,7 @@ def recommend(
     if served is None:
         served = sample.running / max(1.0, cap.target_running / cap.utilization)
     demand = max(0.0, served + growth * (work or 0.0))
-    history = replace(history, work_per_request=work)
+    history = replace(history, work_per_request=work, prefill_per_request=prefill)
     history = _remember_demand(history, now, demand, cap)
     # The demand to be ready for: learned from history (a rise above the level the
     # minute started at can only be smaller from a higher level, so the learned peak,
@@ -556,8 +569,15 @@ def recommend(
     headroom = ready_for - demand
     rho = cap.utilization * history.utilization_scale
     backlog = _backlog_replicas(sample, cap, work if work is not None else measured)
+    # Prompts wait for the prefills ahead of them: the prompt work is held at the
+    # utilization that keeps that wait within the SLO's slack.
+    rho_prefill = 1.0
+    if prefill is not None and prompt is not None and cap.prefill_tokens_per_second > 0:
+        rho_prefill = prefill_utilization(prefill, cap.slo_ttft_seconds, cap.slo_percentile)
+        rho_prefill *= history.utilization_scale
+    prompt_demand = (prompt or 0.0) / cap.prefill_tokens_per_second if prefill else 0.0
     # One reserve: the backlog's replicas are the headroom once it has drained.
-    want = demand / rho + max(headroom / rho, backlog)
+    want = max(demand / rho, prompt_demand / rho_prefill) + max(headroom / rho, backlog)
     inputs.update(
         {
             "demandReplicas": round(demand, 3),
@@ -569,6 +589,9 @@ def recommend(
             "utilizationScale": round(history.utilization_scale, 3),
         }
     )
+    if rho_prefill < 1.0:
+        inputs["prefillSecondsPerRequest"] = round(prefill or 0.0, 4)
+        inputs["prefillUtilization"] = round(rho_prefill, 3)
     if sample.prompt_tokens_per_second is not None:
         inputs["promptTokensPerSecond"] = round(sample.prompt_tokens_per_second, 1)
     if sample.generation_tokens_per_second is not None:
@@ -587,6 +610,53 @@ def recommend(
         candidates.append((_ceil(want) + history.guard_added, "ttft-slo"))
     value, reason = max(candidates, key=lambda c: c[0])
     return value, reason, inputs, history
+
+
+def prefill_utilization(prefill_seconds: float, slo_seconds: float, percentile: float) -> float:
+    """The share of a replica's time its prompts may take so that no more than the
+    SLO's allowance of the requests that can meet it alone miss it waiting for the
+    prefills ahead of them (first come, first served).
+
+    A replica taking prompts of mean prefill time ``S`` at utilization ``rho`` makes a
+    prompt wait longer than ``t`` with probability about ``rho x exp(-(1 - rho) t /
+    S)`` (the single-server queue with exponential service). A prompt of prefill time
+    ``s`` misses when it waits longer than ``slo - s``; over prompts whose prefill
+    times are exponential with mean ``S`` and below the SLO (long-prompt tails are at
+    least that spread), the share that misses is ``(exp(-(1 - rho) x) - exp(-x)) / (1
+    - exp(-x))`` with ``x = slo / S``; set to the allowance ``a`` and solved:
+
+        rho = 1 + ln(a + (1 - a) exp(-x)) / x
+
+    Short prompts (``x`` large) allow nearly full use; prompts near the SLO little,
+    never below ``PREFILL_UTILIZATION_FLOOR``."""
+    if prefill_seconds <= 0:
+        return 1.0
+    allowed = min(0.5, max(1e-3, 1.0 - percentile / 100.0))
+    x = slo_seconds / prefill_seconds
+    rho = 1.0 + math.log(allowed + (1.0 - allowed) * math.exp(-x)) / x
+    return min(1.0, max(PREFILL_UTILIZATION_FLOOR, rho))
+
+
+def _per_request(
+    sample: LoadSample, history: History, cap: Capacity, measured: float | None, now: float
+) -> tuple[float | None, float | None]:
+    """The smoothed work of a mean request (replica-seconds at full use) and its prefill
+    time (seconds of one replica's prefill), from this window's served work over its
+    finished requests."""
+    work, prefill = history.work_per_request, history.prefill_per_request
+    done, prompt = sample.completions_per_second, sample.prompt_tokens_per_second
+    started = history.started if history.started is not None else now
+    if measured is None or not done or now - started < RATE_WINDOW:
+        return work, prefill
+    # Served work over finished requests is biased high while the window is young (the
+    # short requests finish first): trust it after one window, and weigh each new
+    # measurement by the completions it rests on.
+    weight = min(WORK_SMOOTHING, done * RATE_WINDOW / WORK_PRIOR_REQUESTS)
+    work = measured if work is None else work + weight * (measured - work)
+    if prompt is not None and cap.prefill_tokens_per_second > 0:
+        seconds = prompt / done / cap.prefill_tokens_per_second
+        prefill = seconds if prefill is None else prefill + weight * (seconds - prefill)
+    return work, prefill
 
 
 def _backlog_replicas(sample: LoadSample, cap: Capacity, work: float | None) -> float:
@@ -640,11 +710,7 @@ def _ttft_guard(
     # A breach without it is requests slow on their own: more replicas would not help.
     # Requests that share a replica slow each other's first token too (a prefill runs
     # beside the others' decode): more sequences running than replicas is contention.
-    contended = (
-        sample.waiting > 0
-        or demand >= GUARD_MIN_LOAD * max(cluster.ready, 1) * rho
-        or sample.running > cluster.ready
-    )
+    contended = _contended(sample, demand, cluster.ready, rho)
     if history.guard_ready_since is None and cluster.ready >= history.guard_ready_needed:
         history = replace(history, guard_ready_since=now)
     above = share.low if share is not None else 1.0
@@ -747,7 +813,24 @@ def decide(
             target = current
         if limits.scale_down_max_step:
             target = max(target, current - limits.scale_down_max_step)
-        if target < current:
+        over = _over_slo(sample, cap)
+        rho = cap.utilization * history.utilization_scale
+        demand = inputs.get("demandReplicas", 0.0)
+        if (
+            target < current
+            and over is not None
+            and sample.waiting == 0
+            and _contended(sample, demand, target, rho)
+        ):
+            # Never down into a breach the guard would answer: while the last window's
+            # TTFT reads over the SLO with no queue (the requests slowed each other in
+            # their batches), the lower count must not share the load more. Proof is
+            # what adds replicas; the evidence is enough to keep them. A queue's breach
+            # is its backlog's, which the replicas kept would not serve; one the lower
+            # count would not contend is requests slow on their own.
+            target = current
+            reason = f"holding: TTFT p{cap.slo_percentile:g} {over:.2f}s over the SLO"
+        elif target < current:
             verdict = _judge_scale_down(history, target, current, cap, inputs, now)
             history = replace(history, down_verdict=verdict)
             target = verdict.allowed
@@ -796,6 +879,30 @@ def decide(
         inputs=inputs,
         history=history,
     )
+
+
+def _contended(sample: LoadSample, demand: float, replicas: int, rho: float) -> bool:
+    """Whether ``replicas`` serving this load would share it: requests wait, they are
+    at least half busy, or more sequences run than there are replicas (a prefill then
+    runs beside another's decode). A breach without contention is requests slow on
+    their own, which more replicas would not help."""
+    return (
+        sample.waiting > 0
+        or demand >= GUARD_MIN_LOAD * max(replicas, 1) * rho
+        or sample.running > replicas
+    )
+
+
+def _over_slo(sample: LoadSample, cap: Capacity) -> float | None:
+    """The last window's TTFT at the SLO's percentile when it reads above the SLO (the
+    histogram's interpolated quantile, or the share surely above it proves it); else
+    None."""
+    share = share_above_bounds(sample.ttft_buckets, cap.slo_ttft_seconds, sample.ttft_sum)
+    proven = share is not None and share.proves_breach(cap.slo_percentile, min_requests=1.0)
+    estimate = histogram_quantile(cap.slo_percentile / 100.0, sample.ttft_buckets or {})
+    if estimate is not None and estimate > cap.slo_ttft_seconds:
+        return estimate
+    return cap.slo_ttft_seconds if proven else None
 
 
 def from_zero(
