@@ -620,31 +620,6 @@ def test_long_prompts_ask_for_more_replicas_than_the_same_work_in_short_ones() -
     assert long.desired >= 1 / long.inputs["prefillUtilization"] > short.desired
 
 
-def test_no_scale_down_into_a_breach_the_lower_count_would_share() -> None:
-    """While the last window's TTFT reads over the SLO (here every request at 1.5 s,
-    between vLLM's 1.0 and 2.5 s boundaries: no proof, so no guard step, but the
-    interpolated p95 is 2.4 s), the count does not go down to one that would share the
-    load; requests slow on their own (fewer sequences than the lower count, little
-    demand) do not hold it, and neither does a clean window."""
-    slow, clean = buckets([1.5] * 100), buckets([0.2] * 100)
-
-    def counts(running: float, ttft: dict[float, float]) -> tuple[list[int], History]:
-        samples = [
-            sample(t, gen=200, prompt=0, done=1, running=running, ttft=ttft)
-            for t in range(0, 900, 15)
-        ]
-        _, history, out = run(samples, current=4)
-        return out, history
-
-    held, history = counts(5, slow)
-    assert all(c == 4 for c in held), held
-    assert counts(1, slow)[0][-1] < 4  # slow alone: fewer requests than replicas
-    assert counts(5, clean)[0][-1] < 4
-    late = sample(900, gen=200, prompt=0, done=1, running=5, ttft=slow)
-    d = decide(late, history, CAP, LIMITS, Cluster(current=4, ready=4), 900)
-    assert d.desired == 4 and d.reason.startswith("holding: TTFT p95"), d.reason
-
-
 def _settled(**load: Any) -> Decision:
     """The decision after a minute and a quarter of the same load from one replica."""
     _, history, _ = run([sample(t, **load) for t in range(0, 75, 15)])

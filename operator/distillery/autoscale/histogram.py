@@ -48,8 +48,7 @@ def cumulative(
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     """Prometheus' histogram_quantile over cumulative bucket rates {le: rate}: for
-    display, and to hold a scale-down (a guess within a bucket is enough to keep
-    replicas); decisions that add replicas use the bounds below."""
+    display only; decisions use the bounds below."""
     found = cumulative(buckets)
     if found is None:
         return None

@@ -21,7 +21,9 @@ One decision:
    alone from missing it in that wait (:func:`prefill_utilization`, from the mean
    prefill time this DMD's requests measure and the SLO): short prompts allow nearly
    full use, prompts near the SLO little. The replicas asked for are the larger of
-   the demand's and the prompts'.
+   the demand's and the prompts'. The SLO record (5) lowers the demand's utilization
+   only: this one is derived from the SLO already, and lowering it on breaches of
+   prompts too long to meet the SLO alone doubled the replicas for nothing.
 2. **Backlog, bounded.** The waiting requests' work, drained within two cold starts:
    ``waiting x work per request / (2 x startup)``, and never more replicas than the waiting
    requests could occupy at the target batch (``waiting / target_running``). Requests in
@@ -71,10 +73,7 @@ One decision:
    (two cold starts, at least the flap window): of the quiet stretches in this DMD's
    history that lasted as long as the current one (demand below what the lower count
    carries, less the headroom), at most a quarter ended sooner. No history, no
-   evidence: the scale-down goes. And never down into a breach the guard would
-   answer: while the last window's TTFT at the SLO's percentile reads over the SLO
-   (interpolated within buckets: a guess, enough to keep replicas, never to add
-   them), the count goes down only to one the load would not contend.
+   evidence: the scale-down goes.
 7. **Limits**: ``[minReplicas, maxReplicas]``, the hourly budget, and the cluster: while
    pods are unschedulable for lack of GPUs, never ask for more than exist.
 8. **Missing data**: no fresh metrics means hold — never scale down blind.
@@ -106,11 +105,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from distillery.api.types import LimitReason
-from distillery.autoscale.histogram import (
-    attainment_bounds,
-    histogram_quantile,
-    share_above_bounds,
-)
+from distillery.autoscale.histogram import attainment_bounds, share_above_bounds
 
 # Target GPU-time utilization by objective: headroom for bursts within a minute
 # (latency) versus cost.
@@ -574,7 +569,6 @@ def recommend(
     rho_prefill = 1.0
     if prefill is not None and prompt is not None and cap.prefill_tokens_per_second > 0:
         rho_prefill = prefill_utilization(prefill, cap.slo_ttft_seconds, cap.slo_percentile)
-        rho_prefill *= history.utilization_scale
     prompt_demand = (prompt or 0.0) / cap.prefill_tokens_per_second if prefill else 0.0
     # One reserve: the backlog's replicas are the headroom once it has drained.
     want = max(demand / rho, prompt_demand / rho_prefill) + max(headroom / rho, backlog)
@@ -813,24 +807,7 @@ def decide(
             target = current
         if limits.scale_down_max_step:
             target = max(target, current - limits.scale_down_max_step)
-        over = _over_slo(sample, cap)
-        rho = cap.utilization * history.utilization_scale
-        demand = inputs.get("demandReplicas", 0.0)
-        if (
-            target < current
-            and over is not None
-            and sample.waiting == 0
-            and _contended(sample, demand, target, rho)
-        ):
-            # Never down into a breach the guard would answer: while the last window's
-            # TTFT reads over the SLO with no queue (the requests slowed each other in
-            # their batches), the lower count must not share the load more. Proof is
-            # what adds replicas; the evidence is enough to keep them. A queue's breach
-            # is its backlog's, which the replicas kept would not serve; one the lower
-            # count would not contend is requests slow on their own.
-            target = current
-            reason = f"holding: TTFT p{cap.slo_percentile:g} {over:.2f}s over the SLO"
-        elif target < current:
+        if target < current:
             verdict = _judge_scale_down(history, target, current, cap, inputs, now)
             history = replace(history, down_verdict=verdict)
             target = verdict.allowed
@@ -891,18 +868,6 @@ def _contended(sample: LoadSample, demand: float, replicas: int, rho: float) -> 
         or demand >= GUARD_MIN_LOAD * max(replicas, 1) * rho
         or sample.running > replicas
     )
-
-
-def _over_slo(sample: LoadSample, cap: Capacity) -> float | None:
-    """The last window's TTFT at the SLO's percentile when it reads above the SLO (the
-    histogram's interpolated quantile, or the share surely above it proves it); else
-    None."""
-    share = share_above_bounds(sample.ttft_buckets, cap.slo_ttft_seconds, sample.ttft_sum)
-    proven = share is not None and share.proves_breach(cap.slo_percentile, min_requests=1.0)
-    estimate = histogram_quantile(cap.slo_percentile / 100.0, sample.ttft_buckets or {})
-    if estimate is not None and estimate > cap.slo_ttft_seconds:
-        return estimate
-    return cap.slo_ttft_seconds if proven else None
 
 
 def from_zero(
