@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoscaling import COLD_AT_FULL_LOAD, STRESS_SET, scaled, workload
+from autoscaling import (
+    COLD_AT_FULL_LOAD,
+    MODELS,
+    STRESS_SET,
+    TRACE_SET,
+    scaled,
+    scenario,
+    workload,
+)
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.catalog import load_catalog
 from distillery.simulate.engine import (
@@ -47,10 +55,32 @@ class Explained(Distillery):
                 f"demand={i['demandReplicas']:5.2f} headroom={i['headroomReplicas']:5.2f} "
                 f"backlog={i['backlogReplicas']:4.2f} util={i['utilizationScale']:.2f} "
                 f"p95={ttft:>6} guard={i.get('ttftGuardReplicas', 0):.0f} "
+                f"prefill={i.get('prefillUtilization', 1):.2f} "
                 f"ready={sig.gauges.ready}"
             )
         self.holding = held
         return want
+
+
+def explain_cell(cell: str) -> int:
+    """One cell of ``benchmarks/autoscaling.py``: its model, placement, rate and start."""
+    name, short, start = cell.split("/")
+    model, gpu, quant = next(m for m in MODELS if m[0].endswith("/" + short))
+    s = scenario(model, gpu, quant)
+    first_rate = next((r for t, _, r in TRACE_SET if t == name), 1.0)
+    reqs, rate = scaled(workload(name, s, quick=False), s, first_rate)
+    base = distillery_policy(s)
+    policy = Explained(capacity=base.capacity, limits=base.limits)
+    policy.log = []
+    result = run_policy(reqs, s, policy, initial=initial_replicas(need_schedule(reqs, s), start))
+    print(f"{len(reqs)} requests at rate x{rate:.3g}, {s.option.summary}, {start} start")
+    print("\n".join(policy.log))
+    print(
+        f"GPU-hours {result['gpuHours']}, SLO attainment (feasible) "
+        f"{100 * result['sloAttainmentFeasible']:.2f}%, peak {result['peakReplicas']}, "
+        f"scale events {result['scaleEvents']}, flaps {result['flaps']}"
+    )
+    return 0
 
 
 def main() -> int:
@@ -63,7 +93,14 @@ def main() -> int:
         help="a generated stress scenario instead, scaled and started as the benchmark "
         "runs it (the window is then from its start)",
     )
+    parser.add_argument(
+        "--cell",
+        help="a benchmark cell instead, as the benchmark runs it, e.g. "
+        "mooncake-synthetic/DeepSeek-R1-Distill-Qwen-32B/warm (every request of it)",
+    )
     args = parser.parse_args()
+    if args.cell:
+        return explain_cell(args.cell)
     catalog = load_catalog()
     spec = DistilledModelDeploymentSpec.model_validate(
         {
