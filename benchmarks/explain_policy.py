@@ -9,6 +9,7 @@ replays a generated stress scenario as the benchmark does.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from autoscaling import (
@@ -62,11 +63,11 @@ class Explained(Distillery):
         return want
 
 
-def explain_cell(cell: str) -> int:
+def explain_cell(cell: str, percentile: float = 95.0) -> int:
     """One cell of ``benchmarks/autoscaling.py``: its model, placement, rate and start."""
     name, short, start = cell.split("/")
     model, gpu, quant = next(m for m in MODELS if m[0].endswith("/" + short))
-    s = scenario(model, gpu, quant)
+    s = replace(scenario(model, gpu, quant), slo_percentile=percentile)
     first_rate = next((r for t, _, r in TRACE_SET if t == name), 1.0)
     reqs, rate = scaled(workload(name, s, quick=False), s, first_rate)
     base = distillery_policy(s)
@@ -98,9 +99,15 @@ def main() -> int:
         help="a benchmark cell instead, as the benchmark runs it, e.g. "
         "mooncake-synthetic/DeepSeek-R1-Distill-Qwen-32B/warm (every request of it)",
     )
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        default=95.0,
+        help="with --cell: the SLO percentile the DMD declares (the benchmark's is 95)",
+    )
     args = parser.parse_args()
     if args.cell:
-        return explain_cell(args.cell)
+        return explain_cell(args.cell, args.percentile)
     catalog = load_catalog()
     spec = DistilledModelDeploymentSpec.model_validate(
         {

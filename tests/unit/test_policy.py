@@ -155,6 +155,22 @@ def test_guard_fires_once_per_episode_and_counts_starting_replicas() -> None:
     assert "ttftGuardReplicas" not in d3.inputs
 
 
+def test_a_strict_percentile_does_not_make_a_small_breach_a_doubling() -> None:
+    """Under a p99 SLO, 6% of requests surely over proves a breach (more than 1%, at
+    least five), and the step is what it is under a p95 (1.2 quarters of the ready
+    replicas, not a doubling): the share missed sizes the step, not how strict the SLO
+    is. 20% over is the most, a doubling, under either."""
+    p99 = replace(CAP, slo_percentile=99.0)
+    load: dict[str, Any] = dict(gen=2000, prompt=0, done=5, running=60, waiting=20)
+    for missed, severity in ((6, 1.2), (20, GUARD_MAX_SEVERITY)):
+        breach = buckets([5.0] * missed + [0.2] * (100 - missed))
+        for cap in (CAP, p99):
+            s = sample(0, ttft=breach, **load)
+            d = decide(s, History(), cap, LIMITS, Cluster(current=8, ready=8), 0)
+            step = math.ceil(GUARD_STEP * severity * 8)  # 3 and 8 replicas
+            assert d.inputs["ttftGuardReplicas"] == step, (missed, cap.slo_percentile)
+
+
 def test_a_breach_that_outlasts_a_served_step_earns_another_only_if_it_helped() -> None:
     """Long prompts that share a replica slow each other's first token: a persistent
     breach with no queue steps again once the last step's replicas have served for a

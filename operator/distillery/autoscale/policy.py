@@ -52,7 +52,9 @@ One decision:
    buckets) while the replicas are contended (requests wait, the replicas are at least
    half busy, or more sequences run than there are replicas, so that prefills share a
    GPU with other work: otherwise the slow requests are slow alone), add a quarter of
-   the ready replicas per allowed share missed (capped at four quarters: doubling),
+   the ready replicas per 5% of requests missed (or per the SLO's allowance, when
+   looser; capped at four quarters: doubling; a p99 SLO proves a breach sooner, it
+   does not make one larger),
    less those already starting, and less those the load asks for when the load
    explains the breach (the ready replicas carry more than their target): the guard
    never adds on top of the demand's own replicas. Within the episode, one more step
@@ -124,6 +126,9 @@ FLAP_SECONDS = 300.0
 # least this busy, requests wait, or sequences share replicas).
 GUARD_STEP = 0.25
 GUARD_MAX_SEVERITY = 4.0
+# The share of requests missed that counts as one quarter step (or the SLO's own
+# allowance when looser): a quarter per 5% missed.
+GUARD_SEVERITY_UNIT = 0.05
 GUARD_MIN_LOAD = 0.5
 # Another step within an episode only if the last cut the share above the SLO this much.
 GUARD_HELPED = 0.9
@@ -722,7 +727,7 @@ def _ttft_guard(
         )
         helped = no_queue and above < history.guard_share * GUARD_HELPED
         if new_episode or (step_served and helped):
-            # A quarter of the ready replicas per allowed share missed, up to doubling,
+            # A quarter of the ready replicas per 5% missed, up to doubling,
             # less those already starting; and when the load explains the breach (the
             # ready replicas carry more than their target), less those the load asks
             # for now: the demand's own replicas mend it, and the guard never adds on
@@ -730,8 +735,10 @@ def _ttft_guard(
             # replica the model calls half busy) gets its whole step.
             overloaded = demand > cluster.ready * rho
             coming = (max(current, _ceil(want)) if overloaded else current) - cluster.ready
-            allowed = max(1e-3, 1.0 - cap.slo_percentile / 100.0)
-            severity = min(GUARD_MAX_SEVERITY, max(1.0, above / allowed))
+            # Sized by the share missed, never finer than GUARD_SEVERITY_UNIT: under a
+            # p99 SLO 4% of requests over is not four times the trouble of 1%.
+            unit = max(GUARD_SEVERITY_UNIT, 1.0 - cap.slo_percentile / 100.0)
+            severity = min(GUARD_MAX_SEVERITY, max(1.0, above / unit))
             step = max(1, _ceil(GUARD_STEP * severity * max(cluster.ready, 1)))
             added = max(0, step - max(0, coming))
             history = replace(
