@@ -15,17 +15,20 @@ Nothing here is tuned per trace: the policy's parameters come from the model, th
 and the SLO; the anchors run as documented and tuned to the replica's capacity.
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/autoscaling.py [--quick]``
-(--quick: the first 2 h of each workload, the 7B only; ``--only step
---policies distillery,clairvoyant`` screens a policy change on a few cells in minutes).
+(--quick: the first 2 h of each workload, the 7B only; ``--screen`` screens a policy
+change on every cell in minutes: distillery against clairvoyant, whose results are
+cached under ``.cache/bench/clairvoyant`` and reused while nothing they depend on
+changes; the figures are the full run's to the digit).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,12 @@ from distillery.simulate.engine import (
     ANCHORS,
     POLICY_NAMES,
     Scenario,
+    initial_replicas,
+    make_policy,
     need_schedule,
+    reference,
     replica_model,
+    run_policy,
     simulate,
 )
 from distillery.simulate.report import plot, table
@@ -241,6 +248,72 @@ def startup_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SCREEN_CACHE = ROOT / ".cache" / "bench" / "clairvoyant"
+
+
+def reference_inputs_digest() -> str:
+    """What a clairvoyant result depends on: every file of the package but the
+    autoscaling policy (the fleet model, the catalog, the scenarios, the sizing), and
+    this file (the cells)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    package = ROOT / "operator" / "distillery"
+    for f in sorted(package.rglob("*")):
+        rel = f.relative_to(package)
+        if f.is_file() and "__pycache__" not in rel.parts and rel != Path("autoscale/policy.py"):
+            digest.update(str(rel).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def screen(only: str | None, percentile: float) -> int:
+    """distillery against clairvoyant on every cell (or those matching ``only``), one
+    line each: cost and peak relative to clairvoyant, attainment over feasible
+    requests, flaps, and clairvoyant's attainment."""
+    cache = SCREEN_CACHE / reference_inputs_digest()
+    cache.mkdir(parents=True, exist_ok=True)
+    print("cell  cost x clairvoyant  attainment  peak x clairvoyant  flaps  clairvoyant attainment")
+    for key, s, reqs, start_state in cells(quick=False, only=only):
+        need = need_schedule(reqs, s)
+        initial = initial_replicas(need, start_state)
+        cached = cache / (key.replace("/", "_") + ".json")
+        if cached.exists():
+            ref = json.loads(cached.read_text())
+        else:
+            ref = reference("clairvoyant", reqs, s, need, initial)
+            ref.pop("replicas", None)
+            cached.write_text(json.dumps(ref))
+        declared = replace(s, slo_percentile=percentile)
+        ours = run_policy(
+            reqs, declared, make_policy("distillery", declared, need), initial=initial
+        )
+        print(
+            f"{key}  {ours['cost'] / ref['cost']:.2f}  "
+            f"{100 * ours['sloAttainmentFeasible']:.1f}%  "
+            f"{ours['peakReplicas'] / max(1, ref['peakReplicas']):.2f}  {ours['flaps']}  "
+            f"{100 * ref['sloAttainmentFeasible']:.1f}%",
+            flush=True,
+        )
+    return 0
+
+
+def cells(quick: bool, only: str | None) -> Iterator[tuple[str, Scenario, list[Request], str]]:
+    """Every cell of the benchmark: its key, scenario, requests (scaled) and start."""
+    workloads = [(t, start) for t, _, start in TRACE_SET] + [(n, 1.0) for n in STRESS_SET]
+    for name, start in workloads:
+        for model, gpu, quant in MODELS[:1] if quick else MODELS:
+            s = scenario(model, gpu, quant)
+            short = model.split("/")[-1]
+            starts = ["warm", "cold"] if name in COLD_AT_FULL_LOAD else ["warm"]
+            if name == "full-load":
+                starts = ["cold"]
+            for start_state in starts:
+                key = f"{name}/{short}/{start_state}"
+                if only and only not in key:
+                    continue
+                reqs, _ = scaled(workload(name, s, quick), s, start)
+                yield key, s, reqs, start_state
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="first 2 h of each workload, 7B only")
@@ -257,8 +330,21 @@ def main() -> int:
         action="store_true",
         help="only the weight-source table (Hub, object store, shared cache, node-local)",
     )
+    parser.add_argument(
+        "--screen",
+        action="store_true",
+        help="distillery against cached clairvoyant results only, a line a cell",
+    )
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        default=95.0,
+        help="with --screen: the SLO percentile distillery's DMDs declare (default 95)",
+    )
     parser.add_argument("--report", default=str(ROOT / "reports" / "bench-autoscaling.json"))
     args = parser.parse_args()
+    if args.screen:
+        return screen(args.only, args.percentile)
     out_dir = Path(args.report).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.startup_sweep:
