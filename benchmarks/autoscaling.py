@@ -29,7 +29,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -272,9 +272,10 @@ def screen(only: str | None, percentile: float) -> int:
     cache = SCREEN_CACHE / reference_inputs_digest()
     cache.mkdir(parents=True, exist_ok=True)
     print("cell  cost x clairvoyant  attainment  peak x clairvoyant  flaps  clairvoyant attainment")
-    for key, s, reqs, start_state in cells(quick=False, only=only):
+    for cell in cells(quick=False, only=only):
+        key, s, reqs = cell.key, cell.scenario, cell.requests
         need = need_schedule(reqs, s)
-        initial = initial_replicas(need, start_state)
+        initial = initial_replicas(need, cell.start)
         cached = cache / (key.replace("/", "_") + ".json")
         if cached.exists():
             ref = json.loads(cached.read_text())
@@ -296,22 +297,42 @@ def screen(only: str | None, percentile: float) -> int:
     return 0
 
 
-def cells(quick: bool, only: str | None) -> Iterator[tuple[str, Scenario, list[Request], str]]:
-    """Every cell of the benchmark: its key, scenario, requests (scaled) and start."""
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the benchmark: a workload at its scaled rate, a model, a start."""
+
+    workload: str
+    model: str
+    quantization: str
+    scenario: Scenario
+    requests: list[Request]
+    rate: float
+    start: str  # warm or cold
+
+    @property
+    def short(self) -> str:
+        return self.model.split("/")[-1]
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload}/{self.short}/{self.start}"
+
+
+def cells(quick: bool, only: str | None) -> Iterator[Cell]:
+    """Every cell of the benchmark (those whose key contains ``only``), requests scaled."""
     workloads = [(t, start) for t, _, start in TRACE_SET] + [(n, 1.0) for n in STRESS_SET]
-    for name, start in workloads:
+    for name, first_rate in workloads:
         for model, gpu, quant in MODELS[:1] if quick else MODELS:
             s = scenario(model, gpu, quant)
             short = model.split("/")[-1]
             starts = ["warm", "cold"] if name in COLD_AT_FULL_LOAD else ["warm"]
             if name == "full-load":
                 starts = ["cold"]
-            for start_state in starts:
-                key = f"{name}/{short}/{start_state}"
-                if only and only not in key:
+            for start in starts:
+                if only and only not in f"{name}/{short}/{start}":
                     continue
-                reqs, _ = scaled(workload(name, s, quick), s, start)
-                yield key, s, reqs, start_state
+                reqs, rate = scaled(workload(name, s, quick), s, first_rate)
+                yield Cell(name, model, quant, s, reqs, rate, start)
 
 
 def main() -> int:
@@ -350,64 +371,51 @@ def main() -> int:
     if args.startup_sweep:
         startup_sweep(out_dir, args.quick)
         return 0
-    cells: list[dict[str, Any]] = []
-    workloads = [(t, start) for t, _, start in TRACE_SET] + [(n, 1.0) for n in STRESS_SET]
-    models = MODELS[:1] if args.quick else MODELS
-    for name, start in workloads:
-        for model, gpu, quant in models:
-            s = scenario(model, gpu, quant)
-            short = model.split("/")[-1]
-            starts = ["warm", "cold"] if name in COLD_AT_FULL_LOAD else ["warm"]
-            if name == "full-load":
-                starts = ["cold"]
-            for start_state in starts:
-                key = f"{name}/{short}/{start_state}"
-                if args.only and args.only not in key:
-                    continue
-                make = workload(name, s, args.quick)
-                reqs, rate = scaled(make, s, start)
-                t0 = time.perf_counter()
-                policies = list(dict.fromkeys(["distillery", "clairvoyant", *args.policies]))
-                results = simulate(reqs, s, policies, scenario=start_state)
-                wall = time.perf_counter() - t0
-                report = {
-                    "trace": {"path": name, "rateScale": round(rate, 4), "requests": len(reqs)},
-                    "model": model,
-                    "gpu": s.option.summary,
-                    "quantization": quant,
-                    "slo": {"ttftSeconds": SLO_TTFT, "percentile": 95},
-                    "scenario": start_state,
-                    "policies": results,
-                }
-                png = out_dir / f"bench-autoscaling-{name}-{short}-{start_state}.png"
-                try:
-                    plot(report, [r.arrival for r in reqs], png, SLO_TTFT)
-                except ImportError:
-                    png = Path()
-                cells.append(
-                    {
-                        "cell": f"{name}/{short}",
-                        "scenario": start_state,
-                        "rateScale": round(rate, 4),
-                        "requests": len(reqs),
-                        "gpu": s.option.summary,
-                        "startupSeconds": round(replica_model(s).startup_seconds, 1),
-                        "wallSeconds": round(wall, 2),
-                        "verdict": verdict(results),
-                        "plot": str(png),
-                        "policies": {
-                            n: {k: v for k, v in r.items() if k != "replicas"}
-                            for n, r in results.items()
-                        },
-                    }
-                )
-                print(f"\n== {key}: {len(reqs)} requests, rate x{rate:.3g}, "
-                      f"{s.option.summary} ({quant}), {wall:.1f}s", flush=True)  # fmt: skip
-                print(table(results), flush=True)
-                Path(args.report).write_text(
-                    json.dumps({"sloTtftSeconds": SLO_TTFT, "cells": cells}, indent=1)
-                )
-    (out_dir / "bench-autoscaling.md").write_text(markdown(cells))
+    rows: list[dict[str, Any]] = []
+    for cell in cells(args.quick, args.only):
+        name, short, start_state = cell.workload, cell.short, cell.start
+        s, reqs, rate = cell.scenario, cell.requests, cell.rate
+        t0 = time.perf_counter()
+        policies = list(dict.fromkeys(["distillery", "clairvoyant", *args.policies]))
+        results = simulate(reqs, s, policies, scenario=start_state)
+        wall = time.perf_counter() - t0
+        report = {
+            "trace": {"path": name, "rateScale": round(rate, 4), "requests": len(reqs)},
+            "model": cell.model,
+            "gpu": s.option.summary,
+            "quantization": cell.quantization,
+            "slo": {"ttftSeconds": SLO_TTFT, "percentile": 95},
+            "scenario": start_state,
+            "policies": results,
+        }
+        png = out_dir / f"bench-autoscaling-{name}-{short}-{start_state}.png"
+        try:
+            plot(report, [r.arrival for r in reqs], png, SLO_TTFT)
+        except ImportError:
+            png = Path()
+        rows.append(
+            {
+                "cell": f"{name}/{short}",
+                "scenario": start_state,
+                "rateScale": round(rate, 4),
+                "requests": len(reqs),
+                "gpu": s.option.summary,
+                "startupSeconds": round(replica_model(s).startup_seconds, 1),
+                "wallSeconds": round(wall, 2),
+                "verdict": verdict(results),
+                "plot": str(png),
+                "policies": {
+                    n: {k: v for k, v in r.items() if k != "replicas"} for n, r in results.items()
+                },
+            }
+        )
+        print(f"\n== {cell.key}: {len(reqs)} requests, rate x{rate:.3g}, "
+              f"{s.option.summary} ({cell.quantization}), {wall:.1f}s", flush=True)  # fmt: skip
+        print(table(results), flush=True)
+        Path(args.report).write_text(
+            json.dumps({"sloTtftSeconds": SLO_TTFT, "cells": rows}, indent=1)
+        )
+    (out_dir / "bench-autoscaling.md").write_text(markdown(rows))
     print(f"\nwrote {args.report} and {out_dir / 'bench-autoscaling.md'}")
     return 0
 

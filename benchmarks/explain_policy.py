@@ -12,15 +12,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from autoscaling import (
-    COLD_AT_FULL_LOAD,
-    MODELS,
-    STRESS_SET,
-    TRACE_SET,
-    scaled,
-    scenario,
-    workload,
-)
+from autoscaling import COLD_AT_FULL_LOAD, STRESS_SET, cells, scaled, workload
 from distillery.api.types import DistilledModelDeploymentSpec
 from distillery.catalog import load_catalog
 from distillery.simulate.engine import (
@@ -63,13 +55,13 @@ class Explained(Distillery):
         return want
 
 
-def explain_cell(cell: str, percentile: float = 95.0) -> int:
+def explain_cell(key: str, percentile: float = 95.0) -> int:
     """One cell of ``benchmarks/autoscaling.py``: its model, placement, rate and start."""
-    name, short, start = cell.split("/")
-    model, gpu, quant = next(m for m in MODELS if m[0].endswith("/" + short))
-    s = replace(scenario(model, gpu, quant), slo_percentile=percentile)
-    first_rate = next((r for t, _, r in TRACE_SET if t == name), 1.0)
-    reqs, rate = scaled(workload(name, s, quick=False), s, first_rate)
+    cell = next((c for c in cells(quick=False, only=key) if c.key == key), None)
+    if cell is None:
+        raise SystemExit(f"no benchmark cell {key!r}: WORKLOAD/MODEL/warm|cold, as it prints")
+    s = replace(cell.scenario, slo_percentile=percentile)
+    reqs, rate, start = cell.requests, cell.rate, cell.start
     base = distillery_policy(s)
     policy = Explained(capacity=base.capacity, limits=base.limits)
     policy.log = []

@@ -571,10 +571,11 @@ def recommend(
     backlog = _backlog_replicas(sample, cap, work if work is not None else measured)
     # Prompts wait for the prefills ahead of them: the prompt work is held at the
     # utilization that keeps that wait within the SLO's slack.
-    rho_prefill = 1.0
-    if prefill is not None and prompt is not None and cap.prefill_tokens_per_second > 0:
+    # (A prefill time is measured only when the placement has a prefill capacity.)
+    rho_prefill, prompt_demand = 1.0, 0.0
+    if prefill and prompt is not None:
         rho_prefill = prefill_utilization(prefill, cap.slo_ttft_seconds, cap.slo_percentile)
-    prompt_demand = (prompt or 0.0) / cap.prefill_tokens_per_second if prefill else 0.0
+        prompt_demand = prompt / cap.prefill_tokens_per_second
     # One reserve: the backlog's replicas are the headroom once it has drained.
     want = max(demand / rho, prompt_demand / rho_prefill) + max(headroom / rho, backlog)
     inputs.update(
@@ -709,7 +710,11 @@ def _ttft_guard(
     # A breach without it is requests slow on their own: more replicas would not help.
     # Requests that share a replica slow each other's first token too (a prefill runs
     # beside the others' decode): more sequences running than replicas is contention.
-    contended = _contended(sample, demand, cluster.ready, rho)
+    contended = (
+        sample.waiting > 0
+        or demand >= GUARD_MIN_LOAD * max(cluster.ready, 1) * rho
+        or sample.running > cluster.ready
+    )
     if history.guard_ready_since is None and cluster.ready >= history.guard_ready_needed:
         history = replace(history, guard_ready_since=now)
     above = share.low if share is not None else 1.0
@@ -862,18 +867,6 @@ def decide(
         recommendation=raw,
         inputs=inputs,
         history=history,
-    )
-
-
-def _contended(sample: LoadSample, demand: float, replicas: int, rho: float) -> bool:
-    """Whether ``replicas`` serving this load would share it: requests wait, they are
-    at least half busy, or more sequences run than there are replicas (a prefill then
-    runs beside another's decode). A breach without contention is requests slow on
-    their own, which more replicas would not help."""
-    return (
-        sample.waiting > 0
-        or demand >= GUARD_MIN_LOAD * max(replicas, 1) * rho
-        or sample.running > replicas
     )
 
 
