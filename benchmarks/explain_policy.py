@@ -33,9 +33,18 @@ TRACES = Path(__file__).resolve().parent / "traces"
 class Explained(Distillery):
     log: list[str]
     holding: bool = False
+    # Minutes in which every decision is printed with all its inputs, not only changes.
+    every: tuple[float, float] | None = None
 
     def desired(self, sig: Signals, current: int) -> int:
         want = super().desired(sig, current)
+        if self.every is not None and self.every[0] <= sig.time / 60 <= self.every[1]:
+            inputs = " ".join(f"{k}={v:g}" for k, v in self.last_inputs.items())
+            self.log.append(
+                f"t={sig.time / 60:6.2f} min {current:2d} -> {want:2d} {self.last_reason} "
+                f"ready={sig.gauges.ready} | {inputs}"
+            )
+            return want
         # A change, or the first decision of a stretch the payback rule holds (it judged
         # a scale-down and the count stays).
         held = want == current and "quietStretchesJudged" in self.last_inputs
@@ -55,7 +64,9 @@ class Explained(Distillery):
         return want
 
 
-def explain_cell(key: str, percentile: float = 95.0) -> int:
+def explain_cell(
+    key: str, percentile: float = 95.0, every: tuple[float, float] | None = None
+) -> int:
     """One cell of ``benchmarks/autoscaling.py``: its model, placement, rate and start."""
     cell = next((c for c in cells(quick=False, only=key) if c.key == key), None)
     if cell is None:
@@ -64,7 +75,7 @@ def explain_cell(key: str, percentile: float = 95.0) -> int:
     reqs, rate, start = cell.requests, cell.rate, cell.start
     base = distillery_policy(s)
     policy = Explained(capacity=base.capacity, limits=base.limits)
-    policy.log = []
+    policy.log, policy.every = [], every
     result = run_policy(reqs, s, policy, initial=initial_replicas(need_schedule(reqs, s), start))
     print(f"{len(reqs)} requests at rate x{rate:.3g}, {s.option.summary}, {start} start")
     print("\n".join(policy.log))
@@ -74,6 +85,17 @@ def explain_cell(key: str, percentile: float = 95.0) -> int:
         f"scale events {result['scaleEvents']}, flaps {result['flaps']}"
     )
     return 0
+
+
+def _minutes(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        window = float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want FROM-TO in minutes, e.g. 10-12") from None
+    if window[0] > window[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: FROM is after TO")
+    return window
 
 
 def main() -> int:
@@ -97,9 +119,14 @@ def main() -> int:
         default=95.0,
         help="with --cell: the SLO percentile the DMD declares (the benchmark's is 95)",
     )
+    parser.add_argument(
+        "--minutes",
+        type=_minutes,
+        help="FROM-TO: every decision in these minutes, with all its inputs (e.g. 10-12)",
+    )
     args = parser.parse_args()
     if args.cell:
-        return explain_cell(args.cell, args.percentile)
+        return explain_cell(args.cell, args.percentile, args.minutes)
     catalog = load_catalog()
     spec = DistilledModelDeploymentSpec.model_validate(
         {
@@ -126,7 +153,7 @@ def main() -> int:
     window = [type(r)(r.arrival - lo, r.prompt_tokens, r.output_tokens) for r in window]
     base = distillery_policy(s)
     policy = Explained(capacity=base.capacity, limits=base.limits)
-    policy.log = []
+    policy.log, policy.every = [], args.minutes
     # Same start as the benchmark: what the first minute needs, ready (warm), or one
     # replica under full load (cold).
     start = "cold" if args.stress in COLD_AT_FULL_LOAD else "warm"
