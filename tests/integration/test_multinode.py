@@ -77,9 +77,14 @@ def describe_pods(core: client.CoreV1Api, namespace: str, name: str) -> str:
     return "\n".join(
         f"  pod {p.metadata.name} node={p.spec.node_name} phase={p.status.phase} "
         f"rev={p.metadata.labels.get('distillery.dev/revision')} "
-        f"worker={p.metadata.labels.get('leaderworkerset.sigs.k8s.io/worker-index')}"
+        f"worker={p.metadata.labels.get('leaderworkerset.sigs.k8s.io/worker-index')} "
+        f"ready={_ready(p)}"
         for p in group_pods(core, namespace, name)
     )
+
+
+def _ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def ready_groups(core: client.CoreV1Api, namespace: str, name: str, revision: str | None) -> int:
@@ -91,7 +96,7 @@ def ready_groups(core: client.CoreV1Api, namespace: str, name: str, revision: st
     count = 0
     for pods in by_group.values():
         ok = len(pods) == 2 and all(
-            any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            _ready(p)
             and (revision is None or p.metadata.labels.get("distillery.dev/revision") == revision)
             for p in pods
         )
@@ -161,11 +166,21 @@ def test_r1_on_h100_is_one_group_of_two_nodes_that_scales_rolls_and_deletes(
         bounds.reconcile,
     )
     after = dmds.get("r1")["status"]["revision"]
-    lowest = 2
+    lowest, at_lowest = 2, ""
 
     def rolled() -> bool:
-        nonlocal lowest
+        nonlocal lowest, at_lowest
         ready = ready_groups(core, dmds.namespace, "r1", None)
+        if ready < lowest:
+            # What the rollout looked like when the fewest groups served, for the message.
+            lws = custom.get_namespaced_custom_object(
+                *LWS, dmds.namespace, "leaderworkersets", "r1"
+            )
+            at_lowest = (
+                f"{ready} ready group(s); LWS rolloutStrategy="
+                f"{lws['spec']['rolloutStrategy']} status={lws['status']}\n"
+                + describe_pods(core, dmds.namespace, "r1")
+            )
         lowest = min(lowest, ready)
         return ready_groups(core, dmds.namespace, "r1", after) == 2
 
@@ -175,7 +190,7 @@ def test_r1_on_h100_is_one_group_of_two_nodes_that_scales_rolls_and_deletes(
         "both groups on the new revision",
         Bounds.within(bounds.ready, bounds.ready, POD_START),
     )
-    assert lowest >= 1, "both groups were down at once during the rollout"
+    assert lowest >= 1, f"both groups were down at once during the rollout:\n{at_lowest}"
     for p in group_pods(core, dmds.namespace, "r1"):
         args = p.spec.containers[0].args
         assert args[args.index("--revision") + 1] == "v2"
