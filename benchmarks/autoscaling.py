@@ -315,7 +315,12 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.workload}/{self.short}/{self.start}"
+        return cell_key(self.workload, self.model, self.start)
+
+
+def cell_key(workload: str, model: str, start: str) -> str:
+    """A cell's name as the benchmark prints it and ``--only``/``--cell`` match it."""
+    return f"{workload}/{model.split('/')[-1]}/{start}"
 
 
 def cells(quick: bool, only: str | None) -> Iterator[Cell]:
@@ -324,12 +329,11 @@ def cells(quick: bool, only: str | None) -> Iterator[Cell]:
     for name, first_rate in workloads:
         for model, gpu, quant in MODELS[:1] if quick else MODELS:
             s = scenario(model, gpu, quant)
-            short = model.split("/")[-1]
             starts = ["warm", "cold"] if name in COLD_AT_FULL_LOAD else ["warm"]
             if name == "full-load":
                 starts = ["cold"]
             for start in starts:
-                if only and only not in f"{name}/{short}/{start}":
+                if only and only not in cell_key(name, model, start):
                     continue
                 reqs, rate = scaled(workload(name, s, quick), s, first_rate)
                 yield Cell(name, model, quant, s, reqs, rate, start)
@@ -372,11 +376,11 @@ def main() -> int:
         startup_sweep(out_dir, args.quick)
         return 0
     rows: list[dict[str, Any]] = []
+    policies = list(dict.fromkeys(["distillery", "clairvoyant", *args.policies]))
     for cell in cells(args.quick, args.only):
         name, short, start_state = cell.workload, cell.short, cell.start
         s, reqs, rate = cell.scenario, cell.requests, cell.rate
         t0 = time.perf_counter()
-        policies = list(dict.fromkeys(["distillery", "clairvoyant", *args.policies]))
         results = simulate(reqs, s, policies, scenario=start_state)
         wall = time.perf_counter() - t0
         report = {

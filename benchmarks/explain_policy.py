@@ -38,17 +38,16 @@ class Explained(Distillery):
 
     def desired(self, sig: Signals, current: int) -> int:
         want = super().desired(sig, current)
+        # A change, or the first decision of a stretch the payback rule holds (it judged
+        # a scale-down and the count stays).
+        held = want == current and "quietStretchesJudged" in self.last_inputs
         if self.every is not None and self.every[0] <= sig.time / 60 <= self.every[1]:
             inputs = " ".join(f"{k}={v:g}" for k, v in self.last_inputs.items())
             self.log.append(
                 f"t={sig.time / 60:6.2f} min {current:2d} -> {want:2d} {self.last_reason} "
                 f"ready={sig.gauges.ready} | {inputs}"
             )
-            return want
-        # A change, or the first decision of a stretch the payback rule holds (it judged
-        # a scale-down and the count stays).
-        held = want == current and "quietStretchesJudged" in self.last_inputs
-        if want != current or (held and not self.holding):
+        elif want != current or (held and not self.holding):
             i = self.last_inputs
             ttft = "-" if "ttftPercentile" not in i else f"{i['ttftPercentile']:.2f}s"
             self.log.append(
